@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# mooncake4j's CPU all_reduce (backend mooncake-cpu) against PyTorch's Gloo, side by side on this
+# machine: for 2 and 4 ranks, `mooncake4j pgbench` and bench/gloo_allreduce.py run the same sizes
+# (-b 8 -e 64M -f 4, float32, SUM) with the same timing method; `mooncake4j plot` draws busbw of
+# all four series into cpu-allreduce-vs-gloo.png and prints, per size, the time ratio gloo/ours
+# and the busbw ratio ours/gloo (above 1: mooncake-cpu is faster).
+#
+# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-e MAX_BYTES] [-g "2 4"]
+#   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+OUT="$ROOT/docs/bench"
+ITERS=20
+WARMUP=5
+MAX_BYTES=64M
+RANKS="2 4"
+PYTHON=/usr/bin/python3
+
+while getopts "o:n:w:e:g:h" opt; do
+  case "$opt" in
+    o) OUT=$OPTARG ;;
+    n) ITERS=$OPTARG ;;
+    w) WARMUP=$OPTARG ;;
+    e) MAX_BYTES=$OPTARG ;;
+    g) RANKS=$OPTARG ;;
+    h) sed -n '2,9p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-e MAX_BYTES] [-g \"2 4\"]" >&2; exit 2 ;;
+  esac
+done
+
+if ! "$PYTHON" -c 'import torch.distributed' 2>/dev/null; then
+  echo "cpu-vs-gloo: $PYTHON cannot import torch; install Debian's PyTorch with: apt-get install -y python3-torch" >&2
+  exit 1
+fi
+mkdir -p "$OUT"
+cd "$ROOT"
+
+SIZES=(-b 8 -e "$MAX_BYTES" -f 4 -n "$ITERS" -w "$WARMUP")
+SERIES=()
+for n in $RANKS; do
+  echo "=== all_reduce float32 on $n ranks: mooncake-cpu ==="
+  bin/mooncake4j pgbench --collective all_reduce --backend mooncake-cpu --device cpu -d float32 -o sum -c 1 -g "$n" "${SIZES[@]}" \
+    --json "$OUT/mooncake-cpu-allreduce-g$n.json"
+  echo "=== all_reduce float32 on $n ranks: gloo ==="
+  "$PYTHON" bench/gloo_allreduce.py -g "$n" -c 1 "${SIZES[@]}" --json "$OUT/gloo-allreduce-g$n.json"
+  SERIES+=(--series "mooncake-cpu $n ranks=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo $n ranks=$OUT/gloo-allreduce-g$n.json")
+done
+
+echo "=== chart ==="
+# the chart's own ratio table compares the first series with all others; the per-rank-count tables below are the ones to read
+bin/mooncake4j plot --out "$OUT/cpu-allreduce-vs-gloo.png" --metric busbw \
+  --title "all_reduce float32 on $(nproc) cores: mooncake-cpu vs gloo (busbw)" "${SERIES[@]}" > /dev/null
+echo "chart: $OUT/cpu-allreduce-vs-gloo.png"
+
+for n in $RANKS; do
+  echo
+  echo "=== $n ranks: time ratio gloo/mooncake-cpu and busbw ratio mooncake-cpu/gloo per size ==="
+  bin/mooncake4j plot --series "mooncake-cpu=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo=$OUT/gloo-allreduce-g$n.json"
+done

@@ -1,0 +1,113 @@
+package org.mooncake4j.cli;
+
+import java.io.IOException;
+import java.nio.file.Path;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.Locale;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Device;
+import org.mooncake4j.core.Tensor;
+import org.mooncake4j.pg.ProcessGroup;
+import org.mooncake4j.pg.ReduceOp;
+import picocli.CommandLine;
+import picocli.CommandLine.Mixin;
+import picocli.CommandLine.Option;
+
+/**
+ * One rank of {@code pgbench}, started by {@link PgBenchCommand} through {@link WorkerLauncher}
+ * (rank, world size and store come from the environment). For each size it allocates the buffers
+ * once, checks one result against the known inputs (with {@code -c 1}), runs the warmup, meets the
+ * other ranks at a barrier, times {@code iters} back-to-back operations with
+ * {@link System#nanoTime()}, and takes the maximum of the per-iteration time over ranks (an
+ * all_reduce MAX of a float64). Rank 0 prints the nccl-tests table as it goes and writes the result
+ * file. Exits with 1 on rank 0 when any element was wrong. Single-threaded.
+ */
+public final class PgBenchWorker {
+    /** The worker's arguments: the shared benchmark flags plus where rank 0 writes the rows. */
+    static final class Args {
+        @Mixin
+        BenchOptions options = new BenchOptions();
+
+        @Option(names = "--results", required = true)
+        Path results;
+    }
+
+    private PgBenchWorker() {}
+
+    public static void main(String[] argv) throws IOException {
+        Args a = CommandLine.populateCommand(new Args(), argv);
+        System.exit(run(a.options, a.results));
+    }
+
+    static int run(BenchOptions o, Path results) throws IOException {
+        DType dtype = o.dtype();
+        ReduceOp op = o.op();
+        BenchCollective c = o.collective;
+        try (ProcessGroup g = ProcessGroup.builder().backend(o.backend).init();
+             Tensor time = Tensor.zeros(DType.FLOAT64, Device.CPU, 1);
+             Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
+            int rank = g.rank();
+            int n = g.size();
+            BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
+            if (rank == 0) printPreamble(o, n);
+            List<BenchResults.Row> rows = new ArrayList<>();
+            long totalWrong = 0;
+            for (long size : o.sizes()) {
+                BenchCollective.Layout layout = c.layout(Math.max(1, size / dtype.byteSize()), n);
+                long wrong = -1;
+                double us;
+                try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype)) {
+                    if (o.check == 1) {
+                        c.fill(b, setup);
+                        c.run(g, b, setup);
+                        wrong = c.countWrong(b, setup);
+                    }
+                    for (int i = 0; i < o.warmup; i++) c.run(g, b, setup);
+                    g.barrier();
+                    long t0 = System.nanoTime();
+                    for (int i = 0; i < o.iters; i++) c.run(g, b, setup);
+                    us = (System.nanoTime() - t0) / 1e3 / o.iters;
+                }
+                time.setDouble(0, us);
+                g.allReduce(time, ReduceOp.MAX);
+                us = time.getDouble(0);
+                if (wrong >= 0) {
+                    wrongCount.setLong(0, wrong);
+                    g.allReduce(wrongCount, ReduceOp.SUM);
+                    wrong = wrongCount.getLong(0);
+                    totalWrong += wrong;
+                }
+                long bytes = layout.bytes(dtype);
+                double algbw = bytes / us / 1e3;
+                BenchResults.Row row = new BenchResults.Row(c.label(), bytes, bytes / dtype.byteSize(), dtype.torchName(),
+                        c.reduces() ? BenchOptions.opLabel(op) : "none", c.rooted() ? o.root : -1, n, us, algbw,
+                        algbw * c.busBwFactor(n), wrong);
+                rows.add(row);
+                if (rank == 0) System.out.println(ResultTable.row(row));
+            }
+            if (rank == 0) {
+                printFooter(rows, o.check == 1, totalWrong);
+                BenchResults.write(results, rows);
+            }
+            g.barrier();
+            return rank == 0 && totalWrong > 0 ? 1 : 0;
+        }
+    }
+
+    private static void printPreamble(BenchOptions o, int n) {
+        System.out.printf(Locale.ROOT, "# pgbench (mooncake4j %s): %s, backend %s, device %s, %d ranks%n",
+                Main.version(), o.collective.label(), o.backend, o.device, n);
+        System.out.printf(Locale.ROOT, "# minBytes %d maxBytes %d step: %d(factor) warmup iters: %d iters: %d validation: %d dtype: %s%n",
+                o.minBytes, o.maxBytes, o.stepFactor, o.warmup, o.iters, o.check, o.dtype().torchName());
+        System.out.println("#");
+        System.out.println(ResultTable.HEADER);
+    }
+
+    private static void printFooter(List<BenchResults.Row> rows, boolean checked, long totalWrong) {
+        double avg = rows.stream().mapToDouble(BenchResults.Row::busbw).average().orElse(0);
+        if (checked) System.out.println("# Out of bounds values : " + totalWrong + (totalWrong == 0 ? " OK" : " FAILED"));
+        System.out.println("# Avg bus bandwidth    : " + ResultTable.bandwidth(avg));
+        System.out.println("#");
+    }
+}

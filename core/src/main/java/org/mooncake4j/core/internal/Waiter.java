@@ -1,0 +1,88 @@
+package org.mooncake4j.core.internal;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.VarHandle;
+import java.util.concurrent.locks.LockSupport;
+import org.mooncake4j.core.Deadline;
+
+/**
+ * Waits for a 64-bit sequence word in (possibly shared) memory to reach a target, backing off from
+ * spinning to yielding to sleeping on a futex. The writer side publishes with {@link #publish}, which
+ * stores with release semantics and wakes sleepers. Sequence words only grow; "reached" is
+ * {@code value - target >= 0} so wrap-around is harmless.
+ *
+ * <p>A sequence word occupies {@link #WORD_BYTES} (16) bytes, 8-aligned: the value at {@code offset}
+ * and a count of sleeping waiters at {@code offset + 8}, so a publish costs a futex system call only
+ * when someone sleeps (Dekker-style: each side stores, fences, then loads the other's word). Give each
+ * word its own 64-byte line when several processes write neighbouring words.
+ *
+ * <p>The spin budget shrinks when the host has fewer cores than busy processes
+ * ({@code mooncake4j.spin} system property or {@code MOONCAKE_SPIN} overrides it): spinning on an
+ * oversubscribed machine only delays the peer that would set the word.
+ */
+public final class Waiter {
+    /** Bytes one sequence word occupies: the value and its sleeper count. */
+    public static final int WORD_BYTES = 16;
+    private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
+    private static final int SPINS = configuredSpins();
+    private static final int YIELDS = 64;
+    private static final long MAX_SLEEP_NANOS = 2_000_000L;
+
+    private Waiter() {}
+
+    private static int configuredSpins() {
+        String s = System.getProperty("mooncake4j.spin", System.getenv("MOONCAKE_SPIN"));
+        if (s != null) return Integer.parseInt(s.trim());
+        return Runtime.getRuntime().availableProcessors() >= 4 ? 4000 : 200;
+    }
+
+    /** Reads the word with acquire semantics. */
+    public static long load(MemorySegment seg, long offset) {
+        return (long) LONG.getAcquire(seg, offset);
+    }
+
+    /** Stores the word with release semantics (every earlier write is visible first) and wakes sleepers. */
+    public static void publish(MemorySegment seg, long offset, long value) {
+        LONG.setRelease(seg, offset, value);
+        VarHandle.fullFence();
+        if ((long) LONG.getVolatile(seg, offset + 8) != 0 && Futex.available()) Futex.wakeAll(seg, offset);
+    }
+
+    /**
+     * Returns true once {@code seg[offset] - target >= 0}, false when the deadline passes or
+     * {@code abort} says to stop (it is polled while sleeping; may be null).
+     */
+    public static boolean awaitAtLeast(MemorySegment seg, long offset, long target, Deadline deadline,
+                                       java.util.function.BooleanSupplier abort) {
+        for (int i = 0; i < SPINS; i++) {
+            if (load(seg, offset) - target >= 0) return true;
+            Thread.onSpinWait();
+        }
+        for (int i = 0; i < YIELDS; i++) {
+            if (load(seg, offset) - target >= 0) return true;
+            Thread.yield();
+        }
+        while (true) {
+            long v = load(seg, offset);
+            if (v - target >= 0) return true;
+            long left = deadline.remainingNanos();
+            if (left == 0) return false;
+            if (abort != null && abort.getAsBoolean()) return false;
+            long sleep = Math.min(left, MAX_SLEEP_NANOS);
+            if (Futex.available()) {
+                LONG.getAndAdd(seg, offset + 8, 1L);
+                try {
+                    VarHandle.fullFence();
+                    long again = load(seg, offset);
+                    // little-endian: the low half of the sequence word is the futex word
+                    if (again - target < 0) Futex.await(seg, offset, (int) again, sleep);
+                } finally {
+                    LONG.getAndAdd(seg, offset + 8, -1L);
+                }
+            } else {
+                LockSupport.parkNanos(Math.min(sleep, 50_000L));
+            }
+        }
+    }
+}

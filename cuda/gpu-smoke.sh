@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# GPU smoke test of mooncake4j-cuda, for a GPU host without Maven (only the NVIDIA driver and a Java 25
+# runtime are needed; see ../shared/tools/make-device-jre.sh for a small one).
+#
+#   gpu-smoke.sh JAR_DIR
+#
+# JAR_DIR must hold exactly these jars (the class path is JAR_DIR/*):
+#   mooncake4j-cuda-<version>.jar   (built where nvcc was present, so it contains kernels.fatbin)
+#   mooncake4j-core-<version>.jar
+#   slf4j-api-2.0.17.jar, slf4j-simple-2.0.17.jar
+# On the build machine, after `mvn -pl cuda install`:
+#   mkdir -p jars && cp cuda/target/mooncake4j-cuda-*[0-9T].jar core/target/mooncake4j-core-*[0-9T].jar \
+#     ~/.m2/repository/org/slf4j/slf4j-api/2.0.17/slf4j-api-2.0.17.jar \
+#     ~/.m2/repository/org/slf4j/slf4j-simple/2.0.17/slf4j-simple-2.0.17.jar jars/
+#
+# Runs, each process under a timeout:
+#   1. CudaSmoke on one GPU (the first visible one);
+#   2. CudaSmoke on all visible GPUs (adds the peer matrix and cross-GPU writes over NVLink);
+#   3. with 2+ GPUs: one CudaSmoke process per GPU in `ipc` mode (legacy IPC and cuMemCreate handles
+#      exchanged through files, kernels writing the next GPU's buffer, flags waited on with a deadline).
+# Logs go to $OUT (or a temporary folder). Exit status 0 when every run passed.
+#
+# Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per process, default 300).
+set -uo pipefail
+
+if [[ $# -ne 1 || ! -d "$1" ]]; then
+  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cuda, mooncake4j-core, slf4j-api and slf4j-simple jars)" >&2
+  exit 2
+fi
+jars=$(cd "$1" && pwd)
+java=${JAVA:-/tmp/jre25/bin/java}
+limit=${TIMEOUT_S:-300}
+for j in mooncake4j-cuda mooncake4j-core slf4j-api slf4j-simple; do
+  if ! compgen -G "$jars/$j-*.jar" > /dev/null; then
+    echo "missing $j-*.jar in $jars" >&2
+    exit 2
+  fi
+done
+if [[ ! -x "$java" ]]; then
+  echo "no Java runtime at $java (set JAVA=...)" >&2
+  exit 2
+fi
+classpath="$jars/*"
+logs=${OUT:-$(mktemp -d)}/gpu-smoke
+mkdir -p "$logs"
+
+if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+else
+  mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
+fi
+ngpu=${#visible[@]}
+echo "java: $java; class path: $classpath; GPUs: $ngpu (${visible[*]:-none}); logs: $logs"
+if [[ $ngpu -eq 0 ]]; then
+  echo "FAIL no GPU visible (nvidia-smi found none and CUDA_VISIBLE_DEVICES is unset)"
+  exit 1
+fi
+
+smoke() {
+  timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$classpath" \
+    org.mooncake4j.cuda.CudaSmoke "$@"
+}
+
+status=0
+summary=()
+note() {  # note NAME RC
+  local verdict=PASSED
+  if [[ $2 -eq 124 || $2 -eq 137 ]]; then verdict="TIMED OUT after ${limit}s"; elif [[ $2 -ne 0 ]]; then verdict="FAILED (exit $2)"; fi
+  [[ $2 -ne 0 ]] && status=1
+  summary+=("$1: $verdict")
+}
+
+echo "=== 1 GPU (CUDA_VISIBLE_DEVICES=${visible[0]})"
+CUDA_VISIBLE_DEVICES=${visible[0]} smoke 2>&1 | tee "$logs/one-gpu.log"
+note "one GPU" "${PIPESTATUS[0]}"
+
+echo "=== all $ngpu GPU(s)"
+CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${visible[*]}") smoke 2>&1 | tee "$logs/all-gpus.log"
+note "all GPUs" "${PIPESTATUS[0]}"
+
+if [[ $ngpu -ge 2 ]]; then
+  echo "=== ipc: $ngpu processes, one per GPU"
+  exchange=$(mktemp -d)
+  pids=()
+  for ((r = 0; r < ngpu; r++)); do
+    CUDA_VISIBLE_DEVICES=$(IFS=,; echo "${visible[*]}") RANK=$r WORLD_SIZE=$ngpu \
+      smoke ipc "$exchange" > "$logs/ipc-rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for ((r = 0; r < ngpu; r++)); do
+    wait "${pids[$r]}"
+    rc=$?
+    sed "s/^/[rank $r] /" "$logs/ipc-rank$r.log"
+    note "ipc rank $r" "$rc"
+  done
+  rm -rf "$exchange"
+else
+  summary+=("ipc: SKIPPED (needs 2+ GPUs)")
+fi
+
+echo "=== summary"
+printf '%s\n' "${summary[@]}"
+exit $status

@@ -1,0 +1,45 @@
+// Shared device helpers for the mooncake4j kernels. Every kernel is extern "C" so the host finds it
+// by its plain name with cuModuleGetFunction, and every kernel loops grid-stride so the host may pick
+// any grid size.
+#pragma once
+
+#include <cstdint>
+
+namespace mooncake4j {
+
+__device__ __forceinline__ uint64_t thread_index() {
+    return static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+
+__device__ __forceinline__ uint64_t thread_count() {
+    return static_cast<uint64_t>(gridDim.x) * blockDim.x;
+}
+
+// Nanoseconds from the GPU's global timer; comparable across SMs of one GPU.
+__device__ __forceinline__ uint64_t global_timer_ns() {
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    return t;
+}
+
+// System-scope acquire load: after it, this thread sees every write that the writer (another GPU
+// over NVLink, or the host) made before its matching release store.
+__device__ __forceinline__ uint64_t load_acquire_sys(const uint64_t* p) {
+    uint64_t v;
+    asm volatile("ld.acquire.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void store_release_sys(uint64_t* p, uint64_t v) {
+    asm volatile("st.release.sys.global.u64 [%0], %1;" : : "l"(p), "l"(v) : "memory");
+}
+
+__device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
+    asm volatile("st.release.sys.global.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
+}
+
+__device__ __forceinline__ bool aligned16(const void* p) {
+    return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+}  // namespace mooncake4j

@@ -1,0 +1,102 @@
+package org.mooncake4j.pg;
+
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import java.util.Map;
+import java.util.function.BooleanSupplier;
+import org.mooncake4j.core.Deadline;
+import org.mooncake4j.pg.collective.Backup;
+import org.mooncake4j.pg.collective.Channels;
+import org.mooncake4j.pg.collective.CollectiveContext;
+import org.mooncake4j.pg.collective.GroupLayout;
+import org.mooncake4j.pg.collective.PointToPoint;
+import org.mooncake4j.pg.membership.GroupState;
+import org.mooncake4j.transfer.LocalSegment;
+import org.mooncake4j.transfer.RemoteSegment;
+import org.mooncake4j.transfer.TransferEngine;
+import org.mooncake4j.transfer.store.MetadataStore;
+
+/**
+ * The data plane of one group in one membership epoch: this rank's freshly registered segment, the
+ * members' segments of the same epoch, and the lanes over them. A membership change builds a new
+ * plane and discards the old one, so sequence words start from zero with the new member set, and a
+ * fenced rank that wakes up writes only into segments nobody reads any more.
+ *
+ * <p>Built and closed by the group's operation thread; P2P threads use it while it is current.
+ */
+final class EpochPlane implements AutoCloseable {
+    final GroupState state;
+    final long epoch;
+    final int[] members;
+    final LocalSegment segment;
+    final Channels channels;
+    final CollectiveContext ctx;
+    final PointToPoint p2p;
+    /** Operations started in this epoch. */
+    long opSeq;
+
+    private EpochPlane(GroupState state, LocalSegment segment, Channels channels, Backup backup,
+                       CollectiveContext.SyncFailureHandler onSyncFailure) {
+        this.state = state;
+        this.epoch = state.epoch();
+        this.members = state.members();
+        this.segment = segment;
+        this.channels = channels;
+        this.ctx = new CollectiveContext(channels, backup, onSyncFailure);
+        this.p2p = new PointToPoint(channels);
+    }
+
+    static String memberKey(String prefix, long epoch, int rank) { return prefix + "member/" + epoch + "/" + rank; }
+
+    /**
+     * Registers this rank's segment for {@code state}'s epoch, publishes it, and opens every member's.
+     *
+     * @throws Channels.WaitFailure naming a member whose segment did not appear (or is on a dead
+     *                              engine) before the deadline, or when {@code interrupted} fires
+     */
+    static EpochPlane build(TransferEngine engine, MetadataStore store, String prefix, String segPrefix, int rank,
+                            GroupState state, GroupLayout layout, Deadline deadline, BooleanSupplier interrupted,
+                            Backup backup, CollectiveContext.SyncFailureHandler onSyncFailure) {
+        long epoch = state.epoch();
+        String name = segPrefix + ".e" + epoch;
+        LocalSegment seg = engine.registerSegment(name, layout.segmentBytes());
+        try {
+            store.set(memberKey(prefix, epoch, rank), name.getBytes(StandardCharsets.UTF_8));
+            int[] members = state.members();
+            RemoteSegment[] peers = new RemoteSegment[state.slots()];
+            for (int p : members) {
+                if (p == rank) continue;
+                String key = memberKey(prefix, epoch, p);
+                Map<String, byte[]> found = null;
+                while (found == null) {
+                    if (interrupted.getAsBoolean()) throw new Channels.WaitFailure(p, false);
+                    if (deadline.expired()) throw new Channels.WaitFailure(p, true);
+                    try {
+                        found = store.waitFor(List.of(key), deadline.min(Deadline.afterMillis(200)));
+                    } catch (org.mooncake4j.core.TimeoutException e) {
+                        found = null;
+                    }
+                }
+                try {
+                    peers[p] = engine.openSegment(new String(found.get(key), StandardCharsets.UTF_8), deadline);
+                } catch (RuntimeException e) {
+                    throw new Channels.WaitFailure(p, false, e);
+                }
+                if (!peers[p].alive()) throw new Channels.WaitFailure(p, false);
+            }
+            return new EpochPlane(state, seg, new Channels(layout, seg.memory(), rank, peers, interrupted), backup, onSyncFailure);
+        } catch (RuntimeException e) {
+            seg.close();
+            throw e;
+        }
+    }
+
+    /** Ranks among the members whose engines are known dead. */
+    int[] deadMembers() { return channels.deadAmong(members); }
+
+    @Override
+    public void close() {
+        channels.abort();
+        segment.close();
+    }
+}

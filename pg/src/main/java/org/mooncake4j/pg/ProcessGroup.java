@@ -1,0 +1,1026 @@
+package org.mooncake4j.pg;
+
+import java.lang.foreign.MemorySegment;
+import java.nio.charset.StandardCharsets;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.ReentrantLock;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Deadline;
+import org.mooncake4j.core.Device;
+import org.mooncake4j.core.Tensor;
+import org.mooncake4j.pg.collective.AllGather;
+import org.mooncake4j.pg.collective.AllReduce;
+import org.mooncake4j.pg.collective.AllToAll;
+import org.mooncake4j.pg.collective.Backup;
+import org.mooncake4j.pg.collective.Barrier;
+import org.mooncake4j.pg.collective.Broadcast;
+import org.mooncake4j.pg.collective.Channels;
+import org.mooncake4j.pg.collective.CollectiveContext;
+import org.mooncake4j.pg.collective.Gather;
+import org.mooncake4j.pg.collective.GroupLayout;
+import org.mooncake4j.pg.collective.OpCode;
+import org.mooncake4j.pg.collective.Reduce;
+import org.mooncake4j.pg.collective.ReduceScatter;
+import org.mooncake4j.pg.collective.Reduction;
+import org.mooncake4j.pg.membership.FailureAgreement;
+import org.mooncake4j.pg.membership.GroupState;
+import org.mooncake4j.transfer.TransferEngine;
+import org.mooncake4j.transfer.store.MetadataStore;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * A Mooncake process group: {@code dist.init_process_group(backend="mooncake-cpu", ...)} for the JVM.
+ *
+ * <p>Collectives are called in the same order on every member; each has an {@code ...Async} twin
+ * returning a {@link Work}. Blocking calls run on the calling thread when no asynchronous operation is
+ * queued (no thread hand-off on the fast path); asynchronous ones run in submission order on the
+ * group's operation thread, so several may be in flight. P2P operations run on one thread per peer and
+ * direction, independent of collectives. Every operation has a deadline (the group timeout): a peer
+ * that dies or hangs makes it fail with {@link PeerFailureException} naming the ranks, never hang.
+ *
+ * <p>One thread at a time may issue collectives on a group (as with torch.distributed). The group owns
+ * its registered segment and threads; {@link #close()} releases them.
+ */
+public final class ProcessGroup implements AutoCloseable {
+    public static final String BACKEND_CPU = "mooncake-cpu";
+    public static final String BACKEND_CUDA = "mooncake";
+    private static final Logger LOG = LoggerFactory.getLogger(ProcessGroup.class);
+
+    private final String backend;
+    private final String name;
+    private final int rank;
+    private final int slots;
+    private final Duration timeout;
+    private final GroupRuntime runtime;
+    private final TransferEngine engine;
+    private final MetadataStore store;
+    private final FailureAgreement agreement;
+    private final GroupLayout layout;
+    private final Backup backup = new Backup();
+    private final Tensor activeRanks;
+    /** This group's members as ranks of the parent group (null for the world group). */
+    private final int[] parentRanks;
+    private volatile GroupState state;
+    private volatile EpochPlane plane;
+    private volatile boolean joined;
+    private final boolean extensionProcess;
+    private final long initEpoch;
+    private final java.util.TreeSet<Integer> droppedSinceInit = new java.util.TreeSet<>();
+    private volatile int[] lastDropped = new int[0];
+    private volatile boolean lastCovered = true;
+    private final ReentrantLock execLock = new ReentrantLock();
+    private final AtomicInteger pendingAsync = new AtomicInteger();
+    private ExecutorService opThread;
+    private final ExecutorService[] sendThreads;
+    private final ExecutorService[] recvThreads;
+    private final List<ProcessGroup> children = new ArrayList<>();
+    private int subgroupCounter;
+    private volatile RuntimeException broken;
+    private volatile boolean closed;
+
+    ProcessGroup(GroupRuntime runtime, String backend, String name, int rank, int worldSize, int slots,
+                 Tensor activeRanks, boolean extension, int[] parentRanks, Duration timeout) {
+        this.runtime = runtime;
+        this.engine = runtime.engine();
+        this.store = runtime.store();
+        this.backend = backend;
+        this.name = name;
+        this.rank = rank;
+        this.slots = slots;
+        this.timeout = timeout;
+        this.activeRanks = activeRanks;
+        this.parentRanks = parentRanks;
+        this.extensionProcess = extension;
+        this.layout = new GroupLayout(slots, slotBytes());
+        this.sendThreads = new ExecutorService[slots];
+        this.recvThreads = new ExecutorService[slots];
+        boolean[] mask = new boolean[slots];
+        int[] given = activeRanks.toIntArray();
+        for (int r = 0; r < slots; r++) mask[r] = r < worldSize && given[r] != 0;
+        if (!extension && !mask[rank]) {
+            throw new IllegalArgumentException("rank " + rank + " is marked inactive in activeRanks " + Arrays.toString(given)
+                    + "; a rank that starts inactive must be an extension rank (isExtension=true) that joins with joinGroup()");
+        }
+        this.agreement = new FailureAgreement(store, keyPrefix(), name, rank, timeout);
+        GroupState s = agreement.initOrCheck(GroupState.initial(slots, worldSize, mask), extension);
+        this.state = s;
+        this.initEpoch = s.epoch();
+        agreement.startWatcher();
+        if (extension) {
+            if (rank >= slots) throw new IllegalArgumentException("rank " + rank + " is outside max_world_size " + slots);
+            store.set(keyPrefix() + "join/" + rank, runtime.nonce().getBytes(StandardCharsets.UTF_8));
+            writeMask(s);
+            LOG.info("init group={} rank={} epoch={} extension=true: waiting for joinGroup()", name, rank, s.epoch());
+            return;
+        }
+        try {
+            plane = buildPlane(s, Deadline.after(timeout));
+            joined = true;
+            writeMask(s);
+            barrier();
+        } catch (RuntimeException e) {
+            shutdown();
+            throw e;
+        }
+        LOG.info("init group={} rank={} world_size={} slots={} epoch={} backend={} transport={}", name, rank, worldSize, slots,
+                state.epoch(), backend, describeTransports());
+    }
+
+    private EpochPlane buildPlane(GroupState s, Deadline deadline) {
+        long e = s.epoch();
+        return EpochPlane.build(engine, store, keyPrefix(), "pg." + name.replace('/', '.') + ".r" + rank + "." + runtime.nonce(), rank,
+                s, layout, deadline, () -> agreement.changedSince(e), backup, this::onSyncFailure);
+    }
+
+    // ---- creation ----------------------------------------------------------------------------
+
+    /** {@code dist.init_process_group(backend, rank=rank, world_size=worldSize, pg_options=options)} with rendezvous from the environment. */
+    public static ProcessGroup init(String backend, int rank, int worldSize, MooncakeBackendOptions options) {
+        return builder().backend(backend).rank(rank).worldSize(worldSize).options(options).init();
+    }
+
+    public static ProcessGroupBuilder builder() { return new ProcessGroupBuilder(); }
+
+    static long slotBytes() {
+        String s = System.getenv("MOONCAKE_SLOT_BYTES");
+        long v = s != null ? Long.parseLong(s.trim()) : Long.getLong("mooncake4j.slotBytes", 1L << 20);
+        return Math.max(8192, v / 4096 * 4096);
+    }
+
+    String keyPrefix() { return "mooncake4j/pg/" + name + "/"; }
+
+    // ---- identity and state ------------------------------------------------------------------
+
+    public int rank() { return rank; }
+
+    /** The visible active size ({@code dist.get_world_size()}): the members of the current epoch. */
+    public int size() { return state.members().length; }
+
+    /** Rank ids in use (active or reserved-inactive), as set at init or by {@link #extendGroupSizeTo}. */
+    public int worldSize() { return state.worldSize(); }
+
+    /** Reserved rank slots ({@code max_world_size}). */
+    public int maxWorldSize() { return slots; }
+
+    public String backend() { return backend; }
+
+    /** The group's name in the store ({@code world}, {@code world/g1}, ...). */
+    public String name() { return name; }
+
+    /** The membership epoch: it grows by one at every agreed failure and every recovery. */
+    public long epoch() { return state.epoch(); }
+
+    /** The rank-health mask passed in the options, kept current by the backend (1 = active). */
+    public Tensor activeRanks() { return activeRanks; }
+
+    /** The number of ranks this rank is synchronized with (the active members, itself included). */
+    public int numSyncedRanks() { return joined ? state.members().length : 0; }
+
+    public Duration timeout() { return timeout; }
+
+    /** Ranks removed from this group since this process joined it, in rank order. */
+    public int[] droppedRanks() {
+        synchronized (droppedSinceInit) { return droppedSinceInit.stream().mapToInt(Integer::intValue).toArray(); }
+    }
+
+    /** Ranks removed while the last completed operation ran (empty when none). */
+    public int[] lastDroppedRanks() { return lastDropped.clone(); }
+
+    /** Whether the last completed operation's result covered every rank active when it started. */
+    public boolean lastLocalSuccess() { return lastCovered; }
+
+    /** Which transport and network interface serve {@code location} ({@code cpu}, {@code cpu:N} or a peer rank as {@code rank:N}), or why none does. */
+    public String preferredHca(String location) {
+        String loc = location.trim().toLowerCase(java.util.Locale.ROOT);
+        if (loc.startsWith("rank:")) {
+            int p = Integer.parseInt(loc.substring(5));
+            checkRank(p, "rank");
+            if (p == rank) return "local (this rank)";
+            String seg = peerSegmentName(p);
+            return seg == null ? "none: rank " + p + " is not an active member" : engine.preferredTransport(seg);
+        }
+        if (loc.equals("cpu") || loc.startsWith("cpu:")) {
+            String nic;
+            try {
+                java.net.NetworkInterface ni = java.net.NetworkInterface.getByInetAddress(java.net.InetAddress.getByName(engine.hostIp()));
+                nic = ni == null ? "no interface holds " + engine.hostIp() : ni.getName();
+            } catch (java.io.IOException e) {
+                nic = "unknown (" + e.getMessage() + ")";
+            }
+            return "tcp via " + nic + " (" + engine.hostIp() + ":" + engine.port() + ") for peers on other hosts; shm for peers on this host"
+                    + " (transport " + engine.transport() + ")";
+        }
+        if (loc.startsWith("cuda")) return "none: backend " + backend + " moves host memory only; device tensors need backend mooncake";
+        throw new IllegalArgumentException("Unknown location '" + location + "': use cpu, cpu:N, cuda:N or rank:N");
+    }
+
+    private String peerSegmentName(int p) {
+        return store.get(EpochPlane.memberKey(keyPrefix(), state.epoch(), p)).map(b -> new String(b, StandardCharsets.UTF_8)).orElse(null);
+    }
+
+    private String describeTransports() {
+        StringBuilder sb = new StringBuilder();
+        for (int p : state.members()) {
+            if (p == rank) continue;
+            String seg = peerSegmentName(p);
+            if (seg != null) sb.append(sb.isEmpty() ? "" : ",").append(p).append(':').append(engine.openSegment(seg, Deadline.after(timeout)).transport());
+        }
+        return sb.toString();
+    }
+
+    private void writeMask(GroupState s) {
+        for (int r = 0; r < slots; r++) activeRanks.setLong(r, s.isActive(r) ? 1 : 0);
+    }
+
+    // ---- collectives -------------------------------------------------------------------------
+
+    /** {@code dist.all_reduce(t, op)}: every member ends with the reduction over all members, bitwise identical. */
+    public void allReduce(Tensor t, ReduceOp op) { allReduceAsync(t, op, false); }
+
+    public Work allReduceAsync(Tensor t, ReduceOp op) { return allReduceAsync(t, op, true); }
+
+    private Work allReduceAsync(Tensor t, ReduceOp op, boolean async) {
+        checkHost(t, "tensor");
+        Reduction.validate(t.dtype(), op);
+        MemorySegment data = t.segment();
+        return run(OpCode.ALL_REDUCE, async, c -> AllReduce.run(c, t.dtype(), op, data, t.numel()));
+    }
+
+    public void broadcast(Tensor t, int root) { broadcastAsync(t, root, false); }
+
+    public Work broadcastAsync(Tensor t, int root) { return broadcastAsync(t, root, true); }
+
+    private Work broadcastAsync(Tensor t, int root, boolean async) {
+        checkHost(t, "tensor");
+        checkRoot(root);
+        MemorySegment data = t.segment();
+        return run(OpCode.BROADCAST, async, c -> Broadcast.run(c, data, t.byteSize(), root));
+    }
+
+    /** {@code dist.all_gather(out, in)}: {@code out} has one tensor per rank of the group (world size), each shaped like {@code in}. */
+    public void allGather(List<Tensor> out, Tensor in) { allGatherAsync(out, in, false); }
+
+    public Work allGatherAsync(List<Tensor> out, Tensor in) { return allGatherAsync(out, in, true); }
+
+    private Work allGatherAsync(List<Tensor> out, Tensor in, boolean async) {
+        checkHost(in, "input");
+        checkList(out, "output", in);
+        return run(OpCode.ALL_GATHER, async, c -> {
+            int[] m = c.members();
+            MemorySegment[] outs = new MemorySegment[m.length];
+            long[] offs = new long[m.length];
+            for (int i = 0; i < m.length; i++) outs[i] = out.get(m[i]).segment();
+            AllGather.run(c, in.segment(), in.byteSize(), outs, offs);
+        });
+    }
+
+    /** {@code dist.all_gather_into_tensor(out, in)}: {@code out} holds world-size copies of {@code in}'s shape, in rank order. */
+    public void allGatherIntoTensor(Tensor out, Tensor in) { allGatherIntoTensorAsync(out, in, false); }
+
+    public Work allGatherIntoTensorAsync(Tensor out, Tensor in) { return allGatherIntoTensorAsync(out, in, true); }
+
+    private Work allGatherIntoTensorAsync(Tensor out, Tensor in, boolean async) {
+        checkHost(in, "input");
+        checkHost(out, "output");
+        checkSameDtype(out, in);
+        checkNumel(out, in.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
+        long bytes = in.byteSize();
+        return run(OpCode.ALL_GATHER, async, c -> {
+            int[] m = c.members();
+            MemorySegment[] outs = new MemorySegment[m.length];
+            long[] offs = new long[m.length];
+            for (int i = 0; i < m.length; i++) {
+                outs[i] = out.segment();
+                offs[i] = m[i] * bytes;
+            }
+            AllGather.run(c, in.segment(), bytes, outs, offs);
+        });
+    }
+
+    /** {@code dist.reduce_scatter_tensor(out, in, op)}: {@code in} holds world-size parts shaped like {@code out}. */
+    public void reduceScatterTensor(Tensor out, Tensor in, ReduceOp op) { reduceScatterTensorAsync(out, in, op, false); }
+
+    public Work reduceScatterTensorAsync(Tensor out, Tensor in, ReduceOp op) { return reduceScatterTensorAsync(out, in, op, true); }
+
+    private Work reduceScatterTensorAsync(Tensor out, Tensor in, ReduceOp op, boolean async) {
+        checkHost(in, "input");
+        checkHost(out, "output");
+        checkSameDtype(out, in);
+        Reduction.validate(in.dtype(), op);
+        checkNumel(in, out.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
+        requireAllActive("reduce_scatter_tensor");
+        return run(OpCode.REDUCE_SCATTER, async, c -> ReduceScatter.run(c, in.dtype(), op, in.segment(), out.segment(), out.numel()));
+    }
+
+    /** {@code dist.all_to_all(out, in)}: {@code in.get(j)} goes to rank j; {@code out.get(j)} comes from rank j. */
+    public void allToAll(List<Tensor> out, List<Tensor> in) { allToAllAsync(out, in, false); }
+
+    public Work allToAllAsync(List<Tensor> out, List<Tensor> in) { return allToAllAsync(out, in, true); }
+
+    private Work allToAllAsync(List<Tensor> out, List<Tensor> in, boolean async) {
+        checkListSize(out, "output");
+        checkListSize(in, "input");
+        DType dt = in.get(rank).dtype();
+        for (int j = 0; j < worldSize(); j++) {
+            checkHost(out.get(j), "output[" + j + "]");
+            checkHost(in.get(j), "input[" + j + "]");
+            if (out.get(j).dtype() != dt || in.get(j).dtype() != dt) {
+                throw new IllegalArgumentException("all_to_all needs one dtype for every tensor: input[" + rank + "] is " + dt.torchName()
+                        + " but input/output[" + j + "] is " + in.get(j).dtype().torchName() + "/" + out.get(j).dtype().torchName());
+            }
+        }
+        return run(OpCode.ALL_TO_ALL, async, c -> {
+            int[] m = c.members();
+            int n = m.length;
+            MemorySegment[] is = new MemorySegment[n], os = new MemorySegment[n];
+            long[] io = new long[n], il = new long[n], oo = new long[n], ol = new long[n];
+            for (int i = 0; i < n; i++) {
+                is[i] = in.get(m[i]).segment();
+                il[i] = in.get(m[i]).byteSize();
+                os[i] = out.get(m[i]).segment();
+                ol[i] = out.get(m[i]).byteSize();
+            }
+            AllToAll.run(c, is, io, il, os, oo, ol);
+        });
+    }
+
+    /**
+     * {@code dist.all_to_all_single(out, in, out_splits, in_splits)}: rows of dimension 0 split per
+     * rank; null splits mean equal parts.
+     */
+    public void allToAllSingle(Tensor out, Tensor in, long[] outSplits, long[] inSplits) {
+        allToAllSingleAsync(out, in, outSplits, inSplits, false);
+    }
+
+    public Work allToAllSingleAsync(Tensor out, Tensor in, long[] outSplits, long[] inSplits) {
+        return allToAllSingleAsync(out, in, outSplits, inSplits, true);
+    }
+
+    private Work allToAllSingleAsync(Tensor out, Tensor in, long[] outSplits, long[] inSplits, boolean async) {
+        checkHost(in, "input");
+        checkHost(out, "output");
+        checkSameDtype(out, in);
+        requireAllActive("all_to_all_single");
+        long[] ib = splitBytes(in, inSplits, "input");
+        long[] ob = splitBytes(out, outSplits, "output");
+        return run(OpCode.ALL_TO_ALL, async, c -> {
+            int n = worldSize();
+            MemorySegment[] is = new MemorySegment[n], os = new MemorySegment[n];
+            long[] io = new long[n], oo = new long[n], il = new long[n], ol = new long[n];
+            long ia = 0, oa = 0;
+            for (int j = 0; j < n; j++) {
+                is[j] = in.segment();
+                os[j] = out.segment();
+                io[j] = ia;
+                oo[j] = oa;
+                il[j] = ib[j];
+                ol[j] = ob[j];
+                ia += ib[j];
+                oa += ob[j];
+            }
+            AllToAll.run(c, is, io, il, os, oo, ol);
+        });
+    }
+
+    private long[] splitBytes(Tensor t, long[] splits, String what) {
+        long rows = t.dim() == 0 ? 1 : t.size(0);
+        long rowBytes = rows == 0 ? 0 : t.byteSize() / rows;
+        long[] b = new long[worldSize()];
+        if (splits == null) {
+            if (rows % worldSize() != 0) {
+                throw new IllegalArgumentException("all_to_all_single " + what + " has " + rows + " rows, not divisible by world size "
+                        + worldSize() + "; pass split sizes");
+            }
+            Arrays.fill(b, rows / worldSize() * rowBytes);
+            return b;
+        }
+        if (splits.length != worldSize()) {
+            throw new IllegalArgumentException("all_to_all_single " + what + " split sizes have " + splits.length + " entries; need world size " + worldSize());
+        }
+        long sum = 0;
+        for (int j = 0; j < worldSize(); j++) {
+            if (splits[j] < 0) throw new IllegalArgumentException("all_to_all_single " + what + " split size " + j + " is negative: " + splits[j]);
+            sum += splits[j];
+            b[j] = splits[j] * rowBytes;
+        }
+        if (sum != rows) {
+            throw new IllegalArgumentException("all_to_all_single " + what + " split sizes sum to " + sum + " but the tensor has " + rows + " rows in dimension 0");
+        }
+        return b;
+    }
+
+    /** {@code dist.barrier()}: returns once every member has entered it. */
+    public void barrier() { barrierAsync(false); }
+
+    public Work barrierAsync() { return barrierAsync(true); }
+
+    private Work barrierAsync(boolean async) { return run(OpCode.BARRIER, async, Barrier::run); }
+
+    /** {@code dist.reduce(t, dst=root, op)}: the root ends with the reduction; other ranks' tensors are unchanged. */
+    public void reduce(Tensor t, int root, ReduceOp op) { reduceAsync(t, root, op, false); }
+
+    public Work reduceAsync(Tensor t, int root, ReduceOp op) { return reduceAsync(t, root, op, true); }
+
+    private Work reduceAsync(Tensor t, int root, ReduceOp op, boolean async) {
+        checkHost(t, "tensor");
+        checkRoot(root);
+        Reduction.validate(t.dtype(), op);
+        return run(OpCode.REDUCE, async, c -> Reduce.run(c, t.dtype(), op, t.segment(), t.numel(), root));
+    }
+
+    /** {@code dist.gather(in, out, dst=root)}: {@code out} (used on the root only) gets one tensor per rank. */
+    public void gather(Tensor in, List<Tensor> out, int root) { gatherAsync(in, out, root, false); }
+
+    public Work gatherAsync(Tensor in, List<Tensor> out, int root) { return gatherAsync(in, out, root, true); }
+
+    private Work gatherAsync(Tensor in, List<Tensor> out, int root, boolean async) {
+        checkHost(in, "input");
+        checkRoot(root);
+        if (rank == root) checkList(out, "gather output", in);
+        return run(OpCode.GATHER, async, c -> {
+            int[] m = c.members();
+            MemorySegment[] outs = new MemorySegment[m.length];
+            if (rank == root) for (int i = 0; i < m.length; i++) outs[i] = out.get(m[i]).segment();
+            Gather.gather(c, in.segment(), in.byteSize(), outs, root);
+        });
+    }
+
+    /** {@code dist.scatter(out, in, src=root)}: {@code in} (used on the root only) has one tensor per rank. */
+    public void scatter(Tensor out, List<Tensor> in, int root) { scatterAsync(out, in, root, false); }
+
+    public Work scatterAsync(Tensor out, List<Tensor> in, int root) { return scatterAsync(out, in, root, true); }
+
+    private Work scatterAsync(Tensor out, List<Tensor> in, int root, boolean async) {
+        checkHost(out, "output");
+        checkRoot(root);
+        if (rank == root) checkList(in, "scatter input", out);
+        return run(OpCode.SCATTER, async, c -> {
+            int[] m = c.members();
+            MemorySegment[] ins = new MemorySegment[m.length];
+            if (rank == root) for (int i = 0; i < m.length; i++) ins[i] = in.get(m[i]).segment();
+            Gather.scatter(c, ins, out.byteSize(), out.segment(), root);
+        });
+    }
+
+    // ---- point to point ----------------------------------------------------------------------
+
+    public void send(Tensor t, int dst, int tag) { isend(t, dst, tag).await(); }
+
+    public void recv(Tensor t, int src, int tag) { irecv(t, src, tag).await(); }
+
+    /** Posts a send; messages to one peer leave in posting order. Fails if the peer leaves the group meanwhile. */
+    public Work isend(Tensor t, int dst, int tag) {
+        checkHost(t, "tensor");
+        checkPeer(dst, "destination");
+        MemorySegment data = t.segment();
+        long bytes = t.byteSize();
+        return p2p(sendThread(dst), "send to rank " + dst + " tag " + tag, (pl, d) -> pl.p2p.send(dst, tag, pl.epoch, data, bytes, d), dst);
+    }
+
+    /** Posts a receive; matched by tag, in order per (peer, tag). */
+    public Work irecv(Tensor t, int src, int tag) {
+        checkHost(t, "tensor");
+        checkPeer(src, "source");
+        MemorySegment data = t.segment();
+        long bytes = t.byteSize();
+        return p2p(recvThread(src), "recv from rank " + src + " tag " + tag, (pl, d) -> pl.p2p.recv(src, tag, data, bytes, d), src);
+    }
+
+    /** {@code dist.batch_isend_irecv(ops)}: starts every operation; the works complete independently. */
+    public List<Work> batchIsendIrecv(List<P2POp> ops) {
+        List<Work> works = new ArrayList<>(ops.size());
+        for (P2POp op : ops) {
+            works.add(op.kind() == P2POp.Kind.ISEND ? isend(op.tensor(), op.peer(), op.tag()) : irecv(op.tensor(), op.peer(), op.tag()));
+        }
+        return works;
+    }
+
+    private interface P2PBody { void run(EpochPlane plane, Deadline d); }
+
+    private Work p2p(ExecutorService thread, String what, P2PBody body, int peer) {
+        checkUsable();
+        WorkImpl w = new WorkImpl(what, timeout.toMillis() * 2 + 10_000);
+        thread.execute(() -> {
+            Deadline d = Deadline.after(timeout);
+            EpochPlane pl = plane;
+            try {
+                checkUsable();
+                if (!pl.state.isActive(peer)) {
+                    throw new PeerFailureException(what + ": rank " + peer + " is not an active member in epoch " + pl.epoch, new int[] {peer});
+                }
+                body.run(pl, d);
+                w.complete(new int[0], true);
+            } catch (Channels.WaitFailure f) {
+                w.fail(pl.channels.failure(f, what, 0, new int[] {peer}, timeout.toMillis()));
+            } catch (Throwable t) {
+                w.fail(t);
+            }
+        });
+        return w;
+    }
+
+    private synchronized ExecutorService sendThread(int dst) {
+        if (sendThreads[dst] == null) sendThreads[dst] = singleThread("send-" + dst);
+        return sendThreads[dst];
+    }
+
+    private synchronized ExecutorService recvThread(int src) {
+        if (recvThreads[src] == null) recvThreads[src] = singleThread("recv-" + src);
+        return recvThreads[src];
+    }
+
+    private ExecutorService singleThread(String role) {
+        return Executors.newSingleThreadExecutor(Thread.ofPlatform().daemon().name("mooncake-pg-" + name + "-r" + rank + "-" + role).factory());
+    }
+
+    // ---- subgroups ---------------------------------------------------------------------------
+
+    /**
+     * {@code dist.new_group(ranks)}: a group of its own (own segments, sequence numbers and epochs)
+     * over {@code ranks} of this group. Every rank of this group must call it, in the same order
+     * (a joining rank too, after {@link #joinGroup()}); a rank not in {@code ranks} gets null. In the
+     * new group, ranks are numbered by their order in sorted {@code ranks}.
+     */
+    public ProcessGroup newGroup(int... ranks) {
+        checkUsable();
+        int[] sorted = ranks.clone();
+        Arrays.sort(sorted);
+        if (sorted.length == 0) throw new IllegalArgumentException("new_group needs at least one rank");
+        for (int i = 0; i < sorted.length; i++) {
+            checkRank(sorted[i], "new_group rank");
+            if (i > 0 && sorted[i] == sorted[i - 1]) throw new IllegalArgumentException("new_group ranks repeat rank " + sorted[i]);
+        }
+        int id;
+        synchronized (this) { id = ++subgroupCounter; }
+        int myIndex = Arrays.binarySearch(sorted, rank);
+        if (myIndex < 0) return null;
+        String childName = name + "/g" + id;
+        // a joining process enters the subgroups the healthy ranks had when they recovered it
+        boolean extension = extensionProcess && rejoinedSubgroups().contains(id);
+        Tensor mask = Tensor.ones(DType.INT32, Device.CPU, sorted.length);
+        ProcessGroup g = new ProcessGroup(runtime.share(), backend, childName, myIndex, sorted.length, sorted.length, mask,
+                extension, sorted, timeout);
+        if (extension) g.joinGroup();
+        synchronized (this) { children.add(g); }
+        return g;
+    }
+
+    // ---- elastic membership ------------------------------------------------------------------
+
+    /**
+     * {@code pg.join_group()}: on a process started with {@code isExtension=true}, blocks until the
+     * healthy ranks recover this rank ({@link #recoverRanks}), then connects to the members. Bounded
+     * by the group timeout.
+     */
+    public void joinGroup() {
+        joinGroup(timeout);
+    }
+
+    /** {@link #joinGroup()} with an explicit bound on how long to wait for the healthy ranks. */
+    public void joinGroup(Duration wait) {
+        if (closed) throw new IllegalStateException("process group " + name + " is closed");
+        if (joined) throw new IllegalStateException("rank " + rank + " is already a member of group '" + name + "'; joinGroup() is for extension ranks");
+        if (!extensionProcess) {
+            throw new IllegalStateException("joinGroup() needs a process started with MooncakeBackendOptions(activeRanks, isExtension=true[, maxWorldSize])");
+        }
+        Deadline d = Deadline.after(wait);
+        GroupState s;
+        try {
+            s = agreement.awaitState(g -> g.epoch() > initEpoch && !g.recovering() && g.isActive(rank), d,
+                    "the healthy ranks to recover rank " + rank + " (they call peerState([" + rank + "]) and recoverRanks([" + rank + "]))");
+        } catch (org.mooncake4j.core.TimeoutException e) {
+            throw new org.mooncake4j.core.TimeoutException("joinGroup() on rank " + rank + " of group '" + name + "' timed out after "
+                    + wait.toMillis() + " ms: the healthy ranks did not recover it. Check that they poll peerState([" + rank + "]) and call recoverRanks(["
+                    + rank + "]), and that every rank uses the same store, max_world_size and rank numbering.");
+        }
+        plane = buildPlane(s, d);
+        state = s;
+        joined = true;
+        writeMask(s);
+        store.delete(keyPrefix() + "join/" + rank);
+        LOG.info("join group={} rank={} epoch={} active={}", name, rank, s.epoch(), Arrays.toString(s.members()));
+    }
+
+    /**
+     * {@code pg.get_peer_state(ranks)}: whether each candidate has started as an extension rank and
+     * published its metadata. A collective among the healthy ranks: the lowest member reads the store
+     * and broadcasts, so every caller gets the same answer.
+     */
+    public boolean[] peerState(int... ranks) {
+        for (int r : ranks) checkRank(r, "peer_state rank");
+        try (Tensor t = Tensor.zeros(DType.INT32, Device.CPU, Math.max(1, ranks.length))) {
+            if (rank == state.members()[0]) {
+                for (int i = 0; i < ranks.length; i++) t.setLong(i, store.get(keyPrefix() + "join/" + ranks[i]).isPresent() ? 1 : 0);
+            }
+            broadcast(t, state.members()[0]);
+            boolean[] out = new boolean[ranks.length];
+            for (int i = 0; i < ranks.length; i++) out[i] = t.getLong(i) != 0;
+            return out;
+        }
+    }
+
+    /**
+     * {@code pg.recover_ranks(ranks)}: a collective among the healthy ranks that makes {@code ranks}
+     * members again (a replacement reuses the dead rank's id) in a new epoch, together with the
+     * subgroups of this group that contain them. The joiners must have started (see {@link #peerState}).
+     */
+    public void recoverRanks(int... ranks) {
+        for (int r : ranks) {
+            checkRank(r, "recover rank");
+            if (r >= state.worldSize()) {
+                throw new IllegalArgumentException("rank " + r + " is outside the world size " + state.worldSize() + "; extend the group first with extendGroupSizeTo");
+            }
+        }
+        boolean[] ready = peerState(ranks);
+        for (int i = 0; i < ranks.length; i++) {
+            if (!ready[i]) {
+                throw new IllegalStateException("recoverRanks: rank " + ranks[i] + " has not published its metadata (it must start with isExtension=true);"
+                        + " poll peerState([" + ranks[i] + "]) until it is true");
+            }
+        }
+        if (rank == state.members()[0] && parentRanks == null) {
+            for (int r : ranks) store.set(keyPrefix() + "rejoin/" + r, subgroupsContaining(r).getBytes(StandardCharsets.UTF_8));
+        }
+        transition("recover_ranks " + Arrays.toString(ranks), s -> {
+            boolean[] m = new boolean[slots];
+            for (int r = 0; r < slots; r++) m[r] = s.isActive(r);
+            for (int r : ranks) m[r] = true;
+            return s.next(m, s.worldSize(), 0, GroupState.Outcome.NONE);
+        });
+        List<ProcessGroup> kids;
+        synchronized (this) { kids = new ArrayList<>(children); }
+        for (ProcessGroup child : kids) {
+            int[] local = java.util.stream.IntStream.of(ranks).map(r -> Arrays.binarySearch(child.parentRanks, r)).filter(i -> i >= 0).toArray();
+            if (local.length > 0) {
+                child.awaitPeers(local);
+                child.recoverRanks(local);
+            }
+        }
+        LOG.info("recover group={} rank={} epoch={} recovered={}", name, rank, state.epoch(), Arrays.toString(ranks));
+    }
+
+    /**
+     * {@code pg.extend_group_size_to(size)}: reserves rank ids up to {@code size} (at most
+     * max_world_size). The new ranks stay inactive until {@link #recoverRanks} admits them.
+     */
+    public void extendGroupSizeTo(int size) {
+        if (size > slots) {
+            throw new IllegalArgumentException("cannot extend group '" + name + "' to " + size + " ranks: max_world_size is " + slots
+                    + "; start every rank with a larger max_world_size");
+        }
+        if (size < state.worldSize()) {
+            throw new IllegalArgumentException("cannot shrink group '" + name + "' from " + state.worldSize() + " to " + size + " ranks");
+        }
+        if (size == state.worldSize()) return;
+        transition("extend_group_size_to " + size, s -> s.next(s.mask(), size, 0, GroupState.Outcome.NONE));
+    }
+
+    /** Polls {@link #peerState} (a collective, so every member stops polling together) until all are ready or the timeout. */
+    private void awaitPeers(int[] ranks) {
+        Deadline d = Deadline.after(timeout);
+        while (true) {
+            boolean[] ready = peerState(ranks);
+            boolean all = true;
+            for (boolean b : ready) all &= b;
+            if (all) return;
+            if (d.expired()) {
+                throw new org.mooncake4j.core.TimeoutException("subgroup '" + name + "': ranks " + Arrays.toString(ranks) + " did not start joining within "
+                        + timeout.toMillis() + " ms; the joining process must create its subgroups with newGroup in the same order as the healthy ranks");
+            }
+            try {
+                Thread.sleep(5);
+            } catch (InterruptedException e) {
+                Thread.currentThread().interrupt();
+                throw new IllegalStateException("interrupted while waiting for joining ranks", e);
+            }
+        }
+    }
+
+    /** Subgroup ids (of this process's creation order) whose members include {@code r}. */
+    private String subgroupsContaining(int r) {
+        StringBuilder sb = new StringBuilder();
+        synchronized (this) {
+            for (ProcessGroup c : children) {
+                if (Arrays.binarySearch(c.parentRanks, r) >= 0) {
+                    sb.append(sb.isEmpty() ? "" : ",").append(c.name.substring(c.name.lastIndexOf("/g") + 2));
+                }
+            }
+        }
+        return sb.toString();
+    }
+
+    private java.util.Set<Integer> rejoinedSubgroups() {
+        String v = store.get(keyPrefix() + "rejoin/" + rank).map(b -> new String(b, StandardCharsets.UTF_8)).orElse("");
+        java.util.Set<Integer> ids = new java.util.HashSet<>();
+        for (String x : v.split(",")) if (!x.isBlank()) ids.add(Integer.parseInt(x.trim()));
+        return ids;
+    }
+
+    /**
+     * A membership change made by every healthy rank together: a barrier (with its sync step, so every
+     * member is past all earlier operations), then every member tries the same compare-and-set from
+     * the current state; one wins and all adopt the result and build the new epoch's plane.
+     */
+    private void transition(String what, java.util.function.UnaryOperator<GroupState> change) {
+        run(OpCode.MEMBERSHIP, false, c -> {
+            Barrier.run(c);
+            c.sync();
+            GroupState from = plane.state;
+            GroupState to = change.apply(from);
+            GroupState now = agreement.compareAndSet(from, to) ? to : agreement.read();
+            if (now.epoch() <= from.epoch() || now.recovering()) {
+                throw new IllegalStateException(what + ": the group state changed concurrently (" + now + "); retry");
+            }
+            adopt(now);
+        });
+        execLock.lock();
+        try {
+            currentPlane(); // the members (joiners too) connect to the new epoch's plane now, not at the next operation
+        } finally {
+            execLock.unlock();
+        }
+        LOG.info("transition group={} rank={} {} epoch={}", name, rank, what, state.epoch());
+    }
+
+    // ---- execution ---------------------------------------------------------------------------
+
+    /** The body of one collective, run with the current epoch's context. */
+    private interface Body { void run(CollectiveContext c); }
+
+    private Work run(OpCode code, boolean async, Body body) {
+        checkUsable();
+        if (!async && pendingAsync.get() == 0) {
+            execLock.lock();
+            try {
+                execute(code, body, null);
+            } finally {
+                execLock.unlock();
+            }
+            return null;
+        }
+        WorkImpl w;
+        synchronized (this) {
+            w = new WorkImpl(code.torchName(), (pendingAsync.get() + 2L) * timeout.toMillis() * 2 + 10_000);
+            if (opThread == null) opThread = singleThread("ops");
+            pendingAsync.incrementAndGet();
+        }
+        opThread.execute(() -> {
+            execLock.lock();
+            try {
+                execute(code, body, w);
+            } catch (Throwable t) {
+                w.fail(t);
+            } finally {
+                execLock.unlock();
+                pendingAsync.decrementAndGet();
+            }
+        });
+        if (!async) {
+            w.await();
+            return null;
+        }
+        return w;
+    }
+
+    /**
+     * Runs one collective to completion over an agreed membership. A failure in the data phase
+     * leads to the agreement and a redo in the new epoch (from the saved input); a failure in the sync
+     * step is handled in {@link #onSyncFailure} and may commit the result as computed.
+     */
+    private void execute(OpCode code, Body body, WorkImpl work) {
+        checkUsable();
+        int[] startMembers = state.members();
+        boolean covered = true;
+        while (true) {
+            EpochPlane pl = currentPlane();
+            long seq = ++pl.opSeq;
+            CollectiveContext c = pl.ctx;
+            c.begin(code, pl.epoch, seq, pl.members, Deadline.after(timeout));
+            try {
+                body.run(c);
+                c.sync();
+                break;
+            } catch (Channels.WaitFailure f) {
+                GroupState next = recover(pl, seq, c.phase(), f);
+                LOG.info("redo group={} rank={} op={} #{} in epoch {} over {}", name, rank, code.torchName(), seq, next.epoch(),
+                        Arrays.toString(next.members()));
+                backup.restore();
+                covered = false;
+            } catch (CollectiveMismatchException e) {
+                broken = e;
+                throw e;
+            }
+        }
+        int[] now = state.members();
+        int[] dropped = Arrays.stream(startMembers).filter(r -> Arrays.binarySearch(now, r) < 0).toArray();
+        lastDropped = dropped;
+        lastCovered = covered;
+        if (work != null) work.complete(dropped, covered);
+    }
+
+    /** The plane of the adopted state, built (and the old one closed) after a membership change. */
+    private EpochPlane currentPlane() {
+        while (true) {
+            if (!joined) {
+                throw new IllegalStateException("rank " + rank + " of group '" + name + "' was started with isExtension=true and has not joined yet:"
+                        + " call joinGroup() before any collective");
+            }
+            GroupState latest = agreement.latest();
+            EpochPlane pl = plane;
+            if (latest != null && latest.epoch() == pl.epoch && latest.recovering()) {
+                // a recovery began while this rank was between operations: take part before starting
+                recover(pl, pl.opSeq + 1, FailureAgreement.Phase.IDLE, null);
+            } else if (latest != null && latest.epoch() > state.epoch()) {
+                adopt(latest);
+            }
+            if (state.epoch() == plane.epoch) return plane;
+            EpochPlane old = plane;
+            try {
+                plane = buildPlane(state, Deadline.after(timeout));
+            } catch (Channels.WaitFailure f) {
+                // a member of the new epoch is gone too: agree again, from the new epoch
+                EpochPlane stub = old;
+                recoverFrom(state, 1, FailureAgreement.Phase.IDLE, f, stub);
+                continue;
+            }
+            old.close();
+            store.delete(EpochPlane.memberKey(keyPrefix(), old.epoch, rank));
+        }
+    }
+
+    /** Sync-step failure: commit when the agreement says the result stands, else throw to redo. */
+    private void onSyncFailure(CollectiveContext c, Channels.WaitFailure f) {
+        EpochPlane pl = plane;
+        GroupState next = recover(pl, c.opSeq(), FailureAgreement.Phase.SYNC, f);
+        boolean committed = next.decidedOp() == c.opSeq() && next.outcome() == GroupState.Outcome.COMMIT
+                || next.outcome() == GroupState.Outcome.NONE;
+        if (!committed) throw f;
+    }
+
+    /** Takes part in the agreement for the failure of {@code pl}'s epoch (once per epoch) and adopts the decision. */
+    private GroupState recover(EpochPlane pl, long seq, FailureAgreement.Phase phase, Channels.WaitFailure f) {
+        return recoverFrom(pl.state, seq, phase, f, pl);
+    }
+
+    private GroupState recoverFrom(GroupState from, long seq, FailureAgreement.Phase phase, Channels.WaitFailure f, EpochPlane pl) {
+        if (state.epoch() > from.epoch()) return state;
+        GroupState latest = agreement.read();
+        GroupState next;
+        if (latest.epoch() > from.epoch() && !latest.recovering()) {
+            next = latest;
+        } else {
+            int[] dead = pl != null && pl.epoch == from.epoch() ? pl.deadMembers() : new int[0];
+            int[] timedOut = f != null && f.timedOut() ? new int[] {f.peer()} : new int[0];
+            if (f != null && !f.timedOut() && !(pl != null && pl.channels.peerAlive(f.peer())) && !agreement.changedSince(from.epoch())) {
+                dead = java.util.stream.IntStream.concat(Arrays.stream(dead), java.util.stream.IntStream.of(f.peer())).distinct().sorted().toArray();
+            }
+            next = agreement.agree(from, new FailureAgreement.Report(rank, seq, phase, dead, timedOut));
+        }
+        adopt(next);
+        return next;
+    }
+
+    /** Makes {@code next} this rank's state; a rank outside its mask is fenced. */
+    private void adopt(GroupState next) {
+        if (next.epoch() < state.epoch()) return;
+        if (!next.isActive(rank)) {
+            RankRemovedException e = new RankRemovedException("rank " + rank + " was removed from process group '" + name + "' in epoch "
+                    + next.epoch() + " (active ranks now " + Arrays.toString(next.members()) + "): it did not take part in the recovery in time"
+                    + " (it was stopped, paused, cut off or slower than the " + timeout.toMillis() + " ms timeout). Its operations are refused."
+                    + " To rejoin, start it (or a replacement) with MooncakeBackendOptions(activeRanks, isExtension=true, maxWorldSize) and call"
+                    + " joinGroup(); the healthy ranks admit it with peerState([" + rank + "]) and recoverRanks([" + rank + "]).", next.epoch());
+            broken = e;
+            LOG.warn("fenced group={} rank={} epoch={}", name, rank, next.epoch());
+            throw e;
+        }
+        int[] before = state.members();
+        state = next;
+        for (int r : before) {
+            if (!next.isActive(r)) synchronized (droppedSinceInit) { droppedSinceInit.add(r); }
+        }
+        writeMask(next);
+    }
+
+    // ---- validation --------------------------------------------------------------------------
+
+    private void checkHost(Tensor t, String what) {
+        if (t == null) throw new IllegalArgumentException(what + " is null");
+        if (!t.device().isCpu()) {
+            throw new IllegalArgumentException("backend " + backend + " needs CPU tensors, but " + what + " is on " + t.device()
+                    + "; use backend 'mooncake' for device tensors or copy with to(Device.CPU)");
+        }
+    }
+
+    private void checkSameDtype(Tensor a, Tensor b) {
+        if (a.dtype() != b.dtype()) {
+            throw new IllegalArgumentException("dtype mismatch: output is " + a.dtype().torchName() + " but input is " + b.dtype().torchName());
+        }
+    }
+
+    private static void checkNumel(Tensor t, long expected, String what, String rule) {
+        if (t.numel() != expected) {
+            throw new IllegalArgumentException(what + " has " + t.numel() + " elements; it needs " + rule + " = " + expected);
+        }
+    }
+
+    private void checkListSize(List<Tensor> list, String what) {
+        if (list == null || list.size() != worldSize()) {
+            throw new IllegalArgumentException(what + " list has " + (list == null ? 0 : list.size()) + " tensors; it needs one per rank (" + worldSize() + ")");
+        }
+    }
+
+    private void checkList(List<Tensor> list, String what, Tensor like) {
+        checkListSize(list, what);
+        for (int j = 0; j < list.size(); j++) {
+            Tensor t = list.get(j);
+            checkHost(t, what + "[" + j + "]");
+            if (t.dtype() != like.dtype() || t.numel() != like.numel()) {
+                throw new IllegalArgumentException(what + "[" + j + "] is " + t.dtype().torchName() + Arrays.toString(t.shape())
+                        + " but must match " + like.dtype().torchName() + Arrays.toString(like.shape()));
+            }
+        }
+    }
+
+    private void checkRank(int r, String what) {
+        if (r < 0 || r >= slots) throw new IllegalArgumentException(what + " " + r + " is out of range [0, " + slots + ")");
+    }
+
+    private void checkRoot(int root) {
+        checkRank(root, "root");
+        if (!state.isActive(root)) throw new IllegalArgumentException("root " + root + " is not an active rank " + Arrays.toString(state.members()));
+    }
+
+    private void checkPeer(int p, String what) {
+        checkRank(p, what);
+        if (p == rank) throw new IllegalArgumentException(what + " " + p + " is this rank; P2P needs another rank");
+        if (!state.isActive(p)) throw new IllegalArgumentException(what + " " + p + " is not an active rank " + Arrays.toString(state.members()));
+    }
+
+    private void requireAllActive(String what) {
+        if (state.members().length != state.worldSize()) {
+            throw new IllegalStateException(what + " needs every rank active; active ranks are " + Arrays.toString(state.members()));
+        }
+    }
+
+    // ---- lifecycle ---------------------------------------------------------------------------
+
+    private void checkUsable() {
+        if (closed) throw new IllegalStateException("process group " + name + " is closed");
+        RuntimeException b = broken;
+        if (b instanceof RankRemovedException r) throw new RankRemovedException(r.getMessage(), r.epoch());
+        if (b != null) {
+            throw new IllegalStateException("process group " + name + " on rank " + rank + " is unusable after an earlier error: " + b.getMessage(), b);
+        }
+        if (!joined) {
+            throw new IllegalStateException("rank " + rank + " of group '" + name + "' was started with isExtension=true and has not joined yet:"
+                    + " call joinGroup() before any collective or P2P operation");
+        }
+    }
+
+    /** Leaves the group: stops this rank's threads, unregisters its segment; does not wait for peers. */
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        List<ProcessGroup> kids;
+        synchronized (this) { kids = new ArrayList<>(children); }
+        for (ProcessGroup g : kids) g.close();
+        shutdown();
+        LOG.info("closed group={} rank={}", name, rank);
+    }
+
+    private void shutdown() {
+        closed = true;
+        EpochPlane pl = plane;
+        if (pl != null) pl.channels.abort();
+        List<ExecutorService> threads = new ArrayList<>();
+        synchronized (this) {
+            if (opThread != null) threads.add(opThread);
+            for (ExecutorService e : sendThreads) if (e != null) threads.add(e);
+            for (ExecutorService e : recvThreads) if (e != null) threads.add(e);
+        }
+        for (ExecutorService e : threads) e.shutdownNow();
+        for (ExecutorService e : threads) {
+            try {
+                e.awaitTermination(5, TimeUnit.SECONDS);
+            } catch (InterruptedException ie) {
+                Thread.currentThread().interrupt();
+            }
+        }
+        agreement.close();
+        if (pl != null) pl.close();
+        backup.close();
+        runtime.release();
+    }
+
+    @Override
+    public String toString() { return "ProcessGroup(" + name + ", rank " + rank + " of " + state.worldSize() + ", " + backend + ", epoch " + state.epoch() + ")"; }
+}

@@ -1,0 +1,102 @@
+package org.mooncake4j.pg;
+
+import static org.assertj.core.api.Assertions.assertThat;
+
+import java.time.Duration;
+import java.util.HashMap;
+import java.util.List;
+import java.util.Map;
+import org.junit.jupiter.api.Test;
+import org.junit.jupiter.params.ParameterizedTest;
+import org.junit.jupiter.params.provider.ValueSource;
+import org.mooncake4j.testkit.ProcessCluster;
+import org.mooncake4j.transfer.store.EmbeddedStoreServer;
+
+/** Multi-process tests of the mooncake-cpu process group: real JVMs, a real store, real shared memory and sockets. */
+class ProcessGroupTest {
+
+    static List<ProcessCluster.Result> runRanks(int n, Map<String, String> env, Duration timeout, String... args) throws Exception {
+        try (EmbeddedStoreServer store = EmbeddedStoreServer.start("127.0.0.1", 0)) {
+            Map<String, String> e = new HashMap<>(env);
+            e.put("MOONCAKE_STORE", store.uri());
+            e.put("MOONCAKE_STORE_HOSTED", "1");
+            try (ProcessCluster c = ProcessCluster.start(PgWorker.class, n, e, args)) {
+                List<ProcessCluster.Result> results = c.awaitAll(timeout);
+                for (ProcessCluster.Result r : results) {
+                    assertThat(r.exitCode()).as("rank %d exit code\n%s", r.rank(), ProcessCluster.describe(results)).isZero();
+                }
+                return results;
+            }
+        }
+    }
+
+    /** Every rank ran the same number of checks and ended with bitwise-identical reduction results. */
+    static void assertAgree(List<ProcessCluster.Result> results, long minChecks) {
+        String crc = results.get(0).results().get("crc");
+        for (ProcessCluster.Result r : results) {
+            assertThat(Long.parseLong(r.results().get("checks"))).as("checks on rank %d", r.rank()).isGreaterThanOrEqualTo(minChecks);
+            assertThat(r.results().get("crc")).as("result digest of rank %d vs rank 0", r.rank()).isEqualTo(crc);
+        }
+    }
+
+    @ParameterizedTest(name = "{0} ranks")
+    @ValueSource(ints = {2, 3, 4})
+    void everyCollectiveDtypeAndOpMatchesTheReference(int n) throws Exception {
+        assertAgree(runRanks(n, Map.of(), Duration.ofMinutes(4), "matrix", "small"), 500);
+    }
+
+    @ParameterizedTest(name = "{0} ranks")
+    @ValueSource(ints = {2, 4})
+    void messagesOf64MiBPipelineThroughTheStagingBanks(int n) throws Exception {
+        assertAgree(runRanks(n, Map.of(), Duration.ofMinutes(4), "large"), 10);
+    }
+
+    @ParameterizedTest(name = "transport {0}")
+    @ValueSource(strings = {"shm", "tcp"})
+    void eachTransportForcedCarriesEveryCollective(String transport) throws Exception {
+        assertAgree(runRanks(3, Map.of("MOONCAKE_TRANSPORT", transport), Duration.ofMinutes(3), "matrix", "tiny"), 100);
+        assertAgree(runRanks(2, Map.of("MOONCAKE_TRANSPORT", transport), Duration.ofMinutes(3), "large"), 10);
+    }
+
+    @Test
+    void pointToPointKeepsOrderPerTagAndMatchesTags() throws Exception {
+        assertAgree(runRanks(3, Map.of(), Duration.ofMinutes(2), "p2p"), 4);
+    }
+
+    @Test
+    void severalAsyncOperationsInFlightCompleteInOrder() throws Exception {
+        assertAgree(runRanks(3, Map.of(), Duration.ofMinutes(2), "async"), 10);
+    }
+
+    @Test
+    void subgroupsHaveTheirOwnSequencesAndP2P() throws Exception {
+        assertAgree(runRanks(4, Map.of(), Duration.ofMinutes(2), "subgroups"), 5);
+    }
+
+    @Test
+    void badInputGetsAClearErrorAndLeavesTheGroupUsable() throws Exception {
+        assertAgree(runRanks(2, Map.of(), Duration.ofMinutes(2), "badinput"), 11);
+    }
+
+    @Test
+    void survivorsOfAKilledPeerAgreeAndGoOnWithTheSumOverTheAgreedMask() throws Exception {
+        try (EmbeddedStoreServer store = EmbeddedStoreServer.start("127.0.0.1", 0)) {
+            Map<String, String> e = Map.of("MOONCAKE_STORE", store.uri(), "MOONCAKE_STORE_HOSTED", "1", "MOONCAKE_TIMEOUT_MS", "5000");
+            try (ProcessCluster c = ProcessCluster.start(PgWorker.class, 3, e, "killloop")) {
+                for (int r = 0; r < 3; r++) assertThat(c.awaitOutput(r, "ITER 200", Duration.ofSeconds(60))).as("rank %d looping", r).isTrue();
+                long killedAt = System.nanoTime();
+                c.kill(2);
+                List<ProcessCluster.Result> results = c.awaitAll(Duration.ofSeconds(60)).subList(0, 2);
+                for (ProcessCluster.Result res : results) {
+                    assertThat(res.exitCode()).as(ProcessCluster.describe(results)).isZero();
+                    assertThat(res.results().get("dropped")).isEqualTo("[2]");
+                    assertThat(res.results().get("mask")).isEqualTo("[1, 1, 0]");
+                    long ms = (Long.parseLong(res.results().get("completedAtNanos")) - killedAt) / 1_000_000;
+                    assertThat(ms).as("rank %d completed the op in flight %d ms after the kill", res.rank(), ms).isLessThan(5000);
+                }
+                assertThat(results.get(0).results().get("epoch")).isEqualTo(results.get(1).results().get("epoch"));
+                assertAgree(results, 100);
+            }
+        }
+    }
+}
