@@ -17,9 +17,9 @@ import picocli.CommandLine;
  * <p>Inputs are small integers, exact in every dtype down to fp8: data that is moved as is uses
  * {@code 1 + (i + 3·rank) mod 13}; data that is reduced uses {@code (rank + 1) · (1 + i mod 3)}, so
  * the expected reduction depends only on {@code i mod 3} and is computed once per size. Floating
- * results are compared with a tolerance of {@code ranks} units in the last place of the dtype,
- * which is zero error whenever the sum is exact (float32 up to 2^24) and admits the rounding of
- * partial sums in bf16 and fp16 otherwise. Integer results must match exactly (wrapping as the dtype does).
+ * results may differ from the exact value by a relative {@code ranks · 2^-mantissaBits}: nothing
+ * while the partial results are exact (float32 integers up to 2^24), and the rounding of partial
+ * sums in bf16 and fp16 beyond that. Integer results must match exactly (wrapping as the dtype does).
  *
  * <p>Stateless; the tensors passed in belong to the caller, and {@link #run} uses them on the calling thread.
  */

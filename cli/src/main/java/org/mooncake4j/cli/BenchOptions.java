@@ -17,46 +17,46 @@ import picocli.CommandLine.Option;
  * <p>A mutable picocli target: filled by the parser, then only read, on one thread.
  */
 final class BenchOptions {
-    @Option(names = "--collective", defaultValue = "all_reduce", converter = BenchCollective.Converter.class,
+    @Option(names = "--collective", paramLabel = "NAME", defaultValue = "all_reduce", converter = BenchCollective.Converter.class,
             description = "all_reduce, all_gather, broadcast, reduce_scatter, alltoall or sendrecv (default: ${DEFAULT-VALUE})")
     BenchCollective collective;
 
-    @Option(names = "--backend", defaultValue = ProcessGroup.BACKEND_CPU, description = "Process-group backend (default: ${DEFAULT-VALUE})")
+    @Option(names = "--backend", paramLabel = "NAME", defaultValue = ProcessGroup.BACKEND_CPU, description = "Process-group backend (default: ${DEFAULT-VALUE})")
     String backend;
 
-    @Option(names = "--device", defaultValue = "cpu", description = "Where the buffers live (default: ${DEFAULT-VALUE})")
+    @Option(names = "--device", paramLabel = "DEV", defaultValue = "cpu", description = "Where the buffers live (default: ${DEFAULT-VALUE})")
     String device;
 
-    @Option(names = {"-g", "--ranks"}, defaultValue = "2", description = "Number of ranks (worker processes) to launch (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-g", "--ranks"}, paramLabel = "N", defaultValue = "2", description = "Number of ranks (worker processes) to launch (default: ${DEFAULT-VALUE})")
     int ranks;
 
-    @Option(names = {"-b", "--min-bytes"}, defaultValue = "32M", converter = ByteSize.Converter.class,
+    @Option(names = {"-b", "--min-bytes"}, paramLabel = "SIZE", defaultValue = "32M", converter = ByteSize.Converter.class,
             description = "Smallest size, e.g. 8, 1K, 64M (default: ${DEFAULT-VALUE})")
     long minBytes;
 
-    @Option(names = {"-e", "--max-bytes"}, defaultValue = "32M", converter = ByteSize.Converter.class,
+    @Option(names = {"-e", "--max-bytes"}, paramLabel = "SIZE", defaultValue = "32M", converter = ByteSize.Converter.class,
             description = "Largest size (default: ${DEFAULT-VALUE})")
     long maxBytes;
 
-    @Option(names = {"-f", "--step-factor"}, defaultValue = "2", description = "Multiply the size by this factor each step (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-f", "--step-factor"}, paramLabel = "F", defaultValue = "2", description = "Multiply the size by this factor each step (default: ${DEFAULT-VALUE})")
     long stepFactor;
 
-    @Option(names = {"-n", "--iters"}, defaultValue = "20", description = "Timed iterations per size (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-n", "--iters"}, paramLabel = "N", defaultValue = "20", description = "Timed iterations per size (default: ${DEFAULT-VALUE})")
     int iters;
 
-    @Option(names = {"-w", "--warmup"}, defaultValue = "5", description = "Untimed iterations before timing each size (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-w", "--warmup"}, paramLabel = "N", defaultValue = "5", description = "Untimed iterations before timing each size (default: ${DEFAULT-VALUE})")
     int warmup;
 
-    @Option(names = {"-c", "--check"}, defaultValue = "1", description = "1: verify each size's result and count wrong elements; 0: skip (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-c", "--check"}, paramLabel = "0|1", defaultValue = "1", description = "1: verify each size's result and count wrong elements; 0: skip (default: ${DEFAULT-VALUE})")
     int check;
 
-    @Option(names = {"-d", "--dtype"}, defaultValue = "float32", description = "Element type: float32, bfloat16, float16, float64, int32, int64, ... (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-d", "--dtype"}, paramLabel = "DTYPE", defaultValue = "float32", description = "Element type: float32, bfloat16, float16, float64, int32, int64, ... (default: ${DEFAULT-VALUE})")
     String dtype;
 
-    @Option(names = {"-o", "--op"}, defaultValue = "sum", description = "Reduction: sum, prod, min, max, avg (bitwise band, bor, bxor for integers) (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-o", "--op"}, paramLabel = "OP", defaultValue = "sum", description = "Reduction: sum, prod, min, max, avg (bitwise band, bor, bxor for integers) (default: ${DEFAULT-VALUE})")
     String op;
 
-    @Option(names = {"-r", "--root"}, defaultValue = "0", description = "Root rank of rooted collectives (default: ${DEFAULT-VALUE})")
+    @Option(names = {"-r", "--root"}, paramLabel = "RANK", defaultValue = "0", description = "Root rank of rooted collectives (default: ${DEFAULT-VALUE})")
     int root;
 
     /** Checks every flag and their combination; the message says which flag is wrong and what it accepts. */
@@ -70,7 +70,11 @@ final class BenchOptions {
         if (check != 0 && check != 1) throw new IllegalArgumentException("-c/--check takes 0 or 1, got " + check);
         if (root < 0 || root >= ranks) throw new IllegalArgumentException("-r/--root " + root + " is not a rank of 0.." + (ranks - 1));
         if (dtype() == DType.BOOL) throw new IllegalArgumentException("-d bool cannot be benchmarked: pick a numeric dtype such as float32");
-        op();
+        ReduceOp reduceOp = op();
+        boolean bitwise = reduceOp == ReduceOp.BAND || reduceOp == ReduceOp.BOR || reduceOp == ReduceOp.BXOR;
+        if (collective.reduces() && bitwise && !dtype().isInteger()) {
+            throw new IllegalArgumentException("-o " + op + " is a bitwise reduction and needs an integer dtype (e.g. -d int32), not " + dtype().torchName());
+        }
         String b = backend.toLowerCase(Locale.ROOT);
         if (!b.equals(ProcessGroup.BACKEND_CPU) && !b.equals(ProcessGroup.BACKEND_CUDA)) {
             throw new IllegalArgumentException("--backend " + backend + " is unknown: use " + ProcessGroup.BACKEND_CPU + " (host tensors) or "

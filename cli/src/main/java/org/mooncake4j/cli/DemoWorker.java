@@ -23,7 +23,7 @@ import org.mooncake4j.pg.Work;
 public final class DemoWorker {
     private static final int TIMED_RUNS = 5;
 
-    /** One demonstrated operation: its known inputs, the operation, and the check of this rank's result. */
+    /** One demonstrated operation: its known inputs, the operation, and the check of this rank's result; {@code dtype} is null when no data moves. */
     private record Case(String collective, DType dtype, long elements, Runnable prepare, Runnable run, LongSupplier wrong) {}
 
     private final ProcessGroup g;
@@ -73,7 +73,7 @@ public final class DemoWorker {
             long bad = wrong.getLong(0);
             if (bad != 0) failed++;
             if (rank == 0) {
-                System.out.println(String.format(Locale.ROOT, "%-26s | %-8s | %9d | %-12s | %10s", c.collective(), c.dtype().torchName(),
+                System.out.println(String.format(Locale.ROOT, "%-26s | %-8s | %9d | %-12s | %10s", c.collective(), c.dtype() == null ? "-" : c.dtype().torchName(),
                         c.elements(), bad == 0 ? "OK" : "WRONG (" + bad + ")", ResultTable.time(time.getDouble(0))));
             }
         }
@@ -242,7 +242,7 @@ public final class DemoWorker {
 
     /** Nothing to compare: returning at all on every rank is the result. */
     private Case barrier() {
-        return new Case("barrier", DType.FLOAT32, 0, () -> { }, g::barrier, () -> 0);
+        return new Case("barrier", null, 0, () -> { }, g::barrier, () -> 0);
     }
 
     /** isend to the next rank and irecv from the previous one, both in flight at once. */

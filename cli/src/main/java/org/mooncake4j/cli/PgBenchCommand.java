@@ -18,9 +18,9 @@ import picocli.CommandLine.Option;
  * file. Exit code: 0, or the first failing worker's (1 when results were wrong). One run per
  * instance, on the picocli thread.
  */
-@Command(name = "pgbench", sortOptions = false,
-        description = {"nccl-tests-style benchmark of one collective: launches -g worker JVMs and prints, per size,",
-                "time, algbw, busbw and #wrong. Example: mooncake4j pgbench --collective all_reduce -g 4 -b 8 -e 64M -f 4"})
+@Command(name = "pgbench", sortOptions = false, mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+        description = {"nccl-tests-style benchmark of one collective: launches -g worker JVMs and prints, per size, time, algbw, busbw and #wrong.",
+                "Example: mooncake4j pgbench --collective all_reduce -g 4 -b 8 -e 64M -f 4"})
 final class PgBenchCommand implements Callable<Integer> {
     /** Child JVM flags: no per-rank INFO logging in the middle of the table. */
     static final List<String> WORKER_JVM_OPTIONS = List.of("-Dorg.slf4j.simpleLogger.defaultLogLevel=warn");

@@ -17,7 +17,7 @@ import picocli.CommandLine.Option;
  * member of {@code torch_baselines.py}'s), draws busbw or time against size on one chart, and
  * prints, per size, how the first series compares with each other one. One run per instance.
  */
-@Command(name = "plot", sortOptions = false,
+@Command(name = "plot", sortOptions = false, mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = {"Chart several result files on one PNG and print the first series' ratios to each other series.",
                 "Example: mooncake4j plot --out cmp.png --title 'all_reduce' --series ours=a.json --series gloo=b.json"})
 final class PlotCommand implements Callable<Integer> {

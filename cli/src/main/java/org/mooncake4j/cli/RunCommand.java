@@ -17,13 +17,20 @@ import picocli.CommandLine.Parameters;
  * {@code mooncake4j run}: torchrun for the JVM. Hosts the embedded metadata store (unless
  * {@code --store} names one, or this is not node 0 of {@code --rdzv-endpoint}), then runs
  * {@code --nproc-per-node} workers of a main class or an executable JAR through
- * {@link WorkerLauncher}. Its exit code is the first failing worker's, 124 when the time limit
- * passes. One run per instance, on the picocli thread.
+ * {@link WorkerLauncher}. With {@code --max-restarts K}, a worker that dies is restarted alone as an
+ * extension rank (up to K times on this node) while the others keep running. Its exit code is that
+ * of the first worker that fails with no restart left, 124 when the time limit passes. One run per
+ * instance, on the picocli thread.
  */
-@Command(name = "run", sortOptions = false,
-        description = {"Launch a distributed job like torchrun: N worker JVMs per node, each with RANK, LOCAL_RANK, WORLD_SIZE,",
-                "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT and MOONCAKE_STORE set; their output is prefixed with [rank]: .",
-                "Example: mooncake4j run --nproc-per-node 4 com.example.Train --epochs 3"})
+@Command(name = "run", sortOptions = false, mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
+        description = {"Launch a distributed job like torchrun: N worker JVMs per node, each with RANK, LOCAL_RANK, WORLD_SIZE, "
+                + "LOCAL_WORLD_SIZE, MASTER_ADDR, MASTER_PORT and MOONCAKE_STORE set; their output is prefixed with [rank]: .",
+                "Elastic restarts (--max-restarts K): a worker that dies (non-zero exit or killed) is restarted alone, with the same "
+                        + "RANK, LOCAL_RANK and WORLD_SIZE plus MOONCAKE_EXTENSION=1 and MOONCAKE_RESTART_COUNT=n, so that it rejoins the "
+                        + "running group as an extension rank (org.mooncake4j.cli.Elastic.initFromEnv does it) while the other workers keep "
+                        + "running; their loop admits it (Elastic.recoverReady). torchrun would restart every worker. Works the same with "
+                        + "--store etcd://...; with several nodes each launcher restarts its own workers.",
+                "Example: mooncake4j run --nproc-per-node 4 --max-restarts 3 com.example.Train --epochs 3"})
 final class RunCommand implements Callable<Integer> {
     @Option(names = {"--nproc-per-node", "--nproc_per_node"}, required = true, paramLabel = "N", description = "Workers to start on this node")
     int nprocPerNode;
@@ -49,6 +56,12 @@ final class RunCommand implements Callable<Integer> {
             description = "Seconds between SIGTERM and SIGKILL when stopping workers (default: ${DEFAULT-VALUE})")
     long stopGraceS;
 
+    @Option(names = {"--max-restarts", "--max_restarts"}, defaultValue = "0", paramLabel = "K",
+            description = "Restart dead workers of this node, one at a time and alone, up to K times in all; first processes get "
+                    + "MOONCAKE_EXTENSION=0, replacements MOONCAKE_EXTENSION=1 and MOONCAKE_RESTART_COUNT=n. 0 = the first failure "
+                    + "stops the job (default: ${DEFAULT-VALUE})")
+    int maxRestarts;
+
     @Option(names = "--jvm-arg", paramLabel = "OPT", description = "A JVM option for every worker, e.g. --jvm-arg=-Xmx8g (repeatable)")
     List<String> jvmArgs = new ArrayList<>();
 
@@ -72,9 +85,11 @@ final class RunCommand implements Callable<Integer> {
                     .rendezvous(rdzv)
                     .jobTimeout(Duration.ofSeconds(timeoutS))
                     .stopGrace(Duration.ofSeconds(stopGraceS))
+                    .maxRestarts(maxRestarts)
                     .build();
             System.err.println("[mooncake4j]: starting " + nprocPerNode + " worker(s) of " + mainClass + " as ranks " + nodeRank * nprocPerNode
-                    + ".." + ((nodeRank + 1) * nprocPerNode - 1) + " of " + launcher.worldSize() + "; store " + rdzv);
+                    + ".." + ((nodeRank + 1) * nprocPerNode - 1) + " of " + launcher.worldSize() + "; store " + rdzv
+                    + (maxRestarts > 0 ? "; up to " + maxRestarts + " restart(s) of dead workers, as extension ranks" : ""));
             return launcher.run().exitCode();
         }
     }

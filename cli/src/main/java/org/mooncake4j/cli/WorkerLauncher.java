@@ -9,6 +9,7 @@ import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Path;
 import java.time.Duration;
+import java.time.Instant;
 import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
@@ -24,8 +25,20 @@ import java.util.concurrent.TimeUnit;
  * {@code WORLD_SIZE}, {@code LOCAL_WORLD_SIZE}, {@code GROUP_RANK}, {@code MASTER_ADDR},
  * {@code MASTER_PORT}, {@code MOONCAKE_STORE} and {@code MOONCAKE_STORE_HOSTED=1}. Every line a
  * worker prints goes to the {@link LineSink} tagged with its rank. The job succeeds when every
- * worker exits with 0; when one exits otherwise, the launcher names it, stops the others (SIGTERM,
- * then SIGKILL after the grace period) and ends with that worker's exit code.
+ * worker's last process exits with 0; when one exits otherwise and no restart is left, the launcher
+ * names it, stops the others (SIGTERM, then SIGKILL after the grace period) and ends with that
+ * worker's exit code.
+ *
+ * <p>Elastic restarts ({@link Builder#maxRestarts}): while this launcher has restarts left, a worker
+ * whose process dies (non-zero exit, or killed by a signal) is restarted alone, with the same
+ * {@code RANK}, {@code LOCAL_RANK} and {@code WORLD_SIZE} plus {@code MOONCAKE_EXTENSION=1} and
+ * {@code MOONCAKE_RESTART_COUNT=n} (how many times this rank has been restarted), so that it rejoins
+ * the running process group as an extension rank (see {@link Elastic}); the other workers keep
+ * running. (torchrun restarts every worker instead.) First processes get {@code MOONCAKE_EXTENSION=0}
+ * and {@code MOONCAKE_RESTART_COUNT=0}. The budget counts restarts of this launcher's own workers,
+ * like torchrun's per-agent {@code --max-restarts}; a restart needs nothing but the local processes
+ * (no store, no other launcher), so with several launchers (one per node, sharing one store, e.g.
+ * etcd) each restarts its own workers.
  *
  * <p>Threading: {@link #run()} blocks its caller until the job ends; it is the only consumer of the
  * exit events. Two daemon threads per worker process copy its stdout and stderr to the sink, so the
@@ -34,9 +47,11 @@ import java.util.concurrent.TimeUnit;
  *
  * <p>Ownership: the launcher owns every process it starts and stops all of them before
  * {@link #run()} returns or the JVM exits. A {@link Worker} holds one rank for the whole job and an
- * exit event names the worker and the process that ended, so starting a replacement process for a
- * rank is one more {@link Worker#start()}. Every wait is bounded: the job by its time limit when one
- * is set, the stop by the grace period plus a fixed reaping bound.
+ * exit event names the worker and the process that ended; a restart is one more
+ * {@link Worker#start()} of the same worker, made under the same lock as {@link #stopAll()}, so a
+ * replacement is never started behind a stop. {@link Events} are called on the supervising thread
+ * (the caller of {@link #run()}). Every wait is bounded: the job by its time limit when one is set,
+ * the stop by the grace period plus a fixed reaping bound.
  */
 public final class WorkerLauncher {
     /** How long to wait for processes after SIGKILL, and for their output to drain. */
@@ -66,6 +81,23 @@ public final class WorkerLauncher {
         }
     }
 
+    /** Environment variable: {@code 1} in a restarted worker process, which must rejoin as an extension rank; {@code 0} otherwise. */
+    public static final String EXTENSION_ENV = "MOONCAKE_EXTENSION";
+    /** Environment variable: how many times this rank's process has been restarted (0 for the first one). */
+    public static final String RESTART_COUNT_ENV = "MOONCAKE_RESTART_COUNT";
+
+    /** Hears of worker processes as they start; called on the thread that runs {@link #run()}. */
+    public interface Events {
+        /**
+         * A process for {@code rank} was started at {@code at} ({@code restartCount} 0 for the first
+         * one, n for its n-th replacement). It must return quickly: the launcher waits for it.
+         */
+        void workerStarted(int rank, long pid, int restartCount, Instant at);
+
+        /** Events nobody listens to. */
+        Events NONE = (rank, pid, restartCount, at) -> { };
+    }
+
     /** How the job ended: {@code exitCode} is the launcher's; {@code failedRank} is -1 when no single worker failed. */
     public record Outcome(int exitCode, int failedRank, String message) {
         public boolean succeeded() { return exitCode == 0; }
@@ -86,6 +118,10 @@ public final class WorkerLauncher {
     private final Duration jobTimeout;
     private final Duration stopGrace;
     private final LineSink sink;
+    private final Events events;
+    private final int maxRestarts;
+    /** Restarts made so far; written by the supervising thread under this launcher's lock. */
+    private int restartsUsed;
     private final String javaCommand;
     private final List<Worker> workers = new ArrayList<>();
     private final BlockingQueue<Exit> exits = new LinkedBlockingQueue<>();
@@ -104,6 +140,8 @@ public final class WorkerLauncher {
         this.jobTimeout = b.jobTimeout;
         this.stopGrace = b.stopGrace;
         this.sink = b.sink;
+        this.events = b.events;
+        this.maxRestarts = b.maxRestarts;
         this.javaCommand = b.javaCommand;
         for (int i = 0; i < nprocPerNode; i++) workers.add(new Worker(nodeRank * nprocPerNode + i, i));
     }
@@ -138,6 +176,8 @@ public final class WorkerLauncher {
         private Duration jobTimeout = Duration.ZERO;
         private Duration stopGrace = Duration.ofSeconds(5);
         private LineSink sink = LineSink.console(false);
+        private Events events = Events.NONE;
+        private int maxRestarts;
         private String javaCommand = currentJava();
 
         private Builder(String mainClass) { this.mainClass = Objects.requireNonNull(mainClass, "mainClass"); }
@@ -170,6 +210,16 @@ public final class WorkerLauncher {
 
         public Builder sink(LineSink s) { this.sink = s; return this; }
 
+        /** Listener for worker process starts (first ones and restarts). */
+        public Builder events(Events e) { this.events = Objects.requireNonNull(e, "events"); return this; }
+
+        /**
+         * How many times in all this launcher may restart one of its workers whose process died
+         * (non-zero exit or a signal); the replacement gets {@code MOONCAKE_EXTENSION=1}. 0 (the
+         * default): the first failure ends the job.
+         */
+        public Builder maxRestarts(int k) { this.maxRestarts = k; return this; }
+
         public WorkerLauncher build() {
             if (nprocPerNode < 1) throw new IllegalArgumentException("--nproc-per-node must be at least 1, got " + nprocPerNode);
             if (nnodes < 1) throw new IllegalArgumentException("--nnodes must be at least 1, got " + nnodes);
@@ -178,6 +228,7 @@ public final class WorkerLauncher {
             }
             if (jobTimeout.isNegative()) throw new IllegalArgumentException("the job time limit must not be negative, got " + jobTimeout);
             if (stopGrace.isNegative()) throw new IllegalArgumentException("the stop grace period must not be negative, got " + stopGrace);
+            if (maxRestarts < 0) throw new IllegalArgumentException("--max-restarts must be 0 or more, got " + maxRestarts);
             return new WorkerLauncher(this);
         }
     }
@@ -187,14 +238,18 @@ public final class WorkerLauncher {
 
     /**
      * Starts every worker and waits until the job ends: all exited with 0 (exit code 0), one failed
-     * (its exit code; the others are stopped), or the time limit passed (124; all are stopped).
-     * Throws {@link IllegalStateException} when a worker process cannot be started.
+     * with no restart left (its exit code; the others are stopped), or the time limit passed (124;
+     * all are stopped). A worker that dies while restarts are left is restarted alone. Throws
+     * {@link IllegalStateException} when a worker's first process cannot be started.
      */
     public Outcome run() {
         Thread hook = Thread.ofPlatform().name("mooncake4j-launcher-shutdown").unstarted(this::onShutdown);
         Runtime.getRuntime().addShutdownHook(hook);
         try {
-            for (Worker w : workers) w.start();
+            for (Worker w : workers) {
+                w.start();
+                events.workerStarted(w.rank, w.process.pid(), 0, Instant.now());
+            }
             return supervise();
         } catch (InterruptedException e) {
             Thread.currentThread().interrupt();
@@ -222,14 +277,43 @@ public final class WorkerLauncher {
             }
             running--;
             int code = e.process().exitValue();
-            if (code != 0) return failed(e.worker(), e.process(), code);
+            if (code == 0) continue;
+            if (restartsUsed >= maxRestarts) return failed(e.worker(), e.process(), code);
+            Outcome notRestarted = restart(e.worker(), e.process(), code);
+            if (notRestarted != null) return notRestarted;
+            running++;
         }
         drainOutput(System.nanoTime() + REAP.toNanos());
         return new Outcome(0, -1, "all " + workers.size() + " workers exited with code 0");
     }
 
+    /**
+     * Starts a replacement process for {@code w}, an extension rank; null when it runs, otherwise how
+     * the job ends (the launcher is shutting down, or the process could not be started).
+     */
+    private synchronized Outcome restart(Worker w, Process dead, int code) {
+        if (shuttingDown) return new Outcome(130, -1, "the launcher is shutting down; stopped the workers");
+        restartsUsed++;
+        w.restarts++;
+        sink.launcherLine("rank " + w.rank + " (local rank " + w.localRank + ", pid " + dead.pid() + ") exited with code " + code + signalName(code)
+                + "; restarting it alone as an extension rank (" + EXTENSION_ENV + "=1, " + RESTART_COUNT_ENV + "=" + w.restarts + "), restart "
+                + restartsUsed + " of " + maxRestarts + " on this node; the other workers keep running");
+        try {
+            w.start();
+        } catch (IllegalStateException e) {
+            String msg = "could not restart rank " + w.rank + ": " + e.getMessage();
+            sink.launcherLine(msg + "; stopping the other workers");
+            stopAll();
+            return new Outcome(code, w.rank, msg);
+        }
+        sink.launcherLine("rank " + w.rank + " restarted as pid " + w.process.pid());
+        events.workerStarted(w.rank, w.process.pid(), w.restarts, Instant.now());
+        return null;
+    }
+
     private Outcome failed(Worker w, Process p, int code) {
-        String msg = "rank " + w.rank + " (local rank " + w.localRank + ", pid " + p.pid() + ") exited with code " + code + signalName(code);
+        String msg = "rank " + w.rank + " (local rank " + w.localRank + ", pid " + p.pid() + ") exited with code " + code + signalName(code)
+                + (maxRestarts > 0 ? " and no restart is left (" + restartsUsed + " of --max-restarts " + maxRestarts + " used)" : "");
         int others = (int) workers.stream().filter(x -> x != w && x.isAlive()).count();
         sink.launcherLine(msg + (others > 0 ? "; stopping the other " + others + " worker" + (others == 1 ? "" : "s") : ""));
         stopAll();
@@ -311,7 +395,11 @@ public final class WorkerLauncher {
         for (Worker w : workers) w.joinPumps(endNanos);
     }
 
-    /** The environment every worker of rank {@code rank} gets, before the caller's extra variables. */
+    /**
+     * The environment of {@code w}'s next process: the launcher's variables, the caller's extra ones,
+     * then the restart variables, which nothing overrides (an inherited {@code MOONCAKE_EXTENSION=1}
+     * must not turn a first process into an extension rank).
+     */
     private Map<String, String> workerEnvironment(Worker w) {
         Map<String, String> env = new LinkedHashMap<>();
         env.put("RANK", Integer.toString(w.rank));
@@ -324,6 +412,8 @@ public final class WorkerLauncher {
         env.put("MOONCAKE_STORE", rendezvous.storeUri());
         env.put("MOONCAKE_STORE_HOSTED", "1");
         env.putAll(environment);
+        env.put(EXTENSION_ENV, w.restarts > 0 ? "1" : "0");
+        env.put(RESTART_COUNT_ENV, Integer.toString(w.restarts));
         return env;
     }
 
@@ -341,11 +431,13 @@ public final class WorkerLauncher {
         return cmd;
     }
 
-    /** One rank on this node: its current process and the threads copying that process's output. */
+    /** One rank on this node: its current process, how often it was restarted, and the threads copying its processes' output. */
     private final class Worker {
         final int rank;
         final int localRank;
         volatile Process process;
+        /** Replacement processes started so far; written under the launcher's lock. */
+        int restarts;
         private final List<Thread> pumps = new ArrayList<>();
 
         Worker(int rank, int localRank) {

@@ -32,11 +32,15 @@ final class EpochPlane implements AutoCloseable {
     final Channels channels;
     final CollectiveContext ctx;
     final PointToPoint p2p;
+    private final TransferEngine engine;
+    private final RemoteSegment[] peers;
     /** Operations started in this epoch. */
     long opSeq;
 
-    private EpochPlane(GroupState state, LocalSegment segment, Channels channels, Backup backup,
+    private EpochPlane(TransferEngine engine, GroupState state, LocalSegment segment, RemoteSegment[] peers, Channels channels, Backup backup,
                        CollectiveContext.SyncFailureHandler onSyncFailure) {
+        this.engine = engine;
+        this.peers = peers;
         this.state = state;
         this.epoch = state.epoch();
         this.members = state.members();
@@ -84,7 +88,7 @@ final class EpochPlane implements AutoCloseable {
                 }
                 if (!peers[p].alive()) throw new Channels.WaitFailure(p, false);
             }
-            return new EpochPlane(state, seg, new Channels(layout, seg.memory(), rank, peers, interrupted), backup, onSyncFailure);
+            return new EpochPlane(engine, state, seg, peers, new Channels(layout, seg.memory(), rank, peers, interrupted), backup, onSyncFailure);
         } catch (RuntimeException e) {
             seg.close();
             throw e;
@@ -94,9 +98,11 @@ final class EpochPlane implements AutoCloseable {
     /** Ranks among the members whose engines are known dead. */
     int[] deadMembers() { return channels.deadAmong(members); }
 
+    /** Ends this epoch's plane: its waits return, this rank's segment is unregistered, the peers' are unmapped. */
     @Override
     public void close() {
         channels.abort();
         segment.close();
+        for (RemoteSegment p : peers) if (p != null) engine.closeSegment(p.name());
     }
 }

@@ -72,6 +72,8 @@ public final class ProcessGroup implements AutoCloseable {
     private volatile EpochPlane plane;
     private volatile boolean joined;
     private final boolean extensionProcess;
+    /** Identifies this process's join request, so the healthy ranks admit exactly it (never 0). */
+    private final long joinNonce = java.util.concurrent.ThreadLocalRandom.current().nextLong(1, Long.MAX_VALUE);
     private final long initEpoch;
     private final java.util.TreeSet<Integer> droppedSinceInit = new java.util.TreeSet<>();
     private volatile int[] lastDropped = new int[0];
@@ -116,7 +118,7 @@ public final class ProcessGroup implements AutoCloseable {
         agreement.startWatcher();
         if (extension) {
             if (rank >= slots) throw new IllegalArgumentException("rank " + rank + " is outside max_world_size " + slots);
-            store.set(keyPrefix() + "join/" + rank, runtime.nonce().getBytes(StandardCharsets.UTF_8));
+            store.set(keyPrefix() + "join/" + rank, Long.toHexString(joinNonce).getBytes(StandardCharsets.UTF_8));
             writeMask(s);
             LOG.info("init group={} rank={} epoch={} extension=true: waiting for joinGroup()", name, rank, s.epoch());
             return;
@@ -305,7 +307,11 @@ public final class ProcessGroup implements AutoCloseable {
         });
     }
 
-    /** {@code dist.reduce_scatter_tensor(out, in, op)}: {@code in} holds world-size parts shaped like {@code out}. */
+    /**
+     * {@code dist.reduce_scatter_tensor(out, in, op)}: {@code in} holds world-size parts shaped like
+     * {@code out}, part r for rank r; each member gets its part reduced over the members (the parts of
+     * inactive ranks are ignored).
+     */
     public void reduceScatterTensor(Tensor out, Tensor in, ReduceOp op) { reduceScatterTensorAsync(out, in, op, false); }
 
     public Work reduceScatterTensorAsync(Tensor out, Tensor in, ReduceOp op) { return reduceScatterTensorAsync(out, in, op, true); }
@@ -316,7 +322,6 @@ public final class ProcessGroup implements AutoCloseable {
         checkSameDtype(out, in);
         Reduction.validate(in.dtype(), op);
         checkNumel(in, out.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
-        requireAllActive("reduce_scatter_tensor");
         return run(OpCode.REDUCE_SCATTER, async, c -> ReduceScatter.run(c, in.dtype(), op, in.segment(), out.segment(), out.numel()));
     }
 
@@ -368,26 +373,31 @@ public final class ProcessGroup implements AutoCloseable {
         checkHost(in, "input");
         checkHost(out, "output");
         checkSameDtype(out, in);
-        requireAllActive("all_to_all_single");
         long[] ib = splitBytes(in, inSplits, "input");
         long[] ob = splitBytes(out, outSplits, "output");
         return run(OpCode.ALL_TO_ALL, async, c -> {
-            int n = worldSize();
+            long[] inOff = offsets(ib), outOff = offsets(ob);
+            int[] m = c.members();
+            int n = m.length;
             MemorySegment[] is = new MemorySegment[n], os = new MemorySegment[n];
             long[] io = new long[n], oo = new long[n], il = new long[n], ol = new long[n];
-            long ia = 0, oa = 0;
-            for (int j = 0; j < n; j++) {
-                is[j] = in.segment();
-                os[j] = out.segment();
-                io[j] = ia;
-                oo[j] = oa;
-                il[j] = ib[j];
-                ol[j] = ob[j];
-                ia += ib[j];
-                oa += ob[j];
+            for (int i = 0; i < n; i++) {
+                is[i] = in.segment();
+                os[i] = out.segment();
+                io[i] = inOff[m[i]];
+                oo[i] = outOff[m[i]];
+                il[i] = ib[m[i]];
+                ol[i] = ob[m[i]];
             }
             AllToAll.run(c, is, io, il, os, oo, ol);
         });
+    }
+
+    /** Exclusive prefix sums: where each rank's piece starts. */
+    private static long[] offsets(long[] sizes) {
+        long[] o = new long[sizes.length];
+        for (int j = 1; j < sizes.length; j++) o[j] = o[j - 1] + sizes[j - 1];
+        return o;
     }
 
     private long[] splitBytes(Tensor t, long[] splits, String what) {
@@ -565,7 +575,8 @@ public final class ProcessGroup implements AutoCloseable {
         String childName = name + "/g" + id;
         // a joining process enters the subgroups the healthy ranks had when they recovered it
         boolean extension = extensionProcess && rejoinedSubgroups().contains(id);
-        Tensor mask = Tensor.ones(DType.INT32, Device.CPU, sorted.length);
+        Tensor mask = Tensor.zeros(DType.INT32, Device.CPU, sorted.length);
+        for (int i = 0; i < sorted.length; i++) mask.setLong(i, state.isActive(sorted[i]) ? 1 : 0);
         ProcessGroup g = new ProcessGroup(runtime.share(), backend, childName, myIndex, sorted.length, sorted.length, mask,
                 extension, sorted, timeout);
         if (extension) g.joinGroup();
@@ -594,8 +605,14 @@ public final class ProcessGroup implements AutoCloseable {
         Deadline d = Deadline.after(wait);
         GroupState s;
         try {
-            s = agreement.awaitState(g -> g.epoch() > initEpoch && !g.recovering() && g.isActive(rank), d,
-                    "the healthy ranks to recover rank " + rank + " (they call peerState([" + rank + "]) and recoverRanks([" + rank + "]))");
+            long admittedIn = awaitAdmission(d);
+            s = agreement.awaitState(g -> g.epoch() >= admittedIn && !g.recovering(), d,
+                    "the healthy ranks to finish recovering rank " + rank);
+            if (!s.isActive(rank)) {
+                throw new PeerFailureException("rank " + rank + " was admitted to group '" + name + "' in epoch " + admittedIn
+                        + " but dropped again before it could connect (epoch " + s.epoch() + ", active " + Arrays.toString(s.members())
+                        + "); start it again and have the healthy ranks recover it", new int[] {rank});
+            }
         } catch (org.mooncake4j.core.TimeoutException e) {
             throw new org.mooncake4j.core.TimeoutException("joinGroup() on rank " + rank + " of group '" + name + "' timed out after "
                     + wait.toMillis() + " ms: the healthy ranks did not recover it. Check that they poll peerState([" + rank + "]) and call recoverRanks(["
@@ -609,20 +626,49 @@ public final class ProcessGroup implements AutoCloseable {
         LOG.info("join group={} rank={} epoch={} active={}", name, rank, s.epoch(), Arrays.toString(s.members()));
     }
 
+    /** Waits until the healthy ranks admit this process (its join nonce); returns the epoch they admitted it in. */
+    private long awaitAdmission(Deadline d) {
+        String key = keyPrefix() + "admitted/" + rank;
+        byte[] cur = store.get(key).orElse(null);
+        while (true) {
+            if (cur != null) {
+                String[] v = new String(cur, StandardCharsets.UTF_8).split(" ");
+                if (v[0].equals(Long.toHexString(joinNonce))) return Long.parseLong(v[1]);
+            }
+            if (d.expired()) throw new org.mooncake4j.core.TimeoutException("not admitted");
+            cur = store.awaitChange(key, cur, d.min(Deadline.afterMillis(1000))).orElse(null);
+        }
+    }
+
     /**
      * {@code pg.get_peer_state(ranks)}: whether each candidate has started as an extension rank and
      * published its metadata. A collective among the healthy ranks: the lowest member reads the store
      * and broadcasts, so every caller gets the same answer.
      */
     public boolean[] peerState(int... ranks) {
+        long[] nonces = joinRequests(ranks);
+        boolean[] out = new boolean[ranks.length];
+        for (int i = 0; i < ranks.length; i++) out[i] = nonces[i] != 0;
+        return out;
+    }
+
+    /**
+     * The join nonce each candidate published (0 = none), as the lowest member read it and broadcast
+     * it: every healthy rank acts on the same answer even while joiners come and go.
+     */
+    private long[] joinRequests(int[] ranks) {
         for (int r : ranks) checkRank(r, "peer_state rank");
-        try (Tensor t = Tensor.zeros(DType.INT32, Device.CPU, Math.max(1, ranks.length))) {
+        try (Tensor t = Tensor.zeros(DType.INT64, Device.CPU, Math.max(1, ranks.length))) {
             if (rank == state.members()[0]) {
-                for (int i = 0; i < ranks.length; i++) t.setLong(i, store.get(keyPrefix() + "join/" + ranks[i]).isPresent() ? 1 : 0);
+                for (int i = 0; i < ranks.length; i++) {
+                    // an empty value is a request already admitted (cleared by compare-and-set)
+                    t.setLong(i, store.get(keyPrefix() + "join/" + ranks[i])
+                            .map(b -> b.length == 0 ? 0L : Long.parseUnsignedLong(new String(b, StandardCharsets.UTF_8), 16)).orElse(0L));
+                }
             }
             broadcast(t, state.members()[0]);
-            boolean[] out = new boolean[ranks.length];
-            for (int i = 0; i < ranks.length; i++) out[i] = t.getLong(i) != 0;
+            long[] out = new long[ranks.length];
+            for (int i = 0; i < ranks.length; i++) out[i] = t.getLong(i);
             return out;
         }
     }
@@ -631,6 +677,8 @@ public final class ProcessGroup implements AutoCloseable {
      * {@code pg.recover_ranks(ranks)}: a collective among the healthy ranks that makes {@code ranks}
      * members again (a replacement reuses the dead rank's id) in a new epoch, together with the
      * subgroups of this group that contain them. The joiners must have started (see {@link #peerState}).
+     * A joiner that is admitted but does not connect within the timeout is dropped again (a warning is
+     * logged and {@link #activeRanks()} shows it inactive): poll and recover it again.
      */
     public void recoverRanks(int... ranks) {
         for (int r : ranks) {
@@ -639,32 +687,43 @@ public final class ProcessGroup implements AutoCloseable {
                 throw new IllegalArgumentException("rank " + r + " is outside the world size " + state.worldSize() + "; extend the group first with extendGroupSizeTo");
             }
         }
-        boolean[] ready = peerState(ranks);
+        // admit exactly the processes that announced themselves (their nonces, as broadcast): a later
+        // process for the same rank waits for its own admission
+        long[] nonces = joinRequests(ranks);
         for (int i = 0; i < ranks.length; i++) {
-            if (!ready[i]) {
+            if (nonces[i] == 0) {
                 throw new IllegalStateException("recoverRanks: rank " + ranks[i] + " has not published its metadata (it must start with isExtension=true);"
                         + " poll peerState([" + ranks[i] + "]) until it is true");
             }
-        }
-        if (rank == state.members()[0] && parentRanks == null) {
-            for (int r : ranks) store.set(keyPrefix() + "rejoin/" + r, subgroupsContaining(r).getBytes(StandardCharsets.UTF_8));
+            if (parentRanks == null) store.set(keyPrefix() + "rejoin/" + ranks[i], subgroupsContaining(ranks[i]).getBytes(StandardCharsets.UTF_8));
         }
         transition("recover_ranks " + Arrays.toString(ranks), s -> {
             boolean[] m = new boolean[slots];
             for (int r = 0; r < slots; r++) m[r] = s.isActive(r);
             for (int r : ranks) m[r] = true;
             return s.next(m, s.worldSize(), 0, GroupState.Outcome.NONE);
+        }, admittedIn -> {
+            for (int i = 0; i < ranks.length; i++) {
+                store.set(keyPrefix() + "admitted/" + ranks[i], (Long.toHexString(nonces[i]) + " " + admittedIn.epoch()).getBytes(StandardCharsets.UTF_8));
+                store.compareAndSet(keyPrefix() + "join/" + ranks[i], Long.toHexString(nonces[i]).getBytes(StandardCharsets.UTF_8), new byte[0]);
+            }
         });
+        int[] joined = java.util.stream.IntStream.of(ranks).filter(state::isActive).toArray();
+        if (joined.length < ranks.length) {
+            LOG.warn("recover group={} rank={}: ranks {} were admitted but did not connect in time and were dropped again (epoch {});"
+                    + " poll peerState and recover them again", name, rank, Arrays.toString(java.util.stream.IntStream.of(ranks)
+                    .filter(r -> !state.isActive(r)).toArray()), state.epoch());
+        }
         List<ProcessGroup> kids;
         synchronized (this) { kids = new ArrayList<>(children); }
         for (ProcessGroup child : kids) {
-            int[] local = java.util.stream.IntStream.of(ranks).map(r -> Arrays.binarySearch(child.parentRanks, r)).filter(i -> i >= 0).toArray();
+            int[] local = java.util.stream.IntStream.of(joined).map(r -> Arrays.binarySearch(child.parentRanks, r)).filter(i -> i >= 0).toArray();
             if (local.length > 0) {
                 child.awaitPeers(local);
                 child.recoverRanks(local);
             }
         }
-        LOG.info("recover group={} rank={} epoch={} recovered={}", name, rank, state.epoch(), Arrays.toString(ranks));
+        LOG.info("recover group={} rank={} epoch={} recovered={}", name, rank, state.epoch(), Arrays.toString(joined));
     }
 
     /**
@@ -680,7 +739,7 @@ public final class ProcessGroup implements AutoCloseable {
             throw new IllegalArgumentException("cannot shrink group '" + name + "' from " + state.worldSize() + " to " + size + " ranks");
         }
         if (size == state.worldSize()) return;
-        transition("extend_group_size_to " + size, s -> s.next(s.mask(), size, 0, GroupState.Outcome.NONE));
+        transition("extend_group_size_to " + size, s -> s.next(s.mask(), size, 0, GroupState.Outcome.NONE), s -> { });
     }
 
     /** Polls {@link #peerState} (a collective, so every member stops polling together) until all are ready or the timeout. */
@@ -727,9 +786,11 @@ public final class ProcessGroup implements AutoCloseable {
     /**
      * A membership change made by every healthy rank together: a barrier (with its sync step, so every
      * member is past all earlier operations), then every member tries the same compare-and-set from
-     * the current state; one wins and all adopt the result and build the new epoch's plane.
+     * the current state; one wins and all adopt the result, run {@code afterChange} with it (idempotent
+     * store writes) and build the new epoch's plane.
      */
-    private void transition(String what, java.util.function.UnaryOperator<GroupState> change) {
+    private void transition(String what, java.util.function.UnaryOperator<GroupState> change,
+                            java.util.function.Consumer<GroupState> afterChange) {
         run(OpCode.MEMBERSHIP, false, c -> {
             Barrier.run(c);
             c.sync();
@@ -740,6 +801,7 @@ public final class ProcessGroup implements AutoCloseable {
                 throw new IllegalStateException(what + ": the group state changed concurrently (" + now + "); retry");
             }
             adopt(now);
+            afterChange.accept(now);
         });
         execLock.lock();
         try {
@@ -964,12 +1026,6 @@ public final class ProcessGroup implements AutoCloseable {
         if (!state.isActive(p)) throw new IllegalArgumentException(what + " " + p + " is not an active rank " + Arrays.toString(state.members()));
     }
 
-    private void requireAllActive(String what) {
-        if (state.members().length != state.worldSize()) {
-            throw new IllegalStateException(what + " needs every rank active; active ranks are " + Arrays.toString(state.members()));
-        }
-    }
-
     // ---- lifecycle ---------------------------------------------------------------------------
 
     private void checkUsable() {
@@ -989,6 +1045,13 @@ public final class ProcessGroup implements AutoCloseable {
     @Override
     public void close() {
         if (closed) return;
+        if (extensionProcess && !joined) {
+            try {
+                store.delete(keyPrefix() + "join/" + rank); // withdraw the join request
+            } catch (RuntimeException e) {
+                LOG.debug("could not withdraw the join request of rank {}: {}", rank, e.toString());
+            }
+        }
         closed = true;
         List<ProcessGroup> kids;
         synchronized (this) { kids = new ArrayList<>(children); }

@@ -7,6 +7,7 @@ import org.mooncake4j.core.DType;
 import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
 import org.mooncake4j.transfer.TransferEngine;
+import org.mooncake4j.transfer.auth.GroupToken;
 import org.mooncake4j.transfer.store.EmbeddedStoreServer;
 import org.mooncake4j.transfer.store.MetadataStore;
 import org.mooncake4j.transfer.store.MetadataStores;
@@ -25,6 +26,8 @@ public final class ProcessGroupBuilder {
     private MetadataStore store;
     private MooncakeBackendOptions options;
     private Duration timeout;
+    private String token;
+    private boolean tokenSet;
 
     ProcessGroupBuilder() {}
 
@@ -44,6 +47,22 @@ public final class ProcessGroupBuilder {
 
     /** Deadline for each operation and for init (default {@code MOONCAKE_TIMEOUT_MS}, else 60 s). */
     public ProcessGroupBuilder timeout(Duration t) { this.timeout = t; return this; }
+
+    /**
+     * The group token, a secret every process of the group shares: this process's transfer engine,
+     * the embedded store it opens and the one it hosts as rank 0 authenticate every connection with
+     * it (challenge-response; the secret never crosses the wire), so a process without it can
+     * neither join, nor read or write the group's memory or metadata. Default: env
+     * {@code MOONCAKE_TOKEN}, else none. {@code null} turns authentication off even when the
+     * variable is set; a blank secret is refused. Not applied to a store passed to {@link #store}
+     * (opened by the caller) nor to an etcd store. Data is not encrypted.
+     */
+    public ProcessGroupBuilder token(String secret) {
+        GroupToken.of(secret); // refuses a blank secret here, where the caller sees it
+        this.token = secret;
+        this.tokenSet = true;
+        return this;
+    }
 
     public ProcessGroup init() {
         int r = rank != null ? rank : envInt("RANK");
@@ -110,18 +129,34 @@ public final class ProcessGroupBuilder {
                 throw new IllegalArgumentException("No rendezvous: set MASTER_ADDR and MASTER_PORT (rank 0 hosts the store), or MOONCAKE_STORE=tcp://host:port | etcd://host:port/prefix, or call rendezvous(URI). Start with 'mooncake4j run' to have them set.");
             }
             if (mayHost && r == 0 && "tcp".equalsIgnoreCase(uri.getScheme()) && !"1".equals(System.getenv("MOONCAKE_STORE_HOSTED"))) {
-                hosted = EmbeddedStoreServer.start(uri.getHost(), uri.getPort());
+                hosted = tokenSet ? EmbeddedStoreServer.start(uri.getHost(), uri.getPort(), token)
+                        : EmbeddedStoreServer.start(uri.getHost(), uri.getPort());
             }
-            s = MetadataStores.open(uri, t);
+            s = tokenSet ? MetadataStores.open(uri, t, token) : MetadataStores.open(uri, t);
             owns = true;
         }
         final MetadataStore fs = s;
-        TransferEngine engine = Mooncake.acquireEngine(() -> TransferEngine.builder()
-                .store(fs)
-                .name("rank" + r + "-" + nonce)
-                .hostIp(Mooncake.hostIp())
-                .deviceFilter(Mooncake.deviceFilter())
-                .start());
+        TransferEngine engine = Mooncake.acquireEngine(() -> {
+            TransferEngine.Builder eb = TransferEngine.builder()
+                    .store(fs)
+                    .name("rank" + r + "-" + nonce)
+                    .hostIp(Mooncake.hostIp())
+                    .deviceFilter(Mooncake.deviceFilter());
+            if (tokenSet) eb.token(token);
+            return eb.start();
+        });
+        if (tokenSet && !engine.usesToken(token)) {
+            // the process-wide engine was started earlier (another group, or Mooncake.setTransferEngine) with another token:
+            // this group's peers would be refused by it, or it would let in processes outside this group
+            Mooncake.releaseEngine(engine);
+            if (owns) s.close();
+            if (hosted != null) hosted.close();
+            String differs = token == null ? "uses a group token, but ProcessGroup.builder().token(null) turned authentication off"
+                    : engine.authenticated() ? "uses a different group token from the one given to ProcessGroup.builder().token(...)"
+                    : "has no group token, but ProcessGroup.builder().token(...) gave one";
+            throw new IllegalStateException("This process's transfer engine " + engine.name() + " " + differs + ", and every group of a process"
+                    + " shares that engine. Give every group of this process the same token (or set MOONCAKE_TOKEN and pass none).");
+        }
         return new GroupRuntime(s, owns, engine, hosted, nonce);
     }
 

@@ -31,6 +31,10 @@ public final class PgWorker {
     public static void main(String[] args) throws Exception {
         String scenario = args[0];
         int world = Integer.parseInt(System.getenv("WORLD_SIZE"));
+        if (scenario.equals("utilities")) {
+            utilities(world);
+            return;
+        }
         ProcessGroup pg = ProcessGroup.builder()
                 .timeout(Duration.ofMillis(Long.parseLong(System.getenv().getOrDefault("MOONCAKE_TIMEOUT_MS", "30000"))))
                 .options(new MooncakeBackendOptions(Tensor.ones(DType.INT32, Device.CPU, world)))
@@ -372,6 +376,43 @@ public final class PgWorker {
             return;
         }
         fail("no error for a case expecting '" + fragment + "'");
+    }
+
+    /**
+     * The seeds' utilities: a caller-owned engine shared by two groups and still usable after both
+     * close (set_transfer_engine), set_host_ip, preferred_hca, get_active_ranks, get_num_synced_ranks.
+     */
+    private static void utilities(int world) {
+        int rank = Integer.parseInt(System.getenv("RANK"));
+        try (var store = org.mooncake4j.transfer.store.MetadataStores.open(java.net.URI.create(System.getenv("MOONCAKE_STORE")), Duration.ofSeconds(20));
+             var engine = org.mooncake4j.transfer.TransferEngine.builder().store(store).name("shared-" + rank).hostIp("127.0.0.1").start()) {
+            Mooncake.setTransferEngine(engine);
+            Mooncake.setHostIp("127.0.0.1");
+            Tensor active = Tensor.ones(DType.INT32, Device.CPU, world);
+            ProcessGroup pg = ProcessGroup.builder().store(store).options(new MooncakeBackendOptions(active)).timeout(Duration.ofSeconds(20)).init();
+            ProcessGroup sub = pg.newGroup(java.util.stream.IntStream.range(0, world).toArray());
+            if (pg.numSyncedRanks() != world || sub.numSyncedRanks() != world) throw new AssertionError("numSyncedRanks " + pg.numSyncedRanks());
+            if (pg.activeRanks() != active || Arrays.stream(active.toIntArray()).sum() != world) throw new AssertionError("activeRanks");
+            String peer = pg.preferredHca("rank:" + (rank + 1) % world);
+            String cpu = pg.preferredHca("cpu");
+            String cuda = pg.preferredHca("cuda:0");
+            if (!peer.startsWith("shm") && !peer.startsWith("tcp")) throw new AssertionError("preferredHca(rank) = " + peer);
+            if (!cpu.contains("127.0.0.1") || !cuda.startsWith("none")) throw new AssertionError("preferredHca(cpu) = " + cpu + ", cuda = " + cuda);
+            try (Tensor t = Tensor.of(new int[] {rank})) {
+                sub.allReduce(t, ReduceOp.MAX);
+                if (t.toIntArray()[0] != world - 1) throw new AssertionError("subgroup on the shared engine: " + t.toIntArray()[0]);
+            }
+            pg.barrier();
+            pg.close();
+            // the engine outlives the groups: it still registers and serves segments
+            try (var seg = engine.registerSegment("after-close-" + rank, 4096)) {
+                System.out.println("RESULT engineUsableAfterClose=" + (seg.size() == 4096));
+            }
+            System.out.println("RESULT preferredPeer=" + peer.substring(0, 3));
+            System.out.println("RESULT checks=6");
+            System.out.println("RESULT crc=0");
+        }
+        System.exit(0);
     }
 
     /**

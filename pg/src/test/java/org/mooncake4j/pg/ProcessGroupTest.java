@@ -99,4 +99,13 @@ class ProcessGroupTest {
             }
         }
     }
+
+    @Test
+    void utilitiesShareACallerOwnedEngineThatOutlivesTheGroups() throws Exception {
+        List<ProcessCluster.Result> results = runRanks(2, Map.of(), Duration.ofMinutes(2), "utilities");
+        for (ProcessCluster.Result r : results) {
+            assertThat(r.results().get("engineUsableAfterClose")).isEqualTo("true");
+            assertThat(r.results().get("preferredPeer")).isEqualTo("shm");
+        }
+    }
 }

@@ -21,6 +21,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
 import org.mooncake4j.core.Deadline;
+import org.mooncake4j.transfer.auth.GroupToken;
 import org.mooncake4j.transfer.store.MetadataStore;
 import org.mooncake4j.transfer.store.StoreException;
 import org.mooncake4j.transfer.transport.AsyncRemoteSegment;
@@ -53,12 +54,16 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Segment files live in /dev/shm (or java.io.tmpdir when /dev/shm is absent or too small) and are
  * deleted when the segment or the engine is closed, and by a shutdown hook when the JVM exits
- * normally. A process killed with SIGKILL leaves its files behind; the next {@link #registerSegment}
- * of an engine with the same name removes the files whose process is gone.
+ * normally. A process killed with SIGKILL leaves its files behind; the first {@link #registerSegment}
+ * of an engine started later in the same pid namespace removes the files whose process is gone.
  *
  * <p>Threading: thread-safe. Threads: one acceptor, one reader per incoming and per outgoing
  * connection, and a small pool for batches (idle workers exit); {@link #close()} stops and joins
  * them all. Listeners run on those I/O threads.
+ *
+ * <p>Security: with a group token ({@link Builder#token}, default env {@code MOONCAKE_TOKEN}) every
+ * TCP connection is authenticated both ways by challenge-response before a frame is applied or sent;
+ * see {@link GroupToken}. Data is not encrypted.
  */
 public final class TransferEngine implements AutoCloseable {
     private static final Logger log = LoggerFactory.getLogger(TransferEngine.class);
@@ -77,6 +82,7 @@ public final class TransferEngine implements AutoCloseable {
     private final TransportChoice transport;
     private final String transportSource;
     private final Duration operationTimeout;
+    private final GroupToken token;
     private final String hostId = HostNetwork.hostId();
     private final long pid = ProcessHandle.current().pid();
     private final LocalSegmentTable table = new LocalSegmentTable();
@@ -121,16 +127,18 @@ public final class TransferEngine implements AutoCloseable {
             this.transportSource = TransportChoice.ENV + "=" + System.getenv(TransportChoice.ENV);
         }
         this.operationTimeout = b.operationTimeout;
+        this.token = GroupToken.resolve(b.tokenSet, b.token);
         if (b.port < 0 || b.port > 65535) throw new IllegalArgumentException("port must be 0..65535, got " + b.port);
-        this.server = TcpServer.start(self, hostAddress, b.port, table, this::peerGone, operationTimeout);
+        this.server = TcpServer.start(self, hostAddress, b.port, table, this::peerGone, operationTimeout, token);
         int threads = Math.max(2, Math.min(8, Runtime.getRuntime().availableProcessors()));
         this.workers = new ThreadPoolExecutor(threads, threads, 2, TimeUnit.SECONDS, new LinkedBlockingQueue<>(),
                 Thread.ofPlatform().daemon().name("mooncake4j-" + name + "-batch-", 0).factory());
         workers.allowCoreThreadTimeOut(true);
         OPEN.add(this);
         installShutdownHook();
-        log.info("Transfer engine {} started on {}:{} (interface {}, transport {}, instance {})", name, hostIp, server.port(),
-                HostNetwork.interfaceOf(hostAddress), transport, self.instanceId());
+        log.info("Transfer engine {} started on {}:{} (interface {}, transport {}, instance {}, {})", name, hostIp, server.port(),
+                HostNetwork.interfaceOf(hostAddress), transport, self.instanceId(),
+                token == null ? "no group token: connections are not authenticated" : "connections authenticated with the group token");
     }
 
     private static String defaultName() {
@@ -181,6 +189,15 @@ public final class TransferEngine implements AutoCloseable {
 
     public MetadataStore store() { return store; }
 
+    /** Whether connections are authenticated with a group token. */
+    public boolean authenticated() { return token != null; }
+
+    /**
+     * Whether this engine authenticates with exactly {@code secret} (null: whether it has no token);
+     * constant-time. Lets a caller that shares an engine check it belongs to the caller's group.
+     */
+    public boolean usesToken(String secret) { return secret == null ? token == null : token != null && token.matches(secret); }
+
     // ------------------------------------------------------------------ local segments
 
     /**
@@ -225,7 +242,7 @@ public final class TransferEngine implements AutoCloseable {
         }
     }
 
-    /** Removes files that killed processes of this engine name left in /dev/shm and java.io.tmpdir. */
+    /** Removes the segment files that killed processes left in /dev/shm and java.io.tmpdir (see {@link ShmFiles#removeStale}). */
     private void removeStaleFiles() {
         ShmFiles.removeStale(Path.of("/dev/shm"), self.name());
         ShmFiles.removeStale(Path.of(System.getProperty("java.io.tmpdir")), self.name());
@@ -242,7 +259,7 @@ public final class TransferEngine implements AutoCloseable {
         }
         boolean gone = old.hostId().equals(hostId) && !ProcessHandle.of(old.pid()).map(ProcessHandle::isAlive).orElse(false);
         if (!gone) {
-            gone = TcpPeerLink.probe(self, old.host(), old.port(), Deadline.afterMillis(PROBE_MILLIS))
+            gone = TcpPeerLink.probe(self, old.host(), old.port(), Deadline.afterMillis(PROBE_MILLIS), token)
                     .map(id -> !id.instanceId().equals(old.instanceId())).orElse(true);
         }
         if (!gone) {
@@ -306,6 +323,19 @@ public final class TransferEngine implements AutoCloseable {
             if (cached != null) cached.release();
             return fresh.segment();
         }
+    }
+
+    /**
+     * Forgets an opened segment: unmaps it (shm) and drops it from the cache. The connection to its
+     * engine stays for other segments. Later calls on the forgotten {@link RemoteSegment} fail; call
+     * this when the peer's segment is no longer used (a process group's previous epoch).
+     */
+    public void closeSegment(String name) {
+        synchronized (openLocks.computeIfAbsent(name, k -> new Object())) {
+            Opened o = remotes.remove(name);
+            if (o != null) o.release();
+        }
+        openLocks.remove(name);
     }
 
     /** The descriptor of {@code name}; when {@code dead} is given, one from a different engine instance. */
@@ -381,7 +411,7 @@ public final class TransferEngine implements AutoCloseable {
             TcpPeerLink l = links.get(d.instanceId());
             if (l != null && l.alive()) return l;
             l = TcpPeerLink.connect(self, new EngineIdentity(d.engine(), d.instanceId()), d.host(), d.port(),
-                    hostAddress.isLoopbackAddress() ? null : hostAddress, segment, deadline, this::peerGone);
+                    hostAddress.isLoopbackAddress() ? null : hostAddress, segment, deadline, this::peerGone, token);
             if (closed || failedInstances.contains(d.instanceId())) {
                 l.close();
                 throw closed ? closedError() : new TransferException("Engine " + d.engine() + " failed while segment " + segment + " was being opened.");
@@ -594,6 +624,8 @@ public final class TransferEngine implements AutoCloseable {
         private TransportChoice transport;
         private List<String> deviceFilter = List.of();
         private Duration operationTimeout = Duration.ofSeconds(30);
+        private String token;
+        private boolean tokenSet;
 
         private Builder() {}
 
@@ -640,6 +672,22 @@ public final class TransferEngine implements AutoCloseable {
         public Builder operationTimeout(Duration timeout) {
             if (timeout.isNegative() || timeout.isZero()) throw new IllegalArgumentException("operation timeout must be positive: " + timeout);
             this.operationTimeout = timeout;
+            return this;
+        }
+
+        /**
+         * The group token: a secret every engine of the group shares. Each TCP connection is then
+         * authenticated both ways (challenge-response with HMAC-SHA256; the secret never crosses
+         * the wire), so an engine without it can neither write into nor read from this engine's
+         * segments, and this engine sends no data to one that lacks it. Default: env
+         * {@code MOONCAKE_TOKEN}, else none. {@code null} turns authentication off even when the
+         * variable is set; a blank secret is refused. Peers where only one side has a token refuse
+         * each other. Data is not encrypted.
+         */
+        public Builder token(String secret) {
+            GroupToken.of(secret); // refuses a blank secret here, where the caller can see it
+            this.token = secret;
+            this.tokenSet = true;
             return this;
         }
 

@@ -26,6 +26,7 @@ class TransferEngineMultiProcessTest {
              ProcessCluster cluster = ProcessCluster.start(TransferPeerMain.class, 2,
                      Map.of("MOONCAKE_TRANSPORT", transport, "STORE_URI", server.uri()))) {
             InMemoryStore store = server.store();
+            long pid0 = cluster.process(0).pid();
             long pid1 = cluster.process(1).pid();
             try {
                 await(store, cluster, "rank1/idle");
@@ -60,10 +61,10 @@ class TransferEngineMultiProcessTest {
                     assertThat(a.get("resumedBatch")).isEqualTo("COMPLETED");
                 }
                 System.out.println(transport + ": one-way 64 MiB write " + a.get("writeMBps") + " MB/s");
-                assertThat(segmentFiles("rank0")).isEmpty();
+                assertThat(segmentFiles("rank0-" + pid0 + "-")).isEmpty();
             } finally {
                 cluster.close();
-                for (Path f : segmentFiles("rank1-" + pid1)) Files.deleteIfExists(f);
+                for (Path f : segmentFiles("rank1-" + pid1 + "-")) Files.deleteIfExists(f);
             }
         }
     }
@@ -77,7 +78,7 @@ class TransferEngineMultiProcessTest {
         }
     }
 
-    /** Segment files of engines whose sanitized name starts with {@code prefix} (in /dev/shm and the temp directory). */
+    /** Segment files whose name continues "mooncake4j-" with {@code prefix} ("engine-pid-"), in /dev/shm and the temp directory. */
     private static List<Path> segmentFiles(String prefix) throws IOException {
         List<Path> out = new java.util.ArrayList<>();
         for (Path dir : List.of(Path.of("/dev/shm"), Path.of(System.getProperty("java.io.tmpdir")))) {

@@ -389,22 +389,25 @@ class TransferEngineTest {
     }
 
     @Test
-    void staleFilesOfAKilledProcessOfTheSameEngineAreRemoved() throws Exception {
+    void staleFilesOfKilledProcessesInThisPidNamespaceAreRemoved() throws Exception {
         Process p = new ProcessBuilder("true").start();
         p.waitFor();
+        String ns = Files.readSymbolicLink(Path.of("/proc/self/ns/pid")).toString().replaceAll("\\D", "");
         Path dir = Files.isDirectory(Path.of("/dev/shm")) ? Path.of("/dev/shm") : Path.of(System.getProperty("java.io.tmpdir"));
-        Path stale = dir.resolve("mooncake4j-stale_e-" + p.pid() + "-seg-1");
-        Path live = dir.resolve("mooncake4j-stale_e-" + ProcessHandle.current().pid() + "-other-1");
-        Files.write(stale, new byte[16]);
-        Files.write(live, new byte[16]);
+        Path ownStale = dir.resolve("mooncake4j-stale_e-" + p.pid() + "-ns" + ns + "-seg-1");
+        Path otherStale = dir.resolve("mooncake4j-another_engine-" + p.pid() + "-ns" + ns + "-seg-1");
+        Path otherNamespace = dir.resolve("mooncake4j-stale_e-" + p.pid() + "-ns1-seg-1");
+        Path live = dir.resolve("mooncake4j-stale_e-" + ProcessHandle.current().pid() + "-ns" + ns + "-other-1");
+        for (Path f : List.of(ownStale, otherStale, otherNamespace, live)) Files.write(f, new byte[16]);
         try {
             TransferEngine e = engine("stale-e", TransportChoice.AUTO);
             e.registerSegment("fresh", 4096);
-            assertThat(stale).doesNotExist();
+            assertThat(ownStale).doesNotExist();
+            assertThat(otherStale).doesNotExist();
+            assertThat(otherNamespace).as("a pid of another container's namespace says nothing here").exists();
             assertThat(live).exists();
         } finally {
-            Files.deleteIfExists(stale);
-            Files.deleteIfExists(live);
+            for (Path f : List.of(ownStale, otherStale, otherNamespace, live)) Files.deleteIfExists(f);
         }
     }
 

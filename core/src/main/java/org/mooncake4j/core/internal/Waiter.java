@@ -34,7 +34,12 @@ public final class Waiter {
     private static int configuredSpins() {
         String s = System.getProperty("mooncake4j.spin", System.getenv("MOONCAKE_SPIN"));
         if (s != null) return Integer.parseInt(s.trim());
-        return Runtime.getRuntime().availableProcessors() >= 4 ? 4000 : 200;
+        int cores = Runtime.getRuntime().availableProcessors();
+        String local = System.getenv("LOCAL_WORLD_SIZE") != null ? System.getenv("LOCAL_WORLD_SIZE") : System.getenv("WORLD_SIZE");
+        int busy = local == null ? 1 : Integer.parseInt(local.trim());
+        // every process has a core of its own: spin ~tens of microseconds, a peer's answer usually comes sooner;
+        // oversubscribed: hand the core to the peer almost at once
+        return busy <= cores ? 20_000 : 50;
     }
 
     /** Reads the word with acquire semantics. */

@@ -2,6 +2,7 @@ package org.mooncake4j.pg.chaos;
 
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
+import java.nio.ByteOrder;
 import org.mooncake4j.core.DType;
 import org.mooncake4j.pg.ReduceOp;
 
@@ -26,6 +27,7 @@ final class ChaosData {
     private static final ValueLayout.OfLong I64 = ValueLayout.JAVA_LONG_UNALIGNED;
     private static final ValueLayout.OfFloat F32 = ValueLayout.JAVA_FLOAT_UNALIGNED;
     private static final ValueLayout.OfShort I16 = ValueLayout.JAVA_SHORT_UNALIGNED;
+    private static final ValueLayout.OfLong I64_LE = ValueLayout.JAVA_LONG_UNALIGNED.withOrder(ByteOrder.LITTLE_ENDIAN);
 
     private ChaosData() {}
 
@@ -37,38 +39,41 @@ final class ChaosData {
         return z ^ (z >>> 31);
     }
 
-    private static long word(long dataSeed, int rank, long index) { return mix(mix(dataSeed, rank + 1), index); }
+    /** The seed of one rank's values in a step; element e's random word is {@code mix(base, e)}. */
+    private static long base(long dataSeed, int rank) { return mix(dataSeed, rank + 1); }
 
     // ---- reductions ------------------------------------------------------------------------
 
-    /** Element {@code e} of {@code rank}'s reduction input, as the dtype's bits (int value or float bits widened). */
-    private static long intValue(ChaosStep s, int rank, long e) {
-        long w = word(s.dataSeed(), rank, e);
+    /** Element {@code e} of a rank's reduction input (an int32 value widened, or an int64). */
+    private static long intValue(ChaosStep s, long base, long e) {
+        long w = mix(base, e);
         return s.dtype() == DType.INT32 ? (int) w : w;
     }
 
-    private static float floatValue(ChaosStep s, int rank, long e) {
-        long w = word(s.dataSeed(), rank, e);
+    /** Element {@code e} of a rank's reduction input, exactly representable in the step's dtype (see the class comment). */
+    private static float floatValue(ChaosStep s, long base, long e) {
+        long w = mix(base, e);
         if (s.op() == ReduceOp.PRODUCT) {
-            float mant = 1 + (w & 3) / 4f;
-            float scale = ((w >>> 2) & 1) == 0 ? 1f : 0.5f;
-            return ((w >>> 3) & 1) == 0 ? mant * scale : -mant * scale;
+            float v = (1 + (w & 3) / 4f) * (((w >>> 2) & 1) == 0 ? 1f : 0.5f);
+            return ((w >>> 3) & 1) == 0 ? v : -v;
         }
-        return s.dtype() == DType.FLOAT32 ? (Long.remainderUnsigned(w, 4097) - 2048) / 1024f
-                : (Long.remainderUnsigned(w, 255) - 127) / 64f;
+        return s.dtype() == DType.FLOAT32 ? (int) (((w >>> 32) * 4097) >>> 32) - 2048 : ((int) (((w >>> 32) * 255) >>> 32) - 127) * 16;
     }
+
+    private static float scale(ChaosStep s) { return s.op() == ReduceOp.PRODUCT ? 1f : 1f / 1024; }
 
     /** Writes {@code count} reduction-input elements of {@code rank}, starting at element {@code first}, to {@code dst}. */
     static void fillReduction(MemorySegment dst, ChaosStep s, int rank, long first, long count) {
-        for (long i = 0; i < count; i++) {
-            long e = first + i;
-            switch (s.dtype()) {
-                case INT32 -> dst.set(I32, i * 4, (int) intValue(s, rank, e));
-                case INT64 -> dst.set(I64, i * 8, intValue(s, rank, e));
-                case FLOAT32 -> dst.set(F32, i * 4, floatValue(s, rank, e));
-                case BFLOAT16 -> dst.set(I16, i * 2, (short) (Float.floatToRawIntBits(floatValue(s, rank, e)) >>> 16)); // exact
-                default -> throw new IllegalArgumentException(s.dtype().torchName());
+        long b = base(s.dataSeed(), rank);
+        float k = scale(s);
+        switch (s.dtype()) {
+            case INT32 -> { for (long i = 0; i < count; i++) dst.set(I32, i * 4, (int) intValue(s, b, first + i)); }
+            case INT64 -> { for (long i = 0; i < count; i++) dst.set(I64, i * 8, intValue(s, b, first + i)); }
+            case FLOAT32 -> { for (long i = 0; i < count; i++) dst.set(F32, i * 4, floatValue(s, b, first + i) * k); }
+            case BFLOAT16 -> {
+                for (long i = 0; i < count; i++) dst.set(I16, i * 2, (short) (Float.floatToRawIntBits(floatValue(s, b, first + i) * k) >>> 16)); // exact
             }
+            default -> throw new IllegalArgumentException(s.dtype().torchName());
         }
     }
 
@@ -76,14 +81,17 @@ final class ChaosData {
      * The reduction over {@code ranks} (ascending) of elements {@code first..first+count-1} of their inputs, written to {@code dst}.
      */
     static void reduceReference(MemorySegment dst, ChaosStep s, int[] ranks, long first, long count) {
+        long[] b = new long[ranks.length];
+        for (int k = 0; k < ranks.length; k++) b[k] = base(s.dataSeed(), ranks[k]);
         ReduceOp op = s.op();
+        float scale = scale(s);
         for (long i = 0; i < count; i++) {
             long e = first + i;
             switch (s.dtype()) {
-                case INT32 -> {
-                    int acc = (int) intValue(s, ranks[0], e);
-                    for (int k = 1; k < ranks.length; k++) {
-                        int v = (int) intValue(s, ranks[k], e);
+                case INT32, INT64 -> {
+                    long acc = intValue(s, b[0], e);
+                    for (int k = 1; k < b.length; k++) {
+                        long v = intValue(s, b[k], e);
                         acc = switch (op) {
                             case SUM -> acc + v;
                             case MAX -> Math.max(acc, v);
@@ -91,25 +99,13 @@ final class ChaosData {
                             default -> throw new IllegalArgumentException(op.name());
                         };
                     }
-                    dst.set(I32, i * 4, acc);
-                }
-                case INT64 -> {
-                    long acc = intValue(s, ranks[0], e);
-                    for (int k = 1; k < ranks.length; k++) {
-                        long v = intValue(s, ranks[k], e);
-                        acc = switch (op) {
-                            case SUM -> acc + v;
-                            case MAX -> Math.max(acc, v);
-                            case PRODUCT -> acc * v;
-                            default -> throw new IllegalArgumentException(op.name());
-                        };
-                    }
-                    dst.set(I64, i * 8, acc);
+                    if (s.dtype() == DType.INT32) dst.set(I32, i * 4, (int) acc); // int32 wraps like the 64-bit ring, cut to 32 bits
+                    else dst.set(I64, i * 8, acc);
                 }
                 case FLOAT32, BFLOAT16 -> {
-                    float acc = floatValue(s, ranks[0], e);
-                    for (int k = 1; k < ranks.length; k++) {
-                        float v = floatValue(s, ranks[k], e);
+                    float acc = floatValue(s, b[0], e) * scale;
+                    for (int k = 1; k < b.length; k++) {
+                        float v = floatValue(s, b[k], e) * scale;
                         acc = switch (op) {
                             case SUM -> acc + v;
                             case MAX -> Math.max(acc, v);
@@ -134,13 +130,16 @@ final class ChaosData {
 
     // ---- data movement ---------------------------------------------------------------------
 
-    /** Writes bytes {@code from..from+len-1} of {@code rank}'s byte stream for this step to {@code dst} at {@code dstOffset}. */
+    /**
+     * Writes bytes {@code from..from+len-1} of {@code rank}'s byte stream for this step to {@code dst} at
+     * {@code dstOffset}. Byte j of the stream is byte {@code j % 8} (little-endian) of word {@code j / 8}.
+     */
     static void fillBytes(MemorySegment dst, long dstOffset, ChaosStep s, int rank, long from, long len) {
-        long w = 0;
-        for (long j = from; j < from + len; j++) {
-            if (j == from || (j & 7) == 0) w = word(s.dataSeed() ^ 0x5EED, rank, j >>> 3);
-            dst.set(ValueLayout.JAVA_BYTE, dstOffset + j - from, (byte) (w >>> ((j & 7) * 8)));
-        }
+        long b = base(s.dataSeed() ^ 0x5EED, rank);
+        long j = from, end = from + len;
+        for (; j < end && (j & 7) != 0; j++) dst.set(ValueLayout.JAVA_BYTE, dstOffset + j - from, (byte) (mix(b, j >>> 3) >>> ((j & 7) * 8)));
+        for (; j + 8 <= end; j += 8) dst.set(I64_LE, dstOffset + j - from, mix(b, j >>> 3));
+        for (; j < end; j++) dst.set(ValueLayout.JAVA_BYTE, dstOffset + j - from, (byte) (mix(b, j >>> 3) >>> ((j & 7) * 8)));
     }
 
     /** Describes element {@code e} of a result for a mismatch report. */

@@ -26,7 +26,7 @@ import org.junit.jupiter.api.Test;
  * failed trials and the summary table go to {@code target/chaos/}.
  */
 class ChaosTest {
-    static final int DEFAULT_TRIALS = 36;
+    static final int DEFAULT_TRIALS = 24;
     private static final Path OUT = Path.of("target", "chaos");
     private static final ChaosSummary SUMMARY = new ChaosSummary();
     private static long masterSeed;

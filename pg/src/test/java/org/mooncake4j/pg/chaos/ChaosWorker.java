@@ -150,22 +150,20 @@ public final class ChaosWorker {
             checkMaskChange(before, after, dropped, problems);
             int[] coveredMask = covered ? before : after;
             long crc = 0;
+            long v0 = System.nanoTime();
             if (issued.result() != null) {
                 MemorySegment got = issued.result().segment();
                 CRC32 c = new CRC32();
                 c.update(got.asByteBuffer());
                 crc = c.getValue();
                 String wrong = compare(step, members(coveredMask), issued.root(), got);
-                if (wrong != null) {
-                    String other = compare(step, members(covered ? after : before), issued.root(), got) == null
-                            ? "; the result equals the reference over mask " + bits(covered ? after : before) + " instead" : "";
-                    problems.add(wrong + " (expected the reference over mask " + bits(coveredMask) + other + ")");
-                }
+                if (wrong != null) problems.add(wrong + " (expected the reference over mask " + bits(coveredMask) + diagnose(step, before, after, issued.root(), got) + ")");
             }
             boolean ok = problems.isEmpty();
+            long verifyMicros = (System.nanoTime() - v0) / 1000;
             System.out.println("OP " + step.index() + " epoch=" + pg.epoch() + " mask=" + bits(after) + " covered=" + covered
                     + " dropped=" + list(dropped) + " crc=" + Long.toHexString(crc) + " ok=" + ok + " op=" + step.describe()
-                    + (step.kind() == ChaosStep.Kind.BROADCAST ? " root=" + issued.root() : "") + " us=" + (t - t0) / 1000 + " t=" + t);
+                    + (step.kind() == ChaosStep.Kind.BROADCAST ? " root=" + issued.root() : "") + " us=" + (t - t0) / 1000 + " verify_us=" + verifyMicros + " t=" + t);
             for (String p : problems) System.out.println("MISMATCH " + step.index() + " " + p);
         }
     }
@@ -295,6 +293,25 @@ public final class ChaosWorker {
             return s.describe() + " differs at element " + e + " (byte " + at + " of " + got.byteSize() + "): got "
                     + ChaosData.element(got, s.dtype(), e) + ", expected " + ChaosData.element(want, s.dtype(), e);
         }
+    }
+
+    /**
+     * What a wrong result equals instead, for the report: the reference over the other mask, or for a
+     * reduce-scatter another rank's part.
+     */
+    private String diagnose(ChaosStep s, int[] before, int[] after, int root, MemorySegment got) {
+        for (int[] mask : List.of(before, after)) {
+            if (compare(s, members(mask), root, got) == null) return "; it equals the reference over mask " + bits(mask);
+            if (s.kind() != ChaosStep.Kind.REDUCE_SCATTER) continue;
+            try (Arena arena = Arena.ofConfined()) {
+                MemorySegment want = arena.allocate(Math.max(1, got.byteSize()), 64).asSlice(0, got.byteSize());
+                for (int part = 0; part < world; part++) {
+                    ChaosData.reduceReference(want, s, members(mask), (long) part * s.count(), s.count());
+                    if (got.mismatch(want) < 0) return "; it is part " + part + " (not this rank's part " + rank + ") reduced over mask " + bits(mask);
+                }
+            }
+        }
+        return "; it matches no reference over masks " + bits(before) + " or " + bits(after);
     }
 
     private int[] activeMask() { return pg.activeRanks().toIntArray(); }

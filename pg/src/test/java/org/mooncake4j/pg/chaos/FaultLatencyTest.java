@@ -12,8 +12,10 @@ import org.junit.jupiter.params.provider.ValueSource;
  * How long the survivors need to complete the operation in flight when a peer is killed (goal:
  * 100 ms on one host) or stops answering (goal: the group timeout plus 100 ms). Three ranks loop
  * one-element all-reduces with no pause, so the fault lands inside an operation and the time is all
- * detection and agreement. Prints {@code MEASURE name=value_ms} lines; the asserted bounds are
- * generous because CI machines are small and noisy (2 cores for 3 JVMs and the test).
+ * detection and agreement. Prints {@code MEASURE name_ms=value} lines; the asserted bounds are
+ * generous because CI machines are small and noisy (2 cores for 3 JVMs and the test). Each trial must
+ * also pass {@link ChaosTrial}'s correctness checks; segment files a killed rank leaves in /dev/shm
+ * are {@link ChaosTest}'s concern, not this test's.
  */
 class FaultLatencyTest {
     private static final int REPEATS = 3;
@@ -47,7 +49,7 @@ class FaultLatencyTest {
             ChaosTrial.Spec spec = new ChaosTrial.Spec(seed, 3, transport, fault, 2, 300, 300 + 4000, TIMEOUT_MS, 0, 0, 0,
                     ChaosStep.Profile.TINY, seed);
             ChaosTrial.Outcome o = ChaosTrial.run(spec, null, Path.of("target", "chaos"));
-            assertThat(o.violations()).as(o.report()).isEmpty();
+            assertThat(o.violations().stream().filter(v -> !v.startsWith("leak-shm:"))).as(o.report()).isEmpty();
             long ms = o.latencyNanos() / 1_000_000 - (fault == ChaosTrial.Fault.KILL9 ? 0 : TIMEOUT_MS);
             System.out.println("MEASURE sample " + fault + " " + transport + " " + ms + " ms per rank " + o.perRankLatencyNanos() + " (" + spec.describe() + ")");
             out.add(ms);

@@ -24,6 +24,8 @@ final class WorkerLog {
     final int rank;
     final TreeMap<Long, Op> ops = new TreeMap<>();
     final List<String> duplicates = new ArrayList<>();
+    /** OP lines cut short (a killed process may die in the middle of one). */
+    final List<String> malformed = new ArrayList<>();
     final List<String> mismatches = new ArrayList<>();
     /** ERROR, GAVEUP, INITFAIL and CLOSEFAIL lines. */
     final List<String> errors = new ArrayList<>();
@@ -39,7 +41,8 @@ final class WorkerLog {
             String s = l.text();
             if (s.startsWith("OP ")) {
                 Op op = parseOp(s);
-                if (ops.putIfAbsent(op.index(), op) != null) duplicates.add(s);
+                if (op == null) malformed.add(s);
+                else if (ops.putIfAbsent(op.index(), op) != null) duplicates.add(s);
             } else if (s.startsWith("MISMATCH ")) {
                 mismatches.add(s);
             } else if (s.startsWith("FENCED ")) {
@@ -54,11 +57,17 @@ final class WorkerLog {
         }
     }
 
+    /** The OP line parsed, or null when it is incomplete. */
     static Op parseOp(String line) {
         String[] head = line.split(" ", 3);
         Map<String, String> f = fields(line);
-        return new Op(Long.parseLong(head[1]), Long.parseLong(f.get("epoch")), f.get("mask"), Boolean.parseBoolean(f.get("covered")),
-                f.get("dropped"), f.get("crc"), Boolean.parseBoolean(f.get("ok")), f.get("op"), Long.parseLong(f.get("t")), line);
+        for (String k : List.of("epoch", "mask", "covered", "dropped", "crc", "ok", "op", "t")) if (!f.containsKey(k)) return null;
+        try {
+            return new Op(Long.parseLong(head[1]), Long.parseLong(f.get("epoch")), f.get("mask"), Boolean.parseBoolean(f.get("covered")),
+                    f.get("dropped"), f.get("crc"), Boolean.parseBoolean(f.get("ok")), f.get("op"), Long.parseLong(f.get("t")), line);
+        } catch (NumberFormatException e) {
+            return null;
+        }
     }
 
     private static Map<String, String> fields(String line) {

@@ -27,6 +27,7 @@ import java.util.concurrent.atomic.AtomicLong;
 import java.util.concurrent.locks.ReentrantLock;
 import org.mooncake4j.core.Deadline;
 import org.mooncake4j.core.TimeoutException;
+import org.mooncake4j.transfer.auth.GroupToken;
 
 /**
  * Client of an {@link EmbeddedStoreServer} ({@code tcp://host:port}).
@@ -41,6 +42,10 @@ import org.mooncake4j.core.TimeoutException;
  * part of it. Blocking calls send their deadline to the server, which answers by then; the client
  * gives the answer {@value #ANSWER_GRACE_MILLIS} ms to arrive and then fails the call.
  *
+ * <p>Security: each connection proves this client holds the group token and checks that the server
+ * holds it too, before any request is sent (see {@link StoreWire}); a refusal is a
+ * {@link StoreException} saying which side lacks what, and is not retried.
+ *
  * <p>Ownership: the caller of {@link #connect} owns the client and closes it; closing fails the
  * calls in flight. The server's state is not affected.
  */
@@ -53,13 +58,15 @@ public final class EmbeddedStore implements MetadataStore {
     private final int port;
     private final String uri;
     private final Duration operationTimeout;
+    private final GroupToken token;
     private final ReentrantLock connectLock = new ReentrantLock();
     private final AtomicLong ids = new AtomicLong();
     private volatile Link link;
     private volatile boolean closed;
 
-    private EmbeddedStore(String host, int port, Duration operationTimeout) {
+    private EmbeddedStore(String host, int port, Duration operationTimeout, GroupToken token) {
         this.host = host;
+        this.token = token;
         this.port = port;
         this.uri = "tcp://" + (host.indexOf(':') >= 0 ? "[" + host + "]" : host) + ":" + port;
         this.operationTimeout = operationTimeout;
@@ -68,12 +75,26 @@ public final class EmbeddedStore implements MetadataStore {
     /**
      * Connects to the store at {@code host:port}, retrying until {@code operationTimeout} (ranks often
      * start before the store); the timeout then bounds every call without a deadline of its own.
+     * Authenticates with the group token in env {@code MOONCAKE_TOKEN} (none when unset or blank).
      */
     public static EmbeddedStore connect(String host, int port, Duration operationTimeout) {
+        return connectWith(host, port, operationTimeout, GroupToken.fromEnvironment());
+    }
+
+    /**
+     * Like {@link #connect(String, int, Duration)}, authenticating with group token {@code token}
+     * ({@code null}: none, and a server that has a token refuses this client; blank is refused).
+     * A refusal fails at once, without retries: waiting does not fix a wrong token.
+     */
+    public static EmbeddedStore connect(String host, int port, Duration operationTimeout, String token) {
+        return connectWith(host, port, operationTimeout, GroupToken.of(token));
+    }
+
+    private static EmbeddedStore connectWith(String host, int port, Duration operationTimeout, GroupToken token) {
         if (operationTimeout.isNegative() || operationTimeout.isZero()) {
             throw new IllegalArgumentException("operation timeout must be positive, got " + operationTimeout);
         }
-        EmbeddedStore s = new EmbeddedStore(host, port, operationTimeout);
+        EmbeddedStore s = new EmbeddedStore(host, port, operationTimeout, token);
         s.link(Deadline.after(operationTimeout), System.nanoTime());
         return s;
     }
@@ -286,6 +307,7 @@ public final class EmbeddedStore implements MetadataStore {
                     throw new StoreException("The metadata store at " + uri + " speaks protocol version " + version + ", this client "
                             + StoreWire.VERSION + ": run the same mooncake4j version everywhere.");
                 }
+                authenticate(socket, in, out);
                 socket.setSoTimeout(0);
                 return new Link(socket, in, out);
             } catch (IOException e) {
@@ -306,6 +328,46 @@ public final class EmbeddedStore implements MetadataStore {
                 + ". Check that the store is running (the launcher hosts it; rank 0 hosts it when started without the launcher),"
                 + " that this address is reachable from this host (not another machine's loopback address), and that no firewall"
                 + " or HTTP proxy is in the way.");
+    }
+
+    /**
+     * The authentication part of the handshake (see {@link StoreWire}): proves this client holds the
+     * token and checks the server's proof before any request is sent. Throws {@link StoreException}
+     * (socket closed) on a refusal either way.
+     */
+    private void authenticate(Socket socket, DataInputStream in, DataOutputStream out) throws IOException {
+        boolean serverHasToken = (in.readByte() & StoreWire.FLAG_TOKEN) != 0;
+        byte[] serverNonce = new byte[GroupToken.NONCE_BYTES];
+        in.readFully(serverNonce);
+        byte[] clientNonce = GroupToken.nonce();
+        out.writeByte(token == null ? 0 : StoreWire.FLAG_TOKEN);
+        out.write(clientNonce);
+        // a server without a token could not check a proof: it gets none (it refuses, and logs why)
+        out.write(token == null || !serverHasToken ? new byte[GroupToken.MAC_BYTES] : token.mac(StoreWire.CLIENT_LABEL, serverNonce, clientNonce));
+        out.flush();
+        if (token != null && !serverHasToken) {
+            close(socket);
+            throw new StoreException("The metadata store at " + uri + " has no group token but this process has one: refusing to use it"
+                    + " (authentication failed). " + GroupToken.ADVICE);
+        }
+        byte verdict = in.readByte();
+        if (verdict != StoreWire.AUTH_OK) {
+            close(socket);
+            String why = switch (verdict) {
+                case StoreWire.AUTH_CLIENT_HAS_NO_TOKEN -> " (this process has no group token, the store requires one)";
+                case StoreWire.AUTH_SERVER_HAS_NO_TOKEN -> " (this process has a group token, the store has none)";
+                default -> " (wrong group token)";
+            };
+            throw new StoreException("The metadata store at " + uri + " refused this connection: authentication failed" + why + ". "
+                    + GroupToken.ADVICE);
+        }
+        byte[] serverProof = new byte[GroupToken.MAC_BYTES];
+        in.readFully(serverProof);
+        if (token != null && !token.verify(serverProof, StoreWire.SERVER_LABEL, clientNonce, serverNonce)) {
+            close(socket);
+            throw new StoreException("The metadata store at " + uri + " could not prove it holds the group token (an impostor, or another"
+                    + " group's store, holds that address): refusing to use it (authentication failed). " + GroupToken.ADVICE);
+        }
     }
 
     private static String describe(IOException e) {

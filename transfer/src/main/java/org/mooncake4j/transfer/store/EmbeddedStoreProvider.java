@@ -10,14 +10,24 @@ import java.time.Duration;
 public final class EmbeddedStoreProvider implements MetadataStoreProvider {
     @Override public String scheme() { return "tcp"; }
 
+    /** Opens {@code uri} authenticating with the group token in env {@code MOONCAKE_TOKEN} (none when unset or blank). */
     @Override
     public MetadataStore open(URI uri, Duration operationTimeout) {
+        return EmbeddedStore.connect(host(uri), uri.getPort(), operationTimeout);
+    }
+
+    /** Opens {@code uri} authenticating with {@code token} ({@code null}: none). */
+    @Override
+    public MetadataStore open(URI uri, Duration operationTimeout, String token) {
+        return EmbeddedStore.connect(host(uri), uri.getPort(), operationTimeout, token);
+    }
+
+    private static String host(URI uri) {
         String host = uri.getHost();
         if (host == null || uri.getPort() < 0) {
             throw new StoreException("Metadata store URI '" + uri + "' needs a host and a port: use tcp://host:port"
                     + " (the address the launcher or rank 0 prints for its store).");
         }
-        if (host.startsWith("[") && host.endsWith("]")) host = host.substring(1, host.length() - 1);
-        return EmbeddedStore.connect(host, uri.getPort(), operationTimeout);
+        return host.startsWith("[") && host.endsWith("]") ? host.substring(1, host.length() - 1) : host;
     }
 }

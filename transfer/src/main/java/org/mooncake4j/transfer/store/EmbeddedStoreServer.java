@@ -11,6 +11,7 @@ import java.net.InetSocketAddress;
 import java.net.ServerSocket;
 import java.net.Socket;
 import java.net.SocketException;
+import java.net.SocketTimeoutException;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.Map;
@@ -20,6 +21,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.locks.ReentrantLock;
 import org.mooncake4j.core.Deadline;
 import org.mooncake4j.core.TimeoutException;
+import org.mooncake4j.transfer.auth.GroupToken;
 import org.slf4j.Logger;
 import org.slf4j.LoggerFactory;
 
@@ -34,6 +36,10 @@ import org.slf4j.LoggerFactory;
  * up other requests on the same connection. Answers are written under a per-connection lock. When a
  * connection closes, its blocking requests are interrupted.
  *
+ * <p>Security: with a group token every connection must prove it holds the token (challenge-response,
+ * see {@link StoreWire}) before any request of it is read; a client that fails is logged and
+ * disconnected. Data is not encrypted.
+ *
  * <p>Ownership: whoever calls {@link #start} owns the server and must {@link #close()} it, which
  * closes the listening socket and every connection. The state lives only in this process.
  */
@@ -43,12 +49,14 @@ public final class EmbeddedStoreServer implements AutoCloseable {
     private final ServerSocket listener;
     private final String uri;
     private final InMemoryStore store;
+    private final GroupToken token;
     private final Set<Connection> connections = ConcurrentHashMap.newKeySet();
     private final Thread acceptor;
     private volatile boolean closed;
 
-    private EmbeddedStoreServer(ServerSocket listener, String host) {
+    private EmbeddedStoreServer(ServerSocket listener, String host, GroupToken token) {
         this.listener = listener;
+        this.token = token;
         this.uri = "tcp://" + (host.indexOf(':') >= 0 ? "[" + host + "]" : host) + ":" + listener.getLocalPort();
         this.store = new InMemoryStore(uri);
         this.acceptor = Thread.ofPlatform().daemon().name("mooncake-store-accept-" + listener.getLocalPort()).unstarted(this::acceptLoop);
@@ -56,9 +64,24 @@ public final class EmbeddedStoreServer implements AutoCloseable {
 
     /**
      * Binds {@code bindHost:port} ({@code port} 0 = any free port; {@code 0.0.0.0} = every interface)
-     * and starts serving. Throws {@link StoreException} when the address cannot be bound.
+     * and starts serving, authenticating clients with the group token in env {@code MOONCAKE_TOKEN}
+     * (none when it is unset or blank), as clients opened with {@link MetadataStores#open(java.net.URI, java.time.Duration)}
+     * do. Throws {@link StoreException} when the address cannot be bound.
      */
     public static EmbeddedStoreServer start(String bindHost, int port) {
+        return startWith(bindHost, port, GroupToken.fromEnvironment());
+    }
+
+    /**
+     * Like {@link #start(String, int)}, with group token {@code token}: every client must prove it
+     * holds it before it can read or write anything. {@code null} turns authentication off (and
+     * clients that have a token refuse this server); a blank token is refused.
+     */
+    public static EmbeddedStoreServer start(String bindHost, int port, String token) {
+        return startWith(bindHost, port, GroupToken.of(token));
+    }
+
+    private static EmbeddedStoreServer startWith(String bindHost, int port, GroupToken token) {
         ServerSocket s;
         try {
             s = new ServerSocket();
@@ -80,7 +103,7 @@ public final class EmbeddedStoreServer implements AutoCloseable {
             throw new StoreException("Cannot start the metadata store on " + where + ": " + msg + ". Use an address of this host ("
                     + "0.0.0.0 for every interface) and a port from 0 to 65535.", e);
         }
-        EmbeddedStoreServer server = new EmbeddedStoreServer(s, bindHost);
+        EmbeddedStoreServer server = new EmbeddedStoreServer(s, bindHost, token);
         server.acceptor.start();
         LOG.debug("metadata store serving at {}", server.uri);
         return server;
@@ -150,14 +173,11 @@ public final class EmbeddedStoreServer implements AutoCloseable {
                 socket.setKeepAlive(true);
                 DataInputStream in = new DataInputStream(new BufferedInputStream(socket.getInputStream()));
                 out = new DataOutputStream(new BufferedOutputStream(socket.getOutputStream()));
-                if (in.readInt() != StoreWire.MAGIC || in.readInt() != StoreWire.VERSION) {
-                    LOG.warn("metadata store at {}: {} is not a mooncake4j store client (wrong handshake); closing it", uri, socket.getRemoteSocketAddress());
-                    return;
-                }
-                out.writeInt(StoreWire.MAGIC);
-                out.writeInt(StoreWire.VERSION);
-                out.flush();
+                if (!handshake(in)) return;
                 while (!gone) handle(StoreWire.readFrame(in));
+            } catch (SocketTimeoutException e) {
+                LOG.warn("metadata store at {}: {} did not complete the handshake within {} ms; closing it", uri, socket.getRemoteSocketAddress(),
+                        StoreWire.HANDSHAKE_MILLIS);
             } catch (IOException e) {
                 if (!gone && !closed && !(e instanceof java.io.EOFException) && !(e instanceof SocketException)) {
                     LOG.debug("metadata store at {}: connection from {} failed: {}", uri, socket.getRemoteSocketAddress(), e.toString());
@@ -165,6 +185,61 @@ public final class EmbeddedStoreServer implements AutoCloseable {
             } finally {
                 close();
             }
+        }
+
+        /**
+         * Checks the client speaks this protocol and authenticates it (see {@link StoreWire}); true
+         * when requests may follow. Reads only fixed-size fields, with a timeout, so a client that
+         * is not authenticated costs neither memory nor a thread for long.
+         */
+        private boolean handshake(DataInputStream in) throws IOException {
+            socket.setSoTimeout(StoreWire.HANDSHAKE_MILLIS);
+            int magic = in.readInt();
+            int version = in.readInt();
+            if (magic != StoreWire.MAGIC) {
+                LOG.warn("metadata store at {}: {} is not a mooncake4j store client (wrong handshake); closing it", uri, socket.getRemoteSocketAddress());
+                return false;
+            }
+            out.writeInt(StoreWire.MAGIC);
+            out.writeInt(StoreWire.VERSION);
+            if (version != StoreWire.VERSION) {
+                out.flush();
+                LOG.warn("metadata store at {}: client {} speaks protocol version {}, this store {}; closing it (run the same mooncake4j"
+                        + " version everywhere)", uri, socket.getRemoteSocketAddress(), version, StoreWire.VERSION);
+                return false;
+            }
+            byte[] serverNonce = GroupToken.nonce();
+            out.writeByte(token == null ? 0 : StoreWire.FLAG_TOKEN);
+            out.write(serverNonce);
+            out.flush();
+            byte clientFlags = in.readByte();
+            byte[] clientNonce = new byte[GroupToken.NONCE_BYTES];
+            in.readFully(clientNonce);
+            byte[] proof = new byte[GroupToken.MAC_BYTES];
+            in.readFully(proof);
+            boolean clientHasToken = (clientFlags & StoreWire.FLAG_TOKEN) != 0;
+            byte verdict = StoreWire.AUTH_OK;
+            String why = null;
+            if (token == null && clientHasToken) {
+                verdict = StoreWire.AUTH_SERVER_HAS_NO_TOKEN;
+                why = "the client has a group token, this store has none";
+            } else if (token != null && !clientHasToken) {
+                verdict = StoreWire.AUTH_CLIENT_HAS_NO_TOKEN;
+                why = "the client has no group token, this store requires one";
+            } else if (token != null && !token.verify(proof, StoreWire.CLIENT_LABEL, serverNonce, clientNonce)) {
+                verdict = StoreWire.AUTH_BAD_PROOF;
+                why = "wrong or missing group token";
+            }
+            out.writeByte(verdict);
+            if (verdict != StoreWire.AUTH_OK) {
+                out.flush();
+                LOG.error("metadata store at {}: refused connection from {}: authentication failed ({})", uri, socket.getRemoteSocketAddress(), why);
+                return false;
+            }
+            out.write(token == null ? new byte[GroupToken.MAC_BYTES] : token.mac(StoreWire.SERVER_LABEL, clientNonce, serverNonce));
+            out.flush();
+            socket.setSoTimeout(0);
+            return true;
         }
 
         private void handle(byte[] frame) throws IOException {

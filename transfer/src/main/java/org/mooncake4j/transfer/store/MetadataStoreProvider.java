@@ -8,4 +8,13 @@ public interface MetadataStoreProvider {
     String scheme();
 
     MetadataStore open(URI uri, Duration operationTimeout);
+
+    /**
+     * Opens the store authenticating with group token {@code token} ({@code null}: none). The
+     * default ignores the token: it is for stores whose authentication is their own business
+     * (etcd), not the group token's.
+     */
+    default MetadataStore open(URI uri, Duration operationTimeout, String token) {
+        return open(uri, operationTimeout);
+    }
 }

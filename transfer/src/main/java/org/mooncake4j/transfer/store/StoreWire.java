@@ -12,8 +12,22 @@ import java.nio.charset.StandardCharsets;
 /**
  * The embedded store's wire format, shared by {@link EmbeddedStoreServer} and {@link EmbeddedStore}.
  *
- * <p>A connection opens with a handshake: the client sends {@link #MAGIC} and {@link #VERSION} as two
- * big-endian ints and the server echoes them. After it, each direction carries frames: a big-endian
+ * <p>A connection opens with a handshake that authenticates both sides with the group token
+ * ({@link org.mooncake4j.transfer.auth.GroupToken}); all integers big-endian:
+ *
+ * <pre>
+ * client → server  int MAGIC, int VERSION
+ * server → client  int MAGIC, int VERSION   (always, so a client of another version can say so; the server
+ *                                           then closes when the versions differ)
+ * server → client  byte flags (FLAG_TOKEN: the server has a token), Ns (32 random bytes)
+ * client → server  byte flags, Nc (32), Pc (32) = HMAC-SHA256(token, "mooncake4j-store-client" | Ns | Nc)
+ * server → client  byte verdict (AUTH_OK or a refusal, after which the server closes),
+ *                  Ps (32) = HMAC-SHA256(token, "mooncake4j-store-server" | Nc | Ns)
+ * </pre>
+ *
+ * Without a token on either side the proofs are zeros and nothing is checked; with a token on only
+ * one side the connection is refused. The server reads no request before the client's proof
+ * verified, and the client sends none before the server's did. After the handshake, each direction carries frames: a big-endian
  * int length, then that many bytes. A request frame is {@code long id, byte op, fields}; a response
  * frame is {@code long id, byte status, fields}. Responses carry the id of their request and may come
  * in any order (blocking requests answer when they are done). Strings are an int byte count and
@@ -29,7 +43,16 @@ import java.nio.charset.StandardCharsets;
  */
 final class StoreWire {
     static final int MAGIC = 0x4D43_3453; // "MC4S"
-    static final int VERSION = 1;
+    /** 2: the handshake authenticates with the group token. */
+    static final int VERSION = 2;
+    static final String CLIENT_LABEL = "mooncake4j-store-client";
+    static final String SERVER_LABEL = "mooncake4j-store-server";
+    /** Handshake flag: the sender has a group token. */
+    static final byte FLAG_TOKEN = 1;
+    /** Handshake verdicts. */
+    static final byte AUTH_OK = 0, AUTH_BAD_PROOF = 1, AUTH_CLIENT_HAS_NO_TOKEN = 2, AUTH_SERVER_HAS_NO_TOKEN = 3;
+    /** How long a connecting client may take over the handshake before the server drops it. */
+    static final int HANDSHAKE_MILLIS = 10_000;
     /** Frames larger than this are refused (a corrupt length, or a peer that is not a store). */
     static final int MAX_FRAME = 64 << 20;
 

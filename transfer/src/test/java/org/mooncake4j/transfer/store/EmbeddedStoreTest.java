@@ -174,7 +174,9 @@ class EmbeddedStoreTest extends MetadataStoreContract {
 
     @Test
     void unresponsiveServerFailsCallsAtTheirDeadline() throws Exception {
-        byte[] handshake = ByteBuffer.allocate(8).putInt(StoreWire.MAGIC).putInt(StoreWire.VERSION).array();
+        // the whole handshake of a store without a token: version, flags and nonce, then the verdict and a zero proof
+        byte[] handshake = ByteBuffer.allocate(8 + 1 + 32 + 1 + 32).putInt(StoreWire.MAGIC).putInt(StoreWire.VERSION).put((byte) 0)
+                .put(new byte[32]).put(StoreWire.AUTH_OK).put(new byte[32]).array();
         try (ServerSocket listener = mute(handshake);
              EmbeddedStore client = EmbeddedStore.connect("127.0.0.1", listener.getLocalPort(), Duration.ofMillis(400))) {
             long start = System.nanoTime();

@@ -18,8 +18,10 @@ import org.slf4j.LoggerFactory;
 /**
  * The files behind local segments. A segment lives in {@code /dev/shm} (memory-backed, so a peer on
  * the same host that maps it shares the pages) or, when that is absent or too small, in
- * {@code java.io.tmpdir}. File names are {@code mooncake4j-<engine>-<pid>-<segment>-<n>}: the pid lets a
- * later process of the same engine name find and remove the files a killed process left behind.
+ * {@code java.io.tmpdir}. File names are {@code mooncake4j-<engine>-<pid>-ns<pid namespace>-<segment>-<n>}:
+ * the pid and its namespace let a later process find and remove the files a killed process left
+ * behind, without mistaking a live process of another container (whose pids mean something else)
+ * for a dead one.
  *
  * <p>Stateless apart from a sequence counter; thread-safe.
  */
@@ -29,8 +31,20 @@ public final class ShmFiles {
     private static final Path DEV_SHM = Path.of("/dev/shm");
     private static final int ZERO_CHUNK = 1 << 20;
     private static final AtomicLong SEQUENCE = new AtomicLong();
+    private static final String PID_NAMESPACE = pidNamespace();
 
     private ShmFiles() {}
+
+    /** The inode of this process's pid namespace ("unknown" where /proc does not say). */
+    private static String pidNamespace() {
+        try {
+            String link = Files.readSymbolicLink(Path.of("/proc/self/ns/pid")).toString();
+            String digits = link.replaceAll("\\D", "");
+            return digits.isEmpty() ? "unknown" : digits;
+        } catch (IOException | UnsupportedOperationException e) {
+            return "unknown";
+        }
+    }
 
     /** Letters, digits, '.' and '_' only (so '-' separates the fields of a file name), at most 48 characters. */
     static String sanitize(String s) {
@@ -44,7 +58,7 @@ public final class ShmFiles {
 
     /** The beginning of every file name an engine of this name creates in process {@code pid}. */
     static String prefix(String engineName, long pid) {
-        return PREFIX + sanitize(engineName) + "-" + pid + "-";
+        return PREFIX + sanitize(engineName) + "-" + pid + "-ns" + PID_NAMESPACE + "-";
     }
 
     /**
@@ -87,31 +101,32 @@ public final class ShmFiles {
     }
 
     /**
-     * Deletes the files that earlier processes of engine {@code engineName} left in {@code dir} when
-     * they were killed (their pid no longer runs). Returns how many were removed.
+     * Deletes the segment files in {@code dir} whose process is gone: files of any engine created in
+     * this pid namespace, and where the namespace is unknown, files of engine {@code engineName}.
+     * Returns how many were removed.
      */
     public static int removeStale(Path dir, String engineName) {
-        String head = PREFIX + sanitize(engineName) + "-";
+        String own = sanitize(engineName);
         int removed = 0;
-        try (DirectoryStream<Path> files = Files.newDirectoryStream(dir, head + "*")) {
+        try (DirectoryStream<Path> files = Files.newDirectoryStream(dir, PREFIX + "*")) {
             for (Path f : files) {
-                String rest = f.getFileName().toString().substring(head.length());
-                int dash = rest.indexOf('-');
-                if (dash <= 0) continue;
+                String[] field = f.getFileName().toString().substring(PREFIX.length()).split("-");
+                if (field.length != 5 || !field[2].equals("ns" + PID_NAMESPACE)) continue;
+                if (PID_NAMESPACE.equals("unknown") && !field[0].equals(own)) continue;
                 long pid;
                 try {
-                    pid = Long.parseLong(rest.substring(0, dash));
+                    pid = Long.parseLong(field[1]);
                 } catch (NumberFormatException e) {
                     continue;
                 }
                 if (ProcessHandle.of(pid).map(ProcessHandle::isAlive).orElse(false)) continue;
                 if (Files.deleteIfExists(f)) {
                     removed++;
-                    log.info("Removed stale segment file {} of engine {} (its process {} is gone)", f, engineName, pid);
+                    log.info("Removed stale segment file {} (its process {} is gone)", f, pid);
                 }
             }
         } catch (IOException e) {
-            log.warn("Could not scan {} for stale segment files of engine {}: {}", dir, engineName, e.toString());
+            log.warn("Could not scan {} for stale segment files: {}", dir, e.toString());
         }
         return removed;
     }

@@ -8,6 +8,15 @@ import java.nio.charset.StandardCharsets;
  * reused port is told apart from the engine that registered a segment.
  */
 public record EngineIdentity(String name, String instanceId) {
+    /** Refuses identities too long for a handshake (the receiver caps them at {@link Frame#MAX_IDENTITY_BYTES}). */
+    public EngineIdentity {
+        int bytes = name.getBytes(StandardCharsets.UTF_8).length + 1 + instanceId.getBytes(StandardCharsets.UTF_8).length;
+        if (bytes > Frame.MAX_IDENTITY_BYTES) {
+            throw new IllegalArgumentException("engine name '" + name.substring(0, Math.min(name.length(), 40)) + "...' is too long: its identity"
+                    + " takes " + bytes + " bytes in a handshake, at most " + Frame.MAX_IDENTITY_BYTES + " are accepted. Choose a shorter name.");
+        }
+    }
+
     byte[] encode() {
         return (name + "\n" + instanceId).getBytes(StandardCharsets.UTF_8);
     }

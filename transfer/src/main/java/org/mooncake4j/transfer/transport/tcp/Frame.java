@@ -16,12 +16,18 @@ import java.nio.ByteOrder;
  * 24  long  request id (READ, WRITE_ACKED and their answers; 0 otherwise)
  * </pre>
  *
- * HELLO/PROBE carry the sender's {@link EngineIdentity} as payload; WRITE, WRITE_ACKED and READ_DATA
- * carry the bytes, which the receiver reads straight into the target memory.
+ * WRITE, WRITE_ACKED and READ_DATA carry the bytes, which the receiver reads straight into the
+ * target memory.
+ *
+ * <p>A connection opens with the handshake of {@link EngineHandshake}: the server speaks first with
+ * CHALLENGE, the client answers HELLO (or PROBE), the server answers HELLO or REFUSED. Their
+ * segment field is the protocol version, their offset field carries flags ({@link #FLAG_TOKEN}), or
+ * the refusal reason in REFUSED.
  */
 final class Frame {
     static final int HEADER_BYTES = 32;
-    static final int VERSION = 1;
+    /** 2: the server speaks first with a CHALLENGE, and the HELLOs carry nonces and group-token proofs. */
+    static final int VERSION = 2;
     private static final int MAGIC = 0x4D344A00;
     private static final int MAGIC_MASK = 0xFFFFFF00;
 
@@ -40,9 +46,21 @@ final class Frame {
     static final byte READ_DATA = 8;
     /** Release-store of the 64-bit value in the length field at offset, then wake local waiters. */
     static final byte PUBLISH = 9;
+    /** Server → client: first frame of every connection; payload: the server's nonce. */
+    static final byte CHALLENGE = 10;
+    /** Server → client: the handshake failed authentication (reason in the offset field); the connection ends after it. */
+    static final byte REFUSED = 11;
 
-    /** The largest HELLO payload accepted: engine names are short. */
-    static final int MAX_HELLO_BYTES = 4096;
+    /** Handshake flag (offset field of CHALLENGE and HELLO/PROBE): the sender has a group token. */
+    static final long FLAG_TOKEN = 1;
+    /** REFUSED reasons. */
+    static final long REFUSED_BAD_PROOF = 1, REFUSED_CLIENT_HAS_NO_TOKEN = 2, REFUSED_SERVER_HAS_NO_TOKEN = 3;
+
+    /**
+     * The longest encoded {@link EngineIdentity} accepted in a handshake: names are short, and the cap
+     * keeps an unauthenticated peer from making this engine allocate what a length field claims.
+     */
+    static final int MAX_IDENTITY_BYTES = 1024;
 
     private Frame() {}
 
@@ -87,6 +105,8 @@ final class Frame {
             case READ -> "READ";
             case READ_DATA -> "READ_DATA";
             case PUBLISH -> "PUBLISH";
+            case CHALLENGE -> "CHALLENGE";
+            case REFUSED -> "REFUSED";
             default -> "opcode " + op;
         };
     }

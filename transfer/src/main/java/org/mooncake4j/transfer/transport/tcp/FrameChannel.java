@@ -197,8 +197,10 @@ final class FrameChannel implements AutoCloseable {
     private ByteBuffer chunk(MemorySegment payload, long offset, int n) {
         if (payload.isNative()) return payload.asSlice(offset, n).asByteBuffer();
         if (writeStaging == null) writeStaging = ByteBuffer.allocateDirect(CHUNK);
+        // clear first: the previous chunk's write left position == limit, and ofBuffer views only [position, limit)
+        writeStaging.clear();
         MemorySegment.copy(payload, offset, MemorySegment.ofBuffer(writeStaging), 0, n);
-        return writeStaging.clear().limit(n);
+        return writeStaging.limit(n);
     }
 
     private void writeFully(ByteBuffer b, Deadline deadline) throws IOException {

@@ -2,7 +2,6 @@ package org.mooncake4j.transfer.transport.tcp;
 
 import java.io.EOFException;
 import java.io.IOException;
-import java.net.SocketTimeoutException;
 import java.nio.ByteBuffer;
 import java.nio.channels.ClosedChannelException;
 import java.lang.foreign.MemorySegment;
@@ -17,8 +16,12 @@ import org.slf4j.LoggerFactory;
  * The server side of one peer's connection: a thread that reads frames and applies them to this
  * engine's segments in arrival order (which is what makes a PUBLISH visible only after the writes
  * sent before it). Payloads go straight from the socket into the target segment after the range was
- * checked; a frame naming an unknown segment or a range outside one is logged with the peer and
- * range and ends the connection, without touching memory.
+ * checked; a posted WRITE or PUBLISH naming a segment that is no longer registered here is dropped (the
+ * writer looked it up before it was closed: normal when a process group moves to a new epoch); a frame
+ * naming a range outside a segment, or any other frame naming an unknown segment, is logged with the peer and
+ * range and ends the connection, without touching memory. Before any of that, the handshake
+ * authenticates the peer with the group token ({@link EngineHandshake}); a peer that fails it is
+ * logged and disconnected without a single frame applied.
  *
  * <p>Only this connection's thread reads; answers (ACK, READ_DATA) are written under the channel's
  * write lock, which {@link #close(boolean)} also takes to say goodbye.
@@ -58,6 +61,9 @@ final class InboundConnection {
             reason = "connection from " + who() + " closed without goodbye: the process exited or was killed";
         } catch (ClosedChannelException e) {
             reason = "connection from " + who() + " was closed";
+        } catch (AuthenticationException e) {
+            log.error("Engine {}: refused connection from {}: authentication failed ({})", server.self().name(), ch.remote(), e.getMessage());
+            reason = "refused connection from " + ch.remote() + ": authentication failed (" + e.getMessage() + ")";
         } catch (ProtocolException e) {
             log.error("Engine {}: {}; closing the connection from {}", server.self().name(), e.getMessage(), who());
             reason = "protocol error on the connection from " + who() + ": " + e.getMessage();
@@ -72,39 +78,18 @@ final class InboundConnection {
         }
     }
 
-    /** Reads HELLO or PROBE and answers with this engine's identity; false for a probe (the connection ends). */
+    /**
+     * Authenticates the peer and exchanges identities ({@link EngineHandshake}); false for a probe
+     * (the connection ends). No frame is read past the handshake unless the peer proved it holds
+     * the group token (when this engine has one).
+     */
     private boolean handshake() throws IOException {
-        Deadline d = Deadline.afterMillis(HANDSHAKE_MILLIS);
-        try {
-            ch.readFully(in.clear(), d);
-            int op = Frame.op(in);
-            long len = Frame.length(in);
-            if ((op != Frame.HELLO && op != Frame.PROBE) || len <= 0 || len > Frame.MAX_HELLO_BYTES) {
-                throw new ProtocolException("expected HELLO, got " + Frame.name(op) + " with length " + len + " (not a mooncake4j engine?)");
-            }
-            if (Frame.segment(in) != Frame.VERSION) {
-                throw new ProtocolException("peer speaks protocol version " + Frame.segment(in) + ", this engine " + Frame.VERSION
-                        + ": run the same mooncake4j version on every process");
-            }
-            ByteBuffer payload = ByteBuffer.allocate((int) len);
-            ch.readFully(payload, d);
-            EngineIdentity who = EngineIdentity.decode(payload.array());
-            byte[] me = server.self().encode();
-            if (!ch.lockWriter(d)) throw new SocketTimeoutException("handshake answer timed out");
-            try {
-                Frame.encode(out, Frame.HELLO, Frame.VERSION, 0, me.length, 0);
-                ch.writeFrame(out, MemorySegment.ofArray(me), 0, me.length, d);
-            } finally {
-                ch.unlockWriter();
-            }
-            if (op == Frame.PROBE) return false;
-            peer = who;
-            Thread.currentThread().setName("mooncake4j-" + server.self().name() + "-in-" + who.name());
-            log.info("Engine {}: peer engine {} connected from {}", server.self().name(), who.name(), ch.remote());
-            return true;
-        } catch (SocketTimeoutException | IllegalArgumentException e) {
-            throw new ProtocolException("handshake from " + ch.remote() + " failed: " + e.getMessage());
-        }
+        EngineHandshake.Accepted a = EngineHandshake.accept(ch, server.self(), server.token(), Deadline.afterMillis(HANDSHAKE_MILLIS));
+        if (a.probe()) return false;
+        peer = a.peer();
+        Thread.currentThread().setName("mooncake4j-" + server.self().name() + "-in-" + a.peer().name());
+        log.info("Engine {}: peer engine {} connected from {}", server.self().name(), a.peer().name(), ch.remote());
+        return true;
     }
 
     /** Applies frames until the peer says goodbye (returns the reason) or the connection fails (throws). */
@@ -118,6 +103,19 @@ final class InboundConnection {
             long req = Frame.request(in);
             switch (op) {
                 case Frame.WRITE, Frame.WRITE_ACKED -> {
+                    if (op == Frame.WRITE && server.segments().get(id) == null) {
+                        // a posted write to a segment closed here since the peer looked it up (a process
+                        // group moved to a new epoch): drop it, the peer is healthy
+                        if (len < 0) throw new ProtocolException("malformed WRITE length " + len);
+                        try {
+                            ch.discard(len);
+                        } catch (EOFException e) {
+                            throw new ProtocolException("truncated frame: the connection ended inside the payload of a dropped WRITE of "
+                                    + len + " bytes for segment id " + id);
+                        }
+                        log.debug("dropped WRITE [{}, {}) for segment id {} (closed here) from {}", off, off + len, id, who());
+                        continue;
+                    }
                     LocalSegment seg = target(op, id, off, len);
                     try {
                         ch.readInto(seg.memory(), off, len);
@@ -133,6 +131,10 @@ final class InboundConnection {
                     answer(Frame.encode(out, Frame.READ_DATA, 0, 0, len, req), seg.memory(), off, len);
                 }
                 case Frame.PUBLISH -> {
+                    if (server.segments().get(id) == null) {
+                        log.debug("dropped PUBLISH at {} for segment id {} (closed here) from {}", off, id, who());
+                        continue;
+                    }
                     LocalSegment seg = segment(op, id, off, Waiter.WORD_BYTES);
                     String bad = SegmentRanges.badWord(seg.name(), seg.size(), off);
                     if (bad != null) throw new ProtocolException("PUBLISH: " + bad);

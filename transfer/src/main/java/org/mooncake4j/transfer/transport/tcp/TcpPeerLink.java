@@ -15,6 +15,7 @@ import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicLong;
 import org.mooncake4j.core.Deadline;
 import org.mooncake4j.transfer.TransferException;
+import org.mooncake4j.transfer.auth.GroupToken;
 import org.mooncake4j.transfer.transport.PeerFailureSink;
 import org.mooncake4j.transfer.transport.PeerLink;
 import org.mooncake4j.transfer.transport.TransferCompletion;
@@ -67,12 +68,25 @@ public final class TcpPeerLink implements PeerLink, AutoCloseable {
      */
     public static TcpPeerLink connect(EngineIdentity self, EngineIdentity expected, String host, int port, InetAddress bind,
                                       String segment, Deadline deadline, PeerFailureSink sink) {
+        return connect(self, expected, host, port, bind, segment, deadline, sink, null);
+    }
+
+    /**
+     * Like {@link #connect(EngineIdentity, EngineIdentity, String, int, InetAddress, String, Deadline, PeerFailureSink)},
+     * authenticating both ends with {@code token} (null: none; a peer that has a token then refuses
+     * the connection). Nothing but the handshake is sent before the peer proved it holds the token.
+     */
+    public static TcpPeerLink connect(EngineIdentity self, EngineIdentity expected, String host, int port, InetAddress bind,
+                                      String segment, Deadline deadline, PeerFailureSink sink, GroupToken token) {
         String where = host + ":" + port;
         FrameChannel ch = open(host, port, bind, deadline, () -> "Failed to connect to engine " + expected.name() + " for segment " + segment + ": ",
                 segment);
         EngineIdentity got;
         try {
-            got = hello(ch, self, Frame.HELLO, deadline);
+            got = EngineHandshake.connect(ch, self, token, Frame.HELLO, deadline);
+        } catch (AuthenticationException e) {
+            ch.close();
+            throw refused(expected.name(), where, e);
         } catch (IOException e) {
             ch.close();
             throw new TransferException("Failed to connect to engine " + expected.name() + " at " + where + " for segment " + segment
@@ -95,6 +109,15 @@ public final class TcpPeerLink implements PeerLink, AutoCloseable {
      * deadline. Used to tell a live registration from a stale one.
      */
     public static Optional<EngineIdentity> probe(EngineIdentity self, String host, int port, Deadline deadline) {
+        return probe(self, host, port, deadline, null);
+    }
+
+    /**
+     * Like {@link #probe(EngineIdentity, String, int, Deadline)}, authenticating with {@code token}:
+     * an engine that fails authentication is reported as nobody (it cannot be the group's engine that
+     * registered a segment, and its identity claim proves nothing).
+     */
+    public static Optional<EngineIdentity> probe(EngineIdentity self, String host, int port, Deadline deadline, GroupToken token) {
         FrameChannel ch;
         try {
             ch = open(host, port, null, deadline, () -> "", "");
@@ -102,7 +125,7 @@ public final class TcpPeerLink implements PeerLink, AutoCloseable {
             return Optional.empty();
         }
         try {
-            return Optional.of(hello(ch, self, Frame.PROBE, deadline));
+            return Optional.of(EngineHandshake.connect(ch, self, token, Frame.PROBE, deadline));
         } catch (IOException e) {
             return Optional.empty();
         } finally {
@@ -135,22 +158,22 @@ public final class TcpPeerLink implements PeerLink, AutoCloseable {
         }
     }
 
-    private static EngineIdentity hello(FrameChannel ch, EngineIdentity self, byte op, Deadline deadline) throws IOException {
-        byte[] me = self.encode();
-        ByteBuffer h = Frame.newHeader();
-        ch.writeFrame(Frame.encode(h, op, Frame.VERSION, 0, me.length, 0), MemorySegment.ofArray(me), 0, me.length, deadline);
-        ch.readFully(h.clear(), deadline);
-        long len = Frame.length(h);
-        if (Frame.op(h) != Frame.HELLO || len <= 0 || len > Frame.MAX_HELLO_BYTES) {
-            throw new ProtocolException("expected HELLO, got " + Frame.name(Frame.op(h)));
+    /** The message for a connection that failed authentication, saying which side lacks what and what to do. */
+    private static TransferException refused(String engine, String where, AuthenticationException e) {
+        String head = "Engine " + engine + " at " + where;
+        String m;
+        if (e.reason == Frame.REFUSED_CLIENT_HAS_NO_TOKEN) {
+            m = head + " refused this connection: authentication failed (this engine has no group token, the engine there requires one). ";
+        } else if (e.reason == Frame.REFUSED_SERVER_HAS_NO_TOKEN) {
+            m = head + " has no group token but this engine has one: refusing to connect, so no data goes to an engine outside the group"
+                    + " (authentication failed). ";
+        } else if (e.reason == AuthenticationException.SERVER_PROOF_WRONG) {
+            m = head + " failed authentication: it could not prove it holds the group token (an impostor, or an engine of another group,"
+                    + " holds that address), so this engine sends it no data. ";
+        } else {
+            m = head + " refused this connection: authentication failed. ";
         }
-        ByteBuffer payload = ByteBuffer.allocate((int) len);
-        ch.readFully(payload, deadline);
-        try {
-            return EngineIdentity.decode(payload.array());
-        } catch (IllegalArgumentException e) {
-            throw new ProtocolException(e.getMessage());
-        }
+        return new TransferException(m + GroupToken.ADVICE, e);
     }
 
     @Override public String engineName() { return peer.name(); }

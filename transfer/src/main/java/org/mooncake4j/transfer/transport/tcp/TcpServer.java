@@ -11,6 +11,7 @@ import java.time.Duration;
 import java.util.Set;
 import java.util.concurrent.ConcurrentHashMap;
 import org.mooncake4j.transfer.TransferException;
+import org.mooncake4j.transfer.auth.GroupToken;
 import org.mooncake4j.transfer.transport.LocalSegmentTable;
 import org.mooncake4j.transfer.transport.PeerFailureSink;
 import org.slf4j.Logger;
@@ -19,7 +20,8 @@ import org.slf4j.LoggerFactory;
 /**
  * The engine's listening socket. Peers that opened one of this engine's segments connect here; each
  * accepted connection gets its own reader thread ({@link InboundConnection}) that lands their frames
- * in the local segments.
+ * in the local segments, once the peer passed the handshake (group-token authentication when the
+ * engine has a token, see {@link EngineHandshake}).
  *
  * <p>Threads: one acceptor plus one per connection, all stopped and joined by {@link #close()}.
  * Owned by the engine.
@@ -32,14 +34,16 @@ public final class TcpServer implements AutoCloseable {
     private final LocalSegmentTable segments;
     private final PeerFailureSink sink;
     private final Duration responseTimeout;
+    private final GroupToken token;
     private final InetSocketAddress address;
     private final Set<InboundConnection> connections = ConcurrentHashMap.newKeySet();
     private final Thread acceptor;
     private volatile boolean closing;
 
     private TcpServer(ServerSocketChannel server, EngineIdentity self, LocalSegmentTable segments, PeerFailureSink sink,
-                      Duration responseTimeout) throws IOException {
+                      Duration responseTimeout, GroupToken token) throws IOException {
         this.server = server;
+        this.token = token;
         this.self = self;
         this.segments = segments;
         this.sink = sink;
@@ -56,12 +60,22 @@ public final class TcpServer implements AutoCloseable {
      */
     public static TcpServer start(EngineIdentity self, InetAddress host, int port, LocalSegmentTable segments,
                                   PeerFailureSink sink, Duration responseTimeout) {
+        return start(self, host, port, segments, sink, responseTimeout, null);
+    }
+
+    /**
+     * Like {@link #start(EngineIdentity, InetAddress, int, LocalSegmentTable, PeerFailureSink, Duration)},
+     * and every connection must prove it holds {@code token} before a frame of it is applied (null:
+     * no authentication, and clients that have a token are refused).
+     */
+    public static TcpServer start(EngineIdentity self, InetAddress host, int port, LocalSegmentTable segments,
+                                  PeerFailureSink sink, Duration responseTimeout, GroupToken token) {
         ServerSocketChannel server = null;
         try {
             server = ServerSocketChannel.open();
             FrameChannel.configure(server, true);
             server.bind(new InetSocketAddress(host, port), 128);
-            TcpServer s = new TcpServer(server, self, segments, sink, responseTimeout);
+            TcpServer s = new TcpServer(server, self, segments, sink, responseTimeout, token);
             s.acceptor.start();
             return s;
         } catch (BindException e) {
@@ -99,6 +113,9 @@ public final class TcpServer implements AutoCloseable {
     LocalSegmentTable segments() { return segments; }
 
     Duration responseTimeout() { return responseTimeout; }
+
+    /** The group token connections must prove, or null. */
+    GroupToken token() { return token; }
 
     boolean closing() { return closing; }
 
