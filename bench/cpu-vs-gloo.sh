@@ -7,6 +7,7 @@
 #
 # Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-e MAX_BYTES] [-g "2 4"]
 #   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
+#   Env: PYTHON (a python with torch; default /usr/bin/python3), MOONCAKE4J (the CLI command).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -15,7 +16,9 @@ ITERS=20
 WARMUP=5
 MAX_BYTES=64M
 RANKS="2 4"
-PYTHON=/usr/bin/python3
+PYTHON=${PYTHON:-/usr/bin/python3}
+# the CLI: bin/mooncake4j here; on a host without Maven, e.g. "java -cp 'jars/*' org.mooncake4j.cli.Main"
+CLI=${MOONCAKE4J:-$ROOT/bin/mooncake4j}
 
 while getopts "o:n:w:e:g:h" opt; do
   case "$opt" in
@@ -40,7 +43,7 @@ SIZES=(-b 8 -e "$MAX_BYTES" -f 4 -n "$ITERS" -w "$WARMUP")
 SERIES=()
 for n in $RANKS; do
   echo "=== all_reduce float32 on $n ranks: mooncake-cpu ==="
-  bin/mooncake4j pgbench --collective all_reduce --backend mooncake-cpu --device cpu -d float32 -o sum -c 1 -g "$n" "${SIZES[@]}" \
+  $CLI pgbench --collective all_reduce --backend mooncake-cpu --device cpu -d float32 -o sum -c 1 -g "$n" "${SIZES[@]}" \
     --json "$OUT/mooncake-cpu-allreduce-g$n.json"
   echo "=== all_reduce float32 on $n ranks: gloo ==="
   "$PYTHON" bench/gloo_allreduce.py -g "$n" -c 1 "${SIZES[@]}" --json "$OUT/gloo-allreduce-g$n.json"
@@ -49,12 +52,12 @@ done
 
 echo "=== chart ==="
 # the chart's own ratio table compares the first series with all others; the per-rank-count tables below are the ones to read
-bin/mooncake4j plot --out "$OUT/cpu-allreduce-vs-gloo.png" --metric busbw \
+$CLI plot --out "$OUT/cpu-allreduce-vs-gloo.png" --metric busbw \
   --title "all_reduce float32 on $(nproc) cores: mooncake-cpu vs gloo (busbw)" "${SERIES[@]}" > /dev/null
 echo "chart: $OUT/cpu-allreduce-vs-gloo.png"
 
 for n in $RANKS; do
   echo
   echo "=== $n ranks: time ratio gloo/mooncake-cpu and busbw ratio mooncake-cpu/gloo per size ==="
-  bin/mooncake4j plot --series "mooncake-cpu=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo=$OUT/gloo-allreduce-g$n.json"
+  $CLI plot --series "mooncake-cpu=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo=$OUT/gloo-allreduce-g$n.json"
 done

@@ -50,12 +50,19 @@ public final class FaultDemoWorker {
     private static final long PERIOD_MS = 10;
     private static final Duration KILL_BOUND = Duration.ofSeconds(30);
     private static final Duration REJOIN_BOUND = Duration.ofSeconds(60);
+    /** Every rank votes to stop after this long, whatever rank 0 thinks: the loop ends even if rank 0's checks cannot. */
+    private static final Duration LOOP_BOUND = KILL_BOUND.plus(REJOIN_BOUND).plusSeconds(30);
     private static final Duration EVENTS_WAIT = Duration.ofSeconds(5);
 
-    /** One iteration as rank 0 saw it: the sum, whether it matched its mask, and the state after it. */
-    private record Step(long iter, long atMicros, long sum, boolean ok, long epoch, String mask) {
+    /**
+     * One iteration as rank 0 saw it: the sum, whether it matched the mask it covered, and the epoch
+     * and mask after it ({@code covered} differs from {@code mask} when a failure during the
+     * operation was agreed after every member held its result: it then stands over the old mask).
+     */
+    private record Step(long iter, long atMicros, long sum, boolean ok, long epoch, String mask, String covered) {
         String text() {
-            return "iter " + iter + " sum " + sum + " " + (ok ? "OK" : "WRONG") + " (epoch " + epoch + ", mask " + mask + ")";
+            return "iter " + iter + " sum " + sum + " " + (ok ? "OK" : "WRONG") + " (epoch " + epoch + ", mask " + mask
+                    + (covered.equals(mask) ? "" : ", covered " + covered) + ")";
         }
     }
 
@@ -124,7 +131,7 @@ public final class FaultDemoWorker {
             while (true) {
                 int[] before = pg.activeRanks().toIntArray();
                 t.setLong(0, rank + 1);
-                t.setLong(1, rank == 0 ? stopVote(iter, loopStart) : 0);
+                t.setLong(1, rank == 0 ? stopVote(iter, loopStart) : System.nanoTime() - loopStart > LOOP_BOUND.toNanos() ? 1 : 0);
                 pg.allReduce(t, ReduceOp.SUM);
                 int[] after = pg.activeRanks().toIntArray();
                 int[] covered = pg.lastLocalSuccess() ? before : after;
@@ -135,13 +142,14 @@ public final class FaultDemoWorker {
                     System.out.println("rank " + rank + ": iter " + iter + " sum " + sum + " WRONG: want " + sumOf(covered) + " over mask " + mask(covered)
                             + (pg.lastLocalSuccess() ? " (before the operation)" : " (after it; the operation was redone)"));
                 }
-                if (rank == 0) observe(iter, sum, ok, after);
+                if (rank == 0) observe(iter, sum, ok, after, covered);
                 if (t.getLong(1) != 0) break;
                 int droppedBefore = pg.droppedRanks().length;
                 int[] recovered = Elastic.recoverReady(pg);
                 if (rank == 0 && failure == null && pg.droppedRanks().length > droppedBefore) {
                     // the failure surfaced in the recovery poll's own collective
-                    failure = new Step(iter, nowMicros(), sum, ok, pg.epoch(), mask(pg.activeRanks().toIntArray()));
+                    String now = mask(pg.activeRanks().toIntArray());
+                    failure = new Step(iter, nowMicros(), sum, ok, pg.epoch(), now, now);
                     failureWhere = "in the recovery poll after iter " + iter;
                     System.out.println("iter " + iter + ": rank(s) " + Arrays.toString(pg.droppedRanks()) + " dropped " + failureWhere + " (epoch " + failure.epoch()
                             + ", mask " + failure.mask() + ")");
@@ -173,8 +181,8 @@ public final class FaultDemoWorker {
     }
 
     /** Rank 0: records the iteration and notices the events. */
-    private void observe(long iter, long sum, boolean ok, int[] after) {
-        Step s = new Step(iter, nowMicros(), sum, ok, pg.epoch(), mask(after));
+    private void observe(long iter, long sum, boolean ok, int[] after, int[] covered) {
+        Step s = new Step(iter, nowMicros(), sum, ok, pg.epoch(), mask(after), mask(covered));
         steps.add(s);
         if (failure == null && pg.lastDroppedRanks().length > 0) {
             failure = s;

@@ -10,7 +10,8 @@ import picocli.CommandLine.Spec;
 
 /**
  * The {@code mooncake4j} command: {@code run} (a torchrun-like launcher), {@code pgbench}
- * (nccl-tests-style benchmarks), {@code demo} (every collective on 4 ranks, checked) and
+ * (nccl-tests-style benchmarks), {@code demo} (every collective on 4 ranks, checked, then a killed
+ * rank restarted and rejoined) and
  * {@code plot} (charts and ratios from result files). Errors a user can fix print as one message
  * with exit code 2 (usage) or 1; unexpected ones print their stack trace too. Runs on the main thread.
  */

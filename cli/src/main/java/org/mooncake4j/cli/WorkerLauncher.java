@@ -41,9 +41,11 @@ import java.util.concurrent.TimeUnit;
  * etcd) each restarts its own workers.
  *
  * <p>Threading: {@link #run()} blocks its caller until the job ends; it is the only consumer of the
- * exit events. Two daemon threads per worker process copy its stdout and stderr to the sink, so the
- * sink must accept calls from several threads. A JVM shutdown hook (Ctrl-C, SIGTERM to the
- * launcher) stops the workers from the hook thread; stopping is synchronized and idempotent.
+ * exit events, which one daemon thread per worker process produces (not the common fork-join pool,
+ * so the caller may run on that pool). Two more daemon threads per worker process copy its stdout
+ * and stderr to the sink, so the sink must accept calls from several threads. A JVM shutdown hook
+ * (Ctrl-C, SIGTERM to the launcher) stops the workers from the hook thread; stopping is
+ * synchronized and idempotent.
  *
  * <p>Ownership: the launcher owns every process it starts and stops all of them before
  * {@link #run()} returns or the JVM exits. A {@link Worker} holds one rank for the whole job and an
@@ -376,17 +378,17 @@ public final class WorkerLauncher {
         drainOutput(reapEnd);
     }
 
+    /** Waits until every process is gone or {@code endNanos}; polls, because {@code onExit()} would need the common pool. */
     private static void awaitExit(List<ProcessHandle> handles, long endNanos) {
         for (ProcessHandle h : handles) {
-            long left = endNanos - System.nanoTime();
-            if (left <= 0) return;
-            try {
-                h.onExit().get(left, TimeUnit.NANOSECONDS);
-            } catch (java.util.concurrent.TimeoutException | java.util.concurrent.ExecutionException e) {
-                return;
-            } catch (InterruptedException e) {
-                Thread.currentThread().interrupt();
-                return;
+            while (h.isAlive()) {
+                if (System.nanoTime() - endNanos >= 0) return;
+                try {
+                    Thread.sleep(10);
+                } catch (InterruptedException e) {
+                    Thread.currentThread().interrupt();
+                    return;
+                }
             }
         }
     }
@@ -472,7 +474,20 @@ public final class WorkerLauncher {
                 pumps.add(pump(p.getErrorStream(), true));
             }
             process = p;
-            p.onExit().thenAccept(done -> exits.add(new Exit(this, done)));
+            // a thread of its own, not Process.onExit(): that completes on the common fork-join pool, which a
+            // caller may be blocking (a launcher run from CompletableFuture.supplyAsync on two cores never heard of its exits)
+            Thread.ofPlatform().daemon().name("mooncake4j-rank" + rank + "-exit").start(() -> {
+                boolean waited = false;
+                while (!waited) {
+                    try {
+                        p.waitFor(); // bounded: the launcher kills its processes before it returns
+                        waited = true;
+                    } catch (InterruptedException e) {
+                        // nobody interrupts this launcher-owned thread; keep waiting for the exit to report
+                    }
+                }
+                exits.add(new Exit(this, p));
+            });
         }
 
         private Thread pump(InputStream in, boolean stderr) {

@@ -13,7 +13,7 @@ import org.mooncake4j.pg.ReduceOp;
  * {@code recoverReady} after each, and {@code syncState} on a rejoin. The first process of rank
  * {@code args[1]} crashes (halts with code 3) at iteration {@code args[0]}; its replacement joins,
  * and rank 0 ends the loop (through the all-reduce, so everyone stops together) 20 iterations after
- * the rejoin, or after 60 s. Each rank prints {@code START ...} and, at the end,
+ * the rejoin; any rank ends it after 60 s. Each rank prints {@code START ...} and, at the end,
  * {@code RESULT rank R restart N epoch E mask M wrong W rejoined B}, W being every rank's wrong sums
  * added up. Single-threaded.
  */
@@ -59,7 +59,7 @@ public final class ElasticProbe {
                 }
                 int[] before = pg.activeRanks().toIntArray();
                 t.setLong(0, rank + 1);
-                t.setLong(1, rank == 0 && (rejoinedAt >= 0 && iter >= rejoinedAt + 20 || System.nanoTime() > deadline) ? 1 : 0);
+                t.setLong(1, rank == 0 && rejoinedAt >= 0 && iter >= rejoinedAt + 20 || System.nanoTime() > deadline ? 1 : 0);
                 pg.allReduce(t, ReduceOp.SUM);
                 int[] covered = pg.lastLocalSuccess() ? before : pg.activeRanks().toIntArray();
                 long want = 0;

@@ -7,8 +7,14 @@ import java.io.ByteArrayOutputStream;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.time.Duration;
+import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CopyOnWriteArrayList;
+import java.util.concurrent.CountDownLatch;
+import java.util.concurrent.ForkJoinPool;
+import java.util.concurrent.ForkJoinTask;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicBoolean;
 import org.junit.jupiter.api.Test;
 
 class WorkerLauncherTest {
@@ -85,6 +91,47 @@ class WorkerLauncherTest {
                     .rendezvous(rdzv).jobTimeout(Duration.ofSeconds(3)).stopGrace(Duration.ofSeconds(2)).sink(rec).build().run();
             assertThat(outcome.exitCode()).isEqualTo(124);
             assertThat(outcome.message()).contains("time limit of 3 s", "[0, 1]");
+        }
+    }
+
+    /**
+     * The launcher must see its workers exit, and stop the others, without help from the common
+     * fork-join pool: a caller may run it from that pool (CompletableFuture.supplyAsync does), whose
+     * only thread it then blocks on a machine with two cores.
+     */
+    @Test
+    void exitsAreSeenWhileTheCommonPoolIsBusy() throws InterruptedException {
+        int threads = ForkJoinPool.getCommonPoolParallelism();
+        AtomicBoolean release = new AtomicBoolean();
+        CountDownLatch busy = new CountDownLatch(threads);
+        List<ForkJoinTask<?>> hogs = new ArrayList<>();
+        for (int i = 0; i < threads; i++) {
+            hogs.add(ForkJoinPool.commonPool().submit(() -> {
+                busy.countDown();
+                long end = System.nanoTime() + 60_000_000_000L;
+                while (!release.get() && System.nanoTime() - end < 0) {
+                    try {
+                        Thread.sleep(10);
+                    } catch (InterruptedException e) {
+                        return;
+                    }
+                }
+            }));
+        }
+        try {
+            assertThat(busy.await(10, TimeUnit.SECONDS)).as("every common-pool thread is busy").isTrue();
+            Recorder rec = new Recorder();
+            long start = System.nanoTime();
+            try (Rendezvous rdzv = Rendezvous.hostLocal()) {
+                var outcome = WorkerLauncher.builder(EchoAndExit.class.getName()).args(List.of("1", "5", "hang")).nprocPerNode(2)
+                        .rendezvous(rdzv).jobTimeout(Duration.ofSeconds(20)).stopGrace(Duration.ofSeconds(5)).sink(rec).build().run();
+                assertThat(outcome.exitCode()).as(outcome.message()).isEqualTo(5);
+            }
+            // rank 0 ends at SIGTERM: the stop must notice at once, not after the grace period and the reaping bound
+            assertThat(Duration.ofNanos(System.nanoTime() - start)).isLessThan(Duration.ofSeconds(4));
+        } finally {
+            release.set(true);
+            hogs.forEach(h -> h.cancel(true));
         }
     }
 

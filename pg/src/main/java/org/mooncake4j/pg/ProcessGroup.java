@@ -53,6 +53,7 @@ public final class ProcessGroup implements AutoCloseable {
     public static final String BACKEND_CPU = "mooncake-cpu";
     public static final String BACKEND_CUDA = "mooncake";
     private static final Logger LOG = LoggerFactory.getLogger(ProcessGroup.class);
+    private static final int[] NONE = new int[0];
 
     private final String backend;
     private final String name;
@@ -859,8 +860,7 @@ public final class ProcessGroup implements AutoCloseable {
      */
     private void execute(OpCode code, Body body, WorkImpl work) {
         checkUsable();
-        int[] startMembers = state.members();
-        boolean covered = true;
+        GroupState start = state;
         while (true) {
             EpochPlane pl = currentPlane();
             long seq = ++pl.opSeq;
@@ -872,17 +872,19 @@ public final class ProcessGroup implements AutoCloseable {
                 break;
             } catch (Channels.WaitFailure f) {
                 GroupState next = recover(pl, seq, c.phase(), f);
+                adopt(next);
                 LOG.info("redo group={} rank={} op={} #{} in epoch {} over {}", name, rank, code.torchName(), seq, next.epoch(),
                         Arrays.toString(next.members()));
                 backup.restore();
-                covered = false;
             } catch (CollectiveMismatchException e) {
                 broken = e;
                 throw e;
             }
         }
-        int[] now = state.members();
-        int[] dropped = Arrays.stream(startMembers).filter(r -> Arrays.binarySearch(now, r) < 0).toArray();
+        int[] dropped = start == state ? NONE : Arrays.stream(start.members()).filter(r -> !state.isActive(r)).toArray();
+        // a result covers every rank active at the start exactly when nobody was dropped meanwhile
+        // (a commit over the old mask is reported with the next operation, on every member alike)
+        boolean covered = dropped.length == 0;
         lastDropped = dropped;
         lastCovered = covered;
         if (work != null) work.complete(dropped, covered);
@@ -899,7 +901,7 @@ public final class ProcessGroup implements AutoCloseable {
             EpochPlane pl = plane;
             if (latest != null && latest.epoch() == pl.epoch && latest.recovering()) {
                 // a recovery began while this rank was between operations: take part before starting
-                recover(pl, pl.opSeq + 1, FailureAgreement.Phase.IDLE, null);
+                adopt(recover(pl, pl.opSeq + 1, FailureAgreement.Phase.IDLE, null));
             } else if (latest != null && latest.epoch() > state.epoch()) {
                 adopt(latest);
             }
@@ -909,8 +911,7 @@ public final class ProcessGroup implements AutoCloseable {
                 plane = buildPlane(state, Deadline.after(timeout));
             } catch (Channels.WaitFailure f) {
                 // a member of the new epoch is gone too: agree again, from the new epoch
-                EpochPlane stub = old;
-                recoverFrom(state, 1, FailureAgreement.Phase.IDLE, f, stub);
+                adopt(recoverFrom(state, 1, FailureAgreement.Phase.IDLE, f, old));
                 continue;
             }
             old.close();
@@ -919,12 +920,20 @@ public final class ProcessGroup implements AutoCloseable {
     }
 
     /** Sync-step failure: commit when the agreement says the result stands, else throw to redo. */
+    /**
+     * Sync-step failure: when the agreement commits this operation, it returns its result computed over
+     * the old mask, and the new membership is adopted at the start of the next operation, exactly as
+     * on the members that had already returned from this one (they learn of the change there too), so
+     * every member reports the same mask and dropped ranks for the same operation. Otherwise the new
+     * state is adopted now and the failure rethrown to redo the operation.
+     */
     private void onSyncFailure(CollectiveContext c, Channels.WaitFailure f) {
-        EpochPlane pl = plane;
-        GroupState next = recover(pl, c.opSeq(), FailureAgreement.Phase.SYNC, f);
+        GroupState next = recover(plane, c.opSeq(), FailureAgreement.Phase.SYNC, f);
         boolean committed = next.decidedOp() == c.opSeq() && next.outcome() == GroupState.Outcome.COMMIT
                 || next.outcome() == GroupState.Outcome.NONE;
-        if (!committed) throw f;
+        if (committed && next.isActive(rank)) return;
+        adopt(next);
+        throw f;
     }
 
     /** Takes part in the agreement for the failure of {@code pl}'s epoch (once per epoch) and adopts the decision. */
@@ -946,7 +955,6 @@ public final class ProcessGroup implements AutoCloseable {
             }
             next = agreement.agree(from, new FailureAgreement.Report(rank, seq, phase, dead, timedOut));
         }
-        adopt(next);
         return next;
     }
 

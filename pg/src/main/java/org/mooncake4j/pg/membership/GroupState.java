@@ -26,8 +26,13 @@ public record GroupState(long epoch, boolean recovering, int slots, int worldSiz
 
     public boolean isActive(int rank) { return rank >= 0 && rank < mask.length && mask[rank]; }
 
+    /** The active ranks in rank order (a new array each call). */
     public int[] members() {
-        return java.util.stream.IntStream.range(0, mask.length).filter(i -> mask[i]).toArray();
+        int n = 0;
+        for (boolean b : mask) if (b) n++;
+        int[] m = new int[n];
+        for (int r = 0, i = 0; r < mask.length; r++) if (mask[r]) m[i++] = r;
+        return m;
     }
 
     public GroupState beginRecovery() {

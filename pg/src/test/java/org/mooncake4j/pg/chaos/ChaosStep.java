@@ -74,17 +74,6 @@ public record ChaosStep(long index, Kind kind, DType dtype, ReduceOp op, long co
         return new ChaosStep(index, kind, dt, op, count, rootPick, async, dataSeed);
     }
 
-    /** The collective that runs instead when this one needs every rank active and some are not. */
-    public ChaosStep degraded() {
-        return switch (kind) {
-            case REDUCE_SCATTER -> new ChaosStep(index, Kind.ALL_REDUCE, dtype, op, count, rootPick, async, dataSeed);
-            case ALL_TO_ALL_SINGLE -> new ChaosStep(index, Kind.ALL_GATHER_INTO_TENSOR, dtype, ReduceOp.SUM, count, rootPick, async, dataSeed);
-            default -> this;
-        };
-    }
-
-    public boolean needsEveryRank() { return kind == Kind.REDUCE_SCATTER || kind == Kind.ALL_TO_ALL_SINGLE; }
-
     /** Rows (elements) rank {@code src} sends to rank {@code dst} in an all-to-all-single: 0..count. */
     public long rows(int src, int dst) {
         return Long.remainderUnsigned(ChaosData.mix(ChaosData.mix(dataSeed, 0xA2A), (long) src * 64 + dst), count + 1);

@@ -60,13 +60,14 @@ final class ChaosTrial {
      *
      * @param faultAfter   the fault comes once the victim has printed this many OP lines
      * @param iterations   iterations every worker runs
+     * @param pauseMicros  pause after each iteration, plus {@code rank * skewMicros} (see {@link ChaosWorker})
      * @param faultDelayMs extra delay after seeing the victim's line, so the fault lands at varied points of an operation
      * @param resumeDelayMs how long a stopped/cut victim stays so after the survivors dropped it
      */
     record Spec(long seed, int world, String transport, Fault fault, int victim, int faultAfter, long iterations, long timeoutMs,
-                long pauseMicros, long faultDelayMs, long resumeDelayMs, ChaosStep.Profile profile, long dataSeed) {
+                long pauseMicros, long skewMicros, long faultDelayMs, long resumeDelayMs, ChaosStep.Profile profile, long dataSeed) {
 
-        /** A random trial: world 3-4, group timeout 1-2 s, fault after 1-20 iterations; NETCUT trials use tcp. */
+        /** A random trial: world 3-4, group timeout 1-2 s, fault after 1-20 iterations, a third with skewed ranks; NETCUT trials use tcp. */
         static Spec of(long seed, boolean netcut) {
             SplittableRandom r = new SplittableRandom(seed);
             int world = 3 + r.nextInt(2);
@@ -75,13 +76,14 @@ final class ChaosTrial {
             int victim = r.nextInt(world);
             int k = 1 + r.nextInt(20);
             long timeout = 1000 + 250L * r.nextInt(5);
-            return new Spec(seed, world, transport, fault, victim, k, k + POST_FAULT_ITERATIONS, timeout, 1000 + r.nextInt(3000), r.nextInt(12),
-                    r.nextInt(300), ChaosStep.Profile.MIXED, r.nextLong());
+            long skew = r.nextInt(3) == 0 ? r.nextInt(10_000) : 0;
+            return new Spec(seed, world, transport, fault, victim, k, k + POST_FAULT_ITERATIONS, timeout, 1000 + r.nextInt(3000), skew,
+                    r.nextInt(12), r.nextInt(300), ChaosStep.Profile.MIXED, r.nextLong());
         }
 
         String describe() {
             return "trial seed=" + seed + " world=" + world + " transport=" + transport + " fault=" + fault + " victim=" + victim
-                    + " after=" + faultAfter + " iterations=" + iterations + " timeout_ms=" + timeoutMs + " pause_us=" + pauseMicros
+                    + " after=" + faultAfter + " iterations=" + iterations + " timeout_ms=" + timeoutMs + " pause_us=" + pauseMicros + " skew_us=" + skewMicros
                     + " fault_delay_ms=" + faultDelayMs + " resume_delay_ms=" + resumeDelayMs + " profile=" + profile + " data_seed=" + dataSeed;
         }
     }
@@ -116,7 +118,10 @@ final class ChaosTrial {
         this.logDir = logDir;
     }
 
-    /** Runs {@code spec}; {@code cut} is needed for NETCUT only. Worker logs go to {@code logDir} when the trial fails (or always with -Dchaos.keepLogs=true). */
+    /**
+     * Runs {@code spec}; {@code cut} is needed for NETCUT only. Worker logs go to {@code logDir} when the
+     * trial fails (or always with -Dchaos.keepLogs=true).
+     */
     static Outcome run(Spec spec, NetworkCut cut, Path logDir) throws Exception {
         return new ChaosTrial(spec, cut, logDir).run();
     }
@@ -142,7 +147,7 @@ final class ChaosTrial {
                     env.put("MOONCAKE_HOST_IP", netcut && r == spec.victim() ? cut.victimIp() : bindIp);
                     List<String> prefix = netcut && r == spec.victim() ? cut.victimPrefix() : List.of();
                     procs.start(ChaosWorker.class, r, spec.world(), env, prefix, Long.toString(spec.dataSeed()), Long.toString(spec.iterations()),
-                            Long.toString(spec.pauseMicros()), spec.profile().name());
+                            Long.toString(spec.pauseMicros()), Long.toString(spec.skewMicros()), spec.profile().name());
                 }
                 if (netcut) cut.attachVictim(procs.pid(spec.victim()));
                 drive(procs);
@@ -250,7 +255,9 @@ final class ChaosTrial {
                 }
             }
             WorkerLog.Op last = s.ops.isEmpty() ? null : s.ops.lastEntry().getValue();
-            if (last != null && last.active(v)) violations.add("mask: rank " + s.rank + " still counts the victim " + v + " active at its last line: " + last.line());
+            if (last != null && last.active(v)) {
+                violations.add("mask: rank " + s.rank + " still counts the victim " + v + " active at its last line: " + last.line());
+            }
             for (WorkerLog.Op op : s.ops.values()) {
                 int healthy = IntStream.range(0, spec.world()).filter(r -> r != v && !op.active(r)).findFirst().orElse(-1);
                 if (healthy >= 0) {
@@ -303,7 +310,8 @@ final class ChaosTrial {
             if (s.doneNanos > 0) {
                 long finish = (spec.iterations() - spec.faultAfter() + 1) * OP_SLACK_MS + spec.timeoutMs();
                 if (s.doneNanos - faultNanos > finish * 1_000_000L) {
-                    violations.add("slow: rank " + s.rank + " printed DONE " + (s.doneNanos - faultNanos) / 1_000_000 + " ms after the fault (bound " + finish + " ms)");
+                    violations.add("slow: rank " + s.rank + " printed DONE " + (s.doneNanos - faultNanos) / 1_000_000 + " ms after the fault (bound "
+                            + finish + " ms)");
                 }
             }
         }

@@ -46,12 +46,13 @@ class FaultLatencyTest {
         List<Long> out = new ArrayList<>();
         for (int i = 0; i < repeats; i++) {
             long seed = System.nanoTime();
-            ChaosTrial.Spec spec = new ChaosTrial.Spec(seed, 3, transport, fault, 2, 300, 300 + 4000, TIMEOUT_MS, 0, 0, 0,
+            ChaosTrial.Spec spec = new ChaosTrial.Spec(seed, 3, transport, fault, 2, 300, 300 + 4000, TIMEOUT_MS, 0, 0, 0, 0,
                     ChaosStep.Profile.TINY, seed);
             ChaosTrial.Outcome o = ChaosTrial.run(spec, null, Path.of("target", "chaos"));
             assertThat(o.violations().stream().filter(v -> !v.startsWith("leak-shm:"))).as(o.report()).isEmpty();
             long ms = o.latencyNanos() / 1_000_000 - (fault == ChaosTrial.Fault.KILL9 ? 0 : TIMEOUT_MS);
-            System.out.println("MEASURE sample " + fault + " " + transport + " " + ms + " ms per rank " + o.perRankLatencyNanos() + " (" + spec.describe() + ")");
+            System.out.println("MEASURE sample " + fault + " " + transport + " " + ms + " ms, per rank (ns) " + o.perRankLatencyNanos()
+                    + " (" + spec.describe() + ")");
             out.add(ms);
         }
         return out;

@@ -205,7 +205,8 @@ final class NetworkCut implements AutoCloseable {
             if (!done) p.destroyForcibly().waitFor(5, TimeUnit.SECONDS);
             String out = new String(p.getInputStream().readAllBytes(), StandardCharsets.UTF_8).trim();
             if (check && (!done || p.exitValue() != 0)) {
-                throw new IOException("'" + String.join(" ", cmd) + "' " + (done ? "exited " + p.exitValue() : "timed out") + (out.isEmpty() ? "" : ": " + out));
+                throw new IOException("'" + String.join(" ", cmd) + "' " + (done ? "exited " + p.exitValue() : "timed out")
+                        + (out.isEmpty() ? "" : ": " + out));
             }
             return out;
         } catch (InterruptedException e) {

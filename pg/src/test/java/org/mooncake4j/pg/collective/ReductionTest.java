@@ -215,6 +215,41 @@ class ReductionTest {
         }
     }
 
+    @ParameterizedTest
+    @EnumSource(value = DType.class, names = {"INT32", "INT16", "INT8", "UINT8"})
+    void averageOverMillionsOfSourcesStaysExact(DType dtype) {
+        // from 2^22 sources on, integer AVG divides with idiv instead of through double
+        int n = (1 << 22) + 3;
+        long count = 5;
+        try (Arena arena = Arena.ofConfined()) {
+            Random rnd = new Random(dtype.ordinal());
+            MemorySegment[] distinct = new MemorySegment[3];
+            for (int k = 0; k < 3; k++) {
+                distinct[k] = arena.allocate(count * dtype.byteSize());
+                fill(dtype, ReduceOp.AVG, distinct[k], 0, count, rnd);
+            }
+            MemorySegment[] srcs = new MemorySegment[n];
+            for (int k = 0; k < n; k++) srcs[k] = distinct[k % 3];
+            MemorySegment dst = arena.allocate(count * dtype.byteSize());
+            Reduction.reduce(dtype, ReduceOp.AVG, srcs, new long[n], n, dst, 0, count);
+            assertMatches(dtype, ReduceOp.AVG, srcs, new long[n], n, dst, 0, count);
+        }
+    }
+
+    @Test
+    void averageOfEqualInt32sOverMillionsOfSourcesIsThatValue() {
+        // 511 * (2^22 + 3) still fits in an int, so the average of n copies of v is exactly v
+        int n = (1 << 22) + 3;
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment src = arena.allocateFrom(INT, 100, -100, 511, -511, 0);
+            MemorySegment[] srcs = new MemorySegment[n];
+            java.util.Arrays.fill(srcs, src);
+            MemorySegment dst = arena.allocate(20);
+            Reduction.reduce(DType.INT32, ReduceOp.AVG, srcs, new long[n], n, dst, 0, 5);
+            assertThat(dst.toArray(INT)).containsExactly(100, -100, 511, -511, 0);
+        }
+    }
+
     @Test
     void minMaxPropagateNaN() {
         try (Arena arena = Arena.ofConfined()) {
