@@ -9,6 +9,7 @@
 #   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
 #   Env: PYTHON (a python with torch; default /usr/bin/python3), MOONCAKE4J (the CLI command).
 set -euo pipefail
+set -f  # $CLI may hold a class-path wildcard that the shell must not expand
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/docs/bench"

@@ -51,6 +51,7 @@ public final class PgBenchWorker {
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
             if (rank == 0) printPreamble(o, n);
+            warmUpCompiler(g, c, dtype, setup, n);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
             for (long size : o.sizes()) {
@@ -93,6 +94,23 @@ public final class PgBenchWorker {
             g.barrier();
             return rank == 0 && totalWrong > 0 ? 1 : 0;
         }
+    }
+
+    /**
+     * Runs the collective a few thousand times at a small and a medium size before any timing, so
+     * the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls;
+     * native baselines such as Gloo need no such warm-up). Every rank runs the same counts.
+     */
+    private static void warmUpCompiler(ProcessGroup g, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n) {
+        long[][] plan = {{64, 3000}, {256 * 1024, 100}};
+        for (long[] p : plan) {
+            BenchCollective.Layout layout = c.layout(Math.max(1, p[0] / dtype.byteSize()), n);
+            try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype)) {
+                c.fill(b, setup);
+                for (int i = 0; i < p[1]; i++) c.run(g, b, setup);
+            }
+        }
+        g.barrier();
     }
 
     private static void printPreamble(BenchOptions o, int n) {

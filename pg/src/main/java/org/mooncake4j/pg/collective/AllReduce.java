@@ -46,7 +46,7 @@ public final class AllReduce {
         int me = c.position();
         long perRank = c.payload / es;           // elements one rank reduces per block
         long block = perRank * n;
-        c.backup.save(data, count * es);        // the all-gather steps overwrite the input
+        c.backup.saveAsync(data, count * es);   // copied alongside the first steps; overwriting waits for it
         for (long b0 = 0; b0 < count; b0 += block) {
             long bl = Math.min(block, count - b0);
             // reduce-scatter step: part j of the block goes to member j
@@ -65,11 +65,12 @@ public final class AllReduce {
                     c.redOff[i] = 0;
                 }
             }
-            Reduction.reduce(dtype, op, c.redSrc, c.redOff, n, c.scratch, 0, myLen);
+            // reduced in place: my part of the input is read block by block before it is overwritten
+            c.backup.awaitSaved((b0 + bl) * es);
+            Reduction.reduce(dtype, op, c.redSrc, c.redOff, n, data, myStart, myLen);
             for (int p : m) if (p != c.rank) c.done(p);
             // all-gather step: my reduced part goes to everyone
-            for (int p : m) if (p != c.rank) c.sendChunk(p, c.scratch, 0, myLen * es, 0);
-            MemorySegment.copy(c.scratch, 0, data, myStart, myLen * es);
+            for (int p : m) if (p != c.rank) c.sendChunk(p, data, myStart, myLen * es, 0);
             for (int j = 0; j < n; j++) {
                 if (m[j] == c.rank) continue;
                 long len = partLen(bl, n, j) * es;
