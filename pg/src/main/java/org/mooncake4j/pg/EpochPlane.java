@@ -36,6 +36,8 @@ final class EpochPlane implements AutoCloseable {
     private final RemoteSegment[] peers;
     /** Operations started in this epoch. */
     long opSeq;
+    /** Whether this rank's segment file is gone from /dev/shm (every member has mapped it). */
+    boolean fileUnlinked;
 
     private EpochPlane(TransferEngine engine, GroupState state, LocalSegment segment, RemoteSegment[] peers, Channels channels, Backup backup,
                        CollectiveContext.SyncFailureHandler onSyncFailure) {
@@ -93,6 +95,16 @@ final class EpochPlane implements AutoCloseable {
             seg.close();
             throw e;
         }
+    }
+
+    /**
+     * Called after an operation's sync step: every member has built this plane, so every same-host
+     * member has mapped this rank's segment and its file can go — a kill -9 from now on leaves nothing.
+     */
+    void unlinkFileOnce() {
+        if (fileUnlinked) return;
+        segment.unlinkFile();
+        fileUnlinked = true;
     }
 
     /** Ranks among the members whose engines are known dead. */

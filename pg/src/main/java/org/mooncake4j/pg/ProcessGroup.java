@@ -869,6 +869,7 @@ public final class ProcessGroup implements AutoCloseable {
             try {
                 body.run(c);
                 c.sync();
+                pl.unlinkFileOnce();
                 break;
             } catch (Channels.WaitFailure f) {
                 GroupState next = recover(pl, seq, c.phase(), f);

@@ -15,6 +15,14 @@ public interface LocalSegment extends AutoCloseable {
 
     default long size() { return memory().byteSize(); }
 
+    /**
+     * Removes the segment's backing file (if it has one) while the memory stays mapped and registered:
+     * peers that have mapped it keep working, a peer that opens it later reaches it over tcp, and a
+     * process killed afterwards leaves nothing in /dev/shm. Call it once every same-host peer that
+     * needs shm access has opened the segment.
+     */
+    void unlinkFile();
+
     @Override
     void close();
 }

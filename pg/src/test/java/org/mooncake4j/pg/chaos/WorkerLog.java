@@ -17,8 +17,14 @@ final class WorkerLog {
 
         boolean active(int rank) { return mask.charAt(rank) == '1'; }
 
-        /** The fields every survivor must agree on: epoch, mask, the collective, and the digest where results are rank-invariant. */
-        String agreed() { return "epoch=" + epoch + " mask=" + mask + " op=" + op + (kind().sameResultOnEveryRank() ? " crc=" + crc : ""); }
+        /**
+         * The fields every survivor must agree on: epoch, mask, which ranks the operation dropped and whether
+         * it covered them, the collective, and the digest where results are rank-invariant.
+         */
+        String agreed() {
+            return "epoch=" + epoch + " mask=" + mask + " dropped=" + dropped + " covered=" + covered + " op=" + op
+                    + (kind().sameResultOnEveryRank() ? " crc=" + crc : "");
+        }
     }
 
     final int rank;

@@ -44,6 +44,12 @@ public final class ShmLocalSegment implements LocalSegment {
     public boolean isOpen() { return !closed.get(); }
 
     @Override
+    public void unlinkFile() {
+        ShmFiles.deleteQuietly(file);
+        log.debug("Unlinked {} of segment {}: peers keep their mappings, later ones connect over tcp", file, name);
+    }
+
+    @Override
     public void close() {
         if (!closed.compareAndSet(false, true)) return;
         try {
