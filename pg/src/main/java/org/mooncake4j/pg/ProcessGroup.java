@@ -265,7 +265,10 @@ public final class ProcessGroup implements AutoCloseable {
         checkHost(t, "tensor");
         checkRoot(root);
         MemorySegment data = t.segment();
-        return run(OpCode.BROADCAST, async, c -> Broadcast.run(c, data, t.byteSize(), root));
+        return run(OpCode.BROADCAST, async, c -> {
+            requireRoot(c, root, "broadcast");
+            Broadcast.run(c, data, t.byteSize(), root);
+        });
     }
 
     /** {@code dist.all_gather(out, in)}: {@code out} has one tensor per rank of the group (world size), each shaped like {@code in}. */
@@ -282,7 +285,7 @@ public final class ProcessGroup implements AutoCloseable {
             long[] offs = new long[m.length];
             for (int i = 0; i < m.length; i++) outs[i] = out.get(m[i]).segment();
             AllGather.run(c, in.segment(), in.byteSize(), outs, offs);
-        });
+        }, r -> out.get(r).segment().fill((byte) 0));
     }
 
     /** {@code dist.all_gather_into_tensor(out, in)}: {@code out} holds world-size copies of {@code in}'s shape, in rank order. */
@@ -305,7 +308,7 @@ public final class ProcessGroup implements AutoCloseable {
                 offs[i] = m[i] * bytes;
             }
             AllGather.run(c, in.segment(), bytes, outs, offs);
-        });
+        }, r -> out.segment().asSlice(r * bytes, bytes).fill((byte) 0));
     }
 
     /**
@@ -355,7 +358,7 @@ public final class ProcessGroup implements AutoCloseable {
                 ol[i] = out.get(m[i]).byteSize();
             }
             AllToAll.run(c, is, io, il, os, oo, ol);
-        });
+        }, r -> out.get(r).segment().fill((byte) 0));
     }
 
     /**
@@ -376,8 +379,8 @@ public final class ProcessGroup implements AutoCloseable {
         checkSameDtype(out, in);
         long[] ib = splitBytes(in, inSplits, "input");
         long[] ob = splitBytes(out, outSplits, "output");
+        long[] inOff = offsets(ib), outOff = offsets(ob);
         return run(OpCode.ALL_TO_ALL, async, c -> {
-            long[] inOff = offsets(ib), outOff = offsets(ob);
             int[] m = c.members();
             int n = m.length;
             MemorySegment[] is = new MemorySegment[n], os = new MemorySegment[n];
@@ -391,7 +394,7 @@ public final class ProcessGroup implements AutoCloseable {
                 ol[i] = ob[m[i]];
             }
             AllToAll.run(c, is, io, il, os, oo, ol);
-        });
+        }, r -> out.segment().asSlice(outOff[r], ob[r]).fill((byte) 0));
     }
 
     /** Exclusive prefix sums: where each rank's piece starts. */
@@ -444,7 +447,10 @@ public final class ProcessGroup implements AutoCloseable {
         checkHost(t, "tensor");
         checkRoot(root);
         Reduction.validate(t.dtype(), op);
-        return run(OpCode.REDUCE, async, c -> Reduce.run(c, t.dtype(), op, t.segment(), t.numel(), root));
+        return run(OpCode.REDUCE, async, c -> {
+            requireRoot(c, root, "reduce");
+            Reduce.run(c, t.dtype(), op, t.segment(), t.numel(), root);
+        });
     }
 
     /** {@code dist.gather(in, out, dst=root)}: {@code out} (used on the root only) gets one tensor per rank. */
@@ -457,10 +463,13 @@ public final class ProcessGroup implements AutoCloseable {
         checkRoot(root);
         if (rank == root) checkList(out, "gather output", in);
         return run(OpCode.GATHER, async, c -> {
+            requireRoot(c, root, "gather");
             int[] m = c.members();
             MemorySegment[] outs = new MemorySegment[m.length];
             if (rank == root) for (int i = 0; i < m.length; i++) outs[i] = out.get(m[i]).segment();
             Gather.gather(c, in.segment(), in.byteSize(), outs, root);
+        }, r -> {
+            if (rank == root) out.get(r).segment().fill((byte) 0);
         });
     }
 
@@ -474,6 +483,7 @@ public final class ProcessGroup implements AutoCloseable {
         checkRoot(root);
         if (rank == root) checkList(in, "scatter input", out);
         return run(OpCode.SCATTER, async, c -> {
+            requireRoot(c, root, "scatter");
             int[] m = c.members();
             MemorySegment[] ins = new MemorySegment[m.length];
             if (rank == root) for (int i = 0; i < m.length; i++) ins[i] = in.get(m[i]).segment();
@@ -819,11 +829,21 @@ public final class ProcessGroup implements AutoCloseable {
     private interface Body { void run(CollectiveContext c); }
 
     private Work run(OpCode code, boolean async, Body body) {
+        return run(code, async, body, null);
+    }
+
+    /**
+     * @param clearPart zero-fills the output part that belongs to a rank (or null when the operation has
+     *                  no per-rank output parts); after a redo it is called for each rank dropped while the
+     *                  operation ran, so whatever arrived from it before the failure is not left behind and
+     *                  every survivor returns the same bytes
+     */
+    private Work run(OpCode code, boolean async, Body body, java.util.function.IntConsumer clearPart) {
         checkUsable();
         if (!async && pendingAsync.get() == 0) {
             execLock.lock();
             try {
-                execute(code, body, null);
+                execute(code, body, clearPart, null);
             } finally {
                 execLock.unlock();
             }
@@ -838,7 +858,7 @@ public final class ProcessGroup implements AutoCloseable {
         opThread.execute(() -> {
             execLock.lock();
             try {
-                execute(code, body, w);
+                execute(code, body, clearPart, w);
             } catch (Throwable t) {
                 w.fail(t);
             } finally {
@@ -858,7 +878,7 @@ public final class ProcessGroup implements AutoCloseable {
      * leads to the agreement and a redo in the new epoch (from the saved input); a failure in the sync
      * step is handled in {@link #onSyncFailure} and may commit the result as computed.
      */
-    private void execute(OpCode code, Body body, WorkImpl work) {
+    private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work) {
         checkUsable();
         GroupState start = state;
         while (true) {
@@ -883,6 +903,7 @@ public final class ProcessGroup implements AutoCloseable {
             }
         }
         int[] dropped = start == state ? NONE : Arrays.stream(start.members()).filter(r -> !state.isActive(r)).toArray();
+        if (clearPart != null) for (int r : dropped) clearPart.accept(r);
         // a result covers every rank active at the start exactly when nobody was dropped meanwhile
         // (a commit over the old mask is reported with the next operation, on every member alike)
         boolean covered = dropped.length == 0;
@@ -981,6 +1002,15 @@ public final class ProcessGroup implements AutoCloseable {
     }
 
     // ---- validation --------------------------------------------------------------------------
+
+    /** A rooted operation redone after its root was dropped has nothing to deliver: every survivor fails alike. */
+    private void requireRoot(CollectiveContext c, int root, String what) {
+        if (Arrays.binarySearch(c.members(), root) < 0) {
+            throw new PeerFailureException(what + ": root rank " + root + " was dropped from group '" + name + "' (epoch " + state.epoch()
+                    + ", active ranks " + Arrays.toString(c.members()) + ") before every member had its data; the operation cannot complete."
+                    + " The group stays usable: pick another root.", new int[] {root});
+        }
+    }
 
     private void checkHost(Tensor t, String what) {
         if (t == null) throw new IllegalArgumentException(what + " is null");
