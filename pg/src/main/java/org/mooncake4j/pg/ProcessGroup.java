@@ -10,6 +10,7 @@ import java.util.concurrent.ExecutorService;
 import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.LockSupport;
 import java.util.concurrent.locks.ReentrantLock;
 import org.mooncake4j.core.DType;
 import org.mooncake4j.core.Deadline;
@@ -964,6 +965,27 @@ public final class ProcessGroup implements AutoCloseable {
     }
 
     private GroupState recoverFrom(GroupState from, long seq, FailureAgreement.Phase phase, Channels.WaitFailure f, EpochPlane pl) {
+        // a rank cut off from the store cannot learn the decision: keep trying for one timeout (the
+        // network may heal, and then it finds out whether it is still a member), then give up for good
+        Deadline d = Deadline.after(timeout);
+        while (true) {
+            try {
+                return agreeOnce(from, seq, phase, f, pl);
+            } catch (org.mooncake4j.transfer.store.StoreException e) {
+                if (d.expired()) {
+                    IllegalStateException err = new IllegalStateException("rank " + rank + " of group '" + name + "' could not reach the metadata store "
+                            + store.uri() + " to agree on the membership after a failure in epoch " + from.epoch() + " (" + e.getMessage()
+                            + "), so it cannot know whether it is still a member. Its operations are refused; restart it as an extension rank"
+                            + " (isExtension=true, joinGroup()) once the store is reachable.", e);
+                    broken = err;
+                    throw err;
+                }
+                LockSupport.parkNanos(50_000_000L);
+            }
+        }
+    }
+
+    private GroupState agreeOnce(GroupState from, long seq, FailureAgreement.Phase phase, Channels.WaitFailure f, EpochPlane pl) {
         if (state.epoch() > from.epoch()) return state;
         GroupState latest = agreement.read();
         GroupState next;
