@@ -107,7 +107,13 @@ public final class ProcessCluster implements AutoCloseable {
 
     public Process process(int index) { return processes.get(index); }
 
-    public List<String> output(int index) { return outputs.get(index); }
+    /** A snapshot of what process {@code index} has printed so far (its output thread keeps appending). */
+    public List<String> output(int index) {
+        List<String> out = outputs.get(index);
+        synchronized (out) {
+            return new ArrayList<>(out);
+        }
+    }
 
     /** Kills the process with SIGKILL. */
     public void kill(int index) { processes.get(index).destroyForcibly(); }
