@@ -37,9 +37,10 @@ public final class Waiter {
         int cores = Runtime.getRuntime().availableProcessors();
         String local = System.getenv("LOCAL_WORLD_SIZE") != null ? System.getenv("LOCAL_WORLD_SIZE") : System.getenv("WORLD_SIZE");
         int busy = local == null ? 1 : Integer.parseInt(local.trim());
-        // every process has a core of its own: spin ~tens of microseconds, a peer's answer usually comes sooner;
-        // oversubscribed: hand the core to the peer almost at once
-        return busy <= cores ? 20_000 : 50;
+        // every process has a core of its own with room to spare for the JVM's other threads: spin ~tens
+        // of microseconds, a peer's answer usually comes sooner; otherwise a spinner only delays the peer
+        // (or a JIT/GC thread the peer waits behind): hand the core over almost at once
+        return cores >= 2 * busy ? 20_000 : 50;
     }
 
     /** Reads the word with acquire semantics. */
