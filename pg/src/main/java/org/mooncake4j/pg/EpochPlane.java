@@ -107,6 +107,9 @@ final class EpochPlane implements AutoCloseable {
         fileUnlinked = true;
     }
 
+    /** The segment of member {@code p} in this epoch (null for this rank and non-members). */
+    RemoteSegment peer(int p) { return p >= 0 && p < peers.length ? peers[p] : null; }
+
     /** Ranks among the members whose engines are known dead. */
     int[] deadMembers() { return channels.deadAmong(members); }
 

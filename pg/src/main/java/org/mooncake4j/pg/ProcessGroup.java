@@ -32,6 +32,7 @@ import org.mooncake4j.pg.collective.ReduceScatter;
 import org.mooncake4j.pg.collective.Reduction;
 import org.mooncake4j.pg.membership.FailureAgreement;
 import org.mooncake4j.pg.membership.GroupState;
+import org.mooncake4j.transfer.RemoteSegment;
 import org.mooncake4j.transfer.TransferEngine;
 import org.mooncake4j.transfer.store.MetadataStore;
 import org.slf4j.Logger;
@@ -208,6 +209,9 @@ public final class ProcessGroup implements AutoCloseable {
             int p = Integer.parseInt(loc.substring(5));
             checkRank(p, "rank");
             if (p == rank) return "local (this rank)";
+            EpochPlane pl = plane;
+            RemoteSegment r = pl == null ? null : pl.peer(p);
+            if (r != null) return r.transport() + ": connected to segment " + r.name() + " of engine " + r.engineName();
             String seg = peerSegmentName(p);
             return seg == null ? "none: rank " + p + " is not an active member" : engine.preferredTransport(seg);
         }
@@ -965,9 +969,9 @@ public final class ProcessGroup implements AutoCloseable {
     }
 
     private GroupState recoverFrom(GroupState from, long seq, FailureAgreement.Phase phase, Channels.WaitFailure f, EpochPlane pl) {
-        // a rank cut off from the store cannot learn the decision: keep trying for one timeout (the
+        // a rank cut off from the store cannot learn the decision: keep trying for five timeouts (the
         // network may heal, and then it finds out whether it is still a member), then give up for good
-        Deadline d = Deadline.after(timeout);
+        Deadline d = Deadline.after(timeout.multipliedBy(5));
         while (true) {
             try {
                 return agreeOnce(from, seq, phase, f, pl);

@@ -29,7 +29,6 @@ import java.util.concurrent.TimeUnit;
  */
 final class NetworkCut implements AutoCloseable {
     private static final String NS_PREFIX = "mc4j-chaos-";
-    private static final Path CGROUP_ROOT = Path.of("/sys/fs/cgroup");
 
     /** The outcome of {@link #open()}: a usable cut, or why there is none. */
     record Availability(NetworkCut cut, String reason) {}
@@ -40,26 +39,34 @@ final class NetworkCut implements AutoCloseable {
     private final String victimSide;
     private final String survivorIp;
     private final String victimIp;
+    /** The cgroup v2 mount point (fallback only). */
+    private final Path cgroupRoot;
     private boolean cutNow;
 
-    private NetworkCut(boolean namespace, String name, String hostSide, String victimSide, String survivorIp, String victimIp) {
+    private NetworkCut(boolean namespace, String name, String hostSide, String victimSide, String survivorIp, String victimIp, Path cgroupRoot) {
         this.namespace = namespace;
         this.name = name;
         this.hostSide = hostSide;
         this.victimSide = victimSide;
         this.survivorIp = survivorIp;
         this.victimIp = victimIp;
+        this.cgroupRoot = cgroupRoot;
     }
 
-    /** Sets up a namespace (or the firewall fallback) for this JVM; never throws. */
+    /**
+     * Sets up a namespace (or the firewall fallback) for this JVM; never throws. {@code -Dchaos.netcut=firewall}
+     * skips the namespace, to exercise the fallback where namespaces work.
+     */
     static Availability open() {
         long pid = ProcessHandle.current().pid();
-        String nsFailure;
-        try {
-            removeStaleNamespaces();
-            return new Availability(openNamespace(pid), null);
-        } catch (IOException | RuntimeException e) {
-            nsFailure = e.getMessage();
+        String nsFailure = "skipped by -Dchaos.netcut=firewall";
+        if (!"firewall".equals(System.getProperty("chaos.netcut"))) {
+            try {
+                removeStaleNamespaces();
+                return new Availability(openNamespace(pid), null);
+            } catch (IOException | RuntimeException e) {
+                nsFailure = e.getMessage();
+            }
         }
         try {
             return new Availability(openFirewall(pid), null);
@@ -76,7 +83,7 @@ final class NetworkCut implements AutoCloseable {
         int octet = (int) (pid % 250);
         for (int k = 0; k < 250 && used.contains("10.200." + octet + "."); k++) octet = (octet + 1) % 250;
         String hostIp = "10.200." + octet + ".1", victimIp = "10.200." + octet + ".2";
-        NetworkCut c = new NetworkCut(true, ns, host, victim, hostIp, victimIp);
+        NetworkCut c = new NetworkCut(true, ns, host, victim, hostIp, victimIp, null);
         try {
             run(List.of("ip", "netns", "add", ns), true);
             run(List.of("ip", "link", "add", host, "type", "veth", "peer", "name", victim), true);
@@ -97,11 +104,9 @@ final class NetworkCut implements AutoCloseable {
     private static NetworkCut openFirewall(long pid) throws IOException {
         String cg = NS_PREFIX + pid;
         run(List.of("iptables", "-w", "-L", "OUTPUT", "-n"), true);
-        if (!Files.isDirectory(CGROUP_ROOT) || !Files.exists(CGROUP_ROOT.resolve("cgroup.controllers"))) {
-            throw new IOException("no cgroup v2 hierarchy at " + CGROUP_ROOT);
-        }
-        Files.createDirectories(CGROUP_ROOT.resolve(cg));
-        NetworkCut c = new NetworkCut(false, cg, null, null, "127.0.0.1", "127.0.0.1");
+        Path root = cgroup2Root();
+        Files.createDirectories(root.resolve(cg));
+        NetworkCut c = new NetworkCut(false, cg, null, null, "127.0.0.1", "127.0.0.1", root);
         try {
             run(c.dropRule("-I"), true); // proves the cgroup match works here
             run(c.dropRule("-D"), true);
@@ -110,6 +115,15 @@ final class NetworkCut implements AutoCloseable {
             c.close();
             throw e;
         }
+    }
+
+    /** Where the cgroup v2 hierarchy is mounted (/sys/fs/cgroup, or /sys/fs/cgroup/unified on hybrid hosts). */
+    private static Path cgroup2Root() throws IOException {
+        for (String line : Files.readAllLines(Path.of("/proc/mounts"))) {
+            String[] f = line.split(" ");
+            if (f.length > 2 && f[2].equals("cgroup2")) return Path.of(f[1]);
+        }
+        throw new IOException("no cgroup v2 hierarchy is mounted (see /proc/mounts)");
     }
 
     /** Removes namespaces (and their veth pairs) left by test JVMs that no longer run. */
@@ -150,7 +164,7 @@ final class NetworkCut implements AutoCloseable {
     /** How the cut is made, for the test's output. */
     String describe() {
         return namespace ? "network namespace " + name + " (veth " + hostSide + "/" + victimSide + ", " + survivorIp + " <-> " + victimIp
-                + "), cut by taking " + victimSide + " down" : "cgroup " + name + " with an iptables OUTPUT DROP rule";
+                + "), cut by taking " + victimSide + " down" : "cgroup " + cgroupRoot.resolve(name) + " with an iptables OUTPUT DROP rule";
     }
 
     /** The address the store and the other workers listen on. */
@@ -164,7 +178,7 @@ final class NetworkCut implements AutoCloseable {
 
     /** Puts a started victim under the cut (the fallback's cgroup; nothing for a namespace). */
     void attachVictim(long pid) throws IOException {
-        if (!namespace) Files.writeString(CGROUP_ROOT.resolve(name).resolve("cgroup.procs"), Long.toString(pid));
+        if (!namespace) Files.writeString(cgroupRoot.resolve(name).resolve("cgroup.procs"), Long.toString(pid));
     }
 
     void cut() throws IOException {
@@ -190,7 +204,7 @@ final class NetworkCut implements AutoCloseable {
                 run(List.of("ip", "link", "del", hostSide), false);
                 run(List.of("ip", "netns", "del", name), false);
             } else {
-                Files.deleteIfExists(CGROUP_ROOT.resolve(name));
+                Files.deleteIfExists(cgroupRoot.resolve(name));
             }
         } catch (IOException | RuntimeException ignored) {
             // best effort: a stale namespace is removed by the next open()
