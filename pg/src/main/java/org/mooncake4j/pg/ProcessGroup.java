@@ -74,6 +74,8 @@ public final class ProcessGroup implements AutoCloseable {
     private volatile GroupState state;
     private volatile EpochPlane plane;
     private volatile boolean joined;
+    /** True while init's first barrier runs (it gets {@link #initTimeout()}). */
+    private volatile boolean initializing;
     private final boolean extensionProcess;
     /** Identifies this process's join request, so the healthy ranks admit exactly it (never 0). */
     private final long joinNonce = java.util.concurrent.ThreadLocalRandom.current().nextLong(1, Long.MAX_VALUE);
@@ -127,16 +129,24 @@ public final class ProcessGroup implements AutoCloseable {
             return;
         }
         try {
-            plane = buildPlane(s, Deadline.after(timeout));
+            // processes start at different times: init waits longer than one operation's timeout
+            initializing = true;
+            plane = buildPlane(s, Deadline.after(initTimeout()));
             joined = true;
             writeMask(s);
             barrier();
+            initializing = false;
         } catch (RuntimeException e) {
             shutdown();
             throw e;
         }
         LOG.info("init group={} rank={} world_size={} slots={} epoch={} backend={} transport={}", name, rank, worldSize, slots,
                 state.epoch(), backend, describeTransports());
+    }
+
+    /** The bound on init's rendezvous and first barrier: the group timeout, at least 30 s. */
+    private Duration initTimeout() {
+        return timeout.compareTo(Duration.ofSeconds(30)) > 0 ? timeout : Duration.ofSeconds(30);
     }
 
     private EpochPlane buildPlane(GroupState s, Deadline deadline) {
@@ -890,7 +900,7 @@ public final class ProcessGroup implements AutoCloseable {
             EpochPlane pl = currentPlane();
             long seq = ++pl.opSeq;
             CollectiveContext c = pl.ctx;
-            c.begin(code, pl.epoch, seq, pl.members, Deadline.after(timeout));
+            c.begin(code, pl.epoch, seq, pl.members, Deadline.after(initializing ? initTimeout() : timeout));
             try {
                 body.run(c);
                 c.sync();

@@ -198,7 +198,8 @@ public final class FailureAgreement implements AutoCloseable {
             if (store.compareAndSet(reportsKey, cur, next)) break;
         }
         LOG.info("failure suspected group={} rank={} epoch={} report=[{}]", group, rank, e, report.encode());
-        long graceNanos = Math.min(Math.max(100_000_000L, timeout.toNanos() / 20), 2_000_000_000L);
+        // a timed-out suspect that is merely slow (a loaded machine) gets a quarter of the timeout to report
+        long graceNanos = Math.min(Math.max(250_000_000L, timeout.toNanos() / 4), 2_000_000_000L);
         Deadline hard = Deadline.after(timeout);
         long graceEnd = System.nanoTime() + graceNanos;
         while (true) {

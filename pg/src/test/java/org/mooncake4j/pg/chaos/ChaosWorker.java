@@ -17,6 +17,7 @@ import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
 import org.mooncake4j.pg.MooncakeBackendOptions;
 import org.mooncake4j.pg.ProcessGroup;
+import org.mooncake4j.pg.PeerFailureException;
 import org.mooncake4j.pg.RankRemovedException;
 import org.mooncake4j.pg.Work;
 import org.mooncake4j.transfer.store.MetadataStore;
@@ -131,8 +132,25 @@ public final class ChaosWorker {
         public void close() { for (Tensor t : owned) t.close(); }
     }
 
+    /**
+     * One iteration. A rooted operation whose root was dropped while it ran fails alike on every
+     * survivor (the library's contract: the root's data is lost); that agreed outcome is printed as an
+     * OP line naming the dropped root, so the trial compares it across survivors like any other.
+     */
     private void iteration(ChaosStep step) {
         int[] before = activeMask();
+        try {
+            runIteration(step, before);
+        } catch (PeerFailureException e) {
+            int[] after = activeMask();
+            int[] r = e.ranks();
+            if (r.length != 1 || before[r[0]] == 0 || after[r[0]] != 0 || !e.getMessage().contains("root rank " + r[0] + " was dropped")) throw e;
+            System.out.println("OP " + step.index() + " epoch=" + pg.epoch() + " mask=" + bits(after) + " covered=false dropped=" + list(r)
+                    + " crc=0 ok=true op=" + step.describe() + " root=" + r[0] + " us=0 verify_us=0 t=" + System.nanoTime() + " root-dropped");
+        }
+    }
+
+    private void runIteration(ChaosStep step, int[] before) {
         List<String> problems = new ArrayList<>();
         long t0 = System.nanoTime();
         Issued issued = issue(step, members(before));
