@@ -18,5 +18,5 @@ fi
 rm -rf .device/lib && mkdir -p .device/lib
 cp cli/target/mooncake4j-cli-*.jar cli/target/lib/*.jar .device/lib/
 cp cuda/target/mooncake4j-cuda-*[0-9T].jar .device/lib/
-cp ../shared/bench/torch_baselines.py .device/
+cp "${TORCH_BASELINES:-../shared/bench/torch_baselines.py}" .device/  # PyTorch NCCL/Gloo/all_to_all baseline script
 du -sh .device

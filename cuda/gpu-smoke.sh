@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # GPU smoke test of mooncake4j-cuda, for a GPU host without Maven (only the NVIDIA driver and a Java 25
-# runtime are needed; see ../shared/tools/make-device-jre.sh for a small one).
+# runtime are needed; bench/stage-device.sh builds a small one).
 #
 #   gpu-smoke.sh JAR_DIR
 #
