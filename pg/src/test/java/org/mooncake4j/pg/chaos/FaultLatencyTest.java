@@ -21,7 +21,7 @@ class FaultLatencyTest {
     private static final int REPEATS = 3;
     private static final long TIMEOUT_MS = 1000;
     private static final long KILL_BOUND_MS = 1000;
-    private static final long HANG_SLACK_BOUND_MS = 1000;
+    private static final long HANG_SLACK_BOUND_MS = 1500;
 
     @ParameterizedTest(name = "transport {0}")
     @ValueSource(strings = {"shm", "tcp"})
