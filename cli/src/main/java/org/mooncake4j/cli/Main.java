@@ -17,14 +17,14 @@ import picocli.CommandLine.Spec;
  */
 @Command(name = "mooncake4j", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Fault-tolerant collective communication for the JVM (a Java reproduction of Mooncake's process-group backend).",
-        subcommands = {RunCommand.class, PgBenchCommand.class, DemoCommand.class, PlotCommand.class, CommandLine.HelpCommand.class})
+        subcommands = {RunCommand.class, PgBenchCommand.class, DemoCommand.class, PlotCommand.class, DoctorCommand.class, CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @Spec
     CommandSpec spec;
 
     @Override
     public void run() {
-        throw new CommandLine.ParameterException(spec.commandLine(), "Missing subcommand: use run, pgbench, demo or plot (see mooncake4j help)");
+        throw new CommandLine.ParameterException(spec.commandLine(), "Missing subcommand: use run, pgbench, demo, plot or doctor (see mooncake4j help)");
     }
 
     public static void main(String[] args) {

@@ -981,7 +981,7 @@ public final class ProcessGroup implements AutoCloseable {
     private GroupState recoverFrom(GroupState from, long seq, FailureAgreement.Phase phase, Channels.WaitFailure f, EpochPlane pl) {
         // a rank cut off from the store cannot learn the decision: keep trying for five timeouts (the
         // network may heal, and then it finds out whether it is still a member), then give up for good
-        Deadline d = Deadline.after(timeout.multipliedBy(5));
+        Deadline d = Deadline.afterNanos(5 * timeout.toNanos()); // (not Duration.multipliedBy: it computes in BigDecimal, cold on this path)
         while (true) {
             try {
                 return agreeOnce(from, seq, phase, f, pl);

@@ -66,6 +66,7 @@ public final class Channels {
             final int peer = p;
             peerGone[p] = () -> aborted || this.interrupted.getAsBoolean() || this.peers[peer] == null || !this.peers[peer].alive();
         }
+        deadAmong(new int[] {rank}); // loads what a failure's first report needs now, not while survivors wait on it
     }
 
     public GroupLayout layout() { return layout; }

@@ -19,14 +19,14 @@ import org.junit.jupiter.api.Test;
  * the network and reconnected, after 1-20 iterations of a random collective mix.
  *
  * <p>System properties: {@code chaos.trials} (total over both tests, default {@value #DEFAULT_TRIALS},
- * sized for about 4 minutes on a 2-core CI machine), {@code chaos.seed} (master seed; random and
+ * sized for about 20 minutes on a 2-core CI machine), {@code chaos.seed} (master seed; random and
  * printed when absent), {@code chaos.trial} (run only the trial with this seed, to reproduce a
  * failure), {@code chaos.maxMinutes} (stop starting trials after this long: a cap for long runs),
  * {@code chaos.keepLogs} (write every trial's worker logs, not only failed ones'). Worker logs of
  * failed trials and the summary table go to {@code target/chaos/}.
  */
 class ChaosTest {
-    static final int DEFAULT_TRIALS = 24;
+    static final int DEFAULT_TRIALS = 200;
     private static final Path OUT = Path.of("target", "chaos");
     private static final ChaosSummary SUMMARY = new ChaosSummary();
     private static long masterSeed;

@@ -58,6 +58,7 @@ public final class ChaosWorker {
     }
 
     public static void main(String[] args) {
+        AsyncConsole console = AsyncConsole.install();
         long seed = Long.parseLong(args[0]);
         long iterations = Long.parseLong(args[1]);
         int world = Integer.parseInt(System.getenv("WORLD_SIZE"));
@@ -71,7 +72,7 @@ public final class ChaosWorker {
         } catch (Throwable t) {
             System.out.println("INITFAIL rank=" + rank + " " + oneLine(t.toString()));
             t.printStackTrace(System.out);
-            System.out.flush();
+            console.drain();
             System.exit(2);
             return;
         }
@@ -86,7 +87,7 @@ public final class ChaosWorker {
         } catch (RuntimeException e) {
             System.out.println("CLOSEFAIL rank=" + rank + " " + oneLine(e.toString()));
         }
-        System.out.flush();
+        console.drain();
         System.exit(0);
     }
 

@@ -1,0 +1,537 @@
+// GPU collectives over a symmetric heap: every rank (one process, one GPU) owns one heap of the same
+// layout and has every peer's heap mapped (NVLink), so kernels load peers' memory directly.
+//
+// Heap layout (SymmetricHeap.Layout on the host):
+//   [0, 128)                   header: u32 abort word at 0 (device-local; non-zero after a timeout)
+//   [128, 128 + 512 * 128)     arrival flags: row b (one per block index, 128 bytes) holds one u64 per
+//                              peer; flags[b][p] is written by block b of rank p, read by this rank
+//   [data_offset, +2 * bank)   data: two banks, used alternately by consecutive chunks
+//
+// Synchronisation: per-block barriers. Block b of rank r publishes its part of a chunk, then
+// release-stores the epoch into flags[b][r] of every peer, and waits (acquire, with a %globaltimer
+// deadline) until flags[b][p] >= epoch for every peer p. Every rank launches the same grid for the
+// same operation and splits the data identically, so block b only ever reads what block b of the
+// peers wrote: no grid-wide synchronisation is needed, and blocks run at their own pace. Flags only grow (epochs come from a per-heap counter on
+// the host that every rank advances identically), so a waiter is never confused by a late store.
+//
+// Reuse without a second barrier: consecutive chunks (within one kernel and across kernels) use the
+// two banks alternately. Chunk k+2 overwrites the bank of chunk k only after its writer passed a
+// barrier of chunk k+1, which every peer enters only after its reads of chunk k (same block index
+// within a kernel; a finished kernel across kernels, as the operations of one heap are issued on one
+// stream in the same order on every rank).
+//
+// Timeouts: a wait that passes timeout_ns reports the peers that did not arrive: the block ORs a
+// bitmask of their ranks into status[1 + block] (page-locked, device-mapped host memory), sets
+// status[0] = 1, ORs the mask into the heap's abort word, and the kernel exits. Later waits on this
+// GPU see the abort word and exit at once, so a dead peer costs one timeout, not one per operation.
+// The host reads status after the stream synchronizes (CudaCollectives.check()).
+//
+// Numerics: all-reduce sums in rank order (rank 0 + rank 1 + ...); bf16 accumulates in fp32 and is
+// rounded to nearest-even once, so every rank gets bitwise-identical results.
+#include <cuda_bf16.h>
+
+#include "common.cuh"
+
+namespace mooncake4j {
+namespace collectives {
+
+constexpr int kMaxRanks = 8;            // SymmetricHeap.MAX_RANKS
+constexpr uint64_t kFlagsOffset = 128;  // SymmetricHeap.Layout.FLAGS_OFFSET
+constexpr uint64_t kFlagRowBytes = 128; // SymmetricHeap.Layout.FLAG_ROW_BYTES
+
+enum WaitResult { kArrived = 0, kTimedOut = 1, kAborted = 2 };
+
+// The per-launch view of the heaps, built from the kernel parameters.
+struct Comm {
+    uint8_t* heap[kMaxRanks];   // heap base of every rank (unused entries are null)
+    int rank;
+    uint64_t data_offset;
+    uint64_t bank_bytes;
+    uint64_t epoch_base;        // this launch's barriers use epoch_base + 1, + 2, ...
+    uint64_t chunk_seq_base;    // chunk k of this launch uses bank (chunk_seq_base + k) & 1
+    uint64_t timeout_ns;
+    uint32_t* status;           // host-mapped: [0] any timeout, [1 + b] missing-rank mask of block b
+};
+
+// heap[i] for a run-time i without indexing a local array (which would live in local memory).
+template <int NR>
+__device__ __forceinline__ uint8_t* heap_of(const Comm& c, int i) {
+    uint8_t* h = c.heap[0];
+#pragma unroll
+    for (int q = 1; q < NR; ++q) {
+        if (i == q) h = c.heap[q];
+    }
+    return h;
+}
+
+__device__ __forceinline__ uint64_t* flag_slot(uint8_t* heap, uint32_t block, int peer) {
+    return reinterpret_cast<uint64_t*>(heap + kFlagsOffset + block * kFlagRowBytes + peer * sizeof(uint64_t));
+}
+
+__device__ __forceinline__ uint32_t* abort_word(uint8_t* heap) { return reinterpret_cast<uint32_t*>(heap); }
+
+__device__ __forceinline__ uint8_t* bank(const Comm& c, uint8_t* heap, uint64_t chunk) {
+    return heap + c.data_offset + ((c.chunk_seq_base + chunk) & 1) * c.bank_bytes;
+}
+
+__device__ __forceinline__ uint64_t ceil_div(uint64_t a, uint64_t b) { return (a + b - 1) / b; }
+
+__device__ __forceinline__ uint64_t round_up(uint64_t a, uint64_t m) { return ceil_div(a, m) * m; }
+
+__device__ __forceinline__ uint64_t min_u64(uint64_t a, uint64_t b) { return a < b ? a : b; }
+
+// ---- memory-model helpers ------------------------------------------------------------------------
+
+__device__ __forceinline__ uint64_t load_relaxed_sys(const uint64_t* p) {
+    uint64_t v;
+    asm volatile("ld.relaxed.sys.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ uint32_t load_relaxed_gpu(const uint32_t* p) {
+    uint32_t v;
+    asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void fence_acq_rel_sys() { asm volatile("fence.acq_rel.sys;" : : : "memory"); }
+
+// Data other GPUs wrote is read with ld.global.cg (cached in L2 only): after the barrier's acquire
+// it cannot come from a stale L1 line of an earlier chunk that used the same bank.
+__device__ __forceinline__ uint4 load_cg(const uint4* p) { return __ldcg(p); }
+
+__device__ __forceinline__ uint8_t load_cg(const uint8_t* p) { return __ldcg(p); }
+
+__device__ __forceinline__ float load_cg(const float* p) { return __ldcg(p); }
+
+__device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) {
+    return __ushort_as_bfloat16(__ldcg(reinterpret_cast<const unsigned short*>(p)));
+}
+
+// ---- barrier ---------------------------------------------------------------------------------------
+
+// Polls until *flag >= target; gives up after timeout_ns (%globaltimer) or when this GPU's abort word
+// is set (an earlier wait timed out: the heap is unusable and the host will report that one).
+__device__ WaitResult wait_flag(const uint64_t* flag, uint64_t target, uint64_t timeout_ns, const uint32_t* abort) {
+    if (load_relaxed_sys(flag) >= target) {
+        fence_acq_rel_sys();
+        return kArrived;
+    }
+    const uint64_t start = global_timer_ns();
+    for (uint32_t spin = 1;; ++spin) {
+        if (load_relaxed_sys(flag) >= target) {
+            fence_acq_rel_sys();
+            return kArrived;
+        }
+        if ((spin & 15) == 0) {
+            if (load_relaxed_gpu(abort) != 0) return kAborted;
+            if (global_timer_ns() - start >= timeout_ns) return kTimedOut;
+        }
+    }
+}
+
+__device__ void report_timeout(const Comm& c, uint8_t* own, uint32_t missing) {
+    atomicOr(abort_word(own), missing);
+    volatile uint32_t* mask = c.status + 1 + blockIdx.x;   // only this block writes this word
+    *mask = *mask | missing;
+    store_release_sys(c.status, 1u);
+}
+
+// Block b of this rank and block b of every peer meet: everything this block wrote before the call
+// is visible to the peers' block b after it, and the other way round. Returns false (uniformly for
+// the block) when a peer did not arrive in time or the heap was aborted; the kernel must then return.
+template <int NR>
+__device__ bool block_barrier(const Comm& c, uint64_t epoch) {
+    __syncthreads();
+    const int t = threadIdx.x;
+    WaitResult state = kArrived;
+    if (t < NR) {
+        uint8_t* own = heap_of<NR>(c, c.rank);
+        store_release_sys(flag_slot(heap_of<NR>(c, t), blockIdx.x, c.rank), epoch);
+        state = wait_flag(flag_slot(own, blockIdx.x, t), epoch, c.timeout_ns, abort_word(own));
+    }
+    if (!__syncthreads_or(state != kArrived)) return true;
+    if (t < 32) {
+        const uint32_t missing = __reduce_or_sync(0xffffffffu, state == kTimedOut ? (1u << t) : 0u);
+        if (t == 0 && missing != 0) report_timeout(c, heap_of<NR>(c, c.rank), missing);
+    }
+    return false;
+}
+
+// ---- element math ------------------------------------------------------------------------------
+
+template <typename T>
+struct VecMath;
+
+template <>
+struct VecMath<float> {
+    static constexpr int kElems = 4;
+    __device__ static void init(float* a, const uint4& r) {
+        a[0] = __uint_as_float(r.x);
+        a[1] = __uint_as_float(r.y);
+        a[2] = __uint_as_float(r.z);
+        a[3] = __uint_as_float(r.w);
+    }
+    __device__ static void add(float* a, const uint4& r) {
+        a[0] += __uint_as_float(r.x);
+        a[1] += __uint_as_float(r.y);
+        a[2] += __uint_as_float(r.z);
+        a[3] += __uint_as_float(r.w);
+    }
+    __device__ static uint4 pack(const float* a) {
+        return make_uint4(__float_as_uint(a[0]), __float_as_uint(a[1]), __float_as_uint(a[2]), __float_as_uint(a[3]));
+    }
+    __device__ static float to_float(float x) { return x; }
+    __device__ static float from_float(float x) { return x; }
+};
+
+// bf16 -> fp32 is exact: the bf16 bits are the top half of the fp32 bits.
+__device__ __forceinline__ float bf16_lo(uint32_t w) { return __uint_as_float(w << 16); }
+
+__device__ __forceinline__ float bf16_hi(uint32_t w) { return __uint_as_float(w & 0xffff0000u); }
+
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    return static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(lo)))
+           | (static_cast<uint32_t>(__bfloat16_as_ushort(__float2bfloat16_rn(hi))) << 16);
+}
+
+template <>
+struct VecMath<__nv_bfloat16> {
+    static constexpr int kElems = 8;
+    __device__ static void init(float* a, const uint4& r) {
+        a[0] = bf16_lo(r.x);
+        a[1] = bf16_hi(r.x);
+        a[2] = bf16_lo(r.y);
+        a[3] = bf16_hi(r.y);
+        a[4] = bf16_lo(r.z);
+        a[5] = bf16_hi(r.z);
+        a[6] = bf16_lo(r.w);
+        a[7] = bf16_hi(r.w);
+    }
+    __device__ static void add(float* a, const uint4& r) {
+        a[0] += bf16_lo(r.x);
+        a[1] += bf16_hi(r.x);
+        a[2] += bf16_lo(r.y);
+        a[3] += bf16_hi(r.y);
+        a[4] += bf16_lo(r.z);
+        a[5] += bf16_hi(r.z);
+        a[6] += bf16_lo(r.w);
+        a[7] += bf16_hi(r.w);
+    }
+    __device__ static uint4 pack(const float* a) {
+        return make_uint4(pack_bf16x2(a[0], a[1]), pack_bf16x2(a[2], a[3]), pack_bf16x2(a[4], a[5]),
+                          pack_bf16x2(a[6], a[7]));
+    }
+    __device__ static float to_float(__nv_bfloat16 x) { return __bfloat162float(x); }
+    __device__ static __nv_bfloat16 from_float(float x) { return __float2bfloat16_rn(x); }
+};
+
+// ---- spans -------------------------------------------------------------------------------------
+
+// Copies n bytes with threads [tid, nthreads) of the caller's group: 16-byte vectors, four in flight
+// per thread, when src and dst share their alignment modulo 16; single bytes otherwise.
+__device__ void copy_span(uint8_t* d, const uint8_t* s, uint64_t n, uint32_t tid, uint32_t nthreads) {
+    uint64_t head = n;
+    uint64_t nvec = 0;
+    if (((reinterpret_cast<uintptr_t>(d) ^ reinterpret_cast<uintptr_t>(s)) & 15) == 0) {
+        head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
+        if (head > n) head = n;
+        nvec = (n - head) / 16;
+    }
+    for (uint64_t i = tid; i < head; i += nthreads) d[i] = load_cg(s + i);
+    const uint4* sv = reinterpret_cast<const uint4*>(s + head);
+    uint4* dv = reinterpret_cast<uint4*>(d + head);
+    uint64_t v = tid;
+    for (; v + 3ull * nthreads < nvec; v += 4ull * nthreads) {
+        const uint4 a = load_cg(sv + v);
+        const uint4 b = load_cg(sv + v + nthreads);
+        const uint4 e = load_cg(sv + v + 2ull * nthreads);
+        const uint4 f = load_cg(sv + v + 3ull * nthreads);
+        dv[v] = a;
+        dv[v + nthreads] = b;
+        dv[v + 2ull * nthreads] = e;
+        dv[v + 3ull * nthreads] = f;
+    }
+    for (; v < nvec; v += nthreads) dv[v] = load_cg(sv + v);
+    for (uint64_t i = head + nvec * 16 + tid; i < n; i += nthreads) d[i] = load_cg(s + i);
+}
+
+// dst[i] (and dst2[i] when not null) = src[0][i] + src[1][i] + ... + src[NR-1][i] for i in [0, n),
+// with all NR loads of a vector in flight together. vec: every pointer is 16-byte aligned.
+template <typename T, int NR>
+__device__ void reduce_span(T* dst, T* dst2, const T* const (&src)[NR], uint64_t n, bool vec, uint32_t tid,
+                            uint32_t nthreads) {
+    using M = VecMath<T>;
+    const uint64_t nvec = vec ? n / M::kElems : 0;
+    for (uint64_t v = tid; v < nvec; v += nthreads) {
+        uint4 raw[NR];
+#pragma unroll
+        for (int q = 0; q < NR; ++q) raw[q] = load_cg(reinterpret_cast<const uint4*>(src[q]) + v);
+        float acc[8];
+        M::init(acc, raw[0]);
+#pragma unroll
+        for (int q = 1; q < NR; ++q) M::add(acc, raw[q]);
+        const uint4 out = M::pack(acc);
+        reinterpret_cast<uint4*>(dst)[v] = out;
+        if (dst2 != nullptr) reinterpret_cast<uint4*>(dst2)[v] = out;
+    }
+    for (uint64_t i = nvec * M::kElems + tid; i < n; i += nthreads) {
+        float acc = M::to_float(load_cg(src[0] + i));
+#pragma unroll
+        for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg(src[q] + i));
+        const T out = M::from_float(acc);
+        dst[i] = out;
+        if (dst2 != nullptr) dst2[i] = out;
+    }
+}
+
+// [lo, hi) of a span of len elements split into gridDim.x slices of `slice` elements.
+struct Range {
+    uint64_t lo;
+    uint64_t hi;
+    __device__ uint64_t size() const { return hi - lo; }
+};
+
+__device__ __forceinline__ Range block_range(uint64_t len, uint64_t slice) {
+    const uint64_t lo = min_u64(blockIdx.x * slice, len);
+    return Range{lo, min_u64(lo + slice, len)};
+}
+
+// The elements of part q of a chunk of len elements cut into parts of part_len.
+__device__ __forceinline__ uint64_t part_size(uint64_t len, uint64_t part_len, int q) {
+    const uint64_t start = q * part_len;
+    return start >= len ? 0 : min_u64(part_len, len - start);
+}
+
+// ---- one-shot all-reduce -----------------------------------------------------------------------
+// Each block copies its slice of the input into its own heap, meets the peers' same block, then reads
+// the slice from every rank's heap and writes the sum to the output. One barrier; the bank parity
+// protects the slice until every peer has read it. count * sizeof(T) <= bank_bytes.
+
+template <typename T, int NR>
+__device__ void allreduce_oneshot(const T* in, T* out, uint64_t count, const Comm& c) {
+    constexpr int V = VecMath<T>::kElems;
+    const Range r = block_range(count, round_up(ceil_div(count, gridDim.x), V));
+    T* own = reinterpret_cast<T*>(bank(c, heap_of<NR>(c, c.rank), 0));
+    copy_span(reinterpret_cast<uint8_t*>(own + r.lo), reinterpret_cast<const uint8_t*>(in + r.lo), r.size() * sizeof(T),
+              threadIdx.x, blockDim.x);
+    if (!block_barrier<NR>(c, c.epoch_base + 1)) return;
+    const T* src[NR];
+#pragma unroll
+    for (int q = 0; q < NR; ++q) src[q] = reinterpret_cast<const T*>(bank(c, c.heap[q], 0)) + r.lo;
+    reduce_span<T, NR>(out + r.lo, nullptr, src, r.size(), mooncake4j::aligned16(out), threadIdx.x, blockDim.x);
+}
+
+// ---- two-shot all-reduce -----------------------------------------------------------------------
+// Per chunk of at most `chunk` elements (chunk * sizeof(T) <= bank_bytes), cut into NR parts:
+//   stage:   copy the input's parts q != rank into this rank's bank (block b: slice b of each part)
+//   barrier 1
+//   reduce:  part `rank` = own input + every peer's staged copy, in rank order; written to the
+//            output and in place into this rank's bank (nobody else reads that part before barrier 2)
+//   barrier 2
+//   gather:  parts q != rank = peer q's reduced part, read from its bank into the output
+// From the second chunk on, a quarter of the warps stages chunk k+1 while the rest gathers chunk k,
+// so local copies overlap NVLink traffic.
+
+struct Chunking {
+    uint64_t base;   // first element of the chunk
+    uint64_t len;    // elements in the chunk
+    uint64_t part;   // elements per part (the last parts may be shorter or empty)
+    uint64_t slice;  // elements per block within a part
+};
+
+template <typename T, int NR>
+__device__ __forceinline__ Chunking two_shot_chunk(uint64_t count, uint64_t chunk, uint64_t k) {
+    constexpr int V = VecMath<T>::kElems;
+    Chunking ch;
+    ch.base = k * chunk;
+    ch.len = min_u64(chunk, count - ch.base);
+    ch.part = round_up(ceil_div(ch.len, NR), V);
+    ch.slice = round_up(ceil_div(ch.part, gridDim.x), V);
+    return ch;
+}
+
+template <typename T, int NR>
+__device__ void two_shot_stage(const T* in, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
+                               uint32_t nthreads) {
+    T* own = reinterpret_cast<T*>(bank(c, heap_of<NR>(c, c.rank), k));
+#pragma unroll
+    for (int q = 0; q < NR; ++q) {
+        if (q == c.rank) continue;
+        const Range r = block_range(part_size(ch.len, ch.part, q), ch.slice);
+        const uint64_t at = q * ch.part + r.lo;
+        copy_span(reinterpret_cast<uint8_t*>(own + at), reinterpret_cast<const uint8_t*>(in + ch.base + at),
+                  r.size() * sizeof(T), tid, nthreads);
+    }
+}
+
+template <typename T, int NR>
+__device__ void two_shot_gather(T* out, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
+                                uint32_t nthreads) {
+#pragma unroll
+    for (int q = 0; q < NR; ++q) {
+        if (q == c.rank) continue;
+        const Range r = block_range(part_size(ch.len, ch.part, q), ch.slice);
+        const uint64_t at = q * ch.part + r.lo;
+        const T* peer = reinterpret_cast<const T*>(bank(c, c.heap[q], k));
+        copy_span(reinterpret_cast<uint8_t*>(out + ch.base + at), reinterpret_cast<const uint8_t*>(peer + at),
+                  r.size() * sizeof(T), tid, nthreads);
+    }
+}
+
+template <typename T, int NR>
+__device__ void allreduce_twoshot(const T* in, T* out, uint64_t count, uint64_t chunk, const Comm& c) {
+    const uint64_t chunks = ceil_div(count, chunk);
+    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out);
+    const uint32_t stagers = blockDim.x / 4;
+    for (uint64_t k = 0; k < chunks; ++k) {
+        const Chunking ch = two_shot_chunk<T, NR>(count, chunk, k);
+        if (k == 0) two_shot_stage<T, NR>(in, c, ch, k, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 1)) return;
+
+        const Range r = block_range(part_size(ch.len, ch.part, c.rank), ch.slice);
+        const uint64_t at = c.rank * ch.part + r.lo;
+        T* own = reinterpret_cast<T*>(bank(c, heap_of<NR>(c, c.rank), k));
+        const T* src[NR];
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            src[q] = (q == c.rank ? in + ch.base : reinterpret_cast<const T*>(bank(c, c.heap[q], k))) + at;
+        }
+        reduce_span<T, NR>(out + ch.base + at, own + at, src, r.size(), vec, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 2)) return;
+
+        if (k + 1 < chunks) {
+            if (threadIdx.x < stagers) {
+                two_shot_stage<T, NR>(in, c, two_shot_chunk<T, NR>(count, chunk, k + 1), k + 1, threadIdx.x, stagers);
+            } else {
+                two_shot_gather<T, NR>(out, c, ch, k, threadIdx.x - stagers, blockDim.x - stagers);
+            }
+        } else {
+            two_shot_gather<T, NR>(out, c, ch, k, threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+// ---- all-gather --------------------------------------------------------------------------------
+// out[q * n + i] = rank q's in[i]. Per chunk of at most `chunk` bytes (<= bank_bytes): copy the input
+// chunk into this rank's bank, barrier, then read every peer's chunk from its bank (and this rank's
+// own from the input). From the second chunk on, a quarter of the warps stages chunk k+1 meanwhile.
+
+template <int NR>
+__device__ void all_gather_stage(const uint8_t* in, uint64_t n, uint64_t chunk, const Comm& c, uint64_t k,
+                                 uint32_t tid, uint32_t nthreads) {
+    const uint64_t base = k * chunk;
+    const uint64_t len = min_u64(chunk, n - base);
+    const Range r = block_range(len, round_up(ceil_div(len, gridDim.x), 16));
+    copy_span(bank(c, heap_of<NR>(c, c.rank), k) + r.lo, in + base + r.lo, r.size(), tid, nthreads);
+}
+
+template <int NR>
+__device__ void all_gather_pull(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c,
+                                uint64_t k, uint32_t tid, uint32_t nthreads) {
+    const uint64_t base = k * chunk;
+    const uint64_t len = min_u64(chunk, n - base);
+    const Range r = block_range(len, round_up(ceil_div(len, gridDim.x), 16));
+#pragma unroll
+    for (int q = 0; q < NR; ++q) {
+        const uint8_t* src = q == c.rank ? in + base : bank(c, c.heap[q], k);
+        uint8_t* dst = out + q * n + base;
+        if (dst + r.lo != src + r.lo) copy_span(dst + r.lo, src + r.lo, r.size(), tid, nthreads);
+    }
+}
+
+template <int NR>
+__device__ void all_gather(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
+    const uint64_t chunks = ceil_div(n, chunk);
+    const uint32_t stagers = blockDim.x / 4;
+    for (uint64_t k = 0; k < chunks; ++k) {
+        if (k == 0) all_gather_stage<NR>(in, n, chunk, c, k, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
+        if (k + 1 < chunks) {
+            if (threadIdx.x < stagers) {
+                all_gather_stage<NR>(in, n, chunk, c, k + 1, threadIdx.x, stagers);
+            } else {
+                all_gather_pull<NR>(in, out, n, chunk, c, k, threadIdx.x - stagers, blockDim.x - stagers);
+            }
+        } else {
+            all_gather_pull<NR>(in, out, n, chunk, c, k, threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+}  // namespace collectives
+}  // namespace mooncake4j
+
+// ---- entry points ----------------------------------------------------------------------------------
+// Every kernel takes (in, out, count, chunk, heap0..heap7, rank, world, data_offset, bank_bytes,
+// epoch_base, chunk_seq_base, timeout_ns, status) -- CudaCollectives builds exactly this list:
+//   count:  elements (all-reduce) or bytes per rank (all-gather); chunk: elements/bytes per chunk
+//           (ignored by one-shot); heapN: rank N's heap base in this process (null for N >= world);
+//   world:  1..8; anything else makes the kernel return without doing anything.
+// Launch with the same grid on every rank: 512 threads per block (the kernels may use up to 128
+// registers a thread, so one block fits an SM), at most one block per SM so that all blocks are
+// resident at once, and at most 512 blocks (the flag rows of the heap).
+
+#define MOONCAKE4J_COMM_PARAMS                                                                                        \
+    uint8_t *h0, uint8_t *h1, uint8_t *h2, uint8_t *h3, uint8_t *h4, uint8_t *h5, uint8_t *h6, uint8_t *h7, int rank, \
+        int world, uint64_t data_offset, uint64_t bank_bytes, uint64_t epoch_base, uint64_t chunk_seq_base,           \
+        uint64_t timeout_ns, uint32_t *status
+
+#define MOONCAKE4J_COMM                                                                                          \
+    const mooncake4j::collectives::Comm comm {                                                                   \
+        {h0, h1, h2, h3, h4, h5, h6, h7}, rank, data_offset, bank_bytes, epoch_base, chunk_seq_base, timeout_ns, \
+            status                                                                                               \
+    }
+
+// Runs CALL with a compile-time NR equal to world.
+#define MOONCAKE4J_FOR_WORLD(CALL)          \
+    switch (world) {                        \
+        case 1: { constexpr int NR = 1; CALL; } break; \
+        case 2: { constexpr int NR = 2; CALL; } break; \
+        case 3: { constexpr int NR = 3; CALL; } break; \
+        case 4: { constexpr int NR = 4; CALL; } break; \
+        case 5: { constexpr int NR = 5; CALL; } break; \
+        case 6: { constexpr int NR = 6; CALL; } break; \
+        case 7: { constexpr int NR = 7; CALL; } break; \
+        case 8: { constexpr int NR = 8; CALL; } break; \
+        default: break;                     \
+    }
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allreduce_oneshot_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    (void)chunk;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<float, NR>(in, out, count, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allreduce_oneshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk,
+                       MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    (void)chunk;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<__nv_bfloat16, NR>(in, out, count, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allreduce_twoshot_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_twoshot<float, NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allreduce_twoshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk,
+                       MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD(
+        (mooncake4j::collectives::allreduce_twoshot<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allgather_bytes(const uint8_t* in, uint8_t* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_gather<NR>(in, out, count, chunk, comm)))
+}
+
+#undef MOONCAKE4J_FOR_WORLD
+#undef MOONCAKE4J_COMM
+#undef MOONCAKE4J_COMM_PARAMS

@@ -1,0 +1,649 @@
+package org.mooncake4j.cuda;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.nio.file.Files;
+import java.nio.file.Path;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import java.util.Map;
+import java.util.Set;
+import java.util.concurrent.atomic.AtomicLong;
+import java.util.concurrent.atomic.DoubleAdder;
+import java.util.concurrent.atomic.LongAdder;
+import java.util.stream.Collectors;
+import java.util.stream.LongStream;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.internal.FloatFormats;
+import org.mooncake4j.cuda.CudaCollectives.Algorithm;
+import org.mooncake4j.cuda.internal.CudaDriver;
+
+/**
+ * Multi-process check and benchmark of the GPU collectives ({@link CudaCollectives}), started once per
+ * GPU by {@code cuda/gpu-collectives.sh}; runnable on a GPU host without Maven.
+ *
+ * <pre>
+ * RANK=r WORLD_SIZE=n RDV_DIR=DIR [OUT=DIR] java --enable-native-access=ALL-UNNAMED -cp 'JARS/*' \
+ *     org.mooncake4j.cuda.CollectiveBench
+ * </pre>
+ * Rank r uses GPU r (of those visible); the ranks build a {@link SymmetricHeap} through files in
+ * {@code RDV_DIR} (a fresh, empty directory shared by all of them). Phases ({@code PHASES}, default
+ * {@code check,time,fault}):
+ * <ul>
+ * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and two-shot; odd sizes,
+ *     misaligned and in-place buffers; up to 1 GiB) and all_gather (1 byte to 1 GiB of output)
+ *     against references computed on the host from every rank's inputs (float32 inputs are integers,
+ *     so sums are exact; bfloat16 within 1e-2 relative L2 error, bitwise differences counted), with
+ *     poisoned outputs and guard bytes;</li>
+ * <li>time: all_reduce float32 of 8 B .. 512 MiB (factor 4, the sizes of torch_baselines.py), 5
+ *     warm-up and 20 timed iterations between CUDA events, the maximum over ranks; rank 0 prints an
+ *     nccl-tests-like table and writes {@code OUT/mooncake_allreduce_ws<n>.json}, with the fields
+ *     torch_baselines.py writes for NCCL ({@code [bytes, time_us, busbw_GBps]} rows);</li>
+ * <li>fault: rank n-1 exits without calling all_reduce; the others must fail within the timeout
+ *     plus {@value #FAULT_BOUND_MS} ms with a {@link CollectiveTimeoutException} naming rank n-1, and
+ *     fail at once on the next call.</li>
+ * </ul>
+ * Every check prints {@code PASS}, {@code FAIL} or {@code SKIP}; the exit status is 1 when a check of
+ * this rank failed. Other settings: {@code HEAP_MIB} (257: two banks of 128 MiB), {@code SHARING}
+ * (auto, shareable, ipc), {@code CHECK_MAX_MIB} (1024), {@code TIME_MAX_MIB} (512),
+ * {@code ONESHOT_MAX_BYTES} (the default of {@link CudaCollectives}), {@code EXCHANGE_TIMEOUT_S}
+ * (180), {@code CHECK_TIMEOUT_MS} (60000), {@code FAULT_TIMEOUT_MS} (2000).
+ */
+public final class CollectiveBench {
+    static final long MIB = 1L << 20;
+    static final int WARMUP = 5;
+    static final int ITERATIONS = 20;
+    static final long FAULT_BOUND_MS = 1000;
+    private static final long GUARD = 4096;
+    private static final long SLACK = 64 * 1024;      // room for misaligned offsets and guards
+    private static final long OP_TIMEOUT_NANOS = 30_000_000_000L;
+    private static final long PARALLEL_BLOCK = 1 << 16;
+
+    /** The settings, from the environment. */
+    record Config(int rank, int worldSize, Path rdv, Path out, long heapBytes, SymmetricHeap.Sharing sharing,
+                  Set<String> phases, long checkMaxBytes, long timeMaxBytes, long oneShotMaxBytes, Duration exchangeTimeout,
+                  long checkTimeoutNanos, long faultTimeoutNanos) {
+
+        static Config fromEnv(Map<String, String> env) {
+            int rank = integer(env, "RANK", null);
+            int world = integer(env, "WORLD_SIZE", null);
+            if (world < 1 || rank < 0 || rank >= world) {
+                throw new IllegalArgumentException("RANK=" + rank + " must be in 0..WORLD_SIZE-1 (WORLD_SIZE=" + world + ")");
+            }
+            String rdv = env.get("RDV_DIR");
+            if (rdv == null || rdv.isBlank()) {
+                throw new IllegalArgumentException("RDV_DIR is not set: give every rank the same new, empty directory");
+            }
+            SymmetricHeap.Sharing sharing = switch (env.getOrDefault("SHARING", "auto").toLowerCase(Locale.ROOT)) {
+                case "auto" -> SymmetricHeap.Sharing.AUTO;
+                case "shareable", "vmm" -> SymmetricHeap.Sharing.SHAREABLE;
+                case "ipc", "legacy" -> SymmetricHeap.Sharing.LEGACY_IPC;
+                default -> throw new IllegalArgumentException("SHARING=" + env.get("SHARING") + ": use auto, shareable or ipc");
+            };
+            Set<String> phases = Arrays.stream(env.getOrDefault("PHASES", "check,time,fault").split(","))
+                    .map(String::trim).filter(s -> !s.isEmpty()).collect(Collectors.toSet());
+            for (String p : phases) {
+                if (!Set.of("check", "time", "fault").contains(p)) {
+                    throw new IllegalArgumentException("PHASES: unknown phase '" + p + "' (use check, time, fault)");
+                }
+            }
+            return new Config(rank, world, Path.of(rdv), Path.of(env.getOrDefault("OUT", ".")),
+                    integer(env, "HEAP_MIB", 257) * MIB, sharing, phases, integer(env, "CHECK_MAX_MIB", 1024) * MIB,
+                    integer(env, "TIME_MAX_MIB", 512) * MIB, Long.parseLong(env.getOrDefault("ONESHOT_MAX_BYTES", "-1")),
+                    Duration.ofSeconds(integer(env, "EXCHANGE_TIMEOUT_S", 180)),
+                    integer(env, "CHECK_TIMEOUT_MS", 60_000) * 1_000_000L, integer(env, "FAULT_TIMEOUT_MS", 2_000) * 1_000_000L);
+        }
+
+        private static int integer(Map<String, String> env, String name, Integer fallback) {
+            String v = env.get(name);
+            if (v == null || v.isBlank()) {
+                if (fallback == null) throw new IllegalArgumentException(name + " is not set (the script sets RANK, WORLD_SIZE and RDV_DIR)");
+                return fallback;
+            }
+            try {
+                return Integer.parseInt(v.trim());
+            } catch (NumberFormatException e) {
+                throw new IllegalArgumentException(name + "=" + v + " is not an integer");
+            }
+        }
+    }
+
+    private final Config cfg;
+    private final int rank;
+    private final int world;
+    private int failures;
+    private boolean broken;     // a collective timed out: the heap is unusable, GPU phases are skipped
+    private long checks;        // seeds the inputs of each check, the same on every rank
+
+    private CudaDevice device;
+    private CudaStream stream;
+    private FileExchange exchange;
+    private SymmetricHeap heap;
+    private CudaCollectives coll;
+    private DeviceBuffer src;
+    private DeviceBuffer dst;
+    private MemorySegment up;
+    private MemorySegment down;
+
+    private CollectiveBench(Config cfg) {
+        this.cfg = cfg;
+        this.rank = cfg.rank();
+        this.world = cfg.worldSize();
+    }
+
+    public static void main(String[] args) {
+        Config cfg;
+        try {
+            cfg = Config.fromEnv(System.getenv());
+        } catch (IllegalArgumentException e) {
+            System.err.println("CollectiveBench: " + e.getMessage());
+            System.err.println("usage: RANK=r WORLD_SIZE=n RDV_DIR=DIR [OUT=DIR] [PHASES=check,time,fault] java"
+                    + " --enable-native-access=ALL-UNNAMED -cp 'JARS/*' org.mooncake4j.cuda.CollectiveBench");
+            System.exit(2);
+            return;
+        }
+        CollectiveBench bench = new CollectiveBench(cfg);
+        bench.guarded("rank " + cfg.rank() + " bench", bench::run);
+        bench.finish();
+    }
+
+    private void finish() {
+        System.out.println(failures == 0 ? "BENCH PASSED" : "BENCH FAILED: " + failures + " check(s)");
+        System.out.flush();
+        System.exit(failures == 0 ? 0 : 1);
+    }
+
+    private void report(String check, boolean ok, String detail) {
+        if (!ok) failures++;
+        System.out.println((ok ? "PASS " : "FAIL ") + check + ": " + detail);
+    }
+
+    private static void skip(String check, String reason) { System.out.println("SKIP " + check + ": " + reason); }
+
+    /** Runs {@code body}; an exception is a failed check. A collective timeout makes the heap unusable. */
+    private void guarded(String check, Runnable body) {
+        try {
+            body.run();
+        } catch (CollectiveTimeoutException e) {
+            broken = true;
+            report(check, false, e.getMessage());
+        } catch (RuntimeException | AssertionError e) {
+            report(check, false, e.toString());
+            e.printStackTrace(System.out);
+        }
+    }
+
+    // ---- phases --------------------------------------------------------------------------------
+
+    private void run() {
+        device = CudaDevice.get(rank % CudaDevice.count());
+        System.out.printf("rank %d/%d on %s, pid %d, phases %s%n", rank, world, device, ProcessHandle.current().pid(),
+                cfg.phases());
+        exchange = new FileExchange(cfg.rdv(), rank, world, cfg.exchangeTimeout());
+        CudaModule kernels = CudaModule.loadKernels(device);
+        stream = CudaStream.create(device);
+        heap = SymmetricHeap.create(device, rank, world, cfg.heapBytes(), exchange, cfg.sharing());
+        coll = CudaCollectives.create(heap, kernels);
+        if (cfg.oneShotMaxBytes() >= 0) coll.setOneShotMaxBytes(cfg.oneShotMaxBytes());
+        report("rank " + rank + " heap", true, heap + "; one-shot up to " + coll.oneShotMaxBytes() + " bytes");
+
+        long capacity = Math.max(cfg.phases().contains("check") ? cfg.checkMaxBytes() : 0,
+                cfg.phases().contains("time") ? cfg.timeMaxBytes() : 0) + SLACK;
+        src = DeviceBuffer.allocate(device, capacity);
+        dst = DeviceBuffer.allocate(device, capacity);
+        Arena arena = Arena.ofShared();     // lives until the process exits
+        up = arena.allocate(capacity, 16);
+        down = arena.allocate(capacity, 16);
+
+        if (cfg.phases().contains("check")) checks();
+        boolean anyBroken = agreeOnBroken();
+        if (cfg.phases().contains("time")) {
+            if (anyBroken) skip("rank " + rank + " timing", "a collective timed out on some rank");
+            else guarded("rank " + rank + " timing", this::timing);
+        }
+        if (cfg.phases().contains("fault")) {
+            if (broken || agreeOnBroken()) skip("rank " + rank + " fault", "a collective timed out on some rank");
+            else guarded("rank " + rank + " fault", this::fault);
+        } else {
+            exchange.allGather(new byte[0]);    // nobody closes its heap while a peer still uses it
+            coll.close();
+            heap.close();
+        }
+    }
+
+    /** Whether any rank saw a collective time out; a barrier too. */
+    private boolean agreeOnBroken() {
+        byte[][] all = exchange.allGather(new byte[] {(byte) (broken ? 1 : 0)});
+        boolean any = false;
+        for (byte[] b : all) any |= b.length > 0 && b[0] == 1;
+        return any;
+    }
+
+    private void checks() {
+        long th = coll.oneShotMaxBytes();
+        long bank = heap.layout().bankBytes();
+        long maxF32 = cfg.checkMaxBytes() / 4;
+        long maxBf16 = cfg.checkMaxBytes() / 2;
+        DType f32 = DType.FLOAT32;
+        DType bf16 = DType.BFLOAT16;
+        Algorithm auto = Algorithm.AUTO;
+        Algorithm one = Algorithm.ONE_SHOT;
+        Algorithm two = Algorithm.TWO_SHOT;
+
+        for (long n : new long[] {1, 2, 3, 1001, 4099, th / 4 - 4, th / 4 + 4, MIB + 5, 16 * MIB + 3, maxF32 - 3, maxF32}) {
+            allReduceCheck(f32, n, auto, 0, 0, false);
+        }
+        for (long n : new long[] {1, 1001, 65541, Math.min(bank / 4, 4 * MIB) - 1}) allReduceCheck(f32, n, one, 0, 0, false);
+        for (long n : new long[] {1, 3, 1001, 65541, 2 * (bank / 4) + 77}) allReduceCheck(f32, n, two, 0, 0, false);
+        allReduceCheck(f32, 1001, one, 4, 8, false);
+        allReduceCheck(f32, MIB + 3, two, 4, 12, false);
+        allReduceCheck(f32, 4099, one, 0, 0, true);
+        allReduceCheck(f32, MIB + 1, two, 0, 0, true);
+
+        for (long n : new long[] {1, 3, 4097, th / 2 - 8, th / 2 + 8, MIB + 7, maxBf16}) allReduceCheck(bf16, n, auto, 0, 0, false);
+        allReduceCheck(bf16, 65543, one, 0, 0, false);
+        for (long n : new long[] {5, 65543, 2 * (bank / 2) + 9}) allReduceCheck(bf16, n, two, 0, 0, false);
+        allReduceCheck(bf16, MIB + 1, two, 2, 6, false);
+        allReduceCheck(bf16, MIB + 9, two, 0, 0, true);
+
+        long maxGather = cfg.checkMaxBytes() / world / 16 * 16;
+        for (long n : new long[] {1, 7, 8, 1000, 4099, MIB, 16 * MIB + 5, maxGather}) allGatherCheck(n, 0, 0, false);
+        allGatherCheck(1001, 1, 3, false);
+        allGatherCheck(MIB + 1, 0, 0, false);
+        allGatherCheck(4 * MIB, 0, 0, true);
+    }
+
+    private void allReduceCheck(DType dt, long count, Algorithm algorithm, long srcOffset, long dstOffset, boolean inPlace) {
+        int es = dt.byteSize();
+        long bytes = count * es;
+        String name = String.format(Locale.ROOT, "rank %d all_reduce %s %s n=%d (%s)%s%s", rank, dt.torchName(),
+                algorithm.name().toLowerCase(Locale.ROOT).replace('_', '-'), count, human(bytes),
+                srcOffset + dstOffset > 0 ? " src+" + srcOffset + " dst+" + dstOffset : "", inPlace ? " in place" : "");
+        if (count <= 0 || bytes > cfg.checkMaxBytes()) return;
+        long seed = ++checks;
+        if (broken) {
+            skip(name, "an earlier collective timed out");
+            return;
+        }
+        guarded(name, () -> {
+            long in = src.pointer() + srcOffset;
+            long out = inPlace ? in : dst.pointer() + dstOffset;
+            long outBase = inPlace ? src.pointer() : dst.pointer();
+            parallel(count, i -> {
+                if (dt == DType.FLOAT32) up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(seed, rank, i));
+                else up.setAtIndex(ValueLayout.JAVA_SHORT, i, bf16Value(seed, rank, i));
+            });
+            poison(src);
+            poison(dst);
+            stream.copyHostToDevice(up, in, bytes);
+            stream.synchronize();
+            long t0 = System.nanoTime();
+            coll.allReduce(in, out, count, dt, stream, cfg.checkTimeoutNanos(), algorithm);
+            coll.synchronize(stream);
+            double ms = (System.nanoTime() - t0) / 1e6;
+            long prefix = out - outBase;
+            stream.copyDeviceToHost(outBase, down, prefix + bytes + GUARD);
+            stream.synchronize();
+            MemorySegment result = down.asSlice(prefix, bytes);
+            boolean guards = allBytes(down.asSlice(0, prefix), (byte) 0xFF) && allBytes(down.asSlice(prefix + bytes, GUARD), (byte) 0xFF);
+            String detail = dt == DType.FLOAT32 ? verifyF32(result, count, seed) : verifyBf16(result, count, seed);
+            boolean ok = detail.startsWith("ok") && guards;
+            report(name, ok, detail + (guards ? "" : ", GUARD BYTES OVERWRITTEN") + String.format(Locale.ROOT, " (%.1f ms)", ms));
+        });
+    }
+
+    /** Exact comparison: the inputs are integers, so every rank order gives the same float sum. */
+    private String verifyF32(MemorySegment result, long count, long seed) {
+        LongAdder bad = new LongAdder();
+        AtomicLong first = new AtomicLong(Long.MAX_VALUE);
+        parallel(count, i -> {
+            float expected = 0;
+            for (int q = 0; q < world; q++) expected = q == 0 ? f32Value(seed, 0, i) : expected + f32Value(seed, q, i);
+            float got = result.getAtIndex(ValueLayout.JAVA_FLOAT, i);
+            if (Float.floatToRawIntBits(got) != Float.floatToRawIntBits(expected)) {
+                bad.increment();
+                first.accumulateAndGet(i, Math::min);
+            }
+        });
+        if (bad.sum() == 0) return "ok, " + count + " sums exact";
+        long i = first.get();
+        float expected = 0;
+        for (int q = 0; q < world; q++) expected += f32Value(seed, q, i);
+        return bad.sum() + " of " + count + " elements wrong, first at " + i + ": got "
+                + result.getAtIndex(ValueLayout.JAVA_FLOAT, i) + ", expected " + expected;
+    }
+
+    /** Relative L2 error against a float64 reference (at most 1e-2), no NaN; bitwise differences from fp32-in-rank-order reported. */
+    private String verifyBf16(MemorySegment result, long count, long seed) {
+        DoubleAdder err2 = new DoubleAdder();
+        DoubleAdder ref2 = new DoubleAdder();
+        LongAdder nan = new LongAdder();
+        LongAdder bitwise = new LongAdder();
+        parallel(count, i -> {
+            float acc = 0;
+            double ref = 0;
+            for (int q = 0; q < world; q++) {
+                float v = FloatFormats.bf16ToFloat(bf16Value(seed, q, i));
+                acc = q == 0 ? v : acc + v;
+                ref += v;
+            }
+            short gotBits = result.getAtIndex(ValueLayout.JAVA_SHORT, i);
+            float got = FloatFormats.bf16ToFloat(gotBits);
+            if (Float.isNaN(got)) nan.increment();
+            if (gotBits != FloatFormats.floatToBf16(acc)) bitwise.increment();
+            err2.add((got - ref) * (got - ref));
+            ref2.add(ref * ref);
+        });
+        double rel = ref2.sum() == 0 ? Math.sqrt(err2.sum()) : Math.sqrt(err2.sum() / ref2.sum());
+        boolean ok = nan.sum() == 0 && rel <= 1e-2;
+        return (ok ? "ok, " : "") + String.format(Locale.ROOT, "relative L2 error %.2e (limit 1e-2), %d NaN, %d of %d differ"
+                + " bitwise from fp32 sums in rank order rounded once", rel, nan.sum(), bitwise.sum(), count);
+    }
+
+    private void allGatherCheck(long n, long srcOffset, long dstOffset, boolean inPlace) {
+        String name = String.format(Locale.ROOT, "rank %d all_gather %d bytes per rank (%s)%s%s", rank, n, human(n * world),
+                srcOffset + dstOffset > 0 ? " src+" + srcOffset + " dst+" + dstOffset : "", inPlace ? " in place" : "");
+        if (n <= 0 || n * world > cfg.checkMaxBytes()) return;
+        long seed = ++checks;
+        if (broken) {
+            skip(name, "an earlier collective timed out");
+            return;
+        }
+        guarded(name, () -> {
+            long out = dst.pointer() + dstOffset;
+            long in = inPlace ? out + rank * n : src.pointer() + srcOffset;
+            parallel(n, i -> up.set(ValueLayout.JAVA_BYTE, i, byteValue(seed, rank, i)));
+            poison(src);
+            poison(dst);
+            stream.copyHostToDevice(up, in, n);
+            stream.synchronize();
+            long t0 = System.nanoTime();
+            coll.allGather(in, out, n, stream, cfg.checkTimeoutNanos());
+            coll.synchronize(stream);
+            double ms = (System.nanoTime() - t0) / 1e6;
+            long total = n * world;
+            stream.copyDeviceToHost(dst.pointer(), down, dstOffset + total + GUARD);
+            stream.synchronize();
+            MemorySegment result = down.asSlice(dstOffset, total);
+            LongAdder bad = new LongAdder();
+            AtomicLong first = new AtomicLong(Long.MAX_VALUE);
+            parallel(total, j -> {
+                if (result.get(ValueLayout.JAVA_BYTE, j) != byteValue(seed, (int) (j / n), j % n)) {
+                    bad.increment();
+                    first.accumulateAndGet(j, Math::min);
+                }
+            });
+            boolean guards = allBytes(down.asSlice(0, dstOffset), (byte) 0xFF)
+                    && allBytes(down.asSlice(dstOffset + total, GUARD), (byte) 0xFF);
+            String detail = bad.sum() == 0 ? "ok, " + total + " bytes equal"
+                    : bad.sum() + " of " + total + " bytes wrong, first at " + first.get() + " (rank " + first.get() / n
+                    + "'s byte " + first.get() % n + ")";
+            report(name, bad.sum() == 0 && guards, detail + (guards ? "" : ", GUARD BYTES OVERWRITTEN")
+                    + String.format(Locale.ROOT, " (%.1f ms)", ms));
+        });
+    }
+
+    private void timing() {
+        List<Long> sizes = timedSizes(cfg.timeMaxBytes());
+        long maxCount = sizes.getLast() / 4;
+        parallel(maxCount, i -> up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(0x7157, rank, i)));
+        stream.copyHostToDevice(up, src.pointer(), maxCount * 4);
+        stream.synchronize();
+        long bank = heap.layout().bankBytes();
+        double[] times = new double[sizes.size() * 3];     // per size: auto, one-shot, two-shot (NaN: not run)
+        Arrays.fill(times, Double.NaN);
+        try (CudaEvent start = CudaEvent.create(device, true); CudaEvent end = CudaEvent.create(device, true)) {
+            for (int s = 0; s < sizes.size(); s++) {
+                long bytes = sizes.get(s);
+                long count = bytes / 4;
+                exchange.allGather(new byte[0]);    // start together; the warm-up absorbs what skew is left
+                Algorithm chosen = coll.algorithmFor(bytes);
+                double auto = time(start, end, count, Algorithm.AUTO);
+                times[3 * s] = auto;
+                times[3 * s + (chosen == Algorithm.ONE_SHOT ? 1 : 2)] = auto;
+                if (chosen == Algorithm.TWO_SHOT && bytes <= bank) times[3 * s + 1] = time(start, end, count, Algorithm.ONE_SHOT);
+                if (chosen == Algorithm.ONE_SHOT) times[3 * s + 2] = time(start, end, count, Algorithm.TWO_SHOT);
+            }
+        }
+        double[] max = maxOverRanks(times);
+        List<Row> rows = new ArrayList<>();
+        for (int s = 0; s < sizes.size(); s++) {
+            long bytes = sizes.get(s);
+            rows.add(new Row(bytes, bytes / 4, coll.algorithmFor(bytes) == Algorithm.ONE_SHOT ? "one-shot" : "two-shot",
+                    max[3 * s], max[3 * s + 1], max[3 * s + 2]));
+        }
+        report("rank " + rank + " timing", true, sizes.size() + " sizes timed, " + WARMUP + " warm-up + " + ITERATIONS
+                + " iterations each");
+        if (rank == 0) {
+            String table = table(world, device.toString(), heap, rows);
+            System.out.print(table);
+            try {
+                Files.createDirectories(cfg.out());
+                Files.writeString(cfg.out().resolve("mooncake_allreduce_ws" + world + ".json"),
+                        json(world, device.name(), heap.sharing().name(), rows));
+                Files.writeString(cfg.out().resolve("mooncake_allreduce_ws" + world + ".txt"), table);
+            } catch (IOException e) {
+                throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
+            }
+        }
+    }
+
+    /** Microseconds per all_reduce: {@value #WARMUP} warm-up calls, then {@value #ITERATIONS} between two events. */
+    private double time(CudaEvent start, CudaEvent end, long count, Algorithm algorithm) {
+        for (int i = 0; i < WARMUP; i++) {
+            coll.allReduce(src.pointer(), dst.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, algorithm);
+        }
+        start.record(stream);
+        for (int i = 0; i < ITERATIONS; i++) {
+            coll.allReduce(src.pointer(), dst.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, algorithm);
+        }
+        end.record(stream);
+        end.synchronize();
+        coll.check();
+        return CudaEvent.elapsedMillis(start, end) * 1000.0 / ITERATIONS;
+    }
+
+    private double[] maxOverRanks(double[] mine) {
+        ByteBuffer b = ByteBuffer.allocate(mine.length * 8).order(ByteOrder.LITTLE_ENDIAN);
+        for (double d : mine) b.putDouble(d);
+        byte[][] all = exchange.allGather(b.array());
+        double[] max = mine.clone();
+        for (byte[] other : all) {
+            ByteBuffer o = ByteBuffer.wrap(other).order(ByteOrder.LITTLE_ENDIAN);
+            for (int i = 0; i < max.length; i++) {
+                double d = o.getDouble();
+                if (Double.isNaN(max[i]) || d > max[i]) max[i] = d;
+            }
+        }
+        return max;
+    }
+
+    private void fault() {
+        if (world < 2) {
+            skip("rank " + rank + " fault", "needs WORLD_SIZE >= 2");
+            return;
+        }
+        exchange.allGather(new byte[0]);
+        if (rank == world - 1) {
+            report("rank " + rank + " fault", true, "leaves without calling all_reduce (a simulated crash; "
+                    + heap.sharing() + " heap)");
+            System.out.println(failures == 0 ? "BENCH PASSED" : "BENCH FAILED: " + failures + " check(s)");
+            System.out.flush();
+            Runtime.getRuntime().halt(failures == 0 ? 0 : 1);
+        }
+        long timeout = cfg.faultTimeoutNanos();
+        long t0 = System.nanoTime();
+        try {
+            coll.allReduce(src.pointer(), dst.pointer(), 1024, DType.FLOAT32, stream, timeout);
+            coll.synchronize(stream);
+            report("rank " + rank + " fault: survivors give up", false, "all_reduce returned normally although rank "
+                    + (world - 1) + " never called it");
+        } catch (CollectiveTimeoutException e) {
+            long ms = (System.nanoTime() - t0) / 1_000_000;
+            boolean names = e.missingRanks().equals(List.of(world - 1));
+            boolean inTime = ms <= timeout / 1_000_000 + FAULT_BOUND_MS;
+            report("rank " + rank + " fault: survivors give up", names && inTime, "after " + ms + " ms (timeout "
+                    + timeout / 1_000_000 + " ms + " + FAULT_BOUND_MS + " ms allowed), missing " + e.missingRanks()
+                    + " (expected [" + (world - 1) + "]): " + e.getMessage());
+        }
+        broken = true;
+        long t1 = System.nanoTime();
+        try {
+            coll.allReduce(src.pointer(), dst.pointer(), 1024, DType.FLOAT32, stream, timeout);
+            report("rank " + rank + " fault: later calls fail fast", false, "the next all_reduce was accepted");
+        } catch (CollectiveTimeoutException e) {
+            long ms = (System.nanoTime() - t1) / 1_000_000;
+            report("rank " + rank + " fault: later calls fail fast", ms < 100, "the next all_reduce threw at once ("
+                    + ms + " ms) naming " + e.missingRanks());
+        }
+    }
+
+    // ---- inputs --------------------------------------------------------------------------------
+
+    /** A well-mixed 64-bit value of (seed, rank, index) (splitmix64's finaliser). */
+    static long mix(long seed, int rank, long i) {
+        long z = seed * 0x9E37_79B9_7F4A_7C15L + rank * 0xD1B5_4A32_D192_ED03L + i * 0x8CB9_2BA7_2F3D_8DD7L;
+        z = (z ^ (z >>> 30)) * 0xBF58_476D_1CE4_E5B9L;
+        z = (z ^ (z >>> 27)) * 0x94D0_49BB_1331_11EBL;
+        return z ^ (z >>> 31);
+    }
+
+    /** Rank {@code rank}'s float32 input {@code i}: an integer in [-64, 64], so sums over 8 ranks are exact. */
+    static float f32Value(long seed, int rank, long i) { return (float) ((mix(seed, rank, i) >>> 40) % 129 - 64); }
+
+    /** Rank {@code rank}'s bfloat16 input {@code i} (bits): k/64 for k in [-2000, 2000], rounded to bfloat16. */
+    static short bf16Value(long seed, int rank, long i) {
+        return FloatFormats.floatToBf16(((mix(seed, rank, i) >>> 40) % 4001 - 2000) / 64f);
+    }
+
+    static byte byteValue(long seed, int rank, long i) { return (byte) (mix(seed, rank, i) >>> 56); }
+
+    /** The sizes torch_baselines.py times NCCL all_reduce at (float32, 8 B .. 512 MiB by 4x), up to {@code maxBytes}. */
+    static List<Long> timedSizes(long maxBytes) {
+        List<Long> sizes = new ArrayList<>();
+        for (int p = 3; p < 31; p += 2) {
+            long bytes = 4 * Math.max(1, (1L << p) / 4);
+            if (bytes <= maxBytes) sizes.add(bytes);
+        }
+        if (sizes.isEmpty()) throw new IllegalArgumentException("TIME_MAX_MIB leaves no size to time (the smallest is 8 bytes)");
+        return sizes;
+    }
+
+    // ---- report --------------------------------------------------------------------------------
+
+    /** One timed size: the automatic choice's time, and each algorithm's (NaN: not run). Times in microseconds. */
+    record Row(long bytes, long count, String algorithm, double timeUs, double oneShotUs, double twoShotUs) {
+        /** GB/s of message: bytes / time. */
+        double algbw() { return bytes / timeUs / 1e3; }
+
+        /** nccl-tests' bus bandwidth of all_reduce: algbw * 2(n-1)/n. */
+        double busbw(int worldSize) { return algbw() * 2 * (worldSize - 1) / worldSize; }
+    }
+
+    static String table(int worldSize, String device, SymmetricHeap heap, List<Row> rows) {
+        StringBuilder t = new StringBuilder();
+        t.append(String.format(Locale.ROOT, "# mooncake all_reduce (sum, float32), %d ranks on %s%s%n", worldSize, device,
+                heap == null ? "" : ", " + heap.sharing() + " heap, banks of " + heap.layout().bankBytes() / MIB + " MiB"));
+        t.append(String.format(Locale.ROOT, "# CUDA events around %d iterations after %d warm-up, maximum over ranks%n",
+                ITERATIONS, WARMUP));
+        t.append(String.format(Locale.ROOT, "# %12s %12s %9s %11s %12s %12s %13s %13s%n", "size(B)", "count", "algo",
+                "time(us)", "algbw(GB/s)", "busbw(GB/s)", "one-shot(us)", "two-shot(us)"));
+        for (Row r : rows) {
+            t.append(String.format(Locale.ROOT, "  %12d %12d %9s %11.2f %12.2f %12.2f %13s %13s%n", r.bytes(), r.count(),
+                    r.algorithm(), r.timeUs(), r.algbw(), r.busbw(worldSize), us(r.oneShotUs()), us(r.twoShotUs())));
+        }
+        return t.toString();
+    }
+
+    private static String us(double v) { return Double.isNaN(v) ? "-" : String.format(Locale.ROOT, "%.2f", v); }
+
+    /**
+     * The results as JSON: {@code mooncake_allreduce} has the rows of torch_baselines.py's
+     * {@code nccl_allreduce}, {@code [bytes, time_us, busbw_GBps]}; {@code mooncake_allreduce_detail}
+     * adds the algorithm and both algorithms' times.
+     */
+    static String json(int worldSize, String device, String heapKind, List<Row> rows) {
+        StringBuilder j = new StringBuilder();
+        j.append("{\"world\": ").append(worldSize).append(", \"device\": ").append(quote(device)).append(", \"heap\": ")
+                .append(quote(heapKind)).append(", \"dtype\": \"float32\", \"timing\": ")
+                .append(quote("cuda events, " + WARMUP + " warm-up + " + ITERATIONS + " iterations, max over ranks"))
+                .append(", \"mooncake_allreduce\": [");
+        for (int i = 0; i < rows.size(); i++) {
+            Row r = rows.get(i);
+            j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(r.timeUs())).append(", ")
+                    .append(number(r.busbw(worldSize))).append(']');
+        }
+        j.append("], \"mooncake_allreduce_detail\": [");
+        for (int i = 0; i < rows.size(); i++) {
+            Row r = rows.get(i);
+            j.append(i == 0 ? "" : ", ").append("{\"bytes\": ").append(r.bytes()).append(", \"count\": ").append(r.count())
+                    .append(", \"algorithm\": ").append(quote(r.algorithm())).append(", \"time_us\": ").append(number(r.timeUs()))
+                    .append(", \"algbw_GBps\": ").append(number(r.algbw())).append(", \"busbw_GBps\": ")
+                    .append(number(r.busbw(worldSize))).append(", \"one_shot_us\": ").append(number(r.oneShotUs()))
+                    .append(", \"two_shot_us\": ").append(number(r.twoShotUs())).append('}');
+        }
+        return j.append("]}\n").toString();
+    }
+
+    private static String number(double v) {
+        return Double.isNaN(v) || Double.isInfinite(v) ? "null" : String.format(Locale.ROOT, "%.4f", v);
+    }
+
+    private static String quote(String s) {
+        StringBuilder q = new StringBuilder("\"");
+        for (char c : s.toCharArray()) {
+            switch (c) {
+                case '"' -> q.append("\\\"");
+                case '\\' -> q.append("\\\\");
+                default -> {
+                    if (c < 0x20) q.append(String.format(Locale.ROOT, "\\u%04x", (int) c));
+                    else q.append(c);
+                }
+            }
+        }
+        return q.append('"').toString();
+    }
+
+    static String human(long bytes) {
+        if (bytes < 1024) return bytes + " B";
+        if (bytes < MIB) return String.format(Locale.ROOT, "%.1f KiB", bytes / 1024.0);
+        if (bytes < 1024 * MIB) return String.format(Locale.ROOT, "%.1f MiB", bytes / (double) MIB);
+        return String.format(Locale.ROOT, "%.2f GiB", bytes / (1024.0 * MIB));
+    }
+
+    // ---- helpers -------------------------------------------------------------------------------
+
+    private interface IndexAction {
+        void run(long i);
+    }
+
+    /** Runs {@code action} for 0 <= i < n on all cores. */
+    private static void parallel(long n, IndexAction action) {
+        LongStream.range(0, CollectivePlan.ceilDiv(n, PARALLEL_BLOCK)).parallel().forEach(b -> {
+            long end = Math.min(n, (b + 1) * PARALLEL_BLOCK);
+            for (long i = b * PARALLEL_BLOCK; i < end; i++) action.run(i);
+        });
+    }
+
+    /** Fills {@code b} with 0xFF bytes (NaN as floats), so that unwritten or overwritten bytes show. */
+    private void poison(DeviceBuffer b) {
+        device.makeCurrent();
+        CudaDriver.cuMemsetD8(b.pointer(), (byte) 0xFF, b.size());
+        device.synchronize();
+    }
+
+    private static boolean allBytes(MemorySegment s, byte value) {
+        for (long i = 0; i < s.byteSize(); i++) {
+            if (s.get(ValueLayout.JAVA_BYTE, i) != value) return false;
+        }
+        return true;
+    }
+}

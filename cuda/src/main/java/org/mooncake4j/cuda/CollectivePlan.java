@@ -1,0 +1,101 @@
+package org.mooncake4j.cuda;
+
+/**
+ * The arithmetic of the GPU collectives: grid sizes, pipeline chunks, and how a chunk is cut into
+ * parts and per-block slices. {@link CudaCollectives} uses it to launch; the slicing methods mirror
+ * the device code in {@code collectives.cu} (same formulas), so the partitions can be checked on a
+ * machine without a GPU. Every rank computes the same values from the same arguments, which the
+ * kernels' per-block barriers rely on.
+ */
+final class CollectivePlan {
+    /** Threads per block of every collective kernel. */
+    static final int THREADS = 512;
+    /** The width of the kernels' vector loads and stores. */
+    static final int VECTOR_BYTES = 16;
+    /** Two-shot all-reduce and all-gather cut a message into at least this many pipeline chunks ... */
+    static final int PIPELINE_CHUNKS = 4;
+    /** ... of at least this many bytes each (fewer chunks for smaller messages), at most one bank. */
+    static final long MIN_PIPELINE_CHUNK_BYTES = 4L << 20;
+
+    private CollectivePlan() {}
+
+    static long ceilDiv(long a, long b) { return (a + b - 1) / b; }
+
+    static long roundUp(long a, long m) { return ceilDiv(a, m) * m; }
+
+    /** Elements per 16-byte vector. */
+    static int vectorElements(int elementBytes) { return VECTOR_BYTES / elementBytes; }
+
+    /** Enough blocks that each thread of a block moves about one vector of a span of {@code bytes}; 1..limit. */
+    static int blocksFor(long bytes, int limit) {
+        return (int) Math.max(1, Math.min(limit, ceilDiv(bytes, (long) THREADS * VECTOR_BYTES)));
+    }
+
+    /**
+     * The largest all-reduce that {@link CudaCollectives.Algorithm#AUTO} runs one-shot. One-shot reads
+     * (n-1) copies of the message over NVLink with one barrier, two-shot 2(n-1)/n copies with two; at 2
+     * ranks the traffic is the same, at 8 one-shot moves 4x more, so the crossover falls with the size
+     * of the group. Tune with {@link CudaCollectives#setOneShotMaxBytes}.
+     */
+    static long defaultOneShotMaxBytes(int worldSize, long bankBytes) {
+        long t = worldSize <= 2 ? 1L << 20 : worldSize <= 4 ? 512L << 10 : 256L << 10;
+        return Math.min(t, bankBytes);
+    }
+
+    // ---- one-shot ------------------------------------------------------------------------------
+
+    static int oneShotBlocks(long count, int elementBytes, int limit) { return blocksFor(count * elementBytes, limit); }
+
+    // ---- two-shot ------------------------------------------------------------------------------
+
+    /**
+     * Elements per pipeline chunk of a two-shot all-reduce of {@code count}: a quarter of the message,
+     * at least {@link #MIN_PIPELINE_CHUNK_BYTES}, at most one bank, a whole number of vectors.
+     */
+    static long twoShotChunkElements(long count, int elementBytes, long bankBytes) {
+        int v = vectorElements(elementBytes);
+        long bankElements = bankBytes / elementBytes / v * v;
+        long target = Math.max(MIN_PIPELINE_CHUNK_BYTES / elementBytes, ceilDiv(count, PIPELINE_CHUNKS));
+        return Math.min(roundUp(target, v), bankElements);
+    }
+
+    /** Blocks of a two-shot all-reduce: enough for one part of the first chunk. */
+    static int twoShotBlocks(long count, long chunkElements, int elementBytes, int worldSize, int limit) {
+        long len = Math.min(count, chunkElements);
+        return blocksFor(partElements(len, worldSize, vectorElements(elementBytes)) * elementBytes, limit);
+    }
+
+    /** Elements per part of a chunk of {@code len} cut into {@code worldSize} parts of whole vectors (device: ch.part). */
+    static long partElements(long len, int worldSize, int vectorElements) {
+        return roundUp(ceilDiv(len, worldSize), vectorElements);
+    }
+
+    /** The elements of part {@code q} (device: part_size): the last parts may be shorter or empty. */
+    static long partSize(long len, long part, int q) {
+        long start = q * part;
+        return start >= len ? 0 : Math.min(part, len - start);
+    }
+
+    // ---- all-gather ----------------------------------------------------------------------------
+
+    /** Bytes per pipeline chunk of an all-gather of {@code bytes} per rank (same policy as two-shot, 16-byte multiples). */
+    static long allGatherChunkBytes(long bytes, long bankBytes) {
+        long target = Math.max(MIN_PIPELINE_CHUNK_BYTES, ceilDiv(bytes, PIPELINE_CHUNKS));
+        return Math.min(roundUp(target, VECTOR_BYTES), bankBytes / VECTOR_BYTES * VECTOR_BYTES);
+    }
+
+    static int allGatherBlocks(long bytes, long chunkBytes, int limit) { return blocksFor(Math.min(bytes, chunkBytes), limit); }
+
+    // ---- slices (device: block_range) ------------------------------------------------------------
+
+    /** Elements per block when {@code len} is split over {@code blocks} in whole vectors. */
+    static long sliceElements(long len, int blocks, int vectorElements) {
+        return roundUp(ceilDiv(len, blocks), vectorElements);
+    }
+
+    /** Block {@code block}'s range {@code [lo, hi)} of a span of {@code len} cut into slices of {@code slice}. */
+    static long[] blockRange(long len, long slice, int block) {
+        long lo = Math.min(block * slice, len);
+        return new long[] {lo, Math.min(lo + slice, len)};
+    }
+}

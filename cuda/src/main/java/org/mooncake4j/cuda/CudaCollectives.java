@@ -1,0 +1,290 @@
+package org.mooncake4j.cuda;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.VarHandle;
+import java.util.concurrent.TimeUnit;
+import org.mooncake4j.core.DType;
+
+/**
+ * All-reduce (sum) and all-gather among the ranks of a {@link SymmetricHeap}, by kernels that read the
+ * peers' heaps over NVLink ({@code collectives.cu}):
+ * <ul>
+ * <li>one-shot all-reduce (small messages): each rank stages its input in its heap, meets the others
+ *     at one barrier, and sums every rank's copy itself;</li>
+ * <li>two-shot all-reduce: each rank reduces 1/n of the message from the peers' staged copies, then
+ *     gathers the other ranks' reduced parts; messages larger than a heap bank, and large ones in
+ *     general, go in pipelined chunks;</li>
+ * <li>all-gather: each rank stages its input, then reads every peer's.</li>
+ * </ul>
+ * Sums are taken in rank order (bf16 in fp32, rounded once), so every rank gets the same bits.
+ *
+ * <p>Operations are queued on the caller's stream and return at once: nothing here waits for the GPU,
+ * and a call allocates nothing. Every flag wait on the GPU has a deadline ({@code timeoutNanos}); when
+ * a peer does not arrive in time the kernel records which ranks were missing in page-locked host
+ * memory and exits. {@link #check()} (after the stream has synchronized) or {@link #synchronize}
+ * turns that into a {@link CollectiveTimeoutException} naming them, and every later call throws it
+ * at once: the heap is unusable after a timeout.
+ *
+ * <p>Threading: calls are serialised (synchronized), but the ranks must issue the same operations, with
+ * the same sizes, in the same order, on one stream (or streams ordered one after the other): the
+ * kernels of consecutive operations rely on stream order for reusing the heap. Use one thread per
+ * rank.
+ *
+ * <p>Ownership: the caller keeps owning the heap and the module; {@link #close()} frees only the
+ * status memory, and must not race with queued operations.
+ */
+public final class CudaCollectives implements AutoCloseable {
+    /** How an all-reduce is computed. */
+    public enum Algorithm {
+        /** One-shot up to {@link #oneShotMaxBytes()}, else two-shot. */
+        AUTO,
+        /** Every rank reads every rank's full copy; messages up to one heap bank. */
+        ONE_SHOT,
+        /** Reduce-scatter then all-gather, pipelined in chunks; any size. */
+        TWO_SHOT
+    }
+
+    /** The longest timeout an operation takes. */
+    public static final long MAX_TIMEOUT_NANOS = TimeUnit.HOURS.toNanos(1);
+
+    private static final VarHandle INT = ValueLayout.JAVA_INT.varHandle();
+    private static final int STATUS_WORDS = 1 + SymmetricHeap.Layout.MAX_BLOCKS;
+
+    private final SymmetricHeap heap;
+    private final CudaDevice device;
+    private final CudaFunction oneShotF32;
+    private final CudaFunction oneShotBf16;
+    private final CudaFunction twoShotF32;
+    private final CudaFunction twoShotBf16;
+    private final CudaFunction allGatherBytes;
+    private final PinnedHostMemory status;
+    private final MemorySegment statusWords;
+    private final long[] heaps = new long[SymmetricHeap.MAX_RANKS];
+    private final int rank;
+    private final int worldSize;
+    private final int blocksLimit;
+    private final long dataOffset;
+    private final long bankBytes;
+    private long epoch;              // barriers used so far (flags only grow)
+    private long chunkSeq;           // chunks run so far (bank parity)
+    private long oneShotMaxBytes;
+    private long longestTimeoutNanos;
+    private boolean closed;
+
+    private CudaCollectives(SymmetricHeap heap, CudaModule kernels, PinnedHostMemory status) {
+        this.heap = heap;
+        this.device = heap.device();
+        this.oneShotF32 = kernels.function("allreduce_oneshot_f32");
+        this.oneShotBf16 = kernels.function("allreduce_oneshot_bf16");
+        this.twoShotF32 = kernels.function("allreduce_twoshot_f32");
+        this.twoShotBf16 = kernels.function("allreduce_twoshot_bf16");
+        this.allGatherBytes = kernels.function("allgather_bytes");
+        this.status = status;
+        this.statusWords = status.segment();
+        this.rank = heap.rank();
+        this.worldSize = heap.worldSize();
+        this.blocksLimit = heap.blocksLimit();
+        this.dataOffset = heap.layout().dataOffset();
+        this.bankBytes = heap.layout().bankBytes();
+        for (int q = 0; q < worldSize; q++) heaps[q] = heap.pointer(q);
+        this.oneShotMaxBytes = CollectivePlan.defaultOneShotMaxBytes(worldSize, bankBytes);
+    }
+
+    /**
+     * The collectives of {@code heap}, launched from {@code kernels} (the module of this jar's kernels,
+     * {@link CudaModule#loadKernels}, on the heap's device). Use one instance per heap: the instance
+     * counts the heap's barriers and chunks, which every rank must count alike.
+     */
+    public static CudaCollectives create(SymmetricHeap heap, CudaModule kernels) {
+        if (kernels.device() != heap.device()) {
+            throw new IllegalArgumentException("the kernels are loaded on " + kernels.device() + " but the heap lives on "
+                    + heap.device() + "; load them with CudaModule.loadKernels(heap.device())");
+        }
+        PinnedHostMemory status = PinnedHostMemory.allocate(heap.device(), STATUS_WORDS * 4L);
+        try {
+            status.segment().fill((byte) 0);
+            return new CudaCollectives(heap, kernels, status);
+        } catch (RuntimeException e) {
+            status.close();
+            throw e;
+        }
+    }
+
+    public SymmetricHeap heap() { return heap; }
+
+    /** The largest all-reduce (in bytes) that {@link Algorithm#AUTO} runs one-shot. */
+    public synchronized long oneShotMaxBytes() { return oneShotMaxBytes; }
+
+    /** Sets {@link #oneShotMaxBytes()}; every rank must set the same value. At most one heap bank. */
+    public synchronized void setOneShotMaxBytes(long bytes) {
+        if (bytes < 0 || bytes > bankBytes) {
+            throw new IllegalArgumentException("the one-shot limit must be 0.." + bankBytes + " bytes (one heap bank), got " + bytes);
+        }
+        oneShotMaxBytes = bytes;
+    }
+
+    /** The algorithm {@link Algorithm#AUTO} picks for an all-reduce of {@code bytes}. */
+    public synchronized Algorithm algorithmFor(long bytes) {
+        return bytes <= oneShotMaxBytes ? Algorithm.ONE_SHOT : Algorithm.TWO_SHOT;
+    }
+
+    /** {@link #allReduce(long, long, long, DType, CudaStream, long, Algorithm)} with {@link Algorithm#AUTO}. */
+    public void allReduce(long src, long dst, long count, DType dtype, CudaStream stream, long timeoutNanos) {
+        allReduce(src, dst, count, dtype, stream, timeoutNanos, Algorithm.AUTO);
+    }
+
+    /**
+     * Queues {@code dst[i] = sum over ranks of src[i]} for {@code count} elements of {@code dtype}
+     * ({@link DType#FLOAT32} or {@link DType#BFLOAT16}) on {@code stream}. {@code src} and {@code dst}
+     * are device pointers on the heap's device; they may be equal (in place), but must not overlap
+     * otherwise. Every wait on a peer gives up after {@code timeoutNanos}; see {@link #check()}.
+     */
+    public synchronized void allReduce(long src, long dst, long count, DType dtype, CudaStream stream, long timeoutNanos,
+                                       Algorithm algorithm) {
+        checkAllReduce(src, dst, count, dtype, timeoutNanos, algorithm, bankBytes);
+        prepare(stream, timeoutNanos);
+        if (count == 0) return;
+        int es = dtype.byteSize();
+        boolean f32 = dtype == DType.FLOAT32;
+        Algorithm a = algorithm == Algorithm.AUTO ? algorithmFor(count * es) : algorithm;
+        if (a == Algorithm.ONE_SHOT) {
+            launch(f32 ? oneShotF32 : oneShotBf16, stream, CollectivePlan.oneShotBlocks(count, es, blocksLimit), src, dst,
+                    count, 0, 1, 1, timeoutNanos);
+        } else {
+            long chunk = CollectivePlan.twoShotChunkElements(count, es, bankBytes);
+            long chunks = CollectivePlan.ceilDiv(count, chunk);
+            launch(f32 ? twoShotF32 : twoShotBf16, stream,
+                    CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit), src, dst, count, chunk,
+                    2 * chunks, chunks, timeoutNanos);
+        }
+    }
+
+    /**
+     * Queues {@code dst[q * bytesPerRank + i] = rank q's src[i]} on {@code stream}. {@code dst} holds
+     * {@code worldSize * bytesPerRank} bytes; {@code src} may be this rank's slot of {@code dst} (in
+     * place), but must not overlap {@code dst} otherwise. Any alignment works; 16-byte aligned pointers
+     * and a multiple of 16 bytes per rank are fastest.
+     */
+    public synchronized void allGather(long src, long dst, long bytesPerRank, CudaStream stream, long timeoutNanos) {
+        checkAllGather(src, dst, bytesPerRank, worldSize, rank, timeoutNanos);
+        prepare(stream, timeoutNanos);
+        if (bytesPerRank == 0) return;
+        long chunk = CollectivePlan.allGatherChunkBytes(bytesPerRank, bankBytes);
+        long chunks = CollectivePlan.ceilDiv(bytesPerRank, chunk);
+        launch(allGatherBytes, stream, CollectivePlan.allGatherBlocks(bytesPerRank, chunk, blocksLimit), src, dst,
+                bytesPerRank, chunk, chunks, chunks, timeoutNanos);
+    }
+
+    /**
+     * Throws {@link CollectiveTimeoutException} when a kernel of this heap timed out, naming the ranks
+     * that did not arrive. It sees the kernels that have finished: call it after the stream (or an
+     * event recorded after the operation) has synchronized. Reads page-locked memory; never blocks.
+     */
+    public void check() {
+        if ((int) INT.getVolatile(statusWords, 0L) == 0) return;
+        int mask = 0;
+        for (int b = 1; b < STATUS_WORDS; b++) mask |= (int) INT.getVolatile(statusWords, 4L * b);
+        long timeout;
+        synchronized (this) {
+            timeout = longestTimeoutNanos;
+        }
+        throw new CollectiveTimeoutException(rank, device.toString(), CollectiveTimeoutException.ranksOf(mask), timeout);
+    }
+
+    /** Waits for {@code stream}, then {@link #check()}. */
+    public void synchronize(CudaStream stream) {
+        stream.synchronize();
+        check();
+    }
+
+    private void prepare(CudaStream stream, long timeoutNanos) {
+        if (closed) throw new IllegalStateException("these collectives are closed");
+        if (stream.device() != device) {
+            throw new IllegalArgumentException("the stream belongs to " + stream.device() + " but the symmetric heap of rank "
+                    + rank + " lives on " + device + "; queue collectives on a stream of the heap's device");
+        }
+        check();
+        longestTimeoutNanos = Math.max(longestTimeoutNanos, timeoutNanos);
+    }
+
+    private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long count, long chunk,
+                        long barriers, long chunks, long timeoutNanos) {
+        KernelArgs a = KernelArgs.begin().ptr(src).ptr(dst).u64(count).u64(chunk);
+        for (long h : heaps) a.ptr(h);
+        a.i32(rank).i32(worldSize).u64(dataOffset).u64(bankBytes).u64(epoch).u64(chunkSeq).u64(timeoutNanos)
+                .ptr(status.devicePointer());
+        f.launch(stream, blocks, CollectivePlan.THREADS, a);
+        epoch += barriers;
+        chunkSeq += chunks;
+    }
+
+    // ---- argument checks (no GPU needed) ---------------------------------------------------------
+
+    static void checkAllReduce(long src, long dst, long count, DType dtype, long timeoutNanos, Algorithm algorithm,
+                               long bankBytes) {
+        if (dtype != DType.FLOAT32 && dtype != DType.BFLOAT16) {
+            throw new IllegalArgumentException("GPU all_reduce sums float32 or bfloat16, not " + dtype.torchName());
+        }
+        if (algorithm == null) throw new IllegalArgumentException("algorithm must not be null (use Algorithm.AUTO)");
+        if (count < 0) throw new IllegalArgumentException("element count must not be negative, got " + count);
+        checkTimeout(timeoutNanos);
+        if (count == 0) return;
+        int es = dtype.byteSize();
+        if (count > Long.MAX_VALUE / es) throw new IllegalArgumentException("element count " + count + " is too large");
+        checkPointer("src", src, es, dtype);
+        checkPointer("dst", dst, es, dtype);
+        long bytes = count * es;
+        if (src != dst && src < dst + bytes && dst < src + bytes) {
+            throw new IllegalArgumentException("src [0x" + Long.toHexString(src) + ", +" + bytes + ") and dst [0x"
+                    + Long.toHexString(dst) + ", +" + bytes + ") overlap; pass the same pointer for an in-place all_reduce,"
+                    + " or separate buffers");
+        }
+        if (algorithm == Algorithm.ONE_SHOT && bytes > bankBytes) {
+            throw new IllegalArgumentException("one-shot all_reduce takes at most " + bankBytes + " bytes (one bank of the"
+                    + " symmetric heap), got " + bytes + "; use TWO_SHOT or AUTO, or a larger heap");
+        }
+    }
+
+    static void checkAllGather(long src, long dst, long bytesPerRank, int worldSize, int rank, long timeoutNanos) {
+        if (bytesPerRank < 0) throw new IllegalArgumentException("bytes per rank must not be negative, got " + bytesPerRank);
+        checkTimeout(timeoutNanos);
+        if (bytesPerRank == 0) return;
+        if (bytesPerRank > Long.MAX_VALUE / worldSize) throw new IllegalArgumentException("bytes per rank " + bytesPerRank + " is too large");
+        if (src == 0 || dst == 0) throw new IllegalArgumentException("src and dst must be device pointers, got null");
+        long total = bytesPerRank * worldSize;
+        long slot = dst + rank * bytesPerRank;
+        if (src != slot && src < dst + total && dst < src + bytesPerRank) {
+            throw new IllegalArgumentException("src [0x" + Long.toHexString(src) + ", +" + bytesPerRank + ") overlaps dst [0x"
+                    + Long.toHexString(dst) + ", +" + total + ") other than at this rank's slot (0x" + Long.toHexString(slot)
+                    + "); pass dst + rank * bytesPerRank for an in-place all_gather, or separate buffers");
+        }
+    }
+
+    private static void checkTimeout(long timeoutNanos) {
+        if (timeoutNanos <= 0 || timeoutNanos > MAX_TIMEOUT_NANOS) {
+            throw new IllegalArgumentException("timeout must be 1 ns .. 1 h, got " + timeoutNanos + " ns");
+        }
+    }
+
+    private static void checkPointer(String name, long p, int alignment, DType dtype) {
+        if (p == 0) throw new IllegalArgumentException(name + " must be a device pointer, got null");
+        if (p % alignment != 0) {
+            throw new IllegalArgumentException(name + " 0x" + Long.toHexString(p) + " is not aligned to the " + alignment
+                    + " bytes of " + dtype.torchName());
+        }
+    }
+
+    /** Frees the status memory (not the heap or the module); idempotent. */
+    @Override
+    public synchronized void close() {
+        if (closed) return;
+        closed = true;
+        status.close();
+    }
+
+    @Override
+    public String toString() {
+        return "CudaCollectives(" + heap + ", one-shot up to " + oneShotMaxBytes + " bytes)";
+    }
+}

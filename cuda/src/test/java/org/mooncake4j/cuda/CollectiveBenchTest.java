@@ -1,0 +1,117 @@
+package org.mooncake4j.cuda;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.util.HashSet;
+import java.util.List;
+import java.util.Map;
+import java.util.Set;
+import org.junit.jupiter.api.Test;
+import org.mooncake4j.core.internal.FloatFormats;
+
+/** The GPU harness's settings, inputs and report formats; no GPU needed. */
+class CollectiveBenchTest {
+    private static final long MIB = 1L << 20;
+
+    @Test
+    void settingsComeFromTheEnvironmentWithDefaults() {
+        CollectiveBench.Config c = CollectiveBench.Config.fromEnv(Map.of("RANK", "1", "WORLD_SIZE", "4", "RDV_DIR", "/tmp/rdv"));
+        assertThat(c.rank()).isEqualTo(1);
+        assertThat(c.worldSize()).isEqualTo(4);
+        assertThat(c.heapBytes()).isEqualTo(257 * MIB);
+        assertThat(c.sharing()).isEqualTo(SymmetricHeap.Sharing.AUTO);
+        assertThat(c.phases()).containsExactlyInAnyOrder("check", "time", "fault");
+        assertThat(c.checkMaxBytes()).isEqualTo(1024 * MIB);
+        assertThat(c.timeMaxBytes()).isEqualTo(512 * MIB);
+        assertThat(c.oneShotMaxBytes()).isEqualTo(-1);
+        assertThat(c.faultTimeoutNanos()).isEqualTo(2_000_000_000L);
+
+        CollectiveBench.Config d = CollectiveBench.Config.fromEnv(Map.of("RANK", "0", "WORLD_SIZE", "2", "RDV_DIR", "/x",
+                "PHASES", "time", "SHARING", "ipc", "ONESHOT_MAX_BYTES", "65536", "HEAP_MIB", "64"));
+        assertThat(d.phases()).containsExactly("time");
+        assertThat(d.sharing()).isEqualTo(SymmetricHeap.Sharing.LEGACY_IPC);
+        assertThat(d.oneShotMaxBytes()).isEqualTo(65536);
+        assertThat(d.heapBytes()).isEqualTo(64 * MIB);
+    }
+
+    @Test
+    void missingOrWrongSettingsSayWhatToSet() {
+        assertThatThrownBy(() -> CollectiveBench.Config.fromEnv(Map.of("WORLD_SIZE", "2", "RDV_DIR", "/x")))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("RANK is not set");
+        assertThatThrownBy(() -> CollectiveBench.Config.fromEnv(Map.of("RANK", "2", "WORLD_SIZE", "2", "RDV_DIR", "/x")))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("RANK=2 must be in 0..WORLD_SIZE-1");
+        assertThatThrownBy(() -> CollectiveBench.Config.fromEnv(Map.of("RANK", "0", "WORLD_SIZE", "2")))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("RDV_DIR is not set");
+        assertThatThrownBy(() -> CollectiveBench.Config.fromEnv(Map.of("RANK", "0", "WORLD_SIZE", "2", "RDV_DIR", "/x",
+                "PHASES", "check,bench"))).isInstanceOf(IllegalArgumentException.class).hasMessageContaining("unknown phase 'bench'");
+        assertThatThrownBy(() -> CollectiveBench.Config.fromEnv(Map.of("RANK", "0", "WORLD_SIZE", "two", "RDV_DIR", "/x")))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("WORLD_SIZE=two is not an integer");
+    }
+
+    @Test
+    void timedSizesAreThoseOfTorchBaselines() {
+        // torch_baselines.py: for p in range(3, 31, 2): n = max(1, (1 << p) // 4) floats
+        List<Long> sizes = CollectiveBench.timedSizes(512 * MIB);
+        assertThat(sizes).hasSize(14);
+        assertThat(sizes.getFirst()).isEqualTo(8);
+        assertThat(sizes.get(1)).isEqualTo(32);
+        assertThat(sizes.getLast()).isEqualTo(512 * MIB);
+        for (int i = 1; i < sizes.size(); i++) assertThat(sizes.get(i)).isEqualTo(4 * sizes.get(i - 1));
+        assertThat(CollectiveBench.timedSizes(MIB)).hasSize(9).endsWith(512 * 1024L);
+        assertThatThrownBy(() -> CollectiveBench.timedSizes(4)).isInstanceOf(IllegalArgumentException.class);
+    }
+
+    @Test
+    void inputsAreSmallIntegersOrBf16ValuesThatDifferByRankAndIndex() {
+        Set<Float> f32 = new HashSet<>();
+        Set<Short> bf16 = new HashSet<>();
+        for (long i = 0; i < 10_000; i++) {
+            float v = CollectiveBench.f32Value(5, 2, i);
+            assertThat(v).isBetween(-64f, 64f);
+            assertThat(v).isEqualTo((float) Math.rint(v));
+            f32.add(v);
+            float b = FloatFormats.bf16ToFloat(CollectiveBench.bf16Value(5, 2, i));
+            assertThat(Math.abs(b)).isLessThanOrEqualTo(31.25f);
+            bf16.add(CollectiveBench.bf16Value(5, 2, i));
+        }
+        assertThat(f32).hasSize(129);
+        assertThat(bf16.size()).isGreaterThan(1000);
+        assertThat(CollectiveBench.f32Value(5, 2, 7)).isEqualTo(CollectiveBench.f32Value(5, 2, 7));
+        int differs = 0;
+        for (long i = 0; i < 1000; i++) {
+            if (CollectiveBench.f32Value(5, 0, i) != CollectiveBench.f32Value(5, 1, i)) differs++;
+            if (CollectiveBench.byteValue(5, 0, i) != CollectiveBench.byteValue(6, 0, i)) differs++;
+        }
+        assertThat(differs).isGreaterThan(1900);
+    }
+
+    @Test
+    void jsonHasTheRowsOfTorchBaselinesAndTheDetail() {
+        List<CollectiveBench.Row> rows = List.of(
+                new CollectiveBench.Row(8, 2, "one-shot", 10.0, 10.0, 20.0),
+                new CollectiveBench.Row(512 * MIB, 128 * MIB, "two-shot", 2000.0, Double.NaN, 2000.0));
+        String json = CollectiveBench.json(4, "NVIDIA H200", "SHAREABLE", rows);
+        // busbw = bytes / time * 2(n-1)/n: 8 B in 10 us = 0.0008 GB/s, * 1.5 = 0.0012
+        assertThat(json).startsWith("{\"world\": 4, \"device\": \"NVIDIA H200\", \"heap\": \"SHAREABLE\", \"dtype\": \"float32\"")
+                .contains("\"mooncake_allreduce\": [[8, 10.0000, 0.0012], [536870912, 2000.0000, 402.6532]]")
+                .contains("{\"bytes\": 8, \"count\": 2, \"algorithm\": \"one-shot\", \"time_us\": 10.0000, \"algbw_GBps\": 0.0008,"
+                        + " \"busbw_GBps\": 0.0012, \"one_shot_us\": 10.0000, \"two_shot_us\": 20.0000}")
+                .contains("\"one_shot_us\": null")
+                .endsWith("]}\n");
+        assertThat(rows.get(1).algbw()).isCloseTo(268.435456, org.assertj.core.data.Offset.offset(1e-9));
+        assertThat(rows.get(1).busbw(2)).isEqualTo(rows.get(1).algbw());
+        assertThat(rows.get(1).busbw(1)).isZero();
+    }
+
+    @Test
+    void tableLooksLikeNcclTests() {
+        String t = CollectiveBench.table(2, "cuda:0 (NVIDIA H200)", null, List.of(new CollectiveBench.Row(1024, 256, "one-shot", 7.5,
+                7.5, Double.NaN)));
+        assertThat(t).contains("# mooncake all_reduce (sum, float32), 2 ranks on cuda:0 (NVIDIA H200)")
+                .contains("size(B)").contains("busbw(GB/s)")
+                .containsPattern("\\s+1024\\s+256\\s+one-shot\\s+7\\.50\\s+0\\.14\\s+0\\.14\\s+7\\.50\\s+-");
+        assertThat(CollectiveBench.human(1L << 30)).isEqualTo("1.00 GiB");
+        assertThat(CollectiveBench.human(1001)).isEqualTo("1001 B");
+    }
+}

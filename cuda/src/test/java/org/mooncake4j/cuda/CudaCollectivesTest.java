@@ -1,0 +1,96 @@
+package org.mooncake4j.cuda;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.nio.charset.StandardCharsets;
+import java.util.List;
+import org.junit.jupiter.api.Test;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.cuda.CudaCollectives.Algorithm;
+
+/** What the GPU collectives refuse before queueing anything, and how a timeout is reported; no GPU needed. */
+class CudaCollectivesTest {
+    private static final long MS = 1_000_000L;
+    private static final long BANK = 128L << 20;
+    private static final long A = 0x7f00_0000_0000L;     // a plausible device address
+    private static final long B = 0x7f10_0000_0000L;
+
+    @Test
+    void allReduceAcceptsFloat32AndBfloat16InPlaceOrSeparate() {
+        CudaCollectives.checkAllReduce(A, B, 1000, DType.FLOAT32, 10 * MS, Algorithm.AUTO, BANK);
+        CudaCollectives.checkAllReduce(A, A, 1000, DType.BFLOAT16, 10 * MS, Algorithm.TWO_SHOT, BANK);
+        CudaCollectives.checkAllReduce(A + 2, B + 6, 1, DType.BFLOAT16, 10 * MS, Algorithm.ONE_SHOT, BANK);
+        CudaCollectives.checkAllReduce(0, 0, 0, DType.FLOAT32, 10 * MS, Algorithm.AUTO, BANK);  // nothing to do
+        CudaCollectives.checkAllReduce(A, A + 4000, 1000, DType.FLOAT32, 10 * MS, Algorithm.AUTO, BANK); // adjacent
+    }
+
+    @Test
+    void allReduceRefusesWhatTheKernelsCannotDo() {
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, 10, DType.INT32, MS, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("GPU all_reduce sums float32 or bfloat16, not int32");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, 10, DType.FLOAT16, MS, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("not float16");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, -1, DType.FLOAT32, MS, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must not be negative, got -1");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, 10, DType.FLOAT32, 0, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("timeout must be 1 ns .. 1 h, got 0 ns");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, 10, DType.FLOAT32, 2 * CudaCollectives.MAX_TIMEOUT_NANOS,
+                Algorithm.AUTO, BANK)).isInstanceOf(IllegalArgumentException.class).hasMessageContaining("timeout");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(0, B, 10, DType.FLOAT32, MS, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("src must be a device pointer, got null");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B + 2, 10, DType.FLOAT32, MS, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("dst 0x7f1000000002 is not aligned to the 4 bytes of float32");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, A + 8, 10, DType.FLOAT32, MS, Algorithm.AUTO, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlap")
+                .hasMessageContaining("same pointer for an in-place all_reduce");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, BANK / 4 + 1, DType.FLOAT32, MS, Algorithm.ONE_SHOT, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("one-shot all_reduce takes at most " + BANK)
+                .hasMessageContaining("use TWO_SHOT or AUTO");
+        assertThatThrownBy(() -> CudaCollectives.checkAllReduce(A, B, 10, DType.FLOAT32, MS, null, BANK))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("Algorithm.AUTO");
+    }
+
+    @Test
+    void allGatherAcceptsSeparateBuffersOrThisRanksSlot() {
+        CudaCollectives.checkAllGather(A, B, 1001, 4, 2, MS);
+        CudaCollectives.checkAllGather(B + 2 * 1001, B, 1001, 4, 2, MS);   // in place
+        CudaCollectives.checkAllGather(B + 4 * 1001, B, 1001, 4, 2, MS);   // just past dst
+        CudaCollectives.checkAllGather(0, 0, 0, 4, 2, MS);
+        assertThatThrownBy(() -> CudaCollectives.checkAllGather(B + 1001, B, 1001, 4, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("other than at this rank's slot")
+                .hasMessageContaining("dst + rank * bytesPerRank");
+        assertThatThrownBy(() -> CudaCollectives.checkAllGather(B - 10, B, 1001, 4, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlaps");
+        assertThatThrownBy(() -> CudaCollectives.checkAllGather(A, 0, 16, 4, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("device pointers");
+        assertThatThrownBy(() -> CudaCollectives.checkAllGather(A, B, -5, 4, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must not be negative");
+    }
+
+    @Test
+    void aTimeoutNamesTheMissingRanksAndWhatToDo() {
+        assertThat(CollectiveTimeoutException.ranksOf(0b1001)).containsExactly(0, 3);
+        assertThat(CollectiveTimeoutException.ranksOf(1 << 7)).containsExactly(7);
+        assertThat(CollectiveTimeoutException.ranksOf(0)).isEmpty();
+        CollectiveTimeoutException e = new CollectiveTimeoutException(0, "cuda:0 (NVIDIA H200)", List.of(3), 2_000 * MS);
+        assertThat(e).isInstanceOf(org.mooncake4j.core.TimeoutException.class);
+        assertThat(e.missingRanks()).containsExactly(3);
+        assertThat(e.getMessage()).startsWith("GPU collective on rank 0 (cuda:0 (NVIDIA H200)): rank 3 did not arrive within"
+                + " the timeout of 2000 ms.").contains("report [3] as failed").contains("new SymmetricHeap")
+                .contains("that rank is alive");
+        assertThat(new CollectiveTimeoutException(1, "cuda:1", List.of(0, 2), MS).getMessage()).contains("ranks [0, 2] did not arrive")
+                .contains("those ranks are alive");
+    }
+
+    /** The names CudaCollectives looks up must be in the fatbin (when this machine built it). */
+    @Test
+    void builtKernelsIncludeEveryCollective() {
+        if (CudaModule.class.getResource(CudaModule.FATBIN_RESOURCE) == null) return;
+        String image = new String(CudaModule.readKernelImage(CudaModule.FATBIN_RESOURCE), StandardCharsets.ISO_8859_1);
+        for (String k : List.of("allreduce_oneshot_f32", "allreduce_oneshot_bf16", "allreduce_twoshot_f32",
+                "allreduce_twoshot_bf16", "allgather_bytes")) {
+            assertThat(image).as("kernel %s in kernels.fatbin", k).contains(k);
+        }
+    }
+}
