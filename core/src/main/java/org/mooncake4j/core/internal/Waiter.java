@@ -34,13 +34,27 @@ public final class Waiter {
     private static int configuredSpins() {
         String s = System.getProperty("mooncake4j.spin", System.getenv("MOONCAKE_SPIN"));
         if (s != null) return Integer.parseInt(s.trim());
-        int cores = Runtime.getRuntime().availableProcessors();
-        String local = System.getenv("LOCAL_WORLD_SIZE") != null ? System.getenv("LOCAL_WORLD_SIZE") : System.getenv("WORLD_SIZE");
-        int busy = local == null ? 1 : Integer.parseInt(local.trim());
         // every process has a core of its own with room to spare for the JVM's other threads: spin ~tens
         // of microseconds, a peer's answer usually comes sooner; otherwise a spinner only delays the peer
         // (or a JIT/GC thread the peer waits behind): hand the core over almost at once
-        return cores >= 2 * busy ? 20_000 : 50;
+        return spareCores() ? 20_000 : 50;
+    }
+
+    /**
+     * True when this host has at least two cores per busy process of the job ({@code LOCAL_WORLD_SIZE},
+     * else {@code WORLD_SIZE}, else 1): a runnable thread then gets a core within microseconds, not
+     * after the scheduler's time slices of other processes.
+     */
+    public static boolean spareCores() {
+        int cores = Runtime.getRuntime().availableProcessors();
+        String local = System.getenv("LOCAL_WORLD_SIZE") != null ? System.getenv("LOCAL_WORLD_SIZE") : System.getenv("WORLD_SIZE");
+        int busy;
+        try {
+            busy = local == null ? 1 : Integer.parseInt(local.trim());
+        } catch (NumberFormatException e) {
+            busy = 1;
+        }
+        return cores >= 2 * busy;
     }
 
     /** Reads the word with acquire semantics. */

@@ -73,6 +73,7 @@ public final class FailureAgreement implements AutoCloseable {
     private final String group;
     private final int rank;
     private final Duration timeout;
+    private final long graceNanos;
     private volatile GroupState latest;
     private volatile boolean closed;
     private Thread watcher;
@@ -83,8 +84,39 @@ public final class FailureAgreement implements AutoCloseable {
         this.group = group;
         this.rank = rank;
         this.timeout = timeout;
+        this.graceNanos = suspectGraceNanos(timeout);
         warmUp();
     }
+
+    /**
+     * How long the agreement waits for members that a peer timed out on and that have not reported
+     * (they may be alive and only slow) before it drops them. A live member reports within
+     * milliseconds of the recovery's start (its waits end as soon as its watcher sees the state flip);
+     * only a starved CPU delays it. So: 50 ms on a host with two cores per local rank, else a quarter
+     * of the timeout (at least 250 ms, at most 2 s). {@code MOONCAKE_SUSPECT_GRACE_MS} (or
+     * {@code -Dmooncake4j.suspectGraceMs}) sets it, e.g. higher for processes with long GC pauses.
+     */
+    static long suspectGraceNanos(Duration timeout) {
+        String s = System.getProperty("mooncake4j.suspectGraceMs", System.getenv("MOONCAKE_SUSPECT_GRACE_MS"));
+        if (s != null && !s.isBlank()) {
+            long ms;
+            try {
+                ms = Long.parseLong(s.trim());
+            } catch (NumberFormatException e) {
+                ms = -1;
+            }
+            if (ms < 0) {
+                throw new IllegalArgumentException("MOONCAKE_SUSPECT_GRACE_MS must be a whole number of milliseconds >= 0, got '" + s
+                        + "'; unset it for the default (50 ms with two cores per local rank, else a quarter of the timeout)");
+            }
+            return ms * 1_000_000L;
+        }
+        if (org.mooncake4j.core.internal.Waiter.spareCores()) return Math.min(50_000_000L, timeout.toNanos() / 4);
+        return Math.min(Math.max(250_000_000L, timeout.toNanos() / 4), 2_000_000_000L);
+    }
+
+    /** The grace period in force (see {@link #suspectGraceNanos}). */
+    public Duration suspectGrace() { return Duration.ofNanos(graceNanos); }
 
     private static volatile boolean warm;
 
@@ -227,8 +259,7 @@ public final class FailureAgreement implements AutoCloseable {
             if (store.compareAndSet(reportsKey, cur, next)) break;
         }
         LOG.info("failure suspected group={} rank={} epoch={} report=[{}]", group, rank, e, report.encode());
-        // a timed-out suspect that is merely slow (a loaded machine) gets a quarter of the timeout to report
-        long graceNanos = Math.min(Math.max(250_000_000L, timeout.toNanos() / 4), 2_000_000_000L);
+        // a timed-out suspect that is merely slow gets the grace period to report (suspectGraceNanos)
         Deadline hard = Deadline.after(timeout);
         long graceEnd = System.nanoTime() + graceNanos;
         while (true) {
