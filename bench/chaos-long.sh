@@ -19,8 +19,14 @@ cmd=${1:-}; dir=${2:-}
 [ -n "$cmd" ] && [ -n "$dir" ] || { sed -n '2,17p' "$0"; exit 2; }
 shift 2
 
+JDK25=/usr/lib/jvm/temurin-25-jdk-amd64
 case "$cmd" in
 stage)
+  # Maven must run on JDK 25 (the build's JVM options need it)
+  if [ -z "${JAVA_HOME:-}" ] || ! "$JAVA_HOME/bin/java" -version 2>&1 | grep -q '"25'; then
+    [ -x "$JDK25/bin/java" ] || { echo "chaos-long: set JAVA_HOME to a JDK 25 (none at $JDK25)" >&2; exit 1; }
+    export JAVA_HOME=$JDK25
+  fi
   mkdir -p "$dir"
   dir=$(cd "$dir" && pwd)
   rm -rf "$dir/classes" "$dir/test-classes" "$dir/lib"
@@ -45,7 +51,7 @@ run)
   done
   netcut=${netcut:-$((streams / 3))}
   JAVA=${JAVA:-${JAVA_HOME:+$JAVA_HOME/bin/java}}
-  JAVA=${JAVA:-/usr/lib/jvm/temurin-25-jdk-amd64/bin/java}
+  JAVA=${JAVA:-$JDK25/bin/java}
   "$JAVA" -version 2>&1 | grep -q '"25' || { echo "chaos-long: $JAVA is not a Java 25 runtime; set JAVA or JAVA_HOME" >&2; exit 1; }
   dir=$(cd "$dir" && pwd)
   mkdir -p "$out"; out=$(cd "$out" && pwd)
