@@ -359,10 +359,10 @@ public final class EtcdStore implements MetadataStore {
     }
 
     private StoreException unreachable(String detail, Throwable cause) {
-        return new StoreException("Error from etcd client: cannot reach etcd at " + uri + " : " + detail
+        return new StoreException("Error from etcd client: cannot reach etcd at " + uri + ": " + detail
                 + ". Start etcd listening on an address peers can reach (e.g. etcd --listen-client-urls http://0.0.0.0:2379"
                 + " --advertise-client-urls http://<this-host-ip>:2379), verify with curl http://" + hostPort(endpoints.getFirst())
-                + "/version, and unset http_proxy/https_proxy.", cause);
+                + "/version, and that no gRPC proxy is configured for this JVM (GRPC_PROXY_EXP, -Dhttps.proxyHost).", cause);
     }
 
     /** What a plain TCP connection to each endpoint finds, within {@code budgetNanos} in all. */

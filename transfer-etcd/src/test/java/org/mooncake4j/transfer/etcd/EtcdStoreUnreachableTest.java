@@ -24,12 +24,12 @@ class EtcdStoreUnreachableTest {
             long start = System.nanoTime();
             assertThatThrownBy(() -> s.get("k"))
                     .isInstanceOf(StoreException.class)
-                    .hasMessageStartingWith("Error from etcd client: cannot reach etcd at " + uri + " : get of key 'k': ")
+                    .hasMessageStartingWith("Error from etcd client: cannot reach etcd at " + uri + ": get of key 'k': ")
                     .hasMessageContaining("127.0.0.1:" + port + ": connection refused")
                     .hasMessageContaining("Start etcd listening on an address peers can reach (e.g. etcd --listen-client-urls http://0.0.0.0:2379"
                             + " --advertise-client-urls http://<this-host-ip>:2379)")
                     .hasMessageContaining("verify with curl http://127.0.0.1:" + port + "/version")
-                    .hasMessageEndingWith("and unset http_proxy/https_proxy.");
+                    .hasMessageEndingWith("and that no gRPC proxy is configured for this JVM (GRPC_PROXY_EXP, -Dhttps.proxyHost).");
             long tookMs = (System.nanoTime() - start) / 1_000_000;
             assertThat(tookMs).as("failed by the operation timeout, ms").isLessThan(1500);
 
