@@ -323,7 +323,7 @@ __device__ void allreduce_oneshot(const T* in, T* out, uint64_t count, const Com
 }
 
 // ---- two-shot all-reduce -----------------------------------------------------------------------
-// Per chunk of at most `chunk` elements (chunk * sizeof(T) <= bank_bytes), cut into NR parts:
+// (pull variant) Per chunk of at most `chunk` elements (chunk * sizeof(T) <= bank_bytes), cut into NR parts:
 //   stage:   copy the input's parts q != rank into this rank's bank (block b: slice b of each part)
 //   barrier 1
 //   reduce:  part `rank` = own input + every peer's staged copy, in rank order; written to the
@@ -346,7 +346,9 @@ __device__ __forceinline__ Chunking two_shot_chunk(uint64_t count, uint64_t chun
     Chunking ch;
     ch.base = k * chunk;
     ch.len = min_u64(chunk, count - ch.base);
-    ch.part = round_up(ceil_div(ch.len, NR), V);
+    // the first chunk's part for every chunk, as in push_chunk: block b's bytes of the bank must stay
+    // put from chunk to chunk, since block b of a peer only waits for block b (see the push variant)
+    ch.part = round_up(ceil_div(min_u64(chunk, count), NR), V);
     ch.slice = round_up(ceil_div(ch.part, gridDim.x), V);
     return ch;
 }
@@ -408,6 +410,181 @@ __device__ void allreduce_twoshot(const T* in, T* out, uint64_t count, uint64_t 
             }
         } else {
             two_shot_gather<T, NR>(out, c, ch, k, threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+// ---- two-shot all-reduce, push variant -----------------------------------------------------------
+// The same chunks as the pull variant, cut into parts and per-block slices alike except that every
+// chunk uses the first chunk's part (push_chunk), but every byte crosses NVLink as a store into the
+// peer's heap, and every load is local. Within the bank of chunk k of every rank
+// (elements from the bank start; 2 * NR * part * sizeof(T) <= bank_bytes, see
+// CollectivePlan.pushChunkElements):
+//   receive slot s   [s * part, (s + 1) * part):                 part `rank` of rank s's input
+//   gather slot q    [(NR + q) * part, (NR + q + 1) * part):     rank q's reduced part q
+// Per chunk:
+//   scatter: part j of the input -> rank j's receive slot `rank` (j != rank; one 16-byte vector for
+//            every peer per loop step, so each rank's stores go to all peers at once)
+//   barrier 1
+//   reduce:  part `rank` = own input + receive slots, in rank order (local loads); the sum goes to the
+//            output and into gather slot `rank` of every peer (NVLink stores)
+//   barrier 2
+//   copy:    gather slots q != rank -> the output (local)
+// From the second chunk on, half the warps scatter chunk k+1 while the other half copies chunk k.
+// Bank reuse: chunk k+1 is written into a peer's bank of chunk k-1 only after the writer passed
+// barrier 2 of chunk k, which the peer enters after it reduced chunk k-1 (before its barrier 2) and
+// copied chunk k-1 out (before its barrier 1 of chunk k); gather slots of chunk k+1 are written after
+// barrier 1 of chunk k+1. Across kernels the argument is the one of the pull variant.
+// That argument holds per block index only: block b of the writer waits for block b of the peer,
+// never for the peer's other blocks, which may be many chunks behind (blocks run at their own pace,
+// and here they write each other's memory). So every chunk of a kernel must put block b's bytes of
+// every slot at the same place: push_chunk cuts all chunks with the part and slice of the first one,
+// and the last chunk's parts are just shorter or empty. (Cutting the last, shorter chunk with its own
+// smaller part moved the slots and slices, so block b of a fast rank stored chunk L into bytes that a
+// slow block b'' of the peer had yet to read for chunk L-2, L-4, ...: wrong sums from ~1 GiB on.)
+// CollectivePlanTest.pushBlocksOwnTheirBankBytesInEveryChunk checks this on the host. Between kernels
+// the slots may move: a rank starts the next kernel only after all its blocks passed the last
+// barriers, i.e. after every block of every peer arrived there, done with the other bank.
+
+// Chunk k of the push variant: like two_shot_chunk, but part and slice are those of the first chunk
+// (min(chunk, count) elements) for every chunk, so that the slots and each block's slice of them stay
+// put from chunk to chunk (see above; CollectivePlan.pushPartElements).
+template <typename T, int NR>
+__device__ __forceinline__ Chunking push_chunk(uint64_t count, uint64_t chunk, uint64_t k) {
+    constexpr int V = VecMath<T>::kElems;
+    Chunking ch;
+    ch.base = k * chunk;
+    ch.len = min_u64(chunk, count - ch.base);
+    ch.part = round_up(ceil_div(min_u64(chunk, count), NR), V);
+    ch.slice = round_up(ceil_div(ch.part, gridDim.x), V);
+    return ch;
+}
+
+// Byte offset of slot `slot` of chunk k within every rank's heap (the heaps share their layout).
+template <typename T>
+__device__ __forceinline__ uint64_t push_slot_offset(const Comm& c, uint64_t k, const Chunking& ch, int slot) {
+    return c.data_offset + ((c.chunk_seq_base + k) & 1) * c.bank_bytes + static_cast<uint64_t>(slot) * ch.part * sizeof(T);
+}
+
+// Pointers are recomputed from a few scalars per step (the heap bases are kernel parameters), so that
+// eight ranks' worth of them does not spill.
+template <typename T, int NR>
+__device__ void push_scatter(const T* in, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
+                             uint32_t nthreads) {
+    constexpr int V = VecMath<T>::kElems;
+    const uint64_t lo = blockIdx.x * ch.slice;                           // the slice of every part
+    const T* src = in + ch.base + lo;                                    // + j * part for part j
+    const uint64_t to = push_slot_offset<T>(c, k, ch, c.rank) + lo * sizeof(T);   // in rank j's heap
+    uint32_t n[NR];
+    uint32_t longest = 0;
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        const Range r = block_range(part_size(ch.len, ch.part, j), ch.slice);
+        n[j] = j == c.rank ? 0u : static_cast<uint32_t>(r.size());
+        longest = n[j] > longest ? n[j] : longest;
+    }
+    if (!mooncake4j::aligned16(in)) {
+        // The receive slots are 16-byte aligned; a misaligned input goes element by element.
+        for (uint32_t i = tid; i < longest; i += nthreads) {
+#pragma unroll
+            for (int j = 0; j < NR; ++j) {
+                if (i < n[j]) reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * ch.part + i);
+            }
+        }
+        return;
+    }
+    for (uint32_t v = tid; v < longest / V; v += nthreads) {
+        uint4 x[NR];
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            if ((v + 1) * V <= n[j]) x[j] = load_cg(reinterpret_cast<const uint4*>(src + j * ch.part) + v);
+        }
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            if ((v + 1) * V <= n[j]) reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+        }
+    }
+    // Tails: only a part's last slice can end inside a vector (parts and slices are whole vectors).
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        for (uint32_t i = n[j] / V * V + tid; i < n[j]; i += nthreads) {
+            reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * ch.part + i);
+        }
+    }
+}
+
+// Part `rank`, slice of this block: the sum in rank order of the own input and the receive slots,
+// written to the output and to gather slot `rank` of every peer.
+template <typename T, int NR>
+__device__ void push_reduce(const T* in, T* out, const Comm& c, const Chunking& ch, uint64_t k, bool vec) {
+    using M = VecMath<T>;
+    const Range r = block_range(part_size(ch.len, ch.part, c.rank), ch.slice);
+    const uint64_t at = ch.base + c.rank * ch.part + r.lo;
+    const T* mine = in + at;
+    T* result = out + at;
+    const T* recv = reinterpret_cast<const T*>(heap_of<NR>(c, c.rank) + push_slot_offset<T>(c, k, ch, 0)) + r.lo;
+    const uint64_t to = push_slot_offset<T>(c, k, ch, NR + c.rank) + r.lo * sizeof(T);   // in every peer's heap
+    const uint64_t n = r.size();
+    const uint64_t nvec = vec ? n / M::kElems : 0;
+    for (uint64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+        uint4 raw[NR];
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            raw[q] = load_cg(reinterpret_cast<const uint4*>(q == c.rank ? mine : recv + q * ch.part) + v);
+        }
+        float acc[8];
+        M::init(acc, raw[0]);
+#pragma unroll
+        for (int q = 1; q < NR; ++q) M::add(acc, raw[q]);
+        const uint4 sum = M::pack(acc);
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            reinterpret_cast<uint4*>(q == c.rank ? reinterpret_cast<uint8_t*>(result) : c.heap[q] + to)[v] = sum;
+        }
+    }
+    for (uint64_t i = nvec * M::kElems + threadIdx.x; i < n; i += blockDim.x) {
+        float acc = M::to_float(load_cg((c.rank == 0 ? mine : recv) + i));
+#pragma unroll
+        for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg((q == c.rank ? mine : recv + q * ch.part) + i));
+        const T sum = M::from_float(acc);
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            reinterpret_cast<T*>(q == c.rank ? reinterpret_cast<uint8_t*>(result) : c.heap[q] + to)[i] = sum;
+        }
+    }
+}
+
+template <typename T, int NR>
+__device__ void push_copy_out(T* out, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid, uint32_t nthreads) {
+    uint8_t* own = heap_of<NR>(c, c.rank);
+#pragma unroll
+    for (int q = 0; q < NR; ++q) {
+        if (q == c.rank) continue;
+        const Range r = block_range(part_size(ch.len, ch.part, q), ch.slice);
+        copy_span(reinterpret_cast<uint8_t*>(out + ch.base + q * ch.part + r.lo),
+                  own + push_slot_offset<T>(c, k, ch, NR + q) + r.lo * sizeof(T), r.size() * sizeof(T), tid, nthreads);
+    }
+}
+
+template <typename T, int NR>
+__device__ void allreduce_twoshot_push(const T* in, T* out, uint64_t count, uint64_t chunk, const Comm& c) {
+    const uint64_t chunks = ceil_div(count, chunk);
+    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out);
+    const uint32_t scatterers = blockDim.x / 2;
+    for (uint64_t k = 0; k < chunks; ++k) {
+        const Chunking ch = push_chunk<T, NR>(count, chunk, k);
+        if (k == 0) push_scatter<T, NR>(in, c, ch, k, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 1)) return;
+        push_reduce<T, NR>(in, out, c, ch, k, vec);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 2)) return;
+        if (k + 1 < chunks) {
+            if (threadIdx.x < scatterers) {
+                push_scatter<T, NR>(in, c, push_chunk<T, NR>(count, chunk, k + 1), k + 1, threadIdx.x, scatterers);
+            } else {
+                push_copy_out<T, NR>(out, c, ch, k, threadIdx.x - scatterers, blockDim.x - scatterers);
+            }
+        } else {
+            push_copy_out<T, NR>(out, c, ch, k, threadIdx.x, blockDim.x);
         }
     }
 }
@@ -524,6 +701,20 @@ allreduce_twoshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t cou
     MOONCAKE4J_COMM;
     MOONCAKE4J_FOR_WORLD(
         (mooncake4j::collectives::allreduce_twoshot<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allreduce_twoshot_push_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_twoshot_push<float, NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+allreduce_twoshot_push_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk,
+                            MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD(
+        (mooncake4j::collectives::allreduce_twoshot_push<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)

@@ -38,22 +38,26 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  * {@code RDV_DIR} (a fresh, empty directory shared by all of them). Phases ({@code PHASES}, default
  * {@code check,time,fault}):
  * <ul>
- * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and two-shot; odd sizes,
+ * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and both two-shot variants,
+ *     pull and push; odd sizes,
  *     misaligned and in-place buffers; up to 1 GiB) and all_gather (1 byte to 1 GiB of output)
  *     against references computed on the host from every rank's inputs (float32 inputs are integers,
  *     so sums are exact; bfloat16 within 1e-2 relative L2 error, bitwise differences counted), with
  *     poisoned outputs and guard bytes;</li>
  * <li>time: all_reduce float32 of 8 B .. 512 MiB (factor 4, the sizes of torch_baselines.py), 5
- *     warm-up and 20 timed iterations between CUDA events, the maximum over ranks; rank 0 prints an
+ *     warm-up and 20 timed iterations between CUDA events, the maximum over ranks: the automatic
+ *     choice, one-shot (up to one bank) and both two-shot variants at every size; rank 0 prints an
  *     nccl-tests-like table and writes {@code OUT/mooncake_allreduce_ws<n>.json}, with the fields
- *     torch_baselines.py writes for NCCL ({@code [bytes, time_us, busbw_GBps]} rows);</li>
- * <li>fault: rank n-1 exits without calling all_reduce; the others must fail within the timeout
- *     plus {@value #FAULT_BOUND_MS} ms with a {@link CollectiveTimeoutException} naming rank n-1, and
- *     fail at once on the next call.</li>
+ *     torch_baselines.py writes for NCCL ({@code [bytes, time_us, busbw_GBps]} rows), the same rows
+ *     for pull and push, and which two-shot variant was faster per size;</li>
+ * <li>fault: rank n-1 exits without calling all_reduce; the others run a one-shot all_reduce (on the
+ *     main heap), a two-shot pull and a two-shot push one (each on a small heap of its own, made
+ *     before rank n-1 leaves); each must fail within the timeout plus {@value #FAULT_BOUND_MS} ms with
+ *     a {@link CollectiveTimeoutException} naming rank n-1, and fail at once on the next call.</li>
  * </ul>
  * Every check prints {@code PASS}, {@code FAIL} or {@code SKIP}; the exit status is 1 when a check of
  * this rank failed. Other settings: {@code HEAP_MIB} (257: two banks of 128 MiB), {@code SHARING}
- * (auto, shareable, ipc), {@code CHECK_MAX_MIB} (1024), {@code TIME_MAX_MIB} (512),
+ * (auto, shareable, ipc), {@code MOONCAKE_TWOSHOT} (auto, pull, push: the variant of AUTO), {@code CHECK_MAX_MIB} (1024), {@code TIME_MAX_MIB} (512),
  * {@code ONESHOT_MAX_BYTES} (the default of {@link CudaCollectives}), {@code EXCHANGE_TIMEOUT_S}
  * (180), {@code CHECK_TIMEOUT_MS} (60000), {@code FAULT_TIMEOUT_MS} (2000).
  */
@@ -62,6 +66,7 @@ public final class CollectiveBench {
     static final int WARMUP = 5;
     static final int ITERATIONS = 20;
     static final long FAULT_BOUND_MS = 1000;
+    private static final int JIT_WARMUP = 3000;
     private static final long GUARD = 4096;
     private static final long SLACK = 64 * 1024;      // room for misaligned offsets and guards
     private static final long OP_TIMEOUT_NANOS = 30_000_000_000L;
@@ -128,6 +133,7 @@ public final class CollectiveBench {
     private FileExchange exchange;
     private SymmetricHeap heap;
     private CudaCollectives coll;
+    private CudaModule kernels;
     private DeviceBuffer src;
     private DeviceBuffer dst;
     private MemorySegment up;
@@ -188,12 +194,13 @@ public final class CollectiveBench {
         System.out.printf("rank %d/%d on %s, pid %d, phases %s%n", rank, world, device, ProcessHandle.current().pid(),
                 cfg.phases());
         exchange = new FileExchange(cfg.rdv(), rank, world, cfg.exchangeTimeout());
-        CudaModule kernels = CudaModule.loadKernels(device);
+        kernels = CudaModule.loadKernels(device);
         stream = CudaStream.create(device);
         heap = SymmetricHeap.create(device, rank, world, cfg.heapBytes(), exchange, cfg.sharing());
         coll = CudaCollectives.create(heap, kernels);
         if (cfg.oneShotMaxBytes() >= 0) coll.setOneShotMaxBytes(cfg.oneShotMaxBytes());
-        report("rank " + rank + " heap", true, heap + "; one-shot up to " + coll.oneShotMaxBytes() + " bytes");
+        report("rank " + rank + " heap", true, heap + "; one-shot up to " + coll.oneShotMaxBytes() + " bytes; two-shot variant "
+                + coll.twoShotVariant() + " (" + CudaCollectives.TWO_SHOT_ENV + ")");
 
         long capacity = Math.max(cfg.phases().contains("check") ? cfg.checkMaxBytes() : 0,
                 cfg.phases().contains("time") ? cfg.timeMaxBytes() : 0) + SLACK;
@@ -210,7 +217,7 @@ public final class CollectiveBench {
             else guarded("rank " + rank + " timing", this::timing);
         }
         if (cfg.phases().contains("fault")) {
-            if (broken || agreeOnBroken()) skip("rank " + rank + " fault", "a collective timed out on some rank");
+            if (agreeOnBroken()) skip("rank " + rank + " fault", "a collective timed out on some rank");
             else guarded("rank " + rank + " fault", this::fault);
         } else {
             exchange.allGather(new byte[0]);    // nobody closes its heap while a peer still uses it
@@ -236,23 +243,31 @@ public final class CollectiveBench {
         DType bf16 = DType.BFLOAT16;
         Algorithm auto = Algorithm.AUTO;
         Algorithm one = Algorithm.ONE_SHOT;
-        Algorithm two = Algorithm.TWO_SHOT;
+        List<Algorithm> twoShots = List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH);
 
         for (long n : new long[] {1, 2, 3, 1001, 4099, th / 4 - 4, th / 4 + 4, MIB + 5, 16 * MIB + 3, maxF32 - 3, maxF32}) {
             allReduceCheck(f32, n, auto, 0, 0, false);
         }
         for (long n : new long[] {1, 1001, 65541, Math.min(bank / 4, 4 * MIB) - 1}) allReduceCheck(f32, n, one, 0, 0, false);
-        for (long n : new long[] {1, 3, 1001, 65541, 2 * (bank / 4) + 77}) allReduceCheck(f32, n, two, 0, 0, false);
         allReduceCheck(f32, 1001, one, 4, 8, false);
-        allReduceCheck(f32, MIB + 3, two, 4, 12, false);
         allReduceCheck(f32, 4099, one, 0, 0, true);
-        allReduceCheck(f32, MIB + 1, two, 0, 0, true);
+        for (Algorithm two : twoShots) {
+            // the last ones: several pipeline chunks of both banks, up to the largest checked size
+            for (long n : new long[] {1, 3, 1001, 65541, 2 * (bank / 4) + 77, 4 * (bank / 4) + 5, maxF32 - 7}) {
+                allReduceCheck(f32, n, two, 0, 0, false);
+            }
+            allReduceCheck(f32, MIB + 3, two, 4, 12, false);
+            allReduceCheck(f32, MIB + 1, two, 0, 0, true);
+            allReduceCheck(f32, 2 * (bank / 4) + 33, two, 0, 0, true);
+        }
 
         for (long n : new long[] {1, 3, 4097, th / 2 - 8, th / 2 + 8, MIB + 7, maxBf16}) allReduceCheck(bf16, n, auto, 0, 0, false);
         allReduceCheck(bf16, 65543, one, 0, 0, false);
-        for (long n : new long[] {5, 65543, 2 * (bank / 2) + 9}) allReduceCheck(bf16, n, two, 0, 0, false);
-        allReduceCheck(bf16, MIB + 1, two, 2, 6, false);
-        allReduceCheck(bf16, MIB + 9, two, 0, 0, true);
+        for (Algorithm two : twoShots) {
+            for (long n : new long[] {5, 65543, 2 * (bank / 2) + 9}) allReduceCheck(bf16, n, two, 0, 0, false);
+            allReduceCheck(bf16, MIB + 1, two, 2, 6, false);
+            allReduceCheck(bf16, MIB + 9, two, 0, 0, true);
+        }
 
         long maxGather = cfg.checkMaxBytes() / world / 16 * 16;
         for (long n : new long[] {1, 7, 8, 1000, 4099, MIB, 16 * MIB + 5, maxGather}) allGatherCheck(n, 0, 0, false);
@@ -397,8 +412,15 @@ public final class CollectiveBench {
         parallel(maxCount, i -> up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(0x7157, rank, i)));
         stream.copyHostToDevice(up, src.pointer(), maxCount * 4);
         stream.synchronize();
+        // Compile the launch path before timing: interpreted, the host would be slower than the GPU at small sizes.
+        for (int i = 0; i < JIT_WARMUP; i++) {
+            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.ONE_SHOT);
+            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PULL);
+            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PUSH);
+        }
+        coll.synchronize(stream);
         long bank = heap.layout().bankBytes();
-        double[] times = new double[sizes.size() * 3];     // per size: auto, one-shot, two-shot (NaN: not run)
+        double[] times = new double[sizes.size() * TIMES];  // per size: auto, one-shot, pull, push (NaN: not run)
         Arrays.fill(times, Double.NaN);
         try (CudaEvent start = CudaEvent.create(device, true); CudaEvent end = CudaEvent.create(device, true)) {
             for (int s = 0; s < sizes.size(); s++) {
@@ -407,18 +429,20 @@ public final class CollectiveBench {
                 exchange.allGather(new byte[0]);    // start together; the warm-up absorbs what skew is left
                 Algorithm chosen = coll.algorithmFor(bytes);
                 double auto = time(start, end, count, Algorithm.AUTO);
-                times[3 * s] = auto;
-                times[3 * s + (chosen == Algorithm.ONE_SHOT ? 1 : 2)] = auto;
-                if (chosen == Algorithm.TWO_SHOT && bytes <= bank) times[3 * s + 1] = time(start, end, count, Algorithm.ONE_SHOT);
-                if (chosen == Algorithm.ONE_SHOT) times[3 * s + 2] = time(start, end, count, Algorithm.TWO_SHOT);
+                times[TIMES * s] = auto;
+                times[TIMES * s + column(chosen)] = auto;
+                for (Algorithm a : List.of(Algorithm.ONE_SHOT, Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH)) {
+                    if (a == chosen || (a == Algorithm.ONE_SHOT && bytes > bank)) continue;
+                    times[TIMES * s + column(a)] = time(start, end, count, a);
+                }
             }
         }
         double[] max = maxOverRanks(times);
         List<Row> rows = new ArrayList<>();
         for (int s = 0; s < sizes.size(); s++) {
             long bytes = sizes.get(s);
-            rows.add(new Row(bytes, bytes / 4, coll.algorithmFor(bytes) == Algorithm.ONE_SHOT ? "one-shot" : "two-shot",
-                    max[3 * s], max[3 * s + 1], max[3 * s + 2]));
+            rows.add(new Row(bytes, bytes / 4, label(coll.algorithmFor(bytes)), max[TIMES * s], max[TIMES * s + 1],
+                    max[TIMES * s + 2], max[TIMES * s + 3]));
         }
         report("rank " + rank + " timing", true, sizes.size() + " sizes timed, " + WARMUP + " warm-up + " + ITERATIONS
                 + " iterations each");
@@ -434,6 +458,28 @@ public final class CollectiveBench {
                 throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
             }
         }
+    }
+
+    private static final int TIMES = 4;
+
+    /** The column of an algorithm's time in a row of {@link #TIMES}: 1 one-shot, 2 pull, 3 push. */
+    private static int column(Algorithm a) {
+        return switch (a) {
+            case ONE_SHOT -> 1;
+            case TWO_SHOT_PULL -> 2;
+            case TWO_SHOT_PUSH -> 3;
+            default -> throw new IllegalArgumentException("not a concrete algorithm: " + a);
+        };
+    }
+
+    /** How the table and JSON name a concrete algorithm. */
+    static String label(Algorithm a) {
+        return switch (a) {
+            case ONE_SHOT -> "one-shot";
+            case TWO_SHOT_PULL -> "pull";
+            case TWO_SHOT_PUSH -> "push";
+            default -> a.name().toLowerCase(Locale.ROOT);
+        };
     }
 
     /** Microseconds per all_reduce: {@value #WARMUP} warm-up calls, then {@value #ITERATIONS} between two events. */
@@ -466,10 +512,23 @@ public final class CollectiveBench {
         return max;
     }
 
+    /** Bytes of each extra heap of the fault phase: two banks of 2 MiB. */
+    private static final long FAULT_HEAP_BYTES = SymmetricHeap.Layout.DATA_OFFSET + 4 * MIB;
+    /** Elements of the fault phase's all_reduce (fits the buffers' slack when PHASES=fault). */
+    private static final long FAULT_COUNT = 8192;
+
     private void fault() {
         if (world < 2) {
             skip("rank " + rank + " fault", "needs WORLD_SIZE >= 2");
             return;
+        }
+        // A timeout makes a heap unusable, so each variant gets a heap of its own, made while all ranks are here.
+        record Case(String name, CudaCollectives coll, Algorithm algorithm) {}
+        List<Case> cases = new ArrayList<>();
+        cases.add(new Case("one-shot", coll, Algorithm.ONE_SHOT));
+        for (Algorithm a : List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH)) {
+            SymmetricHeap h = SymmetricHeap.create(device, rank, world, FAULT_HEAP_BYTES, exchange, cfg.sharing());
+            cases.add(new Case("two-shot " + label(a), CudaCollectives.create(h, kernels), a));
         }
         exchange.allGather(new byte[0]);
         if (rank == world - 1) {
@@ -479,29 +538,37 @@ public final class CollectiveBench {
             System.out.flush();
             Runtime.getRuntime().halt(failures == 0 ? 0 : 1);
         }
+        broken = true;
+        for (Case c : cases) faultCase(c.name(), c.coll(), c.algorithm());
+    }
+
+    private void faultCase(String what, CudaCollectives cc, Algorithm algorithm) {
         long timeout = cfg.faultTimeoutNanos();
+        String check = "rank " + rank + " fault (" + what + ")";
         long t0 = System.nanoTime();
         try {
-            coll.allReduce(src.pointer(), dst.pointer(), 1024, DType.FLOAT32, stream, timeout);
-            coll.synchronize(stream);
-            report("rank " + rank + " fault: survivors give up", false, "all_reduce returned normally although rank "
+            cc.allReduce(src.pointer(), dst.pointer(), FAULT_COUNT, DType.FLOAT32, stream, timeout, algorithm);
+            cc.synchronize(stream);
+            report(check + ": survivors give up", false, "all_reduce returned normally although rank "
                     + (world - 1) + " never called it");
         } catch (CollectiveTimeoutException e) {
             long ms = (System.nanoTime() - t0) / 1_000_000;
             boolean names = e.missingRanks().equals(List.of(world - 1));
             boolean inTime = ms <= timeout / 1_000_000 + FAULT_BOUND_MS;
-            report("rank " + rank + " fault: survivors give up", names && inTime, "after " + ms + " ms (timeout "
+            report(check + ": survivors give up", names && inTime, "after " + ms + " ms (timeout "
                     + timeout / 1_000_000 + " ms + " + FAULT_BOUND_MS + " ms allowed), missing " + e.missingRanks()
                     + " (expected [" + (world - 1) + "]): " + e.getMessage());
+        } catch (RuntimeException e) {
+            report(check + ": survivors give up", false, e.toString());
+            return;
         }
-        broken = true;
         long t1 = System.nanoTime();
         try {
-            coll.allReduce(src.pointer(), dst.pointer(), 1024, DType.FLOAT32, stream, timeout);
-            report("rank " + rank + " fault: later calls fail fast", false, "the next all_reduce was accepted");
+            cc.allReduce(src.pointer(), dst.pointer(), FAULT_COUNT, DType.FLOAT32, stream, timeout, algorithm);
+            report(check + ": later calls fail fast", false, "the next all_reduce was accepted");
         } catch (CollectiveTimeoutException e) {
             long ms = (System.nanoTime() - t1) / 1_000_000;
-            report("rank " + rank + " fault: later calls fail fast", ms < 100, "the next all_reduce threw at once ("
+            report(check + ": later calls fail fast", ms < 100, "the next all_reduce threw at once ("
                     + ms + " ms) naming " + e.missingRanks());
         }
     }
@@ -539,13 +606,26 @@ public final class CollectiveBench {
 
     // ---- report --------------------------------------------------------------------------------
 
-    /** One timed size: the automatic choice's time, and each algorithm's (NaN: not run). Times in microseconds. */
-    record Row(long bytes, long count, String algorithm, double timeUs, double oneShotUs, double twoShotUs) {
+    /**
+     * One timed size: the automatic choice's time, and each algorithm's (NaN: not run): one-shot and the
+     * two-shot variants pull and push. Times in microseconds.
+     */
+    record Row(long bytes, long count, String algorithm, double timeUs, double oneShotUs, double pullUs, double pushUs) {
         /** GB/s of message: bytes / time. */
-        double algbw() { return bytes / timeUs / 1e3; }
+        double algbw() { return algbw(timeUs); }
 
         /** nccl-tests' bus bandwidth of all_reduce: algbw * 2(n-1)/n. */
-        double busbw(int worldSize) { return algbw() * 2 * (worldSize - 1) / worldSize; }
+        double busbw(int worldSize) { return busbw(timeUs, worldSize); }
+
+        double algbw(double us) { return bytes / us / 1e3; }
+
+        double busbw(double us, int worldSize) { return algbw(us) * 2 * (worldSize - 1) / worldSize; }
+
+        /** The faster two-shot variant ("pull" or "push"), or "-" when either was not timed. */
+        String fasterTwoShot() {
+            if (Double.isNaN(pullUs) || Double.isNaN(pushUs)) return "-";
+            return pushUs < pullUs ? "push" : "pull";
+        }
     }
 
     static String table(int worldSize, String device, SymmetricHeap heap, List<Row> rows) {
@@ -554,11 +634,13 @@ public final class CollectiveBench {
                 heap == null ? "" : ", " + heap.sharing() + " heap, banks of " + heap.layout().bankBytes() / MIB + " MiB"));
         t.append(String.format(Locale.ROOT, "# CUDA events around %d iterations after %d warm-up, maximum over ranks%n",
                 ITERATIONS, WARMUP));
-        t.append(String.format(Locale.ROOT, "# %12s %12s %9s %11s %12s %12s %13s %13s%n", "size(B)", "count", "algo",
-                "time(us)", "algbw(GB/s)", "busbw(GB/s)", "one-shot(us)", "two-shot(us)"));
+        t.append(String.format(Locale.ROOT, "# %12s %12s %9s %11s %12s %12s %13s %10s %10s %11s %11s %7s%n", "size(B)", "count",
+                "algo", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "one-shot(us)", "pull(us)", "push(us)", "pull busbw",
+                "push busbw", "faster"));
         for (Row r : rows) {
-            t.append(String.format(Locale.ROOT, "  %12d %12d %9s %11.2f %12.2f %12.2f %13s %13s%n", r.bytes(), r.count(),
-                    r.algorithm(), r.timeUs(), r.algbw(), r.busbw(worldSize), us(r.oneShotUs()), us(r.twoShotUs())));
+            t.append(String.format(Locale.ROOT, "  %12d %12d %9s %11.2f %12.2f %12.2f %13s %10s %10s %11s %11s %7s%n", r.bytes(),
+                    r.count(), r.algorithm(), r.timeUs(), r.algbw(), r.busbw(worldSize), us(r.oneShotUs()), us(r.pullUs()),
+                    us(r.pushUs()), us(r.busbw(r.pullUs(), worldSize)), us(r.busbw(r.pushUs(), worldSize)), r.fasterTwoShot()));
         }
         return t.toString();
     }
@@ -567,8 +649,10 @@ public final class CollectiveBench {
 
     /**
      * The results as JSON: {@code mooncake_allreduce} has the rows of torch_baselines.py's
-     * {@code nccl_allreduce}, {@code [bytes, time_us, busbw_GBps]}; {@code mooncake_allreduce_detail}
-     * adds the algorithm and both algorithms' times.
+     * {@code nccl_allreduce}, {@code [bytes, time_us, busbw_GBps]} (the automatic choice);
+     * {@code mooncake_allreduce_pull} and {@code mooncake_allreduce_push} the same rows for the two
+     * two-shot variants (null where not timed); {@code mooncake_allreduce_detail} adds the algorithm,
+     * every algorithm's time and the faster two-shot variant.
      */
     static String json(int worldSize, String device, String heapKind, List<Row> rows) {
         StringBuilder j = new StringBuilder();
@@ -581,6 +665,15 @@ public final class CollectiveBench {
             j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(r.timeUs())).append(", ")
                     .append(number(r.busbw(worldSize))).append(']');
         }
+        for (String variant : List.of("pull", "push")) {
+            j.append("], \"mooncake_allreduce_").append(variant).append("\": [");
+            for (int i = 0; i < rows.size(); i++) {
+                Row r = rows.get(i);
+                double us = variant.equals("pull") ? r.pullUs() : r.pushUs();
+                j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(us)).append(", ")
+                        .append(number(r.busbw(us, worldSize))).append(']');
+            }
+        }
         j.append("], \"mooncake_allreduce_detail\": [");
         for (int i = 0; i < rows.size(); i++) {
             Row r = rows.get(i);
@@ -588,7 +681,8 @@ public final class CollectiveBench {
                     .append(", \"algorithm\": ").append(quote(r.algorithm())).append(", \"time_us\": ").append(number(r.timeUs()))
                     .append(", \"algbw_GBps\": ").append(number(r.algbw())).append(", \"busbw_GBps\": ")
                     .append(number(r.busbw(worldSize))).append(", \"one_shot_us\": ").append(number(r.oneShotUs()))
-                    .append(", \"two_shot_us\": ").append(number(r.twoShotUs())).append('}');
+                    .append(", \"two_shot_pull_us\": ").append(number(r.pullUs())).append(", \"two_shot_push_us\": ")
+                    .append(number(r.pushUs())).append(", \"faster_two_shot\": ").append(quote(r.fasterTwoShot())).append('}');
         }
         return j.append("]}\n").toString();
     }

@@ -12,9 +12,12 @@ import org.mooncake4j.core.DType;
  * <ul>
  * <li>one-shot all-reduce (small messages): each rank stages its input in its heap, meets the others
  *     at one barrier, and sums every rank's copy itself;</li>
- * <li>two-shot all-reduce: each rank reduces 1/n of the message from the peers' staged copies, then
- *     gathers the other ranks' reduced parts; messages larger than a heap bank, and large ones in
- *     general, go in pipelined chunks;</li>
+ * <li>two-shot all-reduce: each rank reduces 1/n of the message, then every rank gets the other ranks'
+ *     reduced parts; messages larger than a heap bank, and large ones in general, go in pipelined
+ *     chunks. Two variants: <em>pull</em> loads the peers' staged copies and reduced parts over
+ *     NVLink; <em>push</em> stores each part into its reducer's heap and each reduced part into every
+ *     peer's heap, so every NVLink access is a store and every load is local
+ *     ({@link TwoShotVariant}, {@value #TWO_SHOT_PROPERTY} / {@value #TWO_SHOT_ENV});</li>
  * <li>all-gather: each rank stages its input, then reads every peer's.</li>
  * </ul>
  * Sums are taken in rank order (bf16 in fp32, rounded once), so every rank gets the same bits.
@@ -41,9 +44,40 @@ public final class CudaCollectives implements AutoCloseable {
         AUTO,
         /** Every rank reads every rank's full copy; messages up to one heap bank. */
         ONE_SHOT,
-        /** Reduce-scatter then all-gather, pipelined in chunks; any size. */
-        TWO_SHOT
+        /** Reduce-scatter then all-gather, pipelined in chunks; any size; the variant of {@link #twoShotVariant()}. */
+        TWO_SHOT,
+        /** Two-shot, loading peers' data over NVLink. */
+        TWO_SHOT_PULL,
+        /** Two-shot, storing data into the peers' heaps over NVLink. */
+        TWO_SHOT_PUSH
     }
+
+    /** Which two-shot all-reduce {@link Algorithm#TWO_SHOT} (and AUTO, above the one-shot limit) runs. */
+    public enum TwoShotVariant {
+        /** Per world size and message size ({@code CollectivePlan.defaultTwoShotPush}). */
+        AUTO,
+        /** {@link Algorithm#TWO_SHOT_PULL}. */
+        PULL,
+        /** {@link Algorithm#TWO_SHOT_PUSH}. */
+        PUSH;
+
+        /** {@code pull}, {@code push} or {@code auto} (any case; null or blank: auto). */
+        public static TwoShotVariant parse(String setting) {
+            if (setting == null || setting.isBlank()) return AUTO;
+            return switch (setting.trim().toLowerCase(java.util.Locale.ROOT)) {
+                case "auto" -> AUTO;
+                case "pull" -> PULL;
+                case "push" -> PUSH;
+                default -> throw new IllegalArgumentException("two-shot variant '" + setting + "': use pull, push or auto ("
+                        + TWO_SHOT_PROPERTY + " / " + TWO_SHOT_ENV + ")");
+            };
+        }
+    }
+
+    /** The system property that sets the initial {@link #twoShotVariant()}; it wins over {@link #TWO_SHOT_ENV}. */
+    public static final String TWO_SHOT_PROPERTY = "mooncake.twoshot";
+    /** The environment variable that sets the initial {@link #twoShotVariant()}: pull, push or auto. */
+    public static final String TWO_SHOT_ENV = "MOONCAKE_TWOSHOT";
 
     /** The longest timeout an operation takes. */
     public static final long MAX_TIMEOUT_NANOS = TimeUnit.HOURS.toNanos(1);
@@ -57,6 +91,8 @@ public final class CudaCollectives implements AutoCloseable {
     private final CudaFunction oneShotBf16;
     private final CudaFunction twoShotF32;
     private final CudaFunction twoShotBf16;
+    private final CudaFunction pushF32;
+    private final CudaFunction pushBf16;
     private final CudaFunction allGatherBytes;
     private final PinnedHostMemory status;
     private final MemorySegment statusWords;
@@ -69,6 +105,7 @@ public final class CudaCollectives implements AutoCloseable {
     private long epoch;              // barriers used so far (flags only grow)
     private long chunkSeq;           // chunks run so far (bank parity)
     private long oneShotMaxBytes;
+    private TwoShotVariant twoShotVariant;
     private long longestTimeoutNanos;
     private boolean closed;
 
@@ -79,6 +116,8 @@ public final class CudaCollectives implements AutoCloseable {
         this.oneShotBf16 = kernels.function("allreduce_oneshot_bf16");
         this.twoShotF32 = kernels.function("allreduce_twoshot_f32");
         this.twoShotBf16 = kernels.function("allreduce_twoshot_bf16");
+        this.pushF32 = kernels.function("allreduce_twoshot_push_f32");
+        this.pushBf16 = kernels.function("allreduce_twoshot_push_bf16");
         this.allGatherBytes = kernels.function("allgather_bytes");
         this.status = status;
         this.statusWords = status.segment();
@@ -89,6 +128,12 @@ public final class CudaCollectives implements AutoCloseable {
         this.bankBytes = heap.layout().bankBytes();
         for (int q = 0; q < worldSize; q++) heaps[q] = heap.pointer(q);
         this.oneShotMaxBytes = CollectivePlan.defaultOneShotMaxBytes(worldSize, bankBytes);
+        this.twoShotVariant = defaultTwoShotVariant(System.getProperty(TWO_SHOT_PROPERTY), System.getenv(TWO_SHOT_ENV));
+    }
+
+    /** The initial variant: the system property when set, else the environment variable, else AUTO. */
+    static TwoShotVariant defaultTwoShotVariant(String property, String env) {
+        return TwoShotVariant.parse(property != null && !property.isBlank() ? property : env);
     }
 
     /**
@@ -124,9 +169,35 @@ public final class CudaCollectives implements AutoCloseable {
         oneShotMaxBytes = bytes;
     }
 
-    /** The algorithm {@link Algorithm#AUTO} picks for an all-reduce of {@code bytes}. */
+    /** Which two-shot variant {@link Algorithm#TWO_SHOT} and {@link Algorithm#AUTO} run. */
+    public synchronized TwoShotVariant twoShotVariant() { return twoShotVariant; }
+
+    /** Sets {@link #twoShotVariant()}; every rank must set the same. */
+    public synchronized void setTwoShotVariant(TwoShotVariant variant) {
+        if (variant == null) throw new IllegalArgumentException("the two-shot variant must not be null (use TwoShotVariant.AUTO)");
+        twoShotVariant = variant;
+    }
+
+    /**
+     * The algorithm {@link Algorithm#AUTO} runs for an all-reduce of {@code bytes}: {@link Algorithm#ONE_SHOT},
+     * {@link Algorithm#TWO_SHOT_PULL} or {@link Algorithm#TWO_SHOT_PUSH}.
+     */
     public synchronized Algorithm algorithmFor(long bytes) {
-        return bytes <= oneShotMaxBytes ? Algorithm.ONE_SHOT : Algorithm.TWO_SHOT;
+        return bytes <= oneShotMaxBytes ? Algorithm.ONE_SHOT : twoShotFor(bytes);
+    }
+
+    /** The two-shot variant {@link Algorithm#TWO_SHOT} runs for {@code bytes}. */
+    public synchronized Algorithm twoShotFor(long bytes) {
+        return resolveTwoShot(twoShotVariant, worldSize, bytes);
+    }
+
+    static Algorithm resolveTwoShot(TwoShotVariant variant, int worldSize, long bytes) {
+        boolean push = switch (variant) {
+            case PULL -> false;
+            case PUSH -> true;
+            case AUTO -> CollectivePlan.defaultTwoShotPush(worldSize, bytes);
+        };
+        return push ? Algorithm.TWO_SHOT_PUSH : Algorithm.TWO_SHOT_PULL;
     }
 
     /** {@link #allReduce(long, long, long, DType, CudaStream, long, Algorithm)} with {@link Algorithm#AUTO}. */
@@ -147,10 +218,19 @@ public final class CudaCollectives implements AutoCloseable {
         if (count == 0) return;
         int es = dtype.byteSize();
         boolean f32 = dtype == DType.FLOAT32;
-        Algorithm a = algorithm == Algorithm.AUTO ? algorithmFor(count * es) : algorithm;
+        Algorithm a = switch (algorithm) {
+            case AUTO -> algorithmFor(count * es);
+            case TWO_SHOT -> twoShotFor(count * es);
+            default -> algorithm;
+        };
         if (a == Algorithm.ONE_SHOT) {
             launch(f32 ? oneShotF32 : oneShotBf16, stream, CollectivePlan.oneShotBlocks(count, es, blocksLimit), src, dst,
                     count, 0, 1, 1, timeoutNanos);
+        } else if (a == Algorithm.TWO_SHOT_PUSH) {
+            long chunk = CollectivePlan.pushChunkElements(count, es, bankBytes, worldSize);
+            long chunks = CollectivePlan.ceilDiv(count, chunk);
+            launch(f32 ? pushF32 : pushBf16, stream, CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit),
+                    src, dst, count, chunk, 2 * chunks, chunks, timeoutNanos);
         } else {
             long chunk = CollectivePlan.twoShotChunkElements(count, es, bankBytes);
             long chunks = CollectivePlan.ceilDiv(count, chunk);
@@ -285,6 +365,7 @@ public final class CudaCollectives implements AutoCloseable {
 
     @Override
     public String toString() {
-        return "CudaCollectives(" + heap + ", one-shot up to " + oneShotMaxBytes + " bytes)";
+        return "CudaCollectives(" + heap + ", one-shot up to " + oneShotMaxBytes + " bytes, two-shot "
+                + twoShotVariant.name().toLowerCase(java.util.Locale.ROOT) + ")";
     }
 }

@@ -93,7 +93,7 @@ public final class FileExchange implements SymmetricHeap.Exchange {
         return new ExchangeTimeoutException("rank " + rank + ": exchange round " + k + " in " + dir + " timed out after "
                 + timeout.toMillis() + " ms: " + (missing.size() == 1 ? "rank " + missing.get(0) + " has" : "ranks " + missing + " have")
                 + " not published (missing " + String.join(", ", files) + "). Check that "
-                + (missing.size() == 1 ? "that process is" : "those processes are") + " alive and were started with the same"
+                + (missing.size() == 1 ? "that process is alive and was" : "those processes are alive and were") + " started with the same"
                 + " directory and world size (" + worldSize + "), and that every rank makes the same calls in the same order.",
                 missing);
     }

@@ -353,7 +353,7 @@ public final class SymmetricHeap implements AutoCloseable {
     /** A rank's offer: who it is, its GPU's SM count, and its heap handle (kind null: it has none, see note). */
     record Offer(int rank, int worldSize, long heapBytes, int multiprocessors, long pid, Sharing kind, byte[] handle,
                  String note) {
-        private static final int MAGIC = 0x4d43_5348 + 1; // "MCSI"
+        private static final int MAGIC = 0x4d43_5349; // "MCSI"
 
         byte[] toBytes() {
             byte[] n = note.getBytes(StandardCharsets.UTF_8);

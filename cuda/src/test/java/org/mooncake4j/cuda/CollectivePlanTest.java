@@ -1,6 +1,7 @@
 package org.mooncake4j.cuda;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import java.util.SplittableRandom;
 import org.junit.jupiter.api.Test;
@@ -22,8 +23,7 @@ class CollectivePlanTest {
             long size = CollectivePlan.partSize(len, part, q);
             for (int b = 0; b < blocks; b++) {
                 long[] r = CollectivePlan.blockRange(size, slice, b);
-                assertThat(r[0] % v).isZero();
-                assertThat((q * part + r[0]) % v).isZero();
+                if (r[1] > r[0]) assertThat((q * part + r[0]) % v).isZero();
                 for (long i = r[0]; i < r[1]; i++) hits[(int) (q * part + i)]++;
             }
         }
@@ -56,7 +56,7 @@ class CollectivePlanTest {
             int[] hits = new int[len];
             for (int b = 0; b < blocks; b++) {
                 long[] r = CollectivePlan.blockRange(len, slice, b);
-                assertThat(r[0] % v).isZero();
+                if (r[1] > r[0]) assertThat(r[0] % v).isZero();
                 assertThat(r[1]).isLessThanOrEqualTo(len);
                 for (long i = r[0]; i < r[1]; i++) hits[(int) i]++;
             }
@@ -106,7 +106,7 @@ class CollectivePlanTest {
         assertThat(CollectivePlan.allGatherChunkBytes(1, 128 * MIB)).isEqualTo(4 * MIB);
         assertThat(CollectivePlan.allGatherChunkBytes(256 * MIB + 5, 128 * MIB)).isEqualTo(64 * MIB + 16);
         assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 128 * MIB)).isEqualTo(128 * MIB);
-        assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 100_000)).isEqualTo(99_984);
+        assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 100_008)).isEqualTo(100_000);
     }
 
     @Test
@@ -130,5 +130,235 @@ class CollectivePlanTest {
         assertThat(CollectivePlan.defaultOneShotMaxBytes(4, 128 * MIB)).isEqualTo(512 * 1024);
         assertThat(CollectivePlan.defaultOneShotMaxBytes(8, 128 * MIB)).isEqualTo(256 * 1024);
         assertThat(CollectivePlan.defaultOneShotMaxBytes(2, 64 * 1024)).isEqualTo(64 * 1024);
+    }
+
+    /**
+     * Push layout: for random chunks, the receive and gather slots of every rank's bank are disjoint,
+     * 16-byte aligned and inside the bank; every element of the chunk is scattered to exactly one
+     * (reducer, slot) position and gathered back to the same index.
+     */
+    @Test
+    void pushSlotsAreDisjointAlignedAndInsideTheBank() {
+        SplittableRandom random = new SplittableRandom(13);
+        for (int trial = 0; trial < 300; trial++) {
+            int world = random.nextInt(1, 9);
+            int es = random.nextBoolean() ? 4 : 2;
+            int v = CollectivePlan.vectorElements(es);
+            long heapBytes = SymmetricHeap.Layout.minimumHeapBytes() + random.nextLong(0, 8 * MIB);
+            SymmetricHeap.Layout layout = SymmetricHeap.Layout.of(heapBytes);
+            long count = trial < 20 ? trial + 1 : random.nextLong(1, 64 * MIB);
+            long chunk = CollectivePlan.pushChunkElements(count, es, layout.bankBytes(), world);
+            assertThat(chunk).isPositive();
+            assertThat(chunk % v).isZero();
+            // every chunk, the last one included, fits its 2 * world slots in one bank
+            for (long len : new long[] {Math.min(chunk, count), count - (CollectivePlan.ceilDiv(count, chunk) - 1) * chunk}) {
+                long part = CollectivePlan.partElements(len, world, v);
+                assertThat(part * es % CollectivePlan.VECTOR_BYTES).isZero();
+                assertThat(CollectivePlan.pushSlots(world) * part * es).isLessThanOrEqualTo(layout.bankBytes());
+                for (int bank = 0; bank < 2; bank++) {
+                    long previousEnd = layout.bankOffset(bank);
+                    for (int slot = 0; slot < CollectivePlan.pushSlots(world); slot++) {
+                        long at = CollectivePlan.pushSlotOffset(layout, bank, world, slot, part, es);
+                        assertThat(at).isEqualTo(previousEnd);            // in order, no overlap, no gap
+                        assertThat(at % CollectivePlan.VECTOR_BYTES).isZero();
+                        previousEnd = at + part * es;
+                    }
+                    assertThat(previousEnd).isLessThanOrEqualTo(layout.bankOffset(bank) + layout.bankBytes());
+                    assertThat(previousEnd).isLessThanOrEqualTo(heapBytes);
+                }
+            }
+        }
+    }
+
+    /** A block's access to bytes [start, end) of one bank of one rank's heap, for some chunk. */
+    private record Access(int heap, int bank, long start, long end, int block) {}
+
+    /**
+     * Simulates the offsets of a push two-shot all-reduce (device: allreduce_twoshot_push) and returns
+     * the first problem found, or null: every block of every rank must touch (read or write) only bytes
+     * of a bank that no other block index touches in any chunk of the kernel (block b waits only for
+     * block b of its peers, so that is what makes reusing a bank two chunks later safe); everything
+     * stays inside the bank; every gather slot read is exactly what its reducer wrote; and every output
+     * element is written exactly once on every rank. {@code perChunkPart}: cut each chunk with its own
+     * part (the old, broken geometry), instead of {@link CollectivePlan#pushPartElements}.
+     */
+    private static String simulatePush(long count, int es, long bankBytes, int world, int blocksLimit, boolean perChunkPart) {
+        int v = CollectivePlan.vectorElements(es);
+        long chunk = CollectivePlan.pushChunkElements(count, es, bankBytes, world);
+        long chunks = CollectivePlan.ceilDiv(count, chunk);
+        int blocks = CollectivePlan.twoShotBlocks(count, chunk, es, world, blocksLimit);
+        java.util.List<Access> accesses = new java.util.ArrayList<>();
+        java.util.List<java.util.List<long[]>> outputs = new java.util.ArrayList<>();
+        for (int r = 0; r < world; r++) outputs.add(new java.util.ArrayList<>());
+        for (long k = 0; k < chunks; k++) {
+            int bank = (int) (k & 1);
+            long base = k * chunk;
+            long len = Math.min(chunk, count - base);
+            long part = perChunkPart ? CollectivePlan.partElements(len, world, v) : CollectivePlan.pushPartElements(count, chunk, world, es);
+            long slice = CollectivePlan.sliceElements(part, blocks, v);
+            if (CollectivePlan.pushSlots(world) * part * es > bankBytes) return "chunk " + k + ": slots of " + part + " elements overflow the bank";
+            for (int r = 0; r < world; r++) {
+                for (int b = 0; b < blocks; b++) {
+                    for (int q = 0; q < world; q++) {
+                        long[] range = CollectivePlan.blockRange(CollectivePlan.partSize(len, part, q), slice, b);
+                        if (range[1] == range[0]) continue;
+                        if (base + q * part + range[1] > count) return "chunk " + k + " part " + q + " block " + b + " ends past the message";
+                        long lo = range[0] * es;
+                        long hi = range[1] * es;
+                        long recv = (long) CollectivePlan.pushReceiveSlot(r) * part * es;     // in rank q's heap
+                        long gather = (long) CollectivePlan.pushGatherSlot(world, q) * part * es;
+                        if (q != r) {
+                            accesses.add(new Access(q, bank, recv + lo, recv + hi, b));       // scatter: write to reducer q
+                            accesses.add(new Access(r, bank, gather + lo, gather + hi, b));   // copy out: read own gather slot q
+                            // reducer q's reduce writes rank r's gather slot q at its own slice of part q: the same bytes
+                            long[] written = CollectivePlan.blockRange(CollectivePlan.partSize(len, part, q), slice, b);
+                            if (written[0] != range[0] || written[1] != range[1]) return "gather slot mismatch";
+                            accesses.add(new Access(r, bank, gather + lo, gather + hi, b));   // reduce of q: write
+                        } else {
+                            for (int s = 0; s < world; s++) {                                  // reduce: read receive slots
+                                if (s == r) continue;
+                                long at = (long) CollectivePlan.pushReceiveSlot(s) * part * es;
+                                accesses.add(new Access(r, bank, at + lo, at + hi, b));
+                            }
+                        }
+                        outputs.get(r).add(new long[] {base + q * part + range[0], base + q * part + range[1]});
+                    }
+                }
+            }
+        }
+        for (Access a : accesses) {
+            if (a.start() < 0 || a.end() > bankBytes) return "access [" + a.start() + ", " + a.end() + ") outside the bank";
+        }
+        // per (heap, bank): merge each block's accesses, then the blocks' unions must be disjoint
+        java.util.Map<String, java.util.List<Access>> byBank = new java.util.HashMap<>();
+        for (Access a : accesses) byBank.computeIfAbsent(a.heap() + "/" + a.bank(), x -> new java.util.ArrayList<>()).add(a);
+        for (var e : byBank.entrySet()) {
+            java.util.List<Access> list = new java.util.ArrayList<>(e.getValue());
+            list.sort(java.util.Comparator.comparingInt(Access::block).thenComparingLong(Access::start));
+            java.util.List<Access> merged = new java.util.ArrayList<>();
+            for (Access a : list) {
+                Access last = merged.isEmpty() ? null : merged.get(merged.size() - 1);
+                if (last != null && last.block() == a.block() && a.start() <= last.end()) {
+                    merged.set(merged.size() - 1, new Access(a.heap(), a.bank(), last.start(), Math.max(last.end(), a.end()), a.block()));
+                } else {
+                    merged.add(a);
+                }
+            }
+            merged.sort(java.util.Comparator.comparingLong(Access::start));
+            for (int i = 1; i < merged.size(); i++) {
+                Access p = merged.get(i - 1);
+                Access a = merged.get(i);
+                if (a.start() < p.end()) {
+                    return "heap " + a.heap() + " bank " + a.bank() + ": block " + p.block() + " and block " + a.block()
+                            + " both touch bytes [" + a.start() + ", " + Math.min(a.end(), p.end()) + ")";
+                }
+            }
+        }
+        for (int r = 0; r < world; r++) {
+            java.util.List<long[]> out = outputs.get(r);
+            out.sort(java.util.Comparator.comparingLong(x -> x[0]));
+            long next = 0;
+            for (long[] x : out) {
+                if (x[0] != next) return "rank " + r + ": output " + (x[0] < next ? "written twice" : "not written") + " at " + Math.min(x[0], next);
+                next = x[1];
+            }
+            if (next != count) return "rank " + r + ": output ends at " + next + " of " + count;
+        }
+        return null;
+    }
+
+    /**
+     * The 4xH200 failure: push two-shot all-reduces of about 1 GiB (16 chunks, the last one shorter)
+     * summed wrong from chunk 9 on, at 2 and 4 ranks, because the last chunk was cut with its own,
+     * smaller part: its slots and slices moved, and block b of a fast rank overwrote bytes that a slow
+     * block b'' of a peer had yet to read for an earlier chunk of the same bank. The real heap: banks
+     * of 134705152 bytes, up to 132 blocks.
+     */
+    @Test
+    void pushBlocksOwnTheirBankBytesInEveryChunk() {
+        long bank = 134_705_152L;
+        assertThat(SymmetricHeap.Layout.of(SymmetricHeap.Layout.DATA_OFFSET + 2 * bank).bankBytes()).isEqualTo(bank);
+        long[][] cases = {
+                {268_435_449L, 4, 2}, {268_435_449L, 4, 4}, {268_435_453L, 4, 4}, {268_435_456L, 4, 4},
+                {536_870_912L, 2, 4}, {134_705_157L, 4, 2}, {134_705_157L, 4, 4}, {67_352_653L, 4, 2},
+                {268_435_449L, 4, 3}, {268_435_449L, 4, 8}, {536_870_905L, 2, 8}, {1001, 4, 4}, {16 * MIB + 3, 4, 4}};
+        for (long[] c : cases) {
+            String problem = simulatePush(c[0], (int) c[1], bank, (int) c[2], 132, false);
+            assertThat(problem).as("n=%d, %d-byte elements, %d ranks", c[0], c[1], c[2]).isNull();
+        }
+        // the old geometry fails this check exactly where the GPUs did
+        assertThat(simulatePush(268_435_449L, 4, bank, 2, 132, true)).contains("both touch bytes");
+        assertThat(simulatePush(268_435_449L, 4, bank, 4, 132, true)).contains("both touch bytes");
+        assertThat(simulatePush(536_870_912L, 2, bank, 4, 132, true)).contains("both touch bytes");
+        // random sizes, worlds, banks and grids
+        SplittableRandom random = new SplittableRandom(29);
+        for (int trial = 0; trial < 60; trial++) {
+            int world = random.nextInt(1, 9);
+            int es = random.nextBoolean() ? 4 : 2;
+            long b = SymmetricHeap.Layout.of(SymmetricHeap.Layout.minimumHeapBytes() + random.nextLong(0, 64 * MIB)).bankBytes();
+            long count = random.nextLong(1, 96 * MIB);
+            String problem = simulatePush(count, es, b, world, random.nextInt(1, 133), false);
+            assertThat(problem).as("n=%d, %d-byte elements, %d ranks, bank %d", count, es, world, b).isNull();
+        }
+    }
+
+    @Test
+    void pushSlotsNameTheirWriters() {
+        // receive slot s of rank j: written by rank s; gather slot world + q: written by reducer q
+        for (int world = 1; world <= SymmetricHeap.MAX_RANKS; world++) {
+            boolean[] used = new boolean[CollectivePlan.pushSlots(world)];
+            for (int r = 0; r < world; r++) {
+                assertThat(used[CollectivePlan.pushReceiveSlot(r)]).isFalse();
+                used[CollectivePlan.pushReceiveSlot(r)] = true;
+                assertThat(used[CollectivePlan.pushGatherSlot(world, r)]).isFalse();
+                used[CollectivePlan.pushGatherSlot(world, r)] = true;
+            }
+            for (boolean u : used) assertThat(u).isTrue();
+        }
+        SymmetricHeap.Layout layout = SymmetricHeap.Layout.of(257 * MIB);
+        long part = 4 * MIB;
+        // slot 2 of bank 1 for parts of 4 Mi float32: bank 1 + 2 * 16 MiB
+        assertThat(CollectivePlan.pushSlotOffset(layout, 1, 4, 2, part, 4)).isEqualTo(layout.bankOffset(1) + 32 * MIB);
+        assertThatThrownBy(() -> CollectivePlan.pushSlotOffset(layout, 0, 4, 8, part, 4))
+                .isInstanceOf(IndexOutOfBoundsException.class).hasMessageContaining("slot 8 of 8");
+        assertThatThrownBy(() -> CollectivePlan.pushSlotOffset(layout, 0, 4, -1, part, 4))
+                .isInstanceOf(IndexOutOfBoundsException.class);
+        assertThatThrownBy(() -> CollectivePlan.pushSlotOffset(layout, 0, 4, 7, layout.bankBytes() / 4 / 7, 4))
+                .isInstanceOf(IndexOutOfBoundsException.class).hasMessageContaining("ends past bank 0");
+        assertThatThrownBy(() -> CollectivePlan.pushSlotOffset(layout, 2, 4, 0, 4, 4)).isInstanceOf(IndexOutOfBoundsException.class);
+    }
+
+    @Test
+    void pushChunksArePipelinedAndCappedByTwiceTheWorldsSlots() {
+        long bank = SymmetricHeap.Layout.of(257 * MIB).bankBytes();
+        // 512 MiB of float32 on 4 ranks: parts of at most bank / 8 bytes, whole vectors; eight chunks of 64+ MiB
+        long maxPart = CollectivePlan.pushMaxPartElements(4, bank, 4);
+        assertThat(maxPart).isEqualTo(bank / 4 / 8 / 4 * 4);
+        long chunk = CollectivePlan.pushChunkElements(128 * MIB, 4, bank, 4);
+        assertThat(chunk).isEqualTo(4 * maxPart);
+        assertThat(CollectivePlan.ceilDiv(128 * MIB, chunk)).isEqualTo(8);
+        // 32 MiB: a quarter each, as the pull variant
+        assertThat(CollectivePlan.pushChunkElements(8 * MIB, 4, bank, 4))
+                .isEqualTo(CollectivePlan.twoShotChunkElements(8 * MIB, 4, bank)).isEqualTo(2 * MIB);
+        // small messages: one chunk of at least 4 MiB
+        assertThat(CollectivePlan.pushChunkElements(1000, 4, bank, 2)).isEqualTo(MIB);
+        // the smallest bank still holds 8 ranks' 16 slots of one vector
+        long tiny = SymmetricHeap.Layout.MIN_BANK_BYTES;
+        for (int world = 1; world <= 8; world++) {
+            for (int es : new int[] {2, 4}) {
+                long c = CollectivePlan.pushChunkElements(1L << 40, es, tiny, world);
+                assertThat(c).isPositive();
+                assertThat(2L * world * CollectivePlan.partElements(c, world, 16 / es) * es).isLessThanOrEqualTo(tiny);
+            }
+        }
+        assertThat(CollectivePlan.pushSlots(4)).isEqualTo(8);
+        assertThat(CollectivePlan.pushGatherSlot(4, 1)).isEqualTo(5);
+    }
+
+    @Test
+    void twoShotVariantDefaultsToPushFromThreeRanks() {
+        assertThat(CollectivePlan.defaultTwoShotPush(2, 512 * MIB)).isTrue();
+        assertThat(CollectivePlan.defaultTwoShotPush(4, 32 * MIB)).isTrue();
+        assertThat(CollectivePlan.defaultTwoShotPush(8, 2 * MIB)).isTrue();
     }
 }

@@ -89,8 +89,25 @@ class CudaCollectivesTest {
         if (CudaModule.class.getResource(CudaModule.FATBIN_RESOURCE) == null) return;
         String image = new String(CudaModule.readKernelImage(CudaModule.FATBIN_RESOURCE), StandardCharsets.ISO_8859_1);
         for (String k : List.of("allreduce_oneshot_f32", "allreduce_oneshot_bf16", "allreduce_twoshot_f32",
-                "allreduce_twoshot_bf16", "allgather_bytes")) {
+                "allreduce_twoshot_bf16", "allreduce_twoshot_push_f32", "allreduce_twoshot_push_bf16", "allgather_bytes")) {
             assertThat(image).as("kernel %s in kernels.fatbin", k).contains(k);
         }
+    }
+
+    @Test
+    void twoShotVariantComesFromThePropertyThenTheEnvironment() {
+        assertThat(CudaCollectives.defaultTwoShotVariant(null, null)).isEqualTo(CudaCollectives.TwoShotVariant.AUTO);
+        assertThat(CudaCollectives.defaultTwoShotVariant(null, "PUSH")).isEqualTo(CudaCollectives.TwoShotVariant.PUSH);
+        assertThat(CudaCollectives.defaultTwoShotVariant("pull", "push")).isEqualTo(CudaCollectives.TwoShotVariant.PULL);
+        assertThat(CudaCollectives.defaultTwoShotVariant(" ", " auto ")).isEqualTo(CudaCollectives.TwoShotVariant.AUTO);
+        assertThatThrownBy(() -> CudaCollectives.TwoShotVariant.parse("both")).isInstanceOf(IllegalArgumentException.class)
+                .hasMessageContaining("pull, push or auto").hasMessageContaining(CudaCollectives.TWO_SHOT_ENV);
+        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.PULL, 4, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PULL);
+        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.PUSH, 2, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PUSH);
+        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.AUTO, 4, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PUSH);
+        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.AUTO, 2, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PUSH);
+        // both variants take any size
+        CudaCollectives.checkAllReduce(A, B, BANK, DType.FLOAT32, MS, Algorithm.TWO_SHOT_PUSH, BANK);
+        CudaCollectives.checkAllReduce(A, A, BANK, DType.BFLOAT16, MS, Algorithm.TWO_SHOT_PULL, BANK);
     }
 }

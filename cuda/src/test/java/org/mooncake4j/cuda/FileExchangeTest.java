@@ -11,6 +11,8 @@ import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.ExecutionException;
+import java.util.concurrent.ExecutorService;
+import java.util.concurrent.Executors;
 import java.util.concurrent.TimeUnit;
 import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
@@ -20,6 +22,12 @@ class FileExchangeTest {
     @TempDir
     Path dir;
 
+    /** One thread per simulated rank (the common pool may have a single thread on a small machine). */
+    private final ExecutorService ranks = Executors.newCachedThreadPool();
+
+    @org.junit.jupiter.api.AfterEach
+    void stopRanks() { ranks.shutdownNow(); }
+
     private static byte[] bytes(String s) { return s.getBytes(StandardCharsets.UTF_8); }
 
     private static String text(byte[] b) { return new String(b, StandardCharsets.UTF_8); }
@@ -27,10 +35,10 @@ class FileExchangeTest {
     @Test
     void everyRankGetsEveryRanksBytesInRankOrderRoundAfterRound() throws Exception {
         int world = 3;
-        List<CompletableFuture<List<String>>> ranks = new ArrayList<>();
+        List<CompletableFuture<List<String>>> futures = new ArrayList<>();
         for (int r = 0; r < world; r++) {
             int rank = r;
-            ranks.add(CompletableFuture.supplyAsync(() -> {
+            futures.add(CompletableFuture.supplyAsync(() -> {
                 FileExchange x = new FileExchange(dir, rank, world, Duration.ofSeconds(20));
                 List<String> seen = new ArrayList<>();
                 for (int round = 0; round < 3; round++) {
@@ -40,9 +48,9 @@ class FileExchangeTest {
                     seen.add(s.toString().trim());
                 }
                 return seen;
-            }));
+            }, ranks));
         }
-        for (CompletableFuture<List<String>> f : ranks) {
+        for (CompletableFuture<List<String>> f : futures) {
             assertThat(f.get(30, TimeUnit.SECONDS)).containsExactly("r0k0 r1k0 r2k0", "r0k1 r1k1 r2k1", "r0k2 r1k2 r2k2");
         }
     }
@@ -51,7 +59,7 @@ class FileExchangeTest {
     void aRoundTimesOutNamingTheRanksThatDidNotPublish() {
         FileExchange rank0 = new FileExchange(dir, 0, 4, Duration.ofMillis(300));
         CompletableFuture<Void> rank2 = CompletableFuture.runAsync(
-                () -> new FileExchange(dir, 2, 4, Duration.ofSeconds(1)).allGather(bytes("two")));
+                () -> new FileExchange(dir, 2, 4, Duration.ofSeconds(1)).allGather(bytes("two")), ranks);
         long t0 = System.nanoTime();
         assertThatThrownBy(() -> rank0.allGather(bytes("zero")))
                 .isInstanceOfSatisfying(ExchangeTimeoutException.class, e -> {
@@ -72,11 +80,11 @@ class FileExchangeTest {
     void aRankSeesOnlyItsOwnRoundNotAnEarlierOne() throws Exception {
         FileExchange a = new FileExchange(dir, 0, 2, Duration.ofSeconds(10));
         FileExchange b = new FileExchange(dir, 1, 2, Duration.ofSeconds(10));
-        CompletableFuture<byte[][]> first = CompletableFuture.supplyAsync(() -> a.allGather(bytes("a0")));
+        CompletableFuture<byte[][]> first = CompletableFuture.supplyAsync(() -> a.allGather(bytes("a0")), ranks);
         assertThat(b.allGather(bytes("b0"))[0]).isEqualTo(bytes("a0"));
         assertThat(text(first.get(10, TimeUnit.SECONDS)[1])).isEqualTo("b0");
 
-        CompletableFuture<byte[][]> second = CompletableFuture.supplyAsync(() -> a.allGather(bytes("a1")));
+        CompletableFuture<byte[][]> second = CompletableFuture.supplyAsync(() -> a.allGather(bytes("a1")), ranks);
         byte[][] seen = b.allGather(bytes("b1"));
         assertThat(text(seen[0])).isEqualTo("a1");
         assertThat(text(second.get(10, TimeUnit.SECONDS)[1])).isEqualTo("b1");
@@ -90,7 +98,7 @@ class FileExchangeTest {
     @Test
     void aSingleRankGetsItsOwnBytesBack() {
         FileExchange x = new FileExchange(dir, 0, 1, Duration.ofSeconds(1));
-        assertThat(x.allGather(bytes("solo"))).containsExactly(bytes("solo"));
+        assertThat(x.allGather(bytes("solo"))).isDeepEqualTo(new byte[][] {bytes("solo")});
     }
 
     @Test
@@ -114,7 +122,7 @@ class FileExchangeTest {
                 throw new IllegalStateException(e);
             }
             return new FileExchange(dir, 1, 2, Duration.ofSeconds(5)).allGather(bytes("late"));
-        });
+        }, ranks);
         assertThat(text(a.allGather(bytes("early"))[1])).isEqualTo("late");
         assertThat(text(late.get(10, TimeUnit.SECONDS)[0])).isEqualTo("early");
     }

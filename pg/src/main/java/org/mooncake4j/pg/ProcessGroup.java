@@ -704,7 +704,9 @@ public final class ProcessGroup implements AutoCloseable {
      * members again (a replacement reuses the dead rank's id) in a new epoch, together with the
      * subgroups of this group that contain them. The joiners must have started (see {@link #peerState}).
      * A joiner that is admitted but does not connect within the timeout is dropped again (a warning is
-     * logged and {@link #activeRanks()} shows it inactive): poll and recover it again.
+     * logged and {@link #activeRanks()} shows it inactive): poll and recover it again. A joiner that
+     * went away between {@code peerState} and this call makes it throw {@link IllegalStateException}
+     * ("has not published its metadata") on every healthy rank alike: poll again.
      */
     public void recoverRanks(int... ranks) {
         for (int r : ranks) {

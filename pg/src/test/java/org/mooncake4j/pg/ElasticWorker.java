@@ -70,7 +70,15 @@ public final class ElasticWorker {
             if (iter % 50 == 0) System.out.println("ITER " + iter);
             if (before[joinRank] == 0 && pg.peerState(joinRank)[0]) {
                 long t0 = System.nanoTime();
-                pg.recoverRanks(joinRank);
+                try {
+                    pg.recoverRanks(joinRank);
+                } catch (IllegalStateException e) {
+                    // the process peerState saw went away before recoverRanks (the "early" one exits at once):
+                    // every healthy rank got the same answer and the same error; poll for the next one
+                    if (!e.getMessage().contains("has not published its metadata")) throw e;
+                    System.out.println("WENT-AWAY " + joinRank);
+                    continue;
+                }
                 before = pg.activeRanks().toIntArray();
                 if (before[joinRank] == 0) continue; // admitted a process that went away (the "early" one): wait for the next
                 System.out.println("RECOVERED " + joinRank + " epoch " + pg.epoch() + " in " + (System.nanoTime() - t0) / 1_000_000 + " ms");

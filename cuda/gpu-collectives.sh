@@ -1,0 +1,148 @@
+#!/usr/bin/env bash
+# GPU collectives of mooncake4j-cuda beside NCCL, on a GPU host without Maven (only the NVIDIA driver, a
+# Java 25 runtime, and PyTorch for the NCCL side).
+#
+#   gpu-collectives.sh JAR_DIR
+#
+# JAR_DIR holds the jars of the class path (JAR_DIR/*): at least mooncake4j-cuda-<version>.jar (built
+# where nvcc was present, so it contains kernels.fatbin), mooncake4j-core-<version>.jar and slf4j-api
+# (slf4j-simple optional); bench/stage-device.sh stages them into .device/lib.
+#
+# For 2 GPUs and for all visible GPUs (when more than 2), one process per GPU:
+#   1. CollectiveBench (RANK, WORLD_SIZE, RDV_DIR): correctness of all_reduce float32/bfloat16 and
+#      all_gather against host references, the all_reduce float32 timing table (8 B .. 512 MiB), and the
+#      fault check (the last rank exits without calling all_reduce; the others must time out naming it);
+#   2. torchrun --nproc-per-node=N torch_baselines.py: NCCL's all_reduce over the same sizes;
+# then, per N, a table of ratios: mooncake busbw / NCCL busbw and NCCL time / mooncake time.
+# Results go to $OUT (default: a new temporary folder): ws<N>/rank<r>.log, ws<N>/mooncake_allreduce_ws<N>.json,
+# torch_baselines_ws<N>.json/.log, ratios_ws<N>.txt. Exit status 0 when every process passed.
+#
+# Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per process, default 900),
+# TORCH_BASELINES (default .device/torch_baselines.py), WORLDS (default "2 <all GPUs>"), and any
+# CollectiveBench setting (PHASES, HEAP_MIB, SHARING, CHECK_MAX_MIB, TIME_MAX_MIB, ONESHOT_MAX_BYTES, ...), and
+# MOONCAKE_TWOSHOT=auto|pull|push (the two-shot variant of the automatic choice; both are checked and timed anyway).
+# NVLink multicast stays off everywhere (NCCL_NVLS_ENABLE=0 and friends); mooncake4j never creates
+# multicast objects.
+set -uo pipefail
+
+if [[ $# -ne 1 || ! -d "$1" ]]; then
+  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cuda, mooncake4j-core and slf4j-api jars)" >&2
+  exit 2
+fi
+jars=$(cd "$1" && pwd)
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(cd "$here/.." && pwd)
+java=${JAVA:-/tmp/jre25/bin/java}
+limit=${TIMEOUT_S:-900}
+for j in mooncake4j-cuda mooncake4j-core slf4j-api; do
+  if ! compgen -G "$jars/$j-*.jar" > /dev/null; then
+    echo "missing $j-*.jar in $jars" >&2
+    exit 2
+  fi
+done
+if [[ ! -x "$java" ]]; then
+  echo "no Java runtime at $java (set JAVA=..., or unpack one: tar xJf .device/jre25.tar.xz -C /tmp)" >&2
+  exit 2
+fi
+baselines=${TORCH_BASELINES:-.device/torch_baselines.py}
+if [[ ! -f "$baselines" && -f "$root/$baselines" ]]; then baselines="$root/$baselines"; fi
+baselines=$(cd "$(dirname "$baselines")" 2>/dev/null && echo "$PWD/$(basename "$baselines")")
+
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+else
+  mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
+fi
+ngpu=${#visible[@]}
+echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); torch baselines: $baselines; results: $out"
+if [[ $ngpu -lt 2 ]]; then
+  echo "FAIL the GPU collectives need 2+ GPUs, this host shows $ngpu"
+  exit 1
+fi
+worlds=${WORLDS:-$( (echo 2; echo "$ngpu") | sort -un | tr '\n' ' ')}
+
+status=0
+summary=()
+note() {  # note NAME RC
+  local verdict=PASSED
+  if [[ $2 -eq 124 || $2 -eq 137 ]]; then verdict="TIMED OUT after ${limit}s"; elif [[ $2 -ne 0 ]]; then verdict="FAILED (exit $2)"; fi
+  [[ $2 -ne 0 ]] && status=1
+  summary+=("$1: $verdict")
+}
+
+for n in $worlds; do
+  if [[ $n -gt $ngpu ]]; then summary+=("mooncake ws$n: SKIPPED (only $ngpu GPUs)"); continue; fi
+  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
+  logs="$out/ws$n"
+  mkdir -p "$logs"
+  rdv=$(mktemp -d)
+  echo "=== mooncake CollectiveBench: $n processes on GPUs $gpus"
+  pids=()
+  for ((r = 0; r < n; r++)); do
+    CUDA_VISIBLE_DEVICES=$gpus RANK=$r WORLD_SIZE=$n RDV_DIR=$rdv OUT=$logs \
+      timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
+      org.mooncake4j.cuda.CollectiveBench > "$logs/rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for ((r = 0; r < n; r++)); do
+    wait "${pids[$r]}"
+    rc=$?
+    note "mooncake ws$n rank $r" "$rc"
+  done
+  for ((r = 0; r < n; r++)); do sed "s/^/[ws$n rank $r] /" "$logs/rank$r.log"; done
+  rm -rf "$rdv"
+done
+
+if command -v torchrun > /dev/null; then torchrun=(torchrun); else torchrun=(python3 -m torch.distributed.run); fi
+for n in $worlds; do
+  [[ $n -le $ngpu ]] || continue
+  if [[ ! -f "$baselines" ]]; then summary+=("NCCL ws$n: SKIPPED (no torch_baselines.py at ${TORCH_BASELINES:-.device/torch_baselines.py})"); continue; fi
+  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
+  echo "=== NCCL (torch_baselines.py): $n processes on GPUs $gpus"
+  (cd "$out" && CUDA_VISIBLE_DEVICES=$gpus OUT=$out timeout --kill-after=10 "$limit" "${torchrun[@]}" --nproc-per-node="$n" \
+    "$baselines" > "$out/torch_baselines_ws$n.log" 2>&1)
+  rc=$?
+  note "NCCL ws$n" "$rc"
+  [[ $rc -eq 0 ]] || tail -20 "$out/torch_baselines_ws$n.log"
+done
+
+for n in $worlds; do
+  ours="$out/ws$n/mooncake_allreduce_ws$n.json"
+  nccl="$out/torch_baselines_ws$n.json"
+  if [[ ! -f "$ours" || ! -f "$nccl" ]]; then
+    echo "=== ratios ws$n: missing $( [[ -f "$ours" ]] || echo "$ours " )$( [[ -f "$nccl" ]] || echo "$nccl" )"
+    continue
+  fi
+  echo "=== all_reduce float32, $n GPUs: mooncake vs NCCL (NCCL_NVLS_ENABLE=0)"
+  python3 - "$ours" "$nccl" <<'EOF' | tee "$out/ratios_ws$n.txt"
+import json, sys
+ours = {int(b): (t, bw) for b, t, bw in json.load(open(sys.argv[1]))["mooncake_allreduce"]}
+nccl = {int(b): (t, bw) for b, t, bw in json.load(open(sys.argv[2]))["nccl_allreduce"]}
+mine = json.load(open(sys.argv[1]))
+detail = {int(d["bytes"]): d for d in mine["mooncake_allreduce_detail"]}
+pull = {int(b): bw for b, t, bw in mine.get("mooncake_allreduce_pull", [])}
+push = {int(b): bw for b, t, bw in mine.get("mooncake_allreduce_push", [])}
+print("# mooncake: CUDA events around 20 iterations, max over ranks; NCCL: torch_baselines.py (host timer, torch.distributed)")
+print("# busbw ratio: the automatic choice (algo) / NCCL; pull, push ratio: each two-shot variant / NCCL")
+print("# %12s %9s %13s %11s %15s %13s %12s %11s %11s %7s %14s" % ("size(B)", "algo", "mooncake(us)", "NCCL(us)",
+      "mooncake busbw", "NCCL busbw", "busbw ratio", "pull ratio", "push ratio", "faster", "NCCL/ours time"))
+nan = float("nan")
+def r(x, y):
+    return x / y if x and y else nan
+for b in sorted(set(ours) & set(nccl)):
+    (t, bw), (tn, bwn) = ours[b], nccl[b]
+    d = detail.get(b, {})
+    print("  %12d %9s %13.2f %11.2f %15.2f %13.2f %12.3f %11.3f %11.3f %7s %14.3f" % (b, d.get("algorithm", "?"),
+          t if t is not None else nan, tn, bw if bw is not None else nan, bwn, r(bw, bwn), r(pull.get(b), bwn),
+          r(push.get(b), bwn), d.get("faster_two_shot", "?"), r(tn, t)))
+EOF
+done
+
+echo "=== summary (results in $out)"
+printf '%s\n' "${summary[@]}"
+exit $status
