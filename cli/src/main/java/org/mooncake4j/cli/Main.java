@@ -28,7 +28,30 @@ public final class Main implements Runnable {
     }
 
     public static void main(String[] args) {
+        String level = System.getenv("MOONCAKE_LOG");
+        if (level != null && !level.isBlank()) {
+            try {
+                // before the first logger exists (slf4j-simple reads its configuration once)
+                System.setProperty("org.slf4j.simpleLogger.log.org.mooncake4j", logLevel(level));
+            } catch (IllegalArgumentException e) {
+                System.err.println("mooncake4j: " + e.getMessage());
+                System.exit(2);
+            }
+        }
         System.exit(commandLine().execute(args));
+    }
+
+    /**
+     * The slf4j-simple level for {@code MOONCAKE_LOG}: {@code info} (default: one line per lifecycle
+     * event — init, join, failure suspected, epoch change, redo, fenced, recover, close), {@code debug}
+     * (also one line per operation), {@code trace}, {@code warn}, {@code error} or {@code off}.
+     */
+    static String logLevel(String value) {
+        String v = value.trim().toLowerCase(java.util.Locale.ROOT);
+        return switch (v) {
+            case "trace", "debug", "info", "warn", "error", "off" -> v;
+            default -> throw new IllegalArgumentException("MOONCAKE_LOG must be one of trace, debug, info, warn, error, off; got '" + value + "'");
+        };
     }
 
     /** The configured command line, for {@link #main} and for tests. */

@@ -424,6 +424,8 @@ public final class WorkerLauncher {
         cmd.add(javaCommand);
         cmd.add("--enable-native-access=ALL-UNNAMED");
         cmd.addAll(jvmOptions);
+        String level = environment.getOrDefault("MOONCAKE_LOG", System.getenv("MOONCAKE_LOG"));
+        if (level != null && !level.isBlank()) cmd.add("-Dorg.slf4j.simpleLogger.log.org.mooncake4j=" + Main.logLevel(level));
         if (!classPath.isEmpty()) {
             cmd.add("-cp");
             cmd.add(String.join(File.pathSeparator, classPath));

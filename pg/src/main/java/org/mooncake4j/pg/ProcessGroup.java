@@ -201,6 +201,12 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Duration timeout() { return timeout; }
 
+    /** The transfer engine this group's segments are registered with (shared with the process's other groups). */
+    public TransferEngine transferEngine() { return engine; }
+
+    /** The metadata store this group rendezvouses and agrees through. */
+    public MetadataStore store() { return store; }
+
     /** Ranks removed from this group since this process joined it, in rank order. */
     public int[] droppedRanks() {
         synchronized (droppedSinceInit) { return droppedSinceInit.stream().mapToInt(Integer::intValue).toArray(); }
@@ -926,7 +932,16 @@ public final class ProcessGroup implements AutoCloseable {
         boolean covered = dropped.length == 0;
         lastDropped = dropped;
         lastCovered = covered;
+        if (LOG.isDebugEnabled()) {
+            LOG.debug("op group={} rank={} epoch={} #{} {} done covered={} dropped={}", name, rank, state.epoch(), currentOpSeq(), code.torchName(),
+                    covered, Arrays.toString(dropped));
+        }
         if (work != null) work.complete(dropped, covered);
+    }
+
+    private long currentOpSeq() {
+        EpochPlane pl = plane;
+        return pl == null ? 0 : pl.opSeq;
     }
 
     /** The plane of the adopted state, built (and the old one closed) after a membership change. */
