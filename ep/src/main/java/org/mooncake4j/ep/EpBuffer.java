@@ -43,7 +43,8 @@ import org.mooncake4j.pg.ProcessGroup;
  * rank whose data does not arrive within {@code timeoutUs} (from the start of the receive), or whose
  * engine is found gone, is set to 0 in {@code activeRanks} and treated as having sent nothing: its
  * tokens are absent from {@code recvX} and {@code recvCount}, and combine skips the selections of its
- * experts. {@code timeoutUs = -1} disables the timeout; a rank found gone then fails the call with
+ * experts. {@code timeoutUs = -1} drops no rank for being late; a rank found gone, or one that has not
+ * arrived within the process group's timeout (the bound on every wait), then fails the call with
  * {@link org.mooncake4j.pg.PeerFailureException} (after being set to 0). Every message carries the
  * dispatch (or combine) sequence number, so a late write from an earlier round is never taken for the
  * current one. Ranks call dispatch and combine alternately, in the same order.
@@ -141,7 +142,7 @@ public final class EpBuffer implements AutoCloseable {
      * @param activeRanks      int32 {@code [numRanks]} on the CPU: 1 = active; set to 0 for ranks that fail
      * @param maxTokensPerRank the most tokens any rank dispatches (the same on every rank)
      * @param numExperts       global expert count, a multiple of numRanks
-     * @param timeoutUs        how long to wait for each source, in microseconds; -1 = no timeout
+     * @param timeoutUs        how long to wait for each source, in microseconds; -1 = no EP-level timeout (the group's timeout still bounds the wait)
      * @param useFp8           send e4m3 values with a float32 scale per 128 channels (hidden % 128 == 0)
      * @param asyncFinish      run on the background thread; wait with {@code event.currentStreamWait()}
      * @param returnRecvHook   send now, return the receive as the hook

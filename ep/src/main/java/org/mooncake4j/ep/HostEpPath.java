@@ -26,8 +26,9 @@ import org.mooncake4j.pg.PeerFailureException;
  *
  * <p>A source that does not publish the current sequence number before the deadline, or whose engine
  * is gone, is set to 0 in activeRanks and treated as having sent nothing. A write that fails (the peer
- * is gone) does the same for the destination. With {@code timeoutUs = -1} nothing times out, and a
- * peer found gone fails the call with {@link PeerFailureException} after being marked 0.
+ * is gone) does the same for the destination. With {@code timeoutUs = -1} no rank is dropped for being
+ * late: a peer found gone, or one that has not arrived within the group's timeout (the bound on every
+ * wait), fails the call with {@link PeerFailureException} after being marked 0.
  *
  * <p>Allocation: per call only arrays of numRanks flags and the handle's row tables; nothing per token.
  * Scratch memory grows to the largest shape seen and is reused.
@@ -41,7 +42,8 @@ final class HostEpPath implements EpDataPath {
     private static final int BLOCK = EpLayout.SCALE_CHANNELS;
 
     private final int rank;
-    private final Duration writeTimeout;
+    /** The process group's timeout: bounds every write, and every wait when timeoutUs = -1. */
+    private final Duration groupTimeout;
     // send-side scratch (dispatch send)
     private int[] sendCounts = new int[0];
     private MemorySegment countScratch = MemorySegment.NULL;
@@ -49,9 +51,9 @@ final class HostEpPath implements EpDataPath {
     // receive-side scratch (combine receive)
     private float[] acc = new float[0];
 
-    HostEpPath(int rank, Duration writeTimeout) {
+    HostEpPath(int rank, Duration groupTimeout) {
         this.rank = rank;
-        this.writeTimeout = writeTimeout;
+        this.groupTimeout = groupTimeout;
     }
 
     // ---- dispatch ----------------------------------------------------------------------------
@@ -67,7 +69,7 @@ final class HostEpPath implements EpDataPath {
         for (int r = 0; r < numRanks; r++) dest[r] = active.get(INT, 4L * r) != 0 && segs.links[r] != null;
         ensureSendScratch(lay.numExperts(), lay.messageBytes());
         Arrays.fill(sendCounts, 0, lay.numExperts(), 0);
-        Deadline wd = Deadline.after(writeTimeout);
+        Deadline wd = Deadline.after(groupTimeout);
         MemorySegment xs = op.x().segment(), idx = op.topkIdx().segment(), msg = message;
         long rowBytes = 2L * hidden, fp8Bytes = hidden + 4L * lay.scaleBlocks();
         for (int t = 0; t < h.numTokens; t++) {
@@ -95,7 +97,7 @@ final class HostEpPath implements EpDataPath {
                     }
                 } catch (RuntimeException ex) {
                     dest[r] = false;
-                    lost(op.activeRanks(), op.timeoutUs(), r, "dispatch", h.seq, ex);
+                    lost(op.activeRanks(), op.timeoutUs(), r, "dispatch", h.seq, GONE + " (" + ex.getMessage() + ")");
                 }
             }
         }
@@ -108,7 +110,7 @@ final class HostEpPath implements EpDataPath {
                 segs.links[r].publish(EpLayout.dispatchSignal(rank), h.seq, wd);
             } catch (RuntimeException ex) {
                 dest[r] = false;
-                lost(op.activeRanks(), op.timeoutUs(), r, "dispatch", h.seq, ex);
+                lost(op.activeRanks(), op.timeoutUs(), r, "dispatch", h.seq, GONE + " (" + ex.getMessage() + ")");
             }
         }
     }
@@ -197,7 +199,7 @@ final class HostEpPath implements EpDataPath {
         MemorySegment active = op.activeRanks().segment();
         boolean[] dest = op.sentTo();
         for (int r = 0; r < numRanks; r++) dest[r] = active.get(INT, 4L * r) != 0 && segs.links[r] != null;
-        Deadline wd = Deadline.after(writeTimeout);
+        Deadline wd = Deadline.after(groupTimeout);
         MemorySegment xs = op.x().segment();
         long rowBytes = 2L * lay.hidden();
         for (int j = 0; j < local; j++) {
@@ -211,7 +213,7 @@ final class HostEpPath implements EpDataPath {
                         segs.links[s].write(lay.combineRecvRow(expert, h.rowToken[base + p + i]), xs, row * rowBytes, rowBytes, wd);
                     } catch (RuntimeException ex) {
                         dest[s] = false;
-                        lost(op.activeRanks(), op.timeoutUs(), s, "combine", op.seq(), ex);
+                        lost(op.activeRanks(), op.timeoutUs(), s, "combine", op.seq(), GONE + " (" + ex.getMessage() + ")");
                     }
                 }
                 p += c;
@@ -222,7 +224,7 @@ final class HostEpPath implements EpDataPath {
             try {
                 segs.links[r].publish(EpLayout.combineSignal(numRanks, rank), op.seq(), wd);
             } catch (RuntimeException ex) {
-                lost(op.activeRanks(), op.timeoutUs(), r, "combine", op.seq(), ex);
+                lost(op.activeRanks(), op.timeoutUs(), r, "combine", op.seq(), GONE + " (" + ex.getMessage() + ")");
             }
         }
     }
@@ -272,7 +274,7 @@ final class HostEpPath implements EpDataPath {
         MemorySegment active = activeRanks.segment();
         MemorySegment mem = segs.memory;
         boolean[] arrived = new boolean[numRanks];
-        Deadline deadline = timeoutUs < 0 ? Deadline.NEVER : Deadline.afterNanos(timeoutUs * 1000L);
+        Deadline deadline = Deadline.afterNanos(timeoutUs < 0 ? groupTimeout.toNanos() : timeoutUs * 1000L);
         for (int s = 0; s < numRanks; s++) {
             if (active.get(INT, 4L * s) == 0 || (needed != null && !needed[s])) continue;
             if (segs.links[s] == null) {
@@ -281,7 +283,8 @@ final class HostEpPath implements EpDataPath {
             }
             long word = needed == null ? EpLayout.dispatchSignal(s) : EpLayout.combineSignal(numRanks, s);
             if (!Waiter.awaitAtLeast(mem, word, seq, deadline, segs.gone[s]) && Waiter.load(mem, word) - seq < 0) {
-                lost(activeRanks, timeoutUs, s, what, seq, null);
+                lost(activeRanks, timeoutUs, s, what, seq, segs.gone[s].getAsBoolean() ? GONE : "did not send its " + what + " within "
+                        + (timeoutUs < 0 ? "the group timeout of " + groupTimeout.toMillis() + " ms" : timeoutUs + " us"));
                 continue;
             }
             arrived[s] = true;
@@ -290,12 +293,15 @@ final class HostEpPath implements EpDataPath {
     }
 
     /** Marks {@code peer} 0; with timeoutUs = -1 (no timeout detection) a lost peer fails the call. */
-    private void lost(org.mooncake4j.core.Tensor activeRanks, long timeoutUs, int peer, String what, long seq, RuntimeException cause) {
+    private static final String GONE = "exited or lost its connection";
+
+    private void lost(org.mooncake4j.core.Tensor activeRanks, long timeoutUs, int peer, String what, long seq, String reason) {
         activeRanks.setLong(peer, 0);
         if (timeoutUs < 0) {
-            throw new PeerFailureException(what + " #" + seq + " on rank " + rank + " failed: rank " + peer + " exited or lost its connection"
-                    + (cause != null ? " (" + cause.getMessage() + ")" : "") + ". It is now 0 in activeRanks. With timeoutUs = -1 a lost"
-                    + " rank is an error; pass timeoutUs >= 0 to have " + what + " go on without ranks that fail.", new int[] {peer});
+            throw new PeerFailureException(what + " #" + seq + " on rank " + rank + " failed: rank " + peer + " " + reason
+                    + ". It is now 0 in activeRanks. With timeoutUs = -1"
+                    + " a lost or hung rank is an error; check its logs, and pass timeoutUs >= 0 to have " + what + " go on without ranks that fail.",
+                    new int[] {peer});
         }
     }
 

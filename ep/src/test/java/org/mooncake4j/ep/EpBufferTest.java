@@ -17,10 +17,15 @@ import org.mooncake4j.transfer.store.EmbeddedStoreServer;
 class EpBufferTest {
 
     static List<ProcessCluster.Result> runRanks(int n, String scenario) throws Exception {
+        return runRanks(n, scenario, 30_000);
+    }
+
+    static List<ProcessCluster.Result> runRanks(int n, String scenario, long groupTimeoutMs) throws Exception {
         try (EmbeddedStoreServer store = EmbeddedStoreServer.start("127.0.0.1", 0)) {
             Map<String, String> e = new HashMap<>();
             e.put("MOONCAKE_STORE", store.uri());
             e.put("MOONCAKE_STORE_HOSTED", "1");
+            e.put("MOONCAKE_TIMEOUT_MS", Long.toString(groupTimeoutMs));
             try (ProcessCluster c = ProcessCluster.start(EpWorker.class, n, e, scenario)) {
                 List<ProcessCluster.Result> results = c.awaitAll(Duration.ofSeconds(90));
                 for (ProcessCluster.Result r : results) {
@@ -56,6 +61,18 @@ class EpBufferTest {
             assertThat(r.results().get("mask")).as("rank %d", r.rank()).isEqualTo("[1, 1, 0]");
             assertThat(r.results().get("checks")).isEqualTo("2");
             assertThat(Long.parseLong(r.results().get("ms"))).as("rank %d round time", r.rank()).isLessThan(1500);
+        }
+    }
+
+    @Test
+    void withoutAnEpTimeoutTheGroupTimeoutStillBoundsTheWaitForAMissingSource() throws Exception {
+        List<ProcessCluster.Result> results = runRanks(3, "lateNoTimeout", 2000);
+        for (ProcessCluster.Result r : results.subList(0, 2)) {
+            assertThat(r.results().get("error")).as("rank %d", r.rank())
+                    .contains("dispatch #1 on rank " + r.rank() + " failed: rank 2 did not send its dispatch within the group timeout of 2000 ms")
+                    .contains("It is now 0 in activeRanks");
+            assertThat(r.results().get("mask")).isEqualTo("[1, 1, 0]");
+            assertThat(Long.parseLong(r.results().get("ms"))).as("rank %d gave up after", r.rank()).isBetween(1900L, 2900L);
         }
     }
 

@@ -48,6 +48,7 @@ public final class EpWorker {
                 case "roundtrip" -> w.roundtrip();
                 case "inactive" -> w.inactive();
                 case "late" -> w.late();
+                case "lateNoTimeout" -> w.lateNoTimeout();
                 case "kill" -> w.kill();
                 default -> throw new IllegalArgumentException(args[0]);
             }
@@ -241,6 +242,26 @@ public final class EpWorker {
         long t0 = System.nanoTime();
         round(0, false, 0, false, false, active, 500_000);
         System.out.println("RESULT ms=" + (System.nanoTime() - t0) / 1_000_000);
+        System.out.println("RESULT mask=" + Arrays.toString(active.toIntArray()));
+    }
+
+    /** Rank 2 dispatches 3 s late; ranks 0 and 1 wait with timeoutUs = -1 and fail at the group timeout (2 s) naming it. */
+    private void lateNoTimeout() {
+        Tensor active = allActive();
+        EpReference.Inputs in = ref.inputs(0, rank);
+        if (rank == 2) {
+            sleep(3000);
+            buf.dispatch(in.xTensor(), in.topkTensor(), active, M, ref.numExperts, -1, false, false, false);
+            return;
+        }
+        long t0 = System.nanoTime();
+        try {
+            buf.dispatch(in.xTensor(), in.topkTensor(), active, M, ref.numExperts, -1, false, false, false);
+            fail("dispatch with timeoutUs = -1 returned although rank 2 had not sent");
+        } catch (org.mooncake4j.pg.PeerFailureException e) {
+            System.out.println("RESULT ms=" + (System.nanoTime() - t0) / 1_000_000);
+            System.out.println("RESULT error=" + e.getMessage());
+        }
         System.out.println("RESULT mask=" + Arrays.toString(active.toIntArray()));
     }
 

@@ -904,9 +904,10 @@ public final class ProcessGroup implements AutoCloseable {
     private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work) {
         checkUsable();
         GroupState start = state;
+        long seq;
         while (true) {
             EpochPlane pl = currentPlane();
-            long seq = ++pl.opSeq;
+            seq = ++pl.opSeq;
             CollectiveContext c = pl.ctx;
             c.begin(code, pl.epoch, seq, pl.members, Deadline.after(initializing ? initTimeout() : timeout));
             try {
@@ -933,15 +934,10 @@ public final class ProcessGroup implements AutoCloseable {
         lastDropped = dropped;
         lastCovered = covered;
         if (LOG.isDebugEnabled()) {
-            LOG.debug("op group={} rank={} epoch={} #{} {} done covered={} dropped={}", name, rank, state.epoch(), currentOpSeq(), code.torchName(),
+            LOG.debug("op group={} rank={} epoch={} #{} {} done covered={} dropped={}", name, rank, state.epoch(), seq, code.torchName(),
                     covered, Arrays.toString(dropped));
         }
         if (work != null) work.complete(dropped, covered);
-    }
-
-    private long currentOpSeq() {
-        EpochPlane pl = plane;
-        return pl == null ? 0 : pl.opSeq;
     }
 
     /** The plane of the adopted state, built (and the old one closed) after a membership change. */
@@ -1026,11 +1022,20 @@ public final class ProcessGroup implements AutoCloseable {
             int[] dead = pl != null && pl.epoch == from.epoch() ? pl.deadMembers() : new int[0];
             int[] timedOut = f != null && f.timedOut() ? new int[] {f.peer()} : new int[0];
             if (f != null && !f.timedOut() && !(pl != null && pl.channels.peerAlive(f.peer())) && !agreement.changedSince(from.epoch())) {
-                dead = java.util.stream.IntStream.concat(Arrays.stream(dead), java.util.stream.IntStream.of(f.peer())).distinct().sorted().toArray();
+                dead = withRank(dead, f.peer());
             }
             next = agreement.agree(from, new FailureAgreement.Report(rank, seq, phase, dead, timedOut));
         }
         return next;
+    }
+
+    /** {@code ranks} plus {@code r}, sorted, without duplicates (plain array code: this runs in a failure's first report). */
+    static int[] withRank(int[] ranks, int r) {
+        for (int x : ranks) if (x == r) return ranks;
+        int[] out = Arrays.copyOf(ranks, ranks.length + 1);
+        out[ranks.length] = r;
+        Arrays.sort(out);
+        return out;
     }
 
     /** Makes {@code next} this rank's state; a rank outside its mask is fenced. */

@@ -1,8 +1,7 @@
 package org.mooncake4j.pg.collective;
 
 import java.lang.foreign.MemorySegment;
-import java.util.ArrayList;
-import java.util.List;
+import java.util.Arrays;
 import java.util.function.BooleanSupplier;
 import org.mooncake4j.core.Deadline;
 import org.mooncake4j.core.internal.Waiter;
@@ -66,7 +65,6 @@ public final class Channels {
             final int peer = p;
             peerGone[p] = () -> aborted || this.interrupted.getAsBoolean() || this.peers[peer] == null || !this.peers[peer].alive();
         }
-        deadAmong(new int[] {rank}); // loads what a failure's first report needs now, not while survivors wait on it
     }
 
     public GroupLayout layout() { return layout; }
@@ -82,9 +80,10 @@ public final class Channels {
 
     /** Ranks whose segments are known dead (connection closed), among {@code candidates}. */
     public int[] deadAmong(int[] candidates) {
-        List<Integer> dead = new ArrayList<>();
-        for (int p : candidates) if (p != rank && !peerAlive(p)) dead.add(p);
-        return dead.stream().mapToInt(Integer::intValue).toArray();
+        int[] dead = new int[candidates.length];
+        int n = 0;
+        for (int p : candidates) if (p != rank && !peerAlive(p)) dead[n++] = p;
+        return Arrays.copyOf(dead, n);
     }
 
     /**
