@@ -636,13 +636,202 @@ __device__ void all_gather(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t
     }
 }
 
+// ---- reduce-scatter, push ------------------------------------------------------------------------
+// out[i] = sum over ranks q of rank q's in[rank * count + i], i < count (in holds world * count
+// elements: part j is what rank j receives). Per chunk k of at most `chunk` elements of every part
+// (NR * slot * sizeof(T) <= bank_bytes, see CollectivePlan.reduceScatterChunkElements), within the
+// bank of chunk k of every rank:
+//   slot s   [s * slot, (s + 1) * slot):   elements [base, base + len) of part `rank` of rank s's input
+// Per chunk:
+//   scatter: elements [base, base + len) of part j of the input -> rank j's slot `rank` (j != rank;
+//            one 16-byte vector for every peer per loop step)
+//   barrier k
+//   reduce:  out[base + i] = own part `rank` + slots, in rank order (local loads only)
+// From the second chunk on, half the warps scatter chunk k+1 while the other half reduces chunk k.
+// One barrier per chunk is enough: block b scatters chunk k+1 (into the bank of chunk k-1) only after
+// barrier k, which block b of every peer enters after it reduced chunk k-1. As in the push all-reduce
+// this holds per block index only, so the slot and each block's slice of it are those of the first
+// chunk for every chunk (rs_chunk); the last chunk's slices are just shorter or empty.
+
+struct SlotChunking {
+    uint64_t base;   // first element (byte for all-to-all) of the chunk within every part
+    uint64_t len;    // elements of the chunk
+    uint64_t slot;   // elements per slot: the first chunk's length, whole vectors
+    uint64_t slice;  // elements per block within a slot
+};
+
+template <int V>
+__device__ __forceinline__ SlotChunking slot_chunk(uint64_t count, uint64_t chunk, uint64_t k) {
+    SlotChunking ch;
+    ch.base = k * chunk;
+    ch.len = min_u64(chunk, count - ch.base);
+    ch.slot = round_up(min_u64(chunk, count), V);
+    ch.slice = round_up(ceil_div(ch.slot, gridDim.x), V);
+    return ch;
+}
+
+// Byte offset of slot `s` of chunk k within every rank's heap.
+__device__ __forceinline__ uint64_t slot_offset(const Comm& c, uint64_t k, uint64_t slot_bytes, int s) {
+    return c.data_offset + ((c.chunk_seq_base + k) & 1) * c.bank_bytes + static_cast<uint64_t>(s) * slot_bytes;
+}
+
+// Stores this block's slice of chunk k of every part j != rank into rank j's slot `rank`. Part j of the
+// input starts at in + j * stride (elements). vec: in and stride are whole vectors (16-byte aligned).
+template <typename T, int NR>
+__device__ void slot_scatter(const T* in, uint64_t stride, const Comm& c, const SlotChunking& ch, uint64_t k, bool vec,
+                             uint32_t tid, uint32_t nthreads) {
+    constexpr int V = 16 / sizeof(T);
+    const Range r = block_range(ch.len, ch.slice);
+    const uint64_t n = r.size();
+    const T* src = in + ch.base + r.lo;                                           // + j * stride for part j
+    const uint64_t to = slot_offset(c, k, ch.slot * sizeof(T), c.rank) + r.lo * sizeof(T);   // in rank j's heap
+    uint64_t done = 0;
+    if (vec) {
+        const uint64_t nvec = n / V;
+        for (uint64_t v = tid; v < nvec; v += nthreads) {
+            uint4 x[NR];
+#pragma unroll
+            for (int j = 0; j < NR; ++j) {
+                if (j != c.rank) x[j] = load_cg(reinterpret_cast<const uint4*>(src + j * stride) + v);
+            }
+#pragma unroll
+            for (int j = 0; j < NR; ++j) {
+                if (j != c.rank) reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+            }
+        }
+        done = nvec * V;
+    }
+    for (uint64_t i = done + tid; i < n; i += nthreads) {
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            if (j != c.rank) reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * stride + i);
+        }
+    }
+}
+
+template <typename T, int NR>
+__device__ void rs_reduce(const T* in, T* out, uint64_t count, const Comm& c, const SlotChunking& ch, uint64_t k,
+                          bool vec, uint32_t tid, uint32_t nthreads) {
+    using M = VecMath<T>;
+    const Range r = block_range(ch.len, ch.slice);
+    const T* mine = in + c.rank * count + ch.base + r.lo;
+    T* result = out + ch.base + r.lo;
+    const T* recv = reinterpret_cast<const T*>(heap_of<NR>(c, c.rank) + slot_offset(c, k, ch.slot * sizeof(T), 0)) + r.lo;
+    const uint64_t n = r.size();
+    const uint64_t nvec = vec ? n / M::kElems : 0;
+    for (uint64_t v = tid; v < nvec; v += nthreads) {
+        uint4 raw[NR];
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            raw[q] = load_cg(reinterpret_cast<const uint4*>(q == c.rank ? mine : recv + q * ch.slot) + v);
+        }
+        float acc[8];
+        M::init(acc, raw[0]);
+#pragma unroll
+        for (int q = 1; q < NR; ++q) M::add(acc, raw[q]);
+        reinterpret_cast<uint4*>(result)[v] = M::pack(acc);
+    }
+    for (uint64_t i = nvec * M::kElems + tid; i < n; i += nthreads) {
+        float acc = M::to_float(load_cg((c.rank == 0 ? mine : recv) + i));
+#pragma unroll
+        for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg((q == c.rank ? mine : recv + q * ch.slot) + i));
+        result[i] = M::from_float(acc);
+    }
+}
+
+template <typename T, int NR>
+__device__ void reduce_scatter_push(const T* in, T* out, uint64_t count, uint64_t chunk, const Comm& c) {
+    constexpr int V = VecMath<T>::kElems;
+    const uint64_t chunks = ceil_div(count, chunk);
+    // part j starts at in + j * count: whole vectors only when count is
+    const bool vec_in = mooncake4j::aligned16(in) && count % V == 0;
+    const bool vec = vec_in && mooncake4j::aligned16(out);
+    const uint32_t scatterers = blockDim.x / 2;
+    for (uint64_t k = 0; k < chunks; ++k) {
+        const SlotChunking ch = slot_chunk<V>(count, chunk, k);
+        if (k == 0) slot_scatter<T, NR>(in, count, c, ch, k, vec_in, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
+        if (k + 1 < chunks) {
+            if (threadIdx.x < scatterers) {
+                slot_scatter<T, NR>(in, count, c, slot_chunk<V>(count, chunk, k + 1), k + 1, vec_in, threadIdx.x, scatterers);
+            } else {
+                rs_reduce<T, NR>(in, out, count, c, ch, k, vec, threadIdx.x - scatterers, blockDim.x - scatterers);
+            }
+        } else {
+            rs_reduce<T, NR>(in, out, count, c, ch, k, vec, threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+// ---- all-to-all, push ----------------------------------------------------------------------------
+// out[q * n + i] = rank q's in[rank * n + i], i < n bytes. The chunks, slots and barriers of the push
+// reduce-scatter with bytes for elements (16-byte vectors): rank r stores chunk k of its block j into
+// rank j's slot r, barrier k, then copies its slots q != rank into the output (local), and its own
+// block from the input. From the second chunk on, half the warps scatter chunk k+1 while the other
+// half copies chunk k out. The vector path needs in and n to be 16-byte multiples; else bytes.
+
+template <int NR>
+__device__ void a2a_copy_out(const uint8_t* in, uint8_t* out, uint64_t n, const Comm& c, const SlotChunking& ch,
+                             uint64_t k, uint32_t tid, uint32_t nthreads) {
+    const Range r = block_range(ch.len, ch.slice);
+    const uint8_t* own = heap_of<NR>(c, c.rank);
+#pragma unroll
+    for (int q = 0; q < NR; ++q) {
+        const uint8_t* src = q == c.rank ? in + q * n + ch.base : own + slot_offset(c, k, ch.slot, q);
+        copy_span(out + q * n + ch.base + r.lo, src + r.lo, r.size(), tid, nthreads);
+    }
+}
+
+template <int NR>
+__device__ void all_to_all_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
+    const uint64_t chunks = ceil_div(n, chunk);
+    const bool vec = mooncake4j::aligned16(in) && n % 16 == 0;
+    const uint32_t scatterers = blockDim.x / 2;
+    for (uint64_t k = 0; k < chunks; ++k) {
+        const SlotChunking ch = slot_chunk<16>(n, chunk, k);
+        if (k == 0) slot_scatter<uint8_t, NR>(in, n, c, ch, k, vec, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
+        if (k + 1 < chunks) {
+            if (threadIdx.x < scatterers) {
+                slot_scatter<uint8_t, NR>(in, n, c, slot_chunk<16>(n, chunk, k + 1), k + 1, vec, threadIdx.x, scatterers);
+            } else {
+                a2a_copy_out<NR>(in, out, n, c, ch, k, threadIdx.x - scatterers, blockDim.x - scatterers);
+            }
+        } else {
+            a2a_copy_out<NR>(in, out, n, c, ch, k, threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+// ---- scale ---------------------------------------------------------------------------------------
+// x[i] = x[i] / divisor (IEEE float32 division; bf16 through fp32, rounded once). No flags, no heap.
+
+template <typename T>
+__device__ void scale(T* x, uint64_t n, float divisor) {
+    using M = VecMath<T>;
+    const uint64_t tid = mooncake4j::thread_index();
+    const uint64_t stride = mooncake4j::thread_count();
+    const uint64_t nvec = mooncake4j::aligned16(x) ? n / M::kElems : 0;
+    for (uint64_t v = tid; v < nvec; v += stride) {
+        uint4* p = reinterpret_cast<uint4*>(x) + v;
+        float a[8];
+        M::init(a, *p);
+#pragma unroll
+        for (int e = 0; e < M::kElems; ++e) a[e] = __fdiv_rn(a[e], divisor);
+        *p = M::pack(a);
+    }
+    for (uint64_t i = nvec * M::kElems + tid; i < n; i += stride) x[i] = M::from_float(__fdiv_rn(M::to_float(x[i]), divisor));
+}
+
 }  // namespace collectives
 }  // namespace mooncake4j
 
 // ---- entry points ----------------------------------------------------------------------------------
 // Every kernel takes (in, out, count, chunk, heap0..heap7, rank, world, data_offset, bank_bytes,
 // epoch_base, chunk_seq_base, timeout_ns, status) -- CudaCollectives builds exactly this list:
-//   count:  elements (all-reduce) or bytes per rank (all-gather); chunk: elements/bytes per chunk
+//   count:  elements (all-reduce), elements per rank (reduce-scatter: in holds world * count) or bytes
+//           per rank (all-gather; all-to-all: bytes per block, in and out hold world * count);
+//           chunk: elements/bytes per chunk (of every part for reduce-scatter and all-to-all)
 //           (ignored by one-shot); heapN: rank N's heap base in this process (null for N >= world);
 //   world:  1..8; anything else makes the kernel return without doing anything.
 // Launch with the same grid on every rank: 512 threads per block (the kernels may use up to 128
@@ -721,6 +910,34 @@ extern "C" __global__ void __launch_bounds__(512, 1)
 allgather_bytes(const uint8_t* in, uint8_t* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
     MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_gather<NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+reducescatter_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::reduce_scatter_push<float, NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+reducescatter_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD(
+        (mooncake4j::collectives::reduce_scatter_push<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+alltoall_bytes(const uint8_t* in, uint8_t* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_to_all_push<NR>(in, out, count, chunk, comm)))
+}
+
+// In place x[i] = x[i] / divisor for i < count; any grid (grid-stride), 512 threads per block.
+extern "C" __global__ void __launch_bounds__(512) scale_f32(float* x, uint64_t count, float divisor) {
+    mooncake4j::collectives::scale<float>(x, count, divisor);
+}
+
+extern "C" __global__ void __launch_bounds__(512) scale_bf16(__nv_bfloat16* x, uint64_t count, float divisor) {
+    mooncake4j::collectives::scale<__nv_bfloat16>(x, count, divisor);
 }
 
 #undef MOONCAKE4J_FOR_WORLD

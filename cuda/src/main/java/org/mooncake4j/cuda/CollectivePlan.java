@@ -156,6 +156,71 @@ final class CollectivePlan {
 
     static int allGatherBlocks(long bytes, long chunkBytes, int limit) { return blocksFor(Math.min(bytes, chunkBytes), limit); }
 
+    // ---- reduce-scatter and all-to-all (push, one slot per source rank) -------------------------
+
+    /**
+     * Elements of every part per pipeline chunk of a push reduce-scatter (or all-to-all, with
+     * {@code elementBytes} 1) of {@code perRank} elements per part: a quarter of a part, at least
+     * {@link #MIN_PIPELINE_CHUNK_BYTES} of all {@code worldSize} parts together, whole vectors, and at
+     * most what lets a bank hold the chunk's {@code worldSize} slots.
+     */
+    static long slotChunkElements(long perRank, int elementBytes, long bankBytes, int worldSize) {
+        int v = vectorElements(elementBytes);
+        long target = Math.max(ceilDiv(MIN_PIPELINE_CHUNK_BYTES, (long) worldSize * elementBytes), ceilDiv(perRank, PIPELINE_CHUNKS));
+        return Math.min(roundUp(target, v), slotMaxElements(elementBytes, bankBytes, worldSize));
+    }
+
+    /** The most elements of one slot: {@code worldSize} slots of whole vectors in one bank. */
+    static long slotMaxElements(int elementBytes, long bankBytes, int worldSize) {
+        int v = vectorElements(elementBytes);
+        return bankBytes / elementBytes / worldSize / v * v;
+    }
+
+    /**
+     * Elements per slot of every chunk (device: slot_chunk): the first chunk's length in whole vectors,
+     * for the last (shorter) chunk too, so that each block's bytes of a bank stay put from chunk to chunk.
+     */
+    static long slotElements(long perRank, long chunkElements, int elementBytes) {
+        return roundUp(Math.min(perRank, chunkElements), vectorElements(elementBytes));
+    }
+
+    /** Blocks of a push reduce-scatter or all-to-all: enough for one slot. */
+    static int slotBlocks(long perRank, long chunkElements, int elementBytes, int limit) {
+        return blocksFor(slotElements(perRank, chunkElements, elementBytes) * elementBytes, limit);
+    }
+
+    /**
+     * The byte offset within every rank's heap of slot {@code slot} (written by rank {@code slot}) of a
+     * push reduce-scatter or all-to-all chunk in bank {@code bank} (device: slot_offset).
+     */
+    static long slotOffset(SymmetricHeap.Layout layout, int bank, int worldSize, int slot, long slotBytes) {
+        if (slot < 0 || slot >= worldSize) throw new IndexOutOfBoundsException("slot " + slot + " of " + worldSize);
+        long offset = layout.bankOffset(bank) + slot * slotBytes;
+        if (offset + slotBytes > layout.bankOffset(bank) + layout.bankBytes()) {
+            throw new IndexOutOfBoundsException("slot " + slot + " of " + slotBytes + " bytes ends past bank " + bank + " ("
+                    + layout.bankBytes() + " bytes)");
+        }
+        return offset;
+    }
+
+    /** Elements per chunk of every part of a reduce-scatter of {@code countPerRank} elements per rank. */
+    static long reduceScatterChunkElements(long countPerRank, int elementBytes, long bankBytes, int worldSize) {
+        return slotChunkElements(countPerRank, elementBytes, bankBytes, worldSize);
+    }
+
+    /** Bytes per chunk of every block of an all-to-all of {@code bytesPerRank} per block. */
+    static long allToAllChunkBytes(long bytesPerRank, long bankBytes, int worldSize) {
+        return slotChunkElements(bytesPerRank, 1, bankBytes, worldSize);
+    }
+
+    // ---- scale ---------------------------------------------------------------------------------
+
+    /** The most blocks of a scale kernel (grid-stride: any grid works). */
+    static final int SCALE_MAX_BLOCKS = 1024;
+
+    /** Blocks of an element-wise scale of {@code count} elements: one vector per thread, 1..{@value #SCALE_MAX_BLOCKS}. */
+    static int scaleBlocks(long count, int elementBytes) { return blocksFor(count * elementBytes, SCALE_MAX_BLOCKS); }
+
     // ---- slices (device: block_range) ------------------------------------------------------------
 
     /** Elements per block when {@code len} is split over {@code blocks} in whole vectors. */

@@ -7,7 +7,7 @@ import java.util.concurrent.TimeUnit;
 import org.mooncake4j.core.DType;
 
 /**
- * All-reduce (sum) and all-gather among the ranks of a {@link SymmetricHeap}, by kernels that read the
+ * All-reduce (sum), all-gather, reduce-scatter (sum) and all-to-all among the ranks of a {@link SymmetricHeap}, by kernels that reach the
  * peers' heaps over NVLink ({@code collectives.cu}):
  * <ul>
  * <li>one-shot all-reduce (small messages): each rank stages its input in its heap, meets the others
@@ -19,8 +19,14 @@ import org.mooncake4j.core.DType;
  *     peer's heap, so every NVLink access is a store and every load is local
  *     ({@link TwoShotVariant}, {@value #TWO_SHOT_PROPERTY} / {@value #TWO_SHOT_ENV});</li>
  * <li>all-gather: each rank stages its input, then reads every peer's.</li>
+ * <li>reduce-scatter (push): each rank stores part q of its input into rank q's heap (one slot per
+ *     source rank), then sums its own slots from local memory; pipelined in chunks, any size;</li>
+ * <li>all-to-all (push): each rank stores block q of its input into rank q's heap, then copies its
+ *     slots into the output locally; pipelined in chunks, any size and alignment;</li>
+ * <li>{@link #divide}: an element-wise division in place (AVG after a sum); local, no peers.</li>
  * </ul>
- * Sums are taken in rank order (bf16 in fp32, rounded once), so every rank gets the same bits.
+ * Sums are taken in rank order (bf16 in fp32, rounded once), so every rank gets the same bits, and a
+ * reduce-scatter gives the bits that an all-reduce gives for the same slice.
  *
  * <p>Operations are queued on the caller's stream and return at once: nothing here waits for the GPU,
  * and a call allocates nothing. Every flag wait on the GPU has a deadline ({@code timeoutNanos}); when
@@ -94,6 +100,11 @@ public final class CudaCollectives implements AutoCloseable {
     private final CudaFunction pushF32;
     private final CudaFunction pushBf16;
     private final CudaFunction allGatherBytes;
+    private final CudaFunction reduceScatterF32;
+    private final CudaFunction reduceScatterBf16;
+    private final CudaFunction allToAllBytes;
+    private final CudaFunction scaleF32;
+    private final CudaFunction scaleBf16;
     private final PinnedHostMemory status;
     private final MemorySegment statusWords;
     private final long[] heaps = new long[SymmetricHeap.MAX_RANKS];
@@ -119,6 +130,11 @@ public final class CudaCollectives implements AutoCloseable {
         this.pushF32 = kernels.function("allreduce_twoshot_push_f32");
         this.pushBf16 = kernels.function("allreduce_twoshot_push_bf16");
         this.allGatherBytes = kernels.function("allgather_bytes");
+        this.reduceScatterF32 = kernels.function("reducescatter_f32");
+        this.reduceScatterBf16 = kernels.function("reducescatter_bf16");
+        this.allToAllBytes = kernels.function("alltoall_bytes");
+        this.scaleF32 = kernels.function("scale_f32");
+        this.scaleBf16 = kernels.function("scale_bf16");
         this.status = status;
         this.statusWords = status.segment();
         this.rank = heap.rank();
@@ -257,6 +273,59 @@ public final class CudaCollectives implements AutoCloseable {
     }
 
     /**
+     * Queues {@code dst[i] = sum over ranks q of rank q's src[rank * countPerRank + i]} for
+     * {@code i < countPerRank} elements of {@code dtype} ({@link DType#FLOAT32} or {@link DType#BFLOAT16})
+     * on {@code stream}: {@code src} holds {@code worldSize * countPerRank} elements, part q of which goes
+     * to rank q. Sums in rank order (bf16 in fp32, rounded once): the bits an all-reduce gives for this
+     * rank's slice. {@code src} and {@code dst} must not overlap. Every wait on a peer gives up after
+     * {@code timeoutNanos}; see {@link #check()}.
+     */
+    public synchronized void reduceScatter(long src, long dst, long countPerRank, DType dtype, CudaStream stream,
+                                           long timeoutNanos) {
+        checkReduceScatter(src, dst, countPerRank, dtype, worldSize, timeoutNanos);
+        prepare(stream, timeoutNanos);
+        if (countPerRank == 0) return;
+        int es = dtype.byteSize();
+        long chunk = CollectivePlan.reduceScatterChunkElements(countPerRank, es, bankBytes, worldSize);
+        long chunks = CollectivePlan.ceilDiv(countPerRank, chunk);
+        launch(dtype == DType.FLOAT32 ? reduceScatterF32 : reduceScatterBf16, stream,
+                CollectivePlan.slotBlocks(countPerRank, chunk, es, blocksLimit), src, dst, countPerRank, chunk, chunks, chunks,
+                timeoutNanos);
+    }
+
+    /**
+     * Queues {@code dst[q * bytesPerRank + i] = rank q's src[rank * bytesPerRank + i]} on {@code stream}:
+     * {@code src} and {@code dst} hold {@code worldSize * bytesPerRank} bytes each, block q of {@code src}
+     * goes to rank q, and block q of {@code dst} comes from rank q. They must not overlap. Any alignment
+     * works; a 16-byte aligned {@code src} and a multiple of 16 bytes per rank are fastest.
+     */
+    public synchronized void allToAll(long src, long dst, long bytesPerRank, CudaStream stream, long timeoutNanos) {
+        checkAllToAll(src, dst, bytesPerRank, worldSize, timeoutNanos);
+        prepare(stream, timeoutNanos);
+        if (bytesPerRank == 0) return;
+        long chunk = CollectivePlan.allToAllChunkBytes(bytesPerRank, bankBytes, worldSize);
+        long chunks = CollectivePlan.ceilDiv(bytesPerRank, chunk);
+        launch(allToAllBytes, stream, CollectivePlan.slotBlocks(bytesPerRank, chunk, 1, blocksLimit), src, dst, bytesPerRank,
+                chunk, chunks, chunks, timeoutNanos);
+    }
+
+    /**
+     * Queues {@code ptr[i] = ptr[i] / divisor} in place for {@code count} elements of {@code dtype}
+     * ({@link DType#FLOAT32} or {@link DType#BFLOAT16}; the division is float32, bf16 goes through
+     * float32 and is rounded once): the mean after a sum, with the group size as divisor. Local to this
+     * GPU: no barrier, no timeout; it does not change what the ranks count.
+     */
+    public synchronized void divide(long ptr, long count, DType dtype, double divisor, CudaStream stream) {
+        checkDivide(ptr, count, dtype, divisor);
+        if (closed) throw new IllegalStateException("these collectives are closed");
+        checkStream(stream);
+        if (count == 0) return;
+        KernelArgs a = KernelArgs.begin().ptr(ptr).u64(count).f32((float) divisor);
+        (dtype == DType.FLOAT32 ? scaleF32 : scaleBf16).launch(stream, CollectivePlan.scaleBlocks(count, dtype.byteSize()),
+                CollectivePlan.THREADS, a);
+    }
+
+    /**
      * Throws {@link CollectiveTimeoutException} when a kernel of this heap timed out, naming the ranks
      * that did not arrive. It sees the kernels that have finished: call it after the stream (or an
      * event recorded after the operation) has synchronized. Reads page-locked memory; never blocks.
@@ -280,12 +349,16 @@ public final class CudaCollectives implements AutoCloseable {
 
     private void prepare(CudaStream stream, long timeoutNanos) {
         if (closed) throw new IllegalStateException("these collectives are closed");
+        checkStream(stream);
+        check();
+        longestTimeoutNanos = Math.max(longestTimeoutNanos, timeoutNanos);
+    }
+
+    private void checkStream(CudaStream stream) {
         if (stream.device() != device) {
             throw new IllegalArgumentException("the stream belongs to " + stream.device() + " but the symmetric heap of rank "
                     + rank + " lives on " + device + "; queue collectives on a stream of the heap's device");
         }
-        check();
-        longestTimeoutNanos = Math.max(longestTimeoutNanos, timeoutNanos);
     }
 
     private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long count, long chunk,
@@ -339,6 +412,55 @@ public final class CudaCollectives implements AutoCloseable {
                     + Long.toHexString(dst) + ", +" + total + ") other than at this rank's slot (0x" + Long.toHexString(slot)
                     + "); pass dst + rank * bytesPerRank for an in-place all_gather, or separate buffers");
         }
+    }
+
+    static void checkReduceScatter(long src, long dst, long countPerRank, DType dtype, int worldSize, long timeoutNanos) {
+        if (dtype != DType.FLOAT32 && dtype != DType.BFLOAT16) {
+            throw new IllegalArgumentException("GPU reduce_scatter sums float32 or bfloat16, not " + dtype.torchName());
+        }
+        if (countPerRank < 0) throw new IllegalArgumentException("element count per rank must not be negative, got " + countPerRank);
+        checkTimeout(timeoutNanos);
+        if (countPerRank == 0) return;
+        int es = dtype.byteSize();
+        if (countPerRank > Long.MAX_VALUE / es / worldSize) {
+            throw new IllegalArgumentException("element count per rank " + countPerRank + " is too large");
+        }
+        checkPointer("src", src, es, dtype);
+        checkPointer("dst", dst, es, dtype);
+        long in = countPerRank * es * worldSize;
+        long out = countPerRank * es;
+        if (src < dst + out && dst < src + in) {
+            throw new IllegalArgumentException("src [0x" + Long.toHexString(src) + ", +" + in + ") and dst [0x"
+                    + Long.toHexString(dst) + ", +" + out + ") overlap; reduce_scatter needs separate buffers");
+        }
+    }
+
+    static void checkAllToAll(long src, long dst, long bytesPerRank, int worldSize, long timeoutNanos) {
+        if (bytesPerRank < 0) throw new IllegalArgumentException("bytes per rank must not be negative, got " + bytesPerRank);
+        checkTimeout(timeoutNanos);
+        if (bytesPerRank == 0) return;
+        if (bytesPerRank > Long.MAX_VALUE / worldSize) throw new IllegalArgumentException("bytes per rank " + bytesPerRank + " is too large");
+        if (src == 0 || dst == 0) throw new IllegalArgumentException("src and dst must be device pointers, got null");
+        long total = bytesPerRank * worldSize;
+        if (src < dst + total && dst < src + total) {
+            throw new IllegalArgumentException("src [0x" + Long.toHexString(src) + ", +" + total + ") and dst [0x"
+                    + Long.toHexString(dst) + ", +" + total + ") overlap; all_to_all needs separate buffers");
+        }
+    }
+
+    static void checkDivide(long ptr, long count, DType dtype, double divisor) {
+        if (dtype != DType.FLOAT32 && dtype != DType.BFLOAT16) {
+            throw new IllegalArgumentException("GPU divide takes float32 or bfloat16, not " + dtype.torchName());
+        }
+        if (count < 0) throw new IllegalArgumentException("element count must not be negative, got " + count);
+        float d = (float) divisor;
+        if (!Float.isFinite(d) || d == 0) {
+            throw new IllegalArgumentException("the divisor must be finite and non-zero as a float32, got " + divisor);
+        }
+        if (count == 0) return;
+        int es = dtype.byteSize();
+        if (count > Long.MAX_VALUE / es) throw new IllegalArgumentException("element count " + count + " is too large");
+        checkPointer("ptr", ptr, es, dtype);
     }
 
     private static void checkTimeout(long timeoutNanos) {

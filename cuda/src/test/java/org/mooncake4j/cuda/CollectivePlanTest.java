@@ -356,6 +356,109 @@ class CollectivePlanTest {
     }
 
     @Test
+    void slotChunksArePipelinedWholeVectorsAndEveryRanksSlotFitsOneBank() {
+        long bank = SymmetricHeap.Layout.of(257 * MIB).bankBytes();
+        // 128 Mi float32 per rank on 4 ranks: slots of at most bank / 4 bytes
+        long max = CollectivePlan.slotMaxElements(4, bank, 4);
+        assertThat(max).isEqualTo(bank / 4 / 4 / 4 * 4);
+        assertThat(CollectivePlan.reduceScatterChunkElements(128 * MIB, 4, bank, 4)).isEqualTo(max);
+        // 8 Mi per rank: a quarter each
+        assertThat(CollectivePlan.reduceScatterChunkElements(8 * MIB, 4, bank, 4)).isEqualTo(2 * MIB);
+        // small: one chunk, of at least 4 MiB over all ranks' parts
+        assertThat(CollectivePlan.reduceScatterChunkElements(1000, 4, bank, 4)).isEqualTo(256 * 1024);
+        assertThat(CollectivePlan.reduceScatterChunkElements(1000, 2, bank, 8)).isEqualTo(256 * 1024);
+        assertThat(CollectivePlan.allToAllChunkBytes(1001, bank, 8)).isEqualTo(512 * 1024);
+        assertThat(CollectivePlan.allToAllChunkBytes(64 * MIB + 3, bank, 2)).isEqualTo(16 * MIB + 16);
+        assertThat(CollectivePlan.allToAllChunkBytes(512 * MIB, bank, 8)).isEqualTo(bank / 8 / 16 * 16);
+        // slots: the first chunk's length in whole vectors
+        assertThat(CollectivePlan.slotElements(1, MIB, 4)).isEqualTo(4);
+        assertThat(CollectivePlan.slotElements(3, MIB, 1)).isEqualTo(16);
+        assertThat(CollectivePlan.slotElements(10 * MIB, MIB, 2)).isEqualTo(MIB);
+        SplittableRandom random = new SplittableRandom(31);
+        for (int trial = 0; trial < 2000; trial++) {
+            int world = random.nextInt(1, 9);
+            int es = new int[] {1, 2, 4}[random.nextInt(3)];
+            long b = SymmetricHeap.Layout.of(SymmetricHeap.Layout.minimumHeapBytes() + random.nextLong(0, 512 * MIB)).bankBytes();
+            long perRank = trial < 100 ? trial + 1 : random.nextLong(1, 1L << 32);
+            long chunk = CollectivePlan.slotChunkElements(perRank, es, b, world);
+            int v = CollectivePlan.vectorElements(es);
+            assertThat(chunk).isPositive();
+            assertThat(chunk % v).isZero();
+            long slot = CollectivePlan.slotElements(perRank, chunk, es);
+            assertThat(slot).isLessThanOrEqualTo(chunk);
+            assertThat(slot * es % CollectivePlan.VECTOR_BYTES).isZero();
+            assertThat(world * slot * es).as("%d slots of %d x %d bytes in a bank of %d", world, slot, es, b).isLessThanOrEqualTo(b);
+            SymmetricHeap.Layout layout = new SymmetricHeap.Layout(SymmetricHeap.Layout.DATA_OFFSET + 2 * b,
+                    SymmetricHeap.Layout.DATA_OFFSET, b);
+            CollectivePlan.slotOffset(layout, 1, world, world - 1, slot * es);    // does not throw
+            int blocks = CollectivePlan.slotBlocks(perRank, chunk, es, 132);
+            assertThat(blocks).isBetween(1, 132);
+        }
+        // the smallest bank still holds 8 ranks' slots of one vector
+        for (int es : new int[] {1, 2, 4}) {
+            assertThat(CollectivePlan.slotChunkElements(1L << 40, es, SymmetricHeap.Layout.MIN_BANK_BYTES, 8)).isPositive();
+        }
+    }
+
+    @Test
+    void slotsAreDisjointAndNameTheirWriters() {
+        SymmetricHeap.Layout layout = SymmetricHeap.Layout.of(257 * MIB);
+        long slotBytes = 8 * MIB;
+        assertThat(CollectivePlan.slotOffset(layout, 0, 4, 0, slotBytes)).isEqualTo(layout.bankOffset(0));
+        assertThat(CollectivePlan.slotOffset(layout, 1, 4, 3, slotBytes)).isEqualTo(layout.bankOffset(1) + 24 * MIB);
+        assertThatThrownBy(() -> CollectivePlan.slotOffset(layout, 0, 4, 4, slotBytes))
+                .isInstanceOf(IndexOutOfBoundsException.class).hasMessageContaining("slot 4 of 4");
+        assertThatThrownBy(() -> CollectivePlan.slotOffset(layout, 0, 4, -1, slotBytes)).isInstanceOf(IndexOutOfBoundsException.class);
+        assertThatThrownBy(() -> CollectivePlan.slotOffset(layout, 0, 4, 3, layout.bankBytes() / 3))
+                .isInstanceOf(IndexOutOfBoundsException.class).hasMessageContaining("ends past bank 0");
+    }
+
+    /**
+     * Block b of a rank waits only for block b of its peers, so in every chunk of a push reduce-scatter
+     * or all-to-all each block must store into and read from the same bytes of each slot (those of the
+     * first chunk's slice), and every element of every chunk must be moved by exactly one block.
+     */
+    @Test
+    void slotBlocksOwnTheirBankBytesInEveryChunkAndCoverEveryElementOnce() {
+        SplittableRandom random = new SplittableRandom(37);
+        for (int trial = 0; trial < 300; trial++) {
+            int world = random.nextInt(1, 9);
+            int es = new int[] {1, 2, 4}[random.nextInt(3)];
+            int v = CollectivePlan.vectorElements(es);
+            long b = SymmetricHeap.Layout.of(SymmetricHeap.Layout.minimumHeapBytes() + random.nextLong(0, 4 * MIB)).bankBytes();
+            int perRank = trial < 40 ? trial + 1 : random.nextInt(1, 3_000_000);
+            long chunk = CollectivePlan.slotChunkElements(perRank, es, b, world);
+            int blocks = random.nextInt(1, 133);
+            long slot = CollectivePlan.slotElements(perRank, chunk, es);
+            long slice = CollectivePlan.sliceElements(slot, blocks, v);     // device: slot_chunk
+            byte[] hits = new byte[perRank];
+            for (long k = 0; k < CollectivePlan.ceilDiv(perRank, chunk); k++) {
+                long base = k * chunk;
+                long len = Math.min(chunk, perRank - base);
+                for (int blk = 0; blk < blocks; blk++) {
+                    long[] r = CollectivePlan.blockRange(len, slice, blk);
+                    if (r[1] <= r[0]) continue;
+                    assertThat(r[0]).isEqualTo(blk * slice);             // the slot bytes of block blk, every chunk
+                    assertThat(r[1]).isLessThanOrEqualTo(Math.min((blk + 1) * slice, slot));
+                    assertThat(r[0] % v).isZero();
+                    for (long i = r[0]; i < r[1]; i++) hits[(int) (base + i)]++;
+                }
+            }
+            for (int i = 0; i < perRank; i++) {
+                assertThat(hits[i]).as("element %d of %d per rank, %d ranks, %d blocks", i, perRank, world, blocks).isEqualTo((byte) 1);
+            }
+        }
+    }
+
+    @Test
+    void scaleGridsGrowWithTheMessageUpToTheirLimit() {
+        assertThat(CollectivePlan.scaleBlocks(1, 4)).isEqualTo(1);
+        assertThat(CollectivePlan.scaleBlocks(2048, 4)).isEqualTo(1);
+        assertThat(CollectivePlan.scaleBlocks(2049, 4)).isEqualTo(2);
+        assertThat(CollectivePlan.scaleBlocks(1L << 30, 2)).isEqualTo(CollectivePlan.SCALE_MAX_BLOCKS);
+    }
+
+    @Test
     void twoShotVariantDefaultsToPushFromThreeRanks() {
         assertThat(CollectivePlan.defaultTwoShotPush(2, 512 * MIB)).isTrue();
         assertThat(CollectivePlan.defaultTwoShotPush(4, 32 * MIB)).isTrue();

@@ -69,6 +69,81 @@ class CudaCollectivesTest {
     }
 
     @Test
+    void reduceScatterAcceptsSeparateBuffersOfFloat32OrBfloat16() {
+        CudaCollectives.checkReduceScatter(A, B, 1000, DType.FLOAT32, 4, MS);
+        CudaCollectives.checkReduceScatter(A + 2, B + 6, 3, DType.BFLOAT16, 8, MS);
+        CudaCollectives.checkReduceScatter(0, 0, 0, DType.FLOAT32, 4, MS);                      // nothing to do
+        CudaCollectives.checkReduceScatter(A, A + 4 * 4000, 1000, DType.FLOAT32, 4, MS);        // dst just past src
+        CudaCollectives.checkReduceScatter(A + 4000, A, 1000, DType.FLOAT32, 4, MS);            // src just past dst
+    }
+
+    @Test
+    void reduceScatterRefusesWhatTheKernelsCannotDo() {
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, B, 10, DType.INT32, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("GPU reduce_scatter sums float32 or bfloat16, not int32");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, B, -1, DType.FLOAT32, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must not be negative, got -1");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, B, 10, DType.FLOAT32, 2, 0))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("timeout must be 1 ns .. 1 h, got 0 ns");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, B, 10, DType.FLOAT32, 2, CudaCollectives.MAX_TIMEOUT_NANOS + 1))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("timeout");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(0, B, 10, DType.FLOAT32, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("src must be a device pointer, got null");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, 0, 10, DType.BFLOAT16, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("dst must be a device pointer, got null");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A + 1, B, 10, DType.BFLOAT16, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("src 0x7f0000000001 is not aligned to the 2 bytes of bfloat16");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, A, 10, DType.FLOAT32, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlap")
+                .hasMessageContaining("reduce_scatter needs separate buffers");
+        // dst inside the second part of src
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, A + 44, 10, DType.FLOAT32, 2, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlap");
+        assertThatThrownBy(() -> CudaCollectives.checkReduceScatter(A, B, Long.MAX_VALUE / 8, DType.FLOAT32, 4, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("too large");
+    }
+
+    @Test
+    void allToAllTakesAnyAlignmentButSeparateBuffers() {
+        CudaCollectives.checkAllToAll(A, B, 1001, 4, MS);
+        CudaCollectives.checkAllToAll(A + 3, B + 7, 1, 8, MS);
+        CudaCollectives.checkAllToAll(A, A + 4 * 1001, 1001, 4, MS);     // adjacent
+        CudaCollectives.checkAllToAll(0, 0, 0, 4, MS);
+        assertThatThrownBy(() -> CudaCollectives.checkAllToAll(A, A, 16, 4, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlap")
+                .hasMessageContaining("all_to_all needs separate buffers");
+        assertThatThrownBy(() -> CudaCollectives.checkAllToAll(A + 4 * 1001 - 1, A, 1001, 4, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlap");
+        assertThatThrownBy(() -> CudaCollectives.checkAllToAll(A, 0, 16, 4, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("device pointers");
+        assertThatThrownBy(() -> CudaCollectives.checkAllToAll(A, B, -5, 4, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must not be negative, got -5");
+        assertThatThrownBy(() -> CudaCollectives.checkAllToAll(A, B, 16, 4, -1))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("timeout");
+        assertThatThrownBy(() -> CudaCollectives.checkAllToAll(A, B, Long.MAX_VALUE / 2, 4, MS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("too large");
+    }
+
+    @Test
+    void divideTakesFloat32OrBfloat16AndAFiniteNonZeroDivisor() {
+        CudaCollectives.checkDivide(A, 1000, DType.FLOAT32, 4);
+        CudaCollectives.checkDivide(A + 2, 3, DType.BFLOAT16, 3.0);
+        CudaCollectives.checkDivide(0, 0, DType.FLOAT32, 8);
+        assertThatThrownBy(() -> CudaCollectives.checkDivide(A, 10, DType.INT64, 2))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("GPU divide takes float32 or bfloat16, not int64");
+        assertThatThrownBy(() -> CudaCollectives.checkDivide(A, -1, DType.FLOAT32, 2))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("must not be negative, got -1");
+        for (double bad : new double[] {0, Double.NaN, Double.POSITIVE_INFINITY, 1e-50, 1e300}) {
+            assertThatThrownBy(() -> CudaCollectives.checkDivide(A, 10, DType.FLOAT32, bad))
+                    .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("finite and non-zero");
+        }
+        assertThatThrownBy(() -> CudaCollectives.checkDivide(0, 10, DType.FLOAT32, 2))
+                .isInstanceOf(IllegalArgumentException.class).hasMessage("ptr must be a device pointer, got null");
+        assertThatThrownBy(() -> CudaCollectives.checkDivide(A + 2, 10, DType.FLOAT32, 2))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("not aligned to the 4 bytes of float32");
+    }
+
+    @Test
     void aTimeoutNamesTheMissingRanksAndWhatToDo() {
         assertThat(CollectiveTimeoutException.ranksOf(0b1001)).containsExactly(0, 3);
         assertThat(CollectiveTimeoutException.ranksOf(1 << 7)).containsExactly(7);
@@ -89,7 +164,8 @@ class CudaCollectivesTest {
         if (CudaModule.class.getResource(CudaModule.FATBIN_RESOURCE) == null) return;
         String image = new String(CudaModule.readKernelImage(CudaModule.FATBIN_RESOURCE), StandardCharsets.ISO_8859_1);
         for (String k : List.of("allreduce_oneshot_f32", "allreduce_oneshot_bf16", "allreduce_twoshot_f32",
-                "allreduce_twoshot_bf16", "allreduce_twoshot_push_f32", "allreduce_twoshot_push_bf16", "allgather_bytes")) {
+                "allreduce_twoshot_bf16", "allreduce_twoshot_push_f32", "allreduce_twoshot_push_bf16", "allgather_bytes",
+                "reducescatter_f32", "reducescatter_bf16", "alltoall_bytes", "scale_f32", "scale_bf16")) {
             assertThat(image).as("kernel %s in kernels.fatbin", k).contains(k);
         }
     }
