@@ -4,22 +4,29 @@ import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.util.Arrays;
 import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
 
 /** Checks of dispatch and combine arguments; each failure says what, what was expected, what came and what to do. */
 final class EpArguments {
     private EpArguments() {}
 
-    static void cpu(String op, String name, Tensor t) {
+    /** Checks that {@code t} is on {@code device}, the device of the buffer's data path. */
+    static void onDevice(String op, String name, Tensor t, Device device) {
         if (t == null) throw new IllegalArgumentException(op + ": " + name + " must not be null.");
-        if (!t.device().isCpu()) {
+        if (t.device().equals(device)) return;
+        if (device.isCpu()) {
             throw new IllegalArgumentException(op + ": " + name + " is on " + t.device() + ", but this EpBuffer runs the CPU path"
-                    + " (backend mooncake-cpu); the CUDA path is not built yet. Pass CPU tensors (" + name + ".to(Device.CPU)).");
+                    + " (created without a device). Pass CPU tensors (" + name + ".to(Device.CPU)), or create the EpBuffer for the GPU"
+                    + " with new EpBuffer(group, bytes, Device.cuda(n)) and pass every tensor on that device.");
         }
+        throw new IllegalArgumentException(op + ": " + name + " is on " + t.device() + ", but this EpBuffer runs the CUDA path on "
+                + device + ": every tensor of a call (x, topkIdx, topkWeights, activeRanks, out) must be on " + device
+                + ". Move it with " + name + ".to(Device.cuda(" + device.index() + ")).");
     }
 
-    static void tensor(String op, String name, Tensor t, DType dtype, String shapeDoc, long... shape) {
-        cpu(op, name, t);
+    static void tensor(String op, String name, Tensor t, DType dtype, String shapeDoc, Device device, long... shape) {
+        onDevice(op, name, t, device);
         if (t.dtype() != dtype || !Arrays.equals(t.shape(), shape)) {
             throw new IllegalArgumentException(op + ": " + name + " must be " + dtype.torchName() + " " + shapeDoc + " = "
                     + Arrays.toString(shape) + ", got " + t.dtype().torchName() + " " + Arrays.toString(t.shape()) + "."
@@ -28,16 +35,21 @@ final class EpArguments {
     }
 
     /** The troubleshooting guide's messages: {@code activeRanks must be int.}, {@code activeRanks must be on CPU.} */
-    static void activeRanks(String op, Tensor t, int numRanks) {
+    static void activeRanks(String op, Tensor t, int numRanks, Device device) {
         if (t == null) throw new IllegalArgumentException(op + ": activeRanks must not be null: pass Tensor.ones(DType.INT32, Device.CPU, " + numRanks + ").");
         if (t.dtype() != DType.INT32) {
             throw new IllegalArgumentException("activeRanks must be int. " + op + " needs an int32 tensor of shape [numRanks] = [" + numRanks
                     + "], got " + t.dtype().torchName() + " " + Arrays.toString(t.shape()) + ". Create it with Tensor.ones(DType.INT32, Device.CPU, "
                     + numRanks + ").");
         }
-        if (!t.device().isCpu()) {
-            throw new IllegalArgumentException("activeRanks must be on CPU. " + op + " runs the CPU path (the CUDA path is not built yet),"
-                    + " got a tensor on " + t.device() + ". Create it with Tensor.ones(DType.INT32, Device.CPU, " + numRanks + ").");
+        if (device.isCpu() && !t.device().isCpu()) {
+            throw new IllegalArgumentException("activeRanks must be on CPU. " + op + " runs the CPU path (the EpBuffer was created without"
+                    + " a device), got a tensor on " + t.device() + ". Create it with Tensor.ones(DType.INT32, Device.CPU, " + numRanks + ").");
+        }
+        if (!device.isCpu() && !t.device().equals(device)) {
+            throw new IllegalArgumentException("activeRanks must be on " + device + ". " + op + " runs the CUDA path on " + device
+                    + ", got a tensor on " + t.device() + ". Create it with Tensor.ones(DType.INT32, Device.cuda(" + device.index() + "), "
+                    + numRanks + ").");
         }
         if (t.dim() != 1 || t.numel() != numRanks) {
             throw new IllegalArgumentException(op + ": activeRanks must have shape [numRanks] = [" + numRanks + "] (the group's world size),"
@@ -63,20 +75,20 @@ final class EpArguments {
 
     /** Checks every dispatch argument except the buffer size; returns {numTokens, topK}. */
     static int[] dispatch(Tensor x, Tensor topkIdx, Tensor activeRanks, int maxTokensPerRank, int numExperts, int numRanks, long timeoutUs,
-                          boolean useFp8) {
+                          boolean useFp8, Device device) {
         String op = "dispatch";
-        cpu(op, "x", x);
+        onDevice(op, "x", x, device);
         if (x.dtype() != DType.BFLOAT16 || x.dim() != 2) {
             throw new IllegalArgumentException(op + ": x must be bfloat16 [numTokens, hidden], got " + x.dtype().torchName() + " "
                     + Arrays.toString(x.shape()) + "." + (x.dtype() != DType.BFLOAT16 ? " Convert it with x.to(DType.BFLOAT16)." : ""));
         }
         long numTokens = x.size(0), hidden = x.size(1);
-        cpu(op, "topkIdx", topkIdx);
+        onDevice(op, "topkIdx", topkIdx, device);
         if (topkIdx.dtype() != DType.INT64 || topkIdx.dim() != 2 || topkIdx.size(0) != numTokens || topkIdx.size(1) <= 0) {
             throw new IllegalArgumentException(op + ": topkIdx must be int64 [numTokens, topK] with numTokens = " + numTokens
                     + " (x's first dimension) and topK >= 1, got " + topkIdx.dtype().torchName() + " " + Arrays.toString(topkIdx.shape()) + ".");
         }
-        activeRanks(op, activeRanks, numRanks);
+        activeRanks(op, activeRanks, numRanks, device);
         timeout(op, timeoutUs);
         shapeParameters(op, maxTokensPerRank, (int) Math.min(hidden, Integer.MAX_VALUE), numRanks, numExperts);
         if (numTokens > maxTokensPerRank) {
@@ -89,6 +101,8 @@ final class EpArguments {
                     + hidden + ". Pad hidden to a multiple of 128 or pass useFp8 = false.");
         }
         int topK = (int) topkIdx.size(1);
+        // Device tensors are not read back for this check: the CUDA kernels skip ids outside [0, numExperts) like -1.
+        if (!device.isCpu()) return new int[] {(int) numTokens, topK};
         MemorySegment idx = topkIdx.segment();
         for (long q = 0, n = numTokens * topK; q < n; q++) {
             long e = idx.get(ValueLayout.JAVA_LONG_UNALIGNED, q * 8);

@@ -55,8 +55,19 @@ import org.mooncake4j.pg.ProcessGroup;
  * run (on the caller's thread, once), waits for the peers and completes the receive: send, overlap
  * other work, then run the hook. The event then covers the send only.
  *
- * <p><b>Sizing.</b> {@link #sizeHint} gives the bytes a dispatch of a given shape needs; a dispatch that
- * needs more than the buffer has fails with both numbers. One buffer per group at a time.
+ * <p><b>CUDA path.</b> {@link #EpBuffer(ProcessGroup, long, Device)} with {@code Device.cuda(n)} runs
+ * dispatch and combine as kernels ({@code ep.cu} in mooncake4j-cuda) that store straight into the
+ * peers' buffers over NVLink (one GPU per rank, the ranks of one host). Every tensor of a call is on
+ * that device, including {@code activeRanks}, which the kernels update; results are on it too. The
+ * kernels queue on the buffer's stream ({@link #cudaStream()}); a blocking call waits for them with a
+ * deadline. With {@code asyncFinish} the call returns once the kernels are queued and
+ * {@code event.currentStreamWait()} waits for them and reports failures; with {@code returnRecvHook}
+ * the hook queues the receive kernels and waits. Results are bit-identical to the CPU path. Expert ids
+ * outside {@code [0, numExperts)} are not checked on the GPU: they are skipped like -1.
+ *
+ * <p><b>Sizing.</b> {@link #sizeHint} gives the bytes a dispatch of a given shape needs, on either
+ * path (the CUDA path places the same layout in device memory); a dispatch that needs more than the
+ * buffer has fails with both numbers. One buffer per group at a time.
  *
  * <p>Threading: one thread calls a buffer's methods at a time; results are views into the buffer's
  * segment, valid until the next dispatch (recvX, recvScales, recvCount) or the next combine buffer
@@ -67,8 +78,13 @@ public final class EpBuffer implements AutoCloseable {
 
     private final ProcessGroup group;
     private final long numBytes;
+    private final Device device;
     private final EpDataPath path;
+    /** The CPU path's segments; null on the CUDA path. */
     private volatile EpSegments segments;
+    /** The CUDA path; null on the CPU path. */
+    private volatile CudaEpPath cuda;
+    private int cudaGeneration;
     private long dispatchSeq;
     private long combineSeq;
     private CompletableFuture<Void> lastWork = CompletableFuture.completedFuture(null);
@@ -82,6 +98,21 @@ public final class EpBuffer implements AutoCloseable {
      * @param numEpBufferBytes the segment size: {@link #sizeHint} for the largest dispatch shape
      */
     public EpBuffer(ProcessGroup group, long numEpBufferBytes) {
+        this(group, numEpBufferBytes, Device.CPU);
+    }
+
+    /**
+     * A buffer whose data path runs on {@code device}: {@link Device#CPU} for the CPU path, or
+     * {@code Device.cuda(n)} for the CUDA path (kernels over NVLink, every rank one GPU of one host,
+     * at most {@link org.mooncake4j.cuda.SymmetricHeap#MAX_RANKS} ranks). On the CUDA path every tensor
+     * passed to dispatch and combine must be on that device, and the results are on it. Collective
+     * over the group's ranks (for CUDA: all {@code worldSize} ranks, which swap device-memory handles
+     * through the group's store).
+     *
+     * @throws org.mooncake4j.cuda.CudaUnavailableException for a CUDA device when there is no NVIDIA
+     *         driver or the kernels were not built into the mooncake4j-cuda jar
+     */
+    public EpBuffer(ProcessGroup group, long numEpBufferBytes, Device device) {
         if (group == null) throw new IllegalArgumentException("EpBuffer needs a process group, got null.");
         long minimum = EpLayout.signalBytes(group.worldSize());
         if (numEpBufferBytes <= minimum) {
@@ -92,16 +123,44 @@ public final class EpBuffer implements AutoCloseable {
             throw new IllegalStateException("An EpBuffer is already open on process group " + group.name() + " (rank " + group.rank()
                     + "): one EpBuffer per group. Close the first one before creating another, or reuse it.");
         }
+        if (device == null) {
+            OPEN.remove(group);
+            throw new IllegalArgumentException("EpBuffer: device must be Device.CPU or Device.cuda(n), got null.");
+        }
         this.group = group;
         this.numBytes = numEpBufferBytes;
+        this.device = device;
         try {
-            this.segments = EpSegments.exchange(group, numEpBufferBytes);
+            if (device.isCpu()) {
+                this.segments = EpSegments.exchange(group, numEpBufferBytes);
+                this.path = new HostEpPath(group.rank(), group.timeout());
+            } else {
+                this.cuda = new CudaEpPath(group, numEpBufferBytes, device.index(), cudaGeneration++);
+                this.path = cuda;
+            }
         } catch (RuntimeException e) {
             OPEN.remove(group);
             throw e;
         }
-        this.path = new HostEpPath(group.rank(), group.timeout());
     }
+
+    /** The device of this buffer's data path: {@link Device#CPU}, or the {@code cuda:n} it was created for. */
+    public Device device() { return device; }
+
+    /**
+     * The stream the CUDA path queues its kernels on (to order other work after them, or to time them
+     * with events); null on the CPU path.
+     */
+    public org.mooncake4j.cuda.CudaStream cudaStream() {
+        CudaEpPath c = cuda;
+        return c == null ? null : c.stream();
+    }
+
+    private int numRanks() { return group.worldSize(); }
+
+    private long capacity() { return cuda != null ? cuda.capacity() : segments.size(); }
+
+    private Object membership() { return cuda != null ? cuda.membership() : segments; }
 
     /**
      * The bytes a buffer needs for dispatches of up to {@code maxTokensPerRank} tokens of {@code hidden}
@@ -151,21 +210,30 @@ public final class EpBuffer implements AutoCloseable {
                                    boolean useFp8, boolean asyncFinish, boolean returnRecvHook) {
         ensureOpen();
         EpSegments segs = segments;
-        int numRanks = segs.numRanks;
-        int[] nk = EpArguments.dispatch(x, topkIdx, activeRanks, maxTokensPerRank, numExperts, numRanks, timeoutUs, useFp8);
+        int numRanks = numRanks();
+        int[] nk = EpArguments.dispatch(x, topkIdx, activeRanks, maxTokensPerRank, numExperts, numRanks, timeoutUs, useFp8, device);
         int hidden = (int) x.size(1);
         EpLayout lay = EpLayout.of(maxTokensPerRank, hidden, numRanks, numExperts);
-        if (lay.totalBytes() > segs.size()) {
-            throw new IllegalArgumentException("dispatch: the EpBuffer has " + segs.size() + " bytes, but maxTokensPerRank=" + maxTokensPerRank
+        if (lay.totalBytes() > capacity()) {
+            throw new IllegalArgumentException("dispatch: the EpBuffer has " + capacity() + " bytes, but maxTokensPerRank=" + maxTokensPerRank
                     + ", hidden=" + hidden + ", numRanks=" + numRanks + ", numExperts=" + numExperts + " need " + lay.totalBytes()
                     + " bytes. Create the EpBuffer with EpBuffer.sizeHint(" + maxTokensPerRank + ", " + hidden + ", " + numRanks + ", "
                     + numExperts + ") bytes (for the largest shapes you dispatch).");
         }
         awaitPrevious();
-        EpHandle h = new EpHandle(this, segs, lay, ++dispatchSeq, useFp8, nk[0], nk[1], returnRecvHook);
+        EpHandle h = new EpHandle(this, segs, membership(), lay, ++dispatchSeq, useFp8, nk[0], nk[1], returnRecvHook);
         EpDataPath.Dispatch op = new EpDataPath.Dispatch(h, x, topkIdx, activeRanks, timeoutUs);
-        Staged st = stage(() -> path.dispatchSend(op), () -> path.dispatchReceive(op), h.received, asyncFinish, returnRecvHook, h.hookStarted);
         long rows = (long) numExperts * maxTokensPerRank;
+        if (cuda != null) {
+            CudaEpPath c = cuda;
+            Staged st = stageCuda(c, () -> c.dispatchSend(op), () -> c.dispatchReceive(op), () -> c.checkDispatch(op), timeoutUs, "dispatch #" + h.seq,
+                    h.received, asyncFinish, returnRecvHook, h.hookStarted);
+            Tensor recvX = c.view(lay.recvX(), useFp8 ? DType.FLOAT8_E4M3 : DType.BFLOAT16, lay.localExperts(), lay.expertRows(), hidden);
+            Tensor scales = useFp8 ? c.view(lay.recvScales(), DType.FLOAT32, lay.localExperts(), lay.expertRows(), lay.scaleBlocks()) : null;
+            Tensor recvCount = c.view(lay.recvCount(), DType.INT32, lay.localExperts());
+            return new DispatchResult(recvX, scales, recvCount, h, st.event(), st.hook());
+        }
+        Staged st = stage(() -> path.dispatchSend(op), () -> path.dispatchReceive(op), h.received, asyncFinish, returnRecvHook, h.hookStarted);
         MemorySegment mem = segs.memory;
         Tensor recvX = Tensor.wrap(mem.asSlice(lay.recvX(), rows * (useFp8 ? hidden : 2L * hidden)),
                 useFp8 ? DType.FLOAT8_E4M3 : DType.BFLOAT16, lay.localExperts(), lay.expertRows(), hidden);
@@ -192,7 +260,7 @@ public final class EpBuffer implements AutoCloseable {
     public CombineResult combine(Tensor x, Tensor topkIdx, Tensor topkWeights, Tensor activeRanks, long timeoutUs, EpHandle handle,
                                  boolean zeroCopy, boolean asyncFinish, boolean returnRecvHook, Tensor out) {
         ensureOpen();
-        EpSegments segs = segments;
+        int numRanks = numRanks();
         checkHandle(handle, "combine");
         if (handle.used.get()) {
             throw new IllegalStateException("combine: " + handle + " was already combined; a dispatch handle is used by one combine."
@@ -202,13 +270,15 @@ public final class EpBuffer implements AutoCloseable {
         int hidden = lay.hidden();
         String op = "combine";
         EpArguments.tensor(op, "x", x, DType.BFLOAT16, "[numLocalExperts, numRanks * maxTokensPerRank, hidden] as returned by dispatch",
-                lay.localExperts(), lay.expertRows(), hidden);
-        EpArguments.tensor(op, "topkIdx", topkIdx, DType.INT64, "[numTokens, topK] as passed to dispatch", handle.numTokens, handle.topK);
-        EpArguments.tensor(op, "topkWeights", topkWeights, DType.FLOAT32, "[numTokens, topK]", handle.numTokens, handle.topK);
-        EpArguments.activeRanks(op, activeRanks, segs.numRanks);
+                device, lay.localExperts(), lay.expertRows(), hidden);
+        EpArguments.tensor(op, "topkIdx", topkIdx, DType.INT64, "[numTokens, topK] as passed to dispatch", device, handle.numTokens, handle.topK);
+        EpArguments.tensor(op, "topkWeights", topkWeights, DType.FLOAT32, "[numTokens, topK]", device, handle.numTokens, handle.topK);
+        EpArguments.activeRanks(op, activeRanks, numRanks, device);
         EpArguments.timeout(op, timeoutUs);
-        if (out != null) EpArguments.tensor(op, "out", out, DType.BFLOAT16, "[numTokens, hidden]", handle.numTokens, hidden);
-        if (zeroCopy && x.segment().address() != segs.memory.address() + lay.combineSend()) {
+        if (out != null) EpArguments.tensor(op, "out", out, DType.BFLOAT16, "[numTokens, hidden]", device, handle.numTokens, hidden);
+        long xAddress = cuda != null ? x.devicePointer() : x.segment().address();
+        long sendAddress = cuda != null ? cuda.address(lay.combineSend()) : segments.memory.address() + lay.combineSend();
+        if (zeroCopy && xAddress != sendAddress) {
             throw new IllegalArgumentException("combine: zeroCopy = true needs x to be the tensor from nextCombineBuffer(handle), with the"
                     + " expert outputs written into it; got another tensor. Write the outputs into nextCombineBuffer(handle), or pass zeroCopy = false.");
         }
@@ -223,10 +293,16 @@ public final class EpBuffer implements AutoCloseable {
         if (!handle.used.compareAndSet(false, true)) {
             throw new IllegalStateException("combine: " + handle + " was already combined; a dispatch handle is used by one combine.");
         }
-        Tensor result = out != null ? out : Tensor.empty(DType.BFLOAT16, Device.CPU, handle.numTokens, hidden);
+        Tensor result = out != null ? out : Tensor.empty(DType.BFLOAT16, device, handle.numTokens, hidden);
         awaitPrevious();
         EpDataPath.Combine c = new EpDataPath.Combine(handle, ++combineSeq, x, topkIdx, topkWeights, activeRanks, timeoutUs, result,
-                new boolean[segs.numRanks]);
+                new boolean[numRanks]);
+        if (cuda != null) {
+            CudaEpPath p = cuda;
+            Staged st = stageCuda(p, () -> p.combineSend(c), () -> p.combineReceive(c), () -> p.checkCombine(c), timeoutUs, "combine #" + c.seq(),
+                    new CompletableFuture<>(), asyncFinish, returnRecvHook, new AtomicBoolean());
+            return new CombineResult(result, st.event(), st.hook());
+        }
         Staged st = stage(() -> path.combineSend(c), () -> path.combineReceive(c), new CompletableFuture<>(), asyncFinish, returnRecvHook,
                 new AtomicBoolean());
         return new CombineResult(result, st.event(), st.hook());
@@ -242,6 +318,7 @@ public final class EpBuffer implements AutoCloseable {
         checkHandle(handle, "nextCombineBuffer");
         EpLayout lay = handle.layout;
         long bytes = lay.expertRows() * lay.localExperts() * 2L * lay.hidden();
+        if (cuda != null) return cuda.view(lay.combineSend(), DType.BFLOAT16, lay.localExperts(), lay.expertRows(), lay.hidden());
         return Tensor.wrap(segments.memory.asSlice(lay.combineSend(), bytes), DType.BFLOAT16, lay.localExperts(), lay.expertRows(), lay.hidden());
     }
 
@@ -253,6 +330,15 @@ public final class EpBuffer implements AutoCloseable {
     public void updateEpMember() {
         ensureOpen();
         awaitPrevious();
+        if (cuda != null) {
+            CudaEpPath fresh = new CudaEpPath(group, numBytes, device.index(), cudaGeneration++);
+            CudaEpPath old = cuda;
+            cuda = fresh;
+            dispatchSeq = 0;
+            combineSeq = 0;
+            old.close();
+            return;
+        }
         EpSegments fresh = EpSegments.exchange(group, numBytes);
         EpSegments old = segments;
         segments = fresh;
@@ -268,8 +354,12 @@ public final class EpBuffer implements AutoCloseable {
         closed = true;
         awaitPrevious();
         if (background != null) background.shutdown();
-        segments.close();
-        OPEN.remove(group);
+        try {
+            if (cuda != null) cuda.close();
+            else segments.close();
+        } finally {
+            OPEN.remove(group);
+        }
     }
 
     // ---- internals ---------------------------------------------------------------------------
@@ -320,6 +410,51 @@ public final class EpBuffer implements AutoCloseable {
         return new Staged(event, hook);
     }
 
+    /**
+     * The CUDA path's scheduling: the phases only queue kernels on the path's stream. Without a hook
+     * the receive is queued right after the send; without {@code async} the call then waits (polling a
+     * host ticket with a deadline) and checks what the kernels reported; with {@code async} the event
+     * does that. With a hook the event covers the send, and the hook queues the receive and waits.
+     * {@code received} completes once the receive is queued (stream order puts the combine after it)
+     * or failed to queue.
+     */
+    private Staged stageCuda(CudaEpPath c, Runnable send, Runnable receive, Runnable check, long timeoutUs, String what,
+                             CompletableFuture<Void> received, boolean async, boolean withHook, AtomicBoolean hookStarted) {
+        try {
+            send.run();
+            if (!withHook) receive.run();
+        } catch (RuntimeException | Error e) {
+            received.completeExceptionally(e);
+            throw e;
+        }
+        long ticket = c.mark();
+        if (!withHook) received.complete(null);
+        EpEvent waitAll = () -> {
+            c.await(ticket, timeoutUs, what);
+            if (!withHook) check.run();
+        };
+        if (!async) {
+            waitAll.currentStreamWait();
+        }
+        EpEvent event = async ? waitAll : () -> {};
+        Runnable hook = !withHook ? null : () -> {
+            if (!hookStarted.compareAndSet(false, true)) {
+                join(received);
+                return;
+            }
+            try {
+                receive.run();
+                received.complete(null);
+            } catch (RuntimeException | Error e) {
+                received.completeExceptionally(e);
+                throw e;
+            }
+            c.await(c.mark(), timeoutUs, what);
+            check.run();
+        };
+        return new Staged(event, hook);
+    }
+
     private static void join(CompletableFuture<Void> f) {
         try {
             f.join();
@@ -347,7 +482,7 @@ public final class EpBuffer implements AutoCloseable {
         if (handle.buffer != this) {
             throw new IllegalArgumentException(op + ": " + handle + " comes from another EpBuffer. Pass the handle returned by this buffer's dispatch.");
         }
-        if (handle.segments != segments) {
+        if (handle.membership != membership()) {
             throw new IllegalArgumentException(op + ": " + handle + " comes from before updateEpMember(), whose segments are gone. Dispatch again.");
         }
     }
@@ -358,6 +493,6 @@ public final class EpBuffer implements AutoCloseable {
 
     @Override
     public String toString() {
-        return "EpBuffer(group " + group.name() + ", rank " + group.rank() + " of " + segments.numRanks + ", " + numBytes + " bytes)";
+        return "EpBuffer(group " + group.name() + ", rank " + group.rank() + " of " + numRanks() + ", " + device + ", " + numBytes + " bytes)";
     }
 }

@@ -14,7 +14,10 @@ import java.util.concurrent.atomic.AtomicBoolean;
  */
 public final class EpHandle {
     final EpBuffer buffer;
+    /** The CPU path's segments (null on the CUDA path). */
     final EpSegments segments;
+    /** The buffer membership this handle belongs to (segments, or the CUDA path's heap); compared by identity. */
+    final Object membership;
     final EpLayout layout;
     final long seq;
     final boolean fp8;
@@ -32,9 +35,11 @@ public final class EpHandle {
     final AtomicBoolean hookStarted = new AtomicBoolean();
     final AtomicBoolean used = new AtomicBoolean();
 
-    EpHandle(EpBuffer buffer, EpSegments segments, EpLayout layout, long seq, boolean fp8, int numTokens, int topK, boolean receiveInHook) {
+    EpHandle(EpBuffer buffer, EpSegments segments, Object membership, EpLayout layout, long seq, boolean fp8, int numTokens, int topK,
+             boolean receiveInHook) {
         this.buffer = buffer;
         this.segments = segments;
+        this.membership = membership;
         this.layout = layout;
         this.seq = seq;
         this.fp8 = fp8;

@@ -176,7 +176,7 @@ public final class EpWorker {
         Tensor t4 = Tensor.of(0L, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2).view(4, 3);
         expectError("xDtype", () -> buf.dispatch(x4.to(DType.FLOAT32), t4, active, M, E, -1, false, false, false), "x must be bfloat16", "float32");
         expectError("xCuda", () -> buf.dispatch(Tensor.wrapDevice(4096, 0, DType.BFLOAT16, 4, H), t4, active, M, E, -1, false, false, false),
-                "cuda:0", "the CUDA path is not built yet");
+                "cuda:0", "this EpBuffer runs the CPU path", "new EpBuffer(group, bytes, Device.cuda(n))");
         expectError("topkDtype", () -> buf.dispatch(x4, t4.to(DType.INT32), active, M, E, -1, false, false, false), "topkIdx must be int64");
         expectError("activeInt", () -> buf.dispatch(x4, t4, Tensor.ones(DType.INT64, Device.CPU, n), M, E, -1, false, false, false), "activeRanks must be int.");
         expectError("activeCpu", () -> buf.dispatch(x4, t4, Tensor.wrapDevice(4096, 0, DType.INT32, n), M, E, -1, false, false, false),

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# EpBuffer's CUDA path on a GPU host without Maven (only the NVIDIA driver and a Java 25 runtime).
+#
+#   gpu-ep.sh JAR_DIR
+#
+# JAR_DIR holds the jars of the class path (JAR_DIR/*): mooncake4j-ep, -pg, -cuda (built where nvcc was
+# present, so it contains kernels.fatbin), -core, -transfer and slf4j-api (slf4j-simple optional).
+#
+# For 2 GPUs and for all visible GPUs (when more than 2), one JVM per GPU (RANK, WORLD_SIZE, LOCAL_RANK,
+# MASTER_ADDR, MASTER_PORT), runs org.mooncake4j.ep.gpu.EpGpuCheck in three modes:
+#   check   the grid fp8 x zero-copy x async x hook, all ranks active and the last rank inactive
+#   fail    the last rank exits before dispatch; the others must mark it 0 within timeoutUs = 1 s
+#   timing  FP8 dispatch + BF16 combine, 128 tokens/rank, hidden 7168, top-8, 288 experts (JSON line)
+# Logs go to $OUT (default: a new temporary folder): ws<N>/<mode>.rank<r>.log. Prints every PASS/FAIL
+# line, the timing JSON lines and a summary; exit status 0 only when every process passed.
+#
+# Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per process, default 600), WORLDS
+# (default "2 <all GPUs>"), MODES (default "check fail timing"), ITERS (timing iterations, default 200),
+# MASTER_ADDR (default 127.0.0.1), PORT_BASE (default 29600).
+set -uo pipefail
+
+if [[ $# -ne 1 || ! -d "$1" ]]; then
+  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-ep, -pg, -cuda, -core, -transfer and slf4j-api jars)" >&2
+  exit 2
+fi
+jars=$(cd "$1" && pwd)
+java=${JAVA:-/tmp/jre25/bin/java}
+limit=${TIMEOUT_S:-600}
+for j in mooncake4j-ep mooncake4j-pg mooncake4j-cuda mooncake4j-core mooncake4j-transfer slf4j-api; do
+  if ! compgen -G "$jars/$j-*.jar" > /dev/null; then
+    echo "missing $j-*.jar in $jars" >&2
+    exit 2
+  fi
+done
+if [[ ! -x "$java" ]]; then
+  echo "no Java runtime at $java (set JAVA=..., or unpack one: tar xJf .device/jre25.tar.xz -C /tmp)" >&2
+  exit 2
+fi
+export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+out=${OUT:-$(mktemp -d)}
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+
+if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
+  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
+else
+  mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
+fi
+ngpu=${#visible[@]}
+echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); results: $out"
+if [[ $ngpu -lt 2 ]]; then
+  echo "FAIL EpBuffer's CUDA path needs 2+ GPUs, this host shows $ngpu"
+  exit 1
+fi
+worlds=${WORLDS:-$( (echo 2; echo "$ngpu") | sort -un | tr '\n' ' ')}
+modes=${MODES:-check fail timing}
+port=${PORT_BASE:-29600}
+
+status=0
+summary=()
+note() {  # note NAME RC
+  local verdict=PASSED
+  if [[ $2 -eq 124 || $2 -eq 137 ]]; then verdict="TIMED OUT after ${limit}s"; elif [[ $2 -ne 0 ]]; then verdict="FAILED (exit $2)"; fi
+  [[ $2 -ne 0 ]] && status=1
+  summary+=("$1: $verdict")
+}
+
+for n in $worlds; do
+  if [[ $n -gt $ngpu ]]; then summary+=("ws$n: SKIPPED (only $ngpu GPUs)"); continue; fi
+  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
+  logs="$out/ws$n"
+  mkdir -p "$logs"
+  for mode in $modes; do
+    port=$((port + 1))
+    echo "=== EpGpuCheck $mode: $n processes on GPUs $gpus (port $port)"
+    pids=()
+    for ((r = 0; r < n; r++)); do
+      CUDA_VISIBLE_DEVICES=$gpus RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r MASTER_ADDR=${MASTER_ADDR:-127.0.0.1} MASTER_PORT=$port \
+        ITERS=${ITERS:-200} timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
+        org.mooncake4j.ep.gpu.EpGpuCheck "$mode" > "$logs/$mode.rank$r.log" 2>&1 &
+      pids+=($!)
+    done
+    for ((r = 0; r < n; r++)); do
+      wait "${pids[$r]}"
+      note "ws$n $mode rank $r" "$?"
+    done
+    for ((r = 0; r < n; r++)); do
+      grep -E '^(PASS|FAIL|NOTE|ALL PASSED|SOME FAILED|\{)' "$logs/$mode.rank$r.log" | sed "s/^/[ws$n $mode rank $r] /"
+      if ! grep -q '^ALL PASSED' "$logs/$mode.rank$r.log"; then
+        echo "[ws$n $mode rank $r] --- log tail:"
+        tail -30 "$logs/$mode.rank$r.log" | sed "s/^/[ws$n $mode rank $r] /"
+      fi
+    done
+  done
+done
+
+echo "=== summary (results in $out)"
+printf '%s\n' "${summary[@]}"
+exit $status

@@ -1,0 +1,350 @@
+package org.mooncake4j.ep;
+
+import java.lang.foreign.Arena;
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.lang.invoke.VarHandle;
+import java.time.Duration;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.concurrent.TimeUnit;
+import java.util.concurrent.locks.LockSupport;
+import org.mooncake4j.core.Device;
+import org.mooncake4j.core.Tensor;
+import org.mooncake4j.cuda.CudaDevice;
+import org.mooncake4j.cuda.CudaFunction;
+import org.mooncake4j.cuda.CudaModule;
+import org.mooncake4j.cuda.CudaStream;
+import org.mooncake4j.cuda.DeviceBuffer;
+import org.mooncake4j.cuda.KernelArgs;
+import org.mooncake4j.cuda.PinnedHostMemory;
+import org.mooncake4j.cuda.SymmetricHeap;
+import org.mooncake4j.pg.PeerFailureException;
+import org.mooncake4j.pg.ProcessGroup;
+import org.mooncake4j.pg.gpu.StoreExchange;
+
+/**
+ * The CUDA data path: the kernels of {@code ep.cu} (see the protocol at the top of that file) on one
+ * stream owned by the path, over an EP buffer of {@link EpLayout} placed at
+ * {@link SymmetricHeap.Layout#DATA_OFFSET} of a {@link SymmetricHeap} that every rank of the group maps
+ * (NVLink). The four {@link EpDataPath} methods only queue kernels; {@link #mark()} queues a host
+ * ticket and {@link #await} polls it with a deadline (never an unbounded wait in the driver).
+ * {@link #checkDispatch}/{@link #checkCombine} then turn what the kernels reported into exceptions:
+ * a source that timed out with {@code timeoutUs = -1} fails the call with {@link PeerFailureException}
+ * (it is already 0 in the device-side activeRanks), inconsistent counts or rows with
+ * {@link IllegalStateException}.
+ *
+ * <p>Private device scratch (grown to the largest shape seen): the block counters of the send
+ * kernels, the per-expert send counts, the ranks each dispatch sent to (two slots, by dispatch
+ * sequence parity), the arrived sources, the rows used per (expert, source) and each received row's
+ * source and token.
+ */
+final class CudaEpPath implements EpDataPath, AutoCloseable {
+    static final int THREADS = 512;
+    static final int WARPS_PER_BLOCK = THREADS / 32;
+    /** Status slots per kind of wait (dispatch, combine), indexed by sequence number. */
+    static final int STATUS_SLOTS = 16;
+    private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
+    // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
+    // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}
+    private static final long ERROR = 8, ERROR_DETAIL = 16, WAIT_STATUS = 64;
+
+    final CudaDevice device;
+    final Device tensorDevice;
+    private final int rank;
+    private final int numRanks;
+    private final Duration groupTimeout;
+    private final CudaModule module;
+    private final CudaStream stream;
+    private final SymmetricHeap heap;
+    private final long epBase;
+    private final long capacity;
+    private final PinnedHostMemory status;
+    private final CudaFunction dispatchSend, waitF, dispatchRecv, combineSend, combineRecv, hostSignal;
+    private DeviceBuffer scratch;
+    private Scratch at;
+    private long ticket;
+    private boolean closed;
+
+    /** Offsets into the private scratch buffer for a shape. */
+    record Scratch(long counters, long sendCount, long sentTo, long arrived, long used, long rowSrcToken, long bytes) {
+        static Scratch of(int numRanks, int numExperts, int maxTokens) {
+            long off = 0;
+            long counters = off;
+            off += 64;
+            long sendCount = off;
+            off = align(off + 4L * numExperts);
+            long sentTo = off;
+            off = align(off + 8L * numRanks);
+            long arrived = off;
+            off = align(off + 4L * numRanks);
+            long used = off;
+            off = align(off + 4L * numExperts);
+            long rows = off;
+            off = align(off + 4L * numExperts * maxTokens);
+            return new Scratch(counters, sendCount, sentTo, arrived, used, rows, off);
+        }
+
+        private static long align(long v) { return (v + 255) / 256 * 256; }
+    }
+
+    /**
+     * Creates the symmetric EP buffers of the group on {@code deviceOrdinal}: collective over every rank
+     * of the group, through its store, with the group's timeout.
+     *
+     * @throws org.mooncake4j.cuda.CudaUnavailableException without a driver, or when the kernels were not built
+     */
+    CudaEpPath(ProcessGroup group, long numBytes, int deviceOrdinal, int generation) {
+        this.rank = group.rank();
+        this.numRanks = group.worldSize();
+        this.groupTimeout = group.timeout();
+        this.device = CudaDevice.get(deviceOrdinal);
+        this.tensorDevice = Device.cuda(deviceOrdinal);
+        this.module = CudaModule.loadKernels(device);
+        this.dispatchSend = module.function("ep_dispatch_send");
+        this.waitF = module.function("ep_wait");
+        this.dispatchRecv = module.function("ep_dispatch_recv");
+        this.combineSend = module.function("ep_combine_send");
+        this.combineRecv = module.function("ep_combine_recv");
+        this.hostSignal = module.function("ep_host_signal");
+        this.epBase = SymmetricHeap.Layout.DATA_OFFSET;
+        this.capacity = numBytes;
+        long heapBytes = Math.max(epBase + numBytes, SymmetricHeap.Layout.minimumHeapBytes());
+        StoreExchange exchange = StoreExchange.ofWorld(group.store(), group.name() + "/ep/" + generation, rank, numRanks, group.timeout());
+        CudaStream s = null;
+        PinnedHostMemory st = null;
+        SymmetricHeap h = null;
+        try {
+            s = CudaStream.create(device);
+            st = PinnedHostMemory.allocate(device, WAIT_STATUS + 2L * 8 * 2 * STATUS_SLOTS);
+            st.segment().fill((byte) 0);
+            h = SymmetricHeap.create(device, rank, numRanks, heapBytes, exchange);
+            exchange.forgetLastRound();
+            // zero this rank's signal words before any peer can signal into them (the barrier below)
+            try (Arena arena = Arena.ofConfined()) {
+                long bytes = EpLayout.signalBytes(numRanks);
+                MemorySegment zeros = arena.allocate(bytes, 64);
+                s.copyHostToDevice(zeros, h.pointer(rank) + epBase, bytes);
+                s.synchronize();
+            }
+        } catch (RuntimeException e) {
+            if (h != null) h.close();
+            if (st != null) st.close();
+            if (s != null) s.close();
+            throw e;
+        }
+        this.stream = s;
+        this.status = st;
+        this.heap = h;
+        group.barrier();
+    }
+
+    /** The membership token handles are checked against. */
+    Object membership() { return heap; }
+
+    long capacity() { return capacity; }
+
+    CudaStream stream() { return stream; }
+
+    /** Device address of offset {@code offset} of this rank's EP buffer. */
+    long address(long offset) { return heap.pointer(rank) + epBase + offset; }
+
+    Tensor view(long offset, org.mooncake4j.core.DType dtype, long... shape) {
+        return Tensor.wrapDevice(address(offset), device.ordinal(), dtype, shape);
+    }
+
+    // ---- the four phases (queue only) ---------------------------------------------------------
+
+    @Override
+    public void dispatchSend(Dispatch op) {
+        EpHandle h = op.handle();
+        EpLayout lay = h.layout;
+        ensureScratch(lay);
+        long base = scratch.pointer();
+        int blocks = Math.max(1, Math.min(ceilDiv(h.numTokens, WARPS_PER_BLOCK), 4 * device.multiprocessorCount()));
+        KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.topkIdx().devicePointer()).ptr(op.activeRanks().devicePointer())
+                .ptr(heap.pointerTable()).u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(h.numTokens).i32(h.topK)
+                .i32(lay.hidden()).i32(lay.maxTokens()).i32(h.fp8 ? 1 : 0).u64(h.seq).u64(lay.counts()).u64(lay.staging())
+                .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counters());
+        dispatchSend.launch(stream, blocks, THREADS, a);
+    }
+
+    @Override
+    public void dispatchReceive(Dispatch op) {
+        EpHandle h = op.handle();
+        EpLayout lay = h.layout;
+        long base = scratch.pointer();
+        launchWait(op.activeRanks(), 0, base + at.arrived(), 0, h.seq, op.timeoutUs(), 0);
+        long rows = (long) lay.localExperts() * lay.expertRows();
+        int blocks = (int) Math.max(ceilDiv(lay.localExperts() * (long) numRanks, THREADS),
+                Math.min(ceilDiv(rows, WARPS_PER_BLOCK), 8L * device.multiprocessorCount()));
+        KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(base + at.arrived()).ptr(base + at.used()).ptr(base + at.rowSrcToken())
+                .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).i32(h.fp8 ? 1 : 0).u64(h.seq)
+                .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
+                .ptr(status.devicePointer() + ERROR);
+        dispatchRecv.launch(stream, Math.max(1, blocks), THREADS, a);
+    }
+
+    @Override
+    public void combineSend(Combine op) {
+        EpHandle h = op.handle();
+        EpLayout lay = h.layout;
+        long base = scratch.pointer();
+        long rows = (long) lay.localExperts() * lay.expertRows();
+        int blocks = (int) Math.max(1, Math.min(ceilDiv(rows, WARPS_PER_BLOCK), 8L * device.multiprocessorCount()));
+        KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.activeRanks().devicePointer()).ptr(heap.pointerTable())
+                .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(op.seq())
+                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counters() + 4);
+        combineSend.launch(stream, blocks, THREADS, a);
+    }
+
+    @Override
+    public void combineReceive(Combine op) {
+        EpHandle h = op.handle();
+        EpLayout lay = h.layout;
+        long base = scratch.pointer();
+        long sentTo = base + at.sentTo() + 4L * numRanks * (h.seq & 1);
+        launchWait(op.activeRanks(), sentTo, base + at.arrived(), numRanks, op.seq(), op.timeoutUs(), 1);
+        int blocks = Math.max(1, Math.min(ceilDiv(h.numTokens, WARPS_PER_BLOCK), 4 * device.multiprocessorCount()));
+        KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(op.topkIdx().devicePointer()).ptr(op.topkWeights().devicePointer())
+                .ptr(op.activeRanks().devicePointer()).ptr(sentTo).ptr(op.out().devicePointer()).i32(h.numTokens).i32(h.topK)
+                .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv());
+        combineRecv.launch(stream, blocks, THREADS, a);
+    }
+
+    private void launchWait(Tensor activeRanks, long needed, long arrived, int firstLine, long seq, long timeoutUs, int kind) {
+        KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(activeRanks.devicePointer()).ptr(needed).ptr(arrived).i32(numRanks)
+                .i32(firstLine).u64(seq).u64(waitNanos(timeoutUs, groupTimeout)).ptr(status.devicePointer() + statusOffset(kind, seq));
+        waitF.launch(stream, 1, 32, a);
+    }
+
+    /** The device-side bound of a wait: timeoutUs, or the group's timeout for -1. */
+    static long waitNanos(long timeoutUs, Duration groupTimeout) {
+        return timeoutUs < 0 ? groupTimeout.toNanos() : Math.multiplyExact(timeoutUs, 1000L);
+    }
+
+    static long statusOffset(int kind, long seq) { return WAIT_STATUS + 16L * (kind * STATUS_SLOTS + Math.floorMod(seq, STATUS_SLOTS)); }
+
+    // ---- completion ---------------------------------------------------------------------------
+
+    /** Queues a host ticket after the work queued so far; {@link #await} it. */
+    long mark() {
+        long t = ++ticket;
+        hostSignal.launch(stream, 1, 1, KernelArgs.begin().ptr(status.devicePointer()).u64(t));
+        return t;
+    }
+
+    /**
+     * Polls until the GPU has reached {@code t}; gives up after the longest device-side wait
+     * ({@code timeoutUs}, or the group's timeout) plus the group's timeout, with an exception.
+     */
+    void await(long t, long timeoutUs, String what) {
+        MemorySegment words = status.segment();
+        if ((long) LONG.getVolatile(words, 0L) >= t) return;
+        long limit = waitNanos(timeoutUs, groupTimeout) + groupTimeout.toNanos();
+        long start = System.nanoTime();
+        for (int spin = 0; (long) LONG.getVolatile(words, 0L) < t; spin++) {
+            if (System.nanoTime() - start > limit) {
+                throw new IllegalStateException(what + " on rank " + rank + " (" + device + "): the GPU did not finish within "
+                        + TimeUnit.NANOSECONDS.toMillis(limit) + " ms although every wait in its kernels is bounded; the GPU or a"
+                        + " peer's NVLink mapping may be hung. Check nvidia-smi and the other ranks' logs.");
+            }
+            if (spin < 1000) Thread.onSpinWait();
+            else LockSupport.parkNanos(20_000);
+        }
+    }
+
+    /** After {@link #await}: the ranks the dispatch receive gave up on, and count/row inconsistencies. */
+    void checkDispatch(Dispatch op) {
+        checkErrors(op.handle().seq);
+        checkMissing(0, op.handle().seq, op.timeoutUs(), "dispatch");
+    }
+
+    void checkCombine(Combine op) { checkMissing(1, op.seq(), op.timeoutUs(), "combine"); }
+
+    private void checkErrors(long seq) {
+        MemorySegment w = status.segment();
+        long code = (long) LONG.getVolatile(w, ERROR);
+        if (code == 0) return;
+        long detail = (long) LONG.getVolatile(w, ERROR_DETAIL);
+        LONG.setVolatile(w, ERROR, 0L);
+        int src = (int) (detail >>> 48);
+        int mid = (int) ((detail >>> 24) & 0xffffff);
+        int low = (int) (detail & 0xffffff);
+        if (code == 1) {
+            throw new IllegalStateException("dispatch #" + seq + " on rank " + rank + ": rank " + src + " reported " + low
+                    + " tokens for local expert " + mid + ", outside [0, maxTokensPerRank]: the ranks disagree on maxTokensPerRank,"
+                    + " numExperts or hidden. Pass the same values on every rank.");
+        }
+        throw new IllegalStateException("dispatch #" + seq + " on rank " + rank + ": row " + mid + " from rank " + src
+                + " belongs to another dispatch: the ranks are not calling dispatch and combine in the same order."
+                + " Call them alternately, in the same order, on every rank.");
+    }
+
+    private void checkMissing(int kind, long seq, long timeoutUs, String what) {
+        MemorySegment w = status.segment();
+        long off = statusOffset(kind, seq);
+        if ((long) LONG.getVolatile(w, off) != seq) return;
+        long mask = (long) LONG.getVolatile(w, off + 8);
+        if (mask == 0 || timeoutUs >= 0) return;
+        int[] ranks = ranksOf(mask);
+        throw new PeerFailureException(what + " #" + seq + " on rank " + rank + " failed: rank" + (ranks.length > 1 ? "s " : " ")
+                + join(ranks) + " did not send " + (ranks.length > 1 ? "their " : "its ") + what + " within the group timeout of "
+                + groupTimeout.toMillis() + " ms. " + (ranks.length > 1 ? "They are" : "It is") + " now 0 in activeRanks. With timeoutUs = -1"
+                + " a lost or hung rank is an error; check its logs, and pass timeoutUs >= 0 to have " + what + " go on without ranks that fail.",
+                ranks);
+    }
+
+    static int[] ranksOf(long mask) {
+        List<Integer> r = new ArrayList<>();
+        for (int i = 0; i < 64; i++) if ((mask >>> i & 1) != 0) r.add(i);
+        return r.stream().mapToInt(Integer::intValue).toArray();
+    }
+
+    private static String join(int[] ranks) {
+        StringBuilder b = new StringBuilder();
+        for (int i = 0; i < ranks.length; i++) b.append(i == 0 ? "" : ", ").append(ranks[i]);
+        return b.toString();
+    }
+
+    private void ensureScratch(EpLayout lay) {
+        Scratch need = Scratch.of(numRanks, lay.numExperts(), lay.maxTokens());
+        if (scratch != null && at.equals(need)) return;
+        if (scratch != null) {
+            await(mark(), 0, "EpBuffer scratch resize");
+            scratch.close();
+            scratch = null;
+        }
+        DeviceBuffer b = DeviceBuffer.allocate(device, need.bytes());
+        try (Arena arena = Arena.ofConfined()) {
+            MemorySegment zeros = arena.allocate(need.bytes(), 64);
+            stream.copyHostToDevice(zeros, b.pointer(), need.bytes());
+            stream.synchronize();
+        } catch (RuntimeException e) {
+            b.close();
+            throw e;
+        }
+        scratch = b;
+        at = need;
+    }
+
+    static int ceilDiv(int a, int b) { return (a + b - 1) / b; }
+
+    static long ceilDiv(long a, long b) { return (a + b - 1) / b; }
+
+    /** Waits for queued work (bounded), then frees the heap, scratch, status and stream. */
+    @Override
+    public void close() {
+        if (closed) return;
+        closed = true;
+        try {
+            await(mark(), 0, "EpBuffer close");
+        } finally {
+            if (scratch != null) scratch.close();
+            heap.close();
+            status.close();
+            stream.close();
+            module.close();
+        }
+    }
+}

@@ -1,0 +1,389 @@
+package org.mooncake4j.ep.gpu;
+
+import java.lang.foreign.MemorySegment;
+import java.lang.foreign.ValueLayout;
+import java.util.Arrays;
+import java.util.Random;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Device;
+import org.mooncake4j.core.Tensor;
+import org.mooncake4j.core.internal.FloatFormats;
+import org.mooncake4j.cuda.CudaEvent;
+import org.mooncake4j.cuda.CudaStream;
+import org.mooncake4j.ep.CombineResult;
+import org.mooncake4j.ep.DispatchResult;
+import org.mooncake4j.ep.EpBuffer;
+import org.mooncake4j.pg.MooncakeBackendOptions;
+import org.mooncake4j.pg.ProcessGroup;
+
+/**
+ * The acceptance check of EpBuffer's CUDA path on a GPU host, one process per GPU (RANK, WORLD_SIZE,
+ * LOCAL_RANK, MASTER_ADDR, MASTER_PORT; the group is a mooncake-cpu process group, the EP buffer lives
+ * on cuda:LOCAL_RANK).
+ *
+ * <pre>
+ *   EpGpuCheck [check|timing|fail]
+ * </pre>
+ *
+ * check: the grid fp8 on/off x zero-copy x async x hook, with all ranks active and with the last rank
+ * marked inactive up front; 128 tokens, hidden 7168, top-8, 288 experts (rounded down to a multiple of
+ * the world size), 10 selections masked with -1. Every recvCount and received row is compared with the
+ * host reference (bf16 bit for bit, fp8 bytes and scales bit for bit against the CPU quantization), and
+ * the combine, with each expert returning its input, against the float32 sum in slot order of
+ * w * (the row the expert saw), rounded to bf16 (for bf16 inputs: x times the sum of valid weights).
+ * fail: the last rank exits before dispatch; the others dispatch with timeoutUs = 1 s and must see its
+ * activeRanks entry become 0, its tokens absent and its experts dropped from the combine.
+ * timing: 128 tokens per rank, FP8 dispatch, BF16 combine; warm-up, then ITERS iterations timed with
+ * CUDA events on the buffer's stream; one JSON line with per-phase microseconds and logical bandwidth.
+ * Prints one {@code PASS}/{@code FAIL} line per check; exit status 0 when all passed.
+ */
+public final class EpGpuCheck {
+    static final int M = 128, H = 7168, K = 8, MASKED = 10;
+
+    private final ProcessGroup pg;
+    private final int rank, n, local, numExperts;
+    private final Device dev;
+    private int failures;
+
+    private EpGpuCheck(ProcessGroup pg, int localRank) {
+        this.pg = pg;
+        this.rank = pg.rank();
+        this.n = pg.worldSize();
+        this.numExperts = 288 / n * n;
+        this.local = numExperts / n;
+        this.dev = Device.cuda(localRank);
+    }
+
+    public static void main(String[] args) {
+        int rank = Integer.parseInt(env("RANK", "0"));
+        int ws = Integer.parseInt(env("WORLD_SIZE", "1"));
+        int localRank = Integer.parseInt(env("LOCAL_RANK", Integer.toString(rank)));
+        String mode = args.length > 0 ? args[0] : "check";
+        int status;
+        try {
+            ProcessGroup pg = ProcessGroup.init("mooncake-cpu", rank, ws, new MooncakeBackendOptions(Tensor.ones(DType.INT32, Device.CPU, ws)));
+            EpGpuCheck c = new EpGpuCheck(pg, localRank);
+            switch (mode) {
+                case "check" -> c.grid();
+                case "fail" -> c.failure();
+                case "timing" -> c.timing(Integer.parseInt(env("ITERS", "200")));
+                default -> throw new IllegalArgumentException("mode " + mode + ": use check, fail or timing");
+            }
+            status = c.failures == 0 ? 0 : 1;
+            if (!(mode.equals("fail") && rank == ws - 1)) pg.barrier();
+            pg.close();
+        } catch (Throwable t) {
+            System.out.println("FAIL rank " + rank + " " + mode + ": " + t);
+            t.printStackTrace(System.out);
+            status = 1;
+        }
+        System.out.println((status == 0 ? "ALL PASSED" : "SOME FAILED") + " rank " + rank + " " + mode);
+        System.out.flush();
+        System.exit(status);
+    }
+
+    private static String env(String k, String d) {
+        String v = System.getenv(k);
+        return v == null || v.isBlank() ? d : v;
+    }
+
+    private void report(String name, boolean ok, String detail) {
+        if (!ok) failures++;
+        System.out.println((ok ? "PASS " : "FAIL ") + "rank " + rank + " " + name + (detail.isEmpty() ? "" : " (" + detail + ")"));
+    }
+
+    // ---- inputs and reference --------------------------------------------------------------------
+
+    record Inputs(short[] x, long[] topk, float[] w) {}
+
+    /** Rank s's inputs of round {@code round}: any rank can rebuild any other's. */
+    Inputs inputs(int round, int s) {
+        Random rnd = new Random(7_919L * round + 104_729L * s + 3);
+        short[] x = new short[M * H];
+        for (int i = 0; i < x.length; i++) x[i] = FloatFormats.floatToBf16((float) rnd.nextGaussian() * (1 + (i % 5)));
+        long[] topk = new long[M * K];
+        for (int t = 0; t < M; t++) {
+            int[] perm = rnd.ints(0, numExperts).distinct().limit(K).toArray();
+            for (int k = 0; k < K; k++) topk[t * K + k] = perm[k];
+        }
+        for (int q = 0; q < MASKED; q++) topk[rnd.nextInt(M * K)] = -1;
+        float[] w = new float[M * K];
+        for (int i = 0; i < w.length; i++) w[i] = rnd.nextFloat();
+        return new Inputs(x, topk, w);
+    }
+
+    private Tensor onDevice(Tensor host) {
+        try (host) { return host.to(dev); }
+    }
+
+    private Tensor xTensor(Inputs in) {
+        Tensor t = Tensor.empty(DType.BFLOAT16, Device.CPU, M, H);
+        MemorySegment.copy(in.x(), 0, t.segment(), ValueLayout.JAVA_SHORT_UNALIGNED, 0, in.x().length);
+        return onDevice(t);
+    }
+
+    private Tensor topkTensor(Inputs in) {
+        Tensor t = Tensor.empty(DType.INT64, Device.CPU, M, K);
+        MemorySegment.copy(in.topk(), 0, t.segment(), ValueLayout.JAVA_LONG_UNALIGNED, 0, in.topk().length);
+        return onDevice(t);
+    }
+
+    private Tensor weightTensor(Inputs in) {
+        Tensor t = Tensor.empty(DType.FLOAT32, Device.CPU, M, K);
+        MemorySegment.copy(in.w(), 0, t.segment(), ValueLayout.JAVA_FLOAT_UNALIGNED, 0, in.w().length);
+        return onDevice(t);
+    }
+
+    static void quantize(short[] x, int off, byte[] q, float[] scales) {
+        for (int b = 0; b < H / 128; b++) {
+            float amax = 0;
+            for (int c = b * 128; c < b * 128 + 128; c++) amax = Math.max(amax, Math.abs(FloatFormats.bf16ToFloat(x[off + c])));
+            float scale = amax == 0 ? 1f : amax / 448f;
+            scales[b] = scale;
+            for (int c = b * 128; c < b * 128 + 128; c++) q[c] = FloatFormats.floatToE4m3(FloatFormats.bf16ToFloat(x[off + c]) / scale);
+        }
+    }
+
+    /** What an expert sees of token t: the bf16 values, or the dequantized fp8 ones. */
+    static float[] seen(Inputs in, int t, boolean fp8) {
+        float[] v = new float[H];
+        if (fp8) {
+            byte[] q = new byte[H];
+            float[] s = new float[H / 128];
+            quantize(in.x(), t * H, q, s);
+            for (int c = 0; c < H; c++) v[c] = FloatFormats.e4m3ToFloat(q[c]) * s[c / 128];
+        } else {
+            for (int c = 0; c < H; c++) v[c] = FloatFormats.bf16ToFloat(in.x()[t * H + c]);
+        }
+        return v;
+    }
+
+    static boolean first(long[] topk, int t, int k) {
+        for (int q = 0; q < k; q++) if (topk[t * K + q] == topk[t * K + k]) return false;
+        return true;
+    }
+
+    // ---- one round ---------------------------------------------------------------------------------
+
+    /** One dispatch + identity experts + combine on device tensors; every result compared on the host. */
+    private void round(EpBuffer buf, int round, boolean fp8, boolean zeroCopy, boolean async, boolean hook, int[] mask, long timeoutUs,
+                       String name) {
+        Inputs in = inputs(round, rank);
+        Tensor x = xTensor(in), topk = topkTensor(in), w = weightTensor(in);
+        Tensor active = onDevice(Tensor.of(mask.clone()));
+        DispatchResult d = buf.dispatch(x, topk, active, M, numExperts, timeoutUs, fp8, async, hook);
+        if (hook) d.hook().run();
+        d.event().currentStreamWait();
+        int[] got = active.toIntArray();
+        int[] want = expectedMask(mask);
+        boolean maskOk = Arrays.equals(got, want);
+        int[] count = d.recvCount().toIntArray();
+        String recv = checkReceived(round, fp8, d, want, count);
+        report(name + " dispatch", maskOk && recv.isEmpty(), maskOk ? recv : "activeRanks " + Arrays.toString(got) + ", expected " + Arrays.toString(want));
+        // identity experts: y = what the expert saw, as bf16
+        long rows = (long) n * M;
+        Tensor y = zeroCopy ? buf.nextCombineBuffer(d.handle()) : Tensor.zeros(DType.BFLOAT16, dev, local, rows, H);
+        Tensor yHost = Tensor.zeros(DType.BFLOAT16, Device.CPU, local, rows, H);
+        if (fp8) {
+            Tensor rx = d.recvX().to(Device.CPU), sc = d.recvScales().to(Device.CPU);
+            for (int j = 0; j < local; j++) {
+                for (int p = 0; p < count[j]; p++) {
+                    long row = (long) j * rows + p;
+                    for (int c = 0; c < H; c++) {
+                        float v = FloatFormats.e4m3ToFloat(rx.segment().get(ValueLayout.JAVA_BYTE, row * H + c))
+                                * sc.segment().get(ValueLayout.JAVA_FLOAT_UNALIGNED, (row * (H / 128) + c / 128) * 4);
+                        yHost.segment().set(ValueLayout.JAVA_SHORT_UNALIGNED, (row * H + c) * 2, FloatFormats.floatToBf16(v));
+                    }
+                }
+            }
+            y.copyFrom(yHost);
+        } else if (zeroCopy) {
+            y.copyFrom(d.recvX());
+        } else {
+            y.copyFrom(d.recvX());
+        }
+        CombineResult c = buf.combine(y, topk, w, active, timeoutUs, d.handle(), zeroCopy, async, hook, null);
+        if (hook) c.hook().run();
+        c.event().currentStreamWait();
+        short[] out = new short[M * H];
+        try (Tensor o = c.combinedX().to(Device.CPU)) {
+            MemorySegment.copy(o.segment(), ValueLayout.JAVA_SHORT_UNALIGNED, 0, out, 0, out.length);
+        }
+        String comb = checkCombined(in, fp8, want, out);
+        report(name + " combine", comb.isEmpty(), comb);
+        for (Tensor t : new Tensor[] {x, topk, w, active, c.combinedX(), yHost}) t.close();
+        if (!zeroCopy) y.close();
+    }
+
+    private int[] expectedMask(int[] mask) { return mask.clone(); }
+
+    private String checkReceived(int round, boolean fp8, DispatchResult d, int[] active, int[] count) {
+        Tensor rx = d.recvX().to(Device.CPU);
+        Tensor sc = fp8 ? d.recvScales().to(Device.CPU) : null;
+        try {
+            long rows = (long) n * M;
+            for (int j = 0; j < local; j++) {
+                long e = (long) rank * local + j;
+                int p = 0;
+                for (int s = 0; s < n; s++) {
+                    if (active[s] == 0) continue;
+                    Inputs in = inputs(round, s);
+                    for (int t = 0; t < M; t++) {
+                        boolean selected = false;
+                        for (int k = 0; k < K; k++) selected |= in.topk()[t * K + k] == e && first(in.topk(), t, k);
+                        if (!selected) continue;
+                        if (p >= count[j]) return "expert " + e + ": recvCount " + count[j] + " too small";
+                        long row = (long) j * rows + p;
+                        if (fp8) {
+                            byte[] q = new byte[H];
+                            float[] s8 = new float[H / 128];
+                            quantize(in.x(), t * H, q, s8);
+                            byte[] gq = rx.segment().asSlice(row * H, H).toArray(ValueLayout.JAVA_BYTE);
+                            float[] gs = new float[H / 128];
+                            MemorySegment.copy(sc.segment(), ValueLayout.JAVA_FLOAT_UNALIGNED, row * 4L * (H / 128), gs, 0, gs.length);
+                            if (!Arrays.equals(gq, q) || !Arrays.equals(gs, s8)) return "expert " + e + " row " + p + " (fp8) differs";
+                        } else {
+                            short[] g = new short[H];
+                            MemorySegment.copy(rx.segment(), ValueLayout.JAVA_SHORT_UNALIGNED, row * 2L * H, g, 0, H);
+                            if (!Arrays.equals(g, Arrays.copyOfRange(in.x(), t * H, t * H + H))) return "expert " + e + " row " + p + " differs";
+                        }
+                        p++;
+                    }
+                }
+                if (p != count[j]) return "expert " + e + ": recvCount " + count[j] + ", expected " + p;
+            }
+            return "";
+        } finally {
+            rx.close();
+            if (sc != null) sc.close();
+        }
+    }
+
+    /** Float32 sum in slot order of w * bf16(seen) over unmasked selections of active ranks, rounded to bf16. */
+    private String checkCombined(Inputs in, boolean fp8, int[] active, short[] out) {
+        for (int t = 0; t < M; t++) {
+            float[] v = seen(in, t, fp8);
+            float[] acc = new float[H];
+            float wsum = 0;
+            for (int k = 0; k < K; k++) {
+                long e = in.topk()[t * K + k];
+                if (e < 0 || active[(int) (e / local)] == 0) continue;
+                float wk = in.w()[t * K + k];
+                wsum += wk;
+                for (int c = 0; c < H; c++) acc[c] += wk * FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(v[c]));
+            }
+            for (int c = 0; c < H; c++) {
+                short want = FloatFormats.floatToBf16(acc[c]);
+                if (out[t * H + c] != want) {
+                    return "token " + t + " channel " + c + ": got " + FloatFormats.bf16ToFloat(out[t * H + c]) + ", expected "
+                            + FloatFormats.bf16ToFloat(want) + " (x * sum of valid weights = " + v[c] * wsum + ")";
+                }
+                if (!fp8) {
+                    float approx = v[c] * wsum;
+                    float got = FloatFormats.bf16ToFloat(out[t * H + c]);
+                    if (Math.abs(got - approx) > 1e-2f * Math.max(1f, Math.abs(approx))) {
+                        return "token " + t + " channel " + c + ": " + got + " is not x * sum of valid weights = " + approx;
+                    }
+                }
+            }
+        }
+        return "";
+    }
+
+    // ---- modes ---------------------------------------------------------------------------------------
+
+    private EpBuffer buffer() { return new EpBuffer(pg, EpBuffer.sizeHint(M, H, n, numExperts), dev); }
+
+    private void grid() {
+        try (EpBuffer buf = buffer()) {
+            int round = 0;
+            for (int failed = 0; failed < 2; failed++) {
+                int[] mask = new int[n];
+                Arrays.fill(mask, 1);
+                if (failed == 1 && n > 1) mask[n - 1] = 0;
+                if (failed == 1 && rank == n - 1) continue; // the inactive rank takes no part
+                for (int bits = 0; bits < 16; bits++) {
+                    boolean fp8 = (bits & 1) != 0, zc = (bits & 2) != 0, async = (bits & 4) != 0, hook = (bits & 8) != 0;
+                    String name = "grid fp8=" + fp8 + " zeroCopy=" + zc + " async=" + async + " hook=" + hook + " inactiveLast=" + (failed == 1);
+                    round(buf, round++, fp8, zc, async, hook, mask, bits % 2 == 0 ? -1 : 5_000_000, name);
+                }
+            }
+            if (rank == n - 1) {
+                System.out.println("NOTE rank " + rank + " sat out the inactive-last-rank half of the grid");
+            }
+        }
+    }
+
+    private void failure() {
+        EpBuffer buf = buffer();
+        if (rank == n - 1) {
+            System.out.println("NOTE rank " + rank + " exits before dispatch");
+            System.out.flush();
+            Runtime.getRuntime().halt(0);
+        }
+        int[] mask = new int[n];
+        Arrays.fill(mask, 1);
+        Inputs in = inputs(1000, rank);
+        Tensor x = xTensor(in), topk = topkTensor(in), w = weightTensor(in);
+        Tensor active = onDevice(Tensor.of(mask));
+        long t0 = System.nanoTime();
+        DispatchResult d = buf.dispatch(x, topk, active, M, numExperts, 1_000_000, false, false, false);
+        long ms = (System.nanoTime() - t0) / 1_000_000;
+        int[] got = active.toIntArray();
+        int[] want = mask.clone();
+        want[n - 1] = 0;
+        report("fail dispatch activeRanks", Arrays.equals(got, want), Arrays.toString(got) + " after " + ms + " ms");
+        int[] count = d.recvCount().toIntArray();
+        String recv = checkReceived(1000, false, d, want, count);
+        report("fail dispatch rows", recv.isEmpty(), recv);
+        Tensor y = buf.nextCombineBuffer(d.handle());
+        y.copyFrom(d.recvX());
+        CombineResult c = buf.combine(y, topk, w, active, 1_000_000, d.handle(), true, false, false, null);
+        short[] out = new short[M * H];
+        try (Tensor o = c.combinedX().to(Device.CPU)) {
+            MemorySegment.copy(o.segment(), ValueLayout.JAVA_SHORT_UNALIGNED, 0, out, 0, out.length);
+        }
+        String comb = checkCombined(in, false, want, out);
+        report("fail combine drops the lost rank's experts", comb.isEmpty(), comb);
+        // the survivors only: the lost rank's heap stays mapped until exit
+        System.out.flush();
+        Runtime.getRuntime().halt(failures == 0 ? 0 : 1);
+    }
+
+    private void timing(int iters) {
+        try (EpBuffer buf = buffer()) {
+            Inputs in = inputs(7, rank);
+            Tensor x = xTensor(in), topk = topkTensor(in), w = weightTensor(in);
+            int[] mask = new int[n];
+            Arrays.fill(mask, 1);
+            Tensor active = onDevice(Tensor.of(mask));
+            long valid = 0;
+            for (long e : in.topk()) if (e >= 0) valid++;
+            CudaStream s = buf.cudaStream();
+            CudaEvent a = CudaEvent.create(s.device(), true), b = CudaEvent.create(s.device(), true), c = CudaEvent.create(s.device(), true);
+            double dispatchMs = 0, combineMs = 0;
+            for (int i = 0; i < 20 + iters; i++) {
+                a.record(s);
+                DispatchResult d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
+                b.record(s);
+                Tensor y = buf.nextCombineBuffer(d.handle());
+                CombineResult r = buf.combine(y, topk, w, active, -1, d.handle(), true, true, false, null);
+                c.record(s);
+                d.event().currentStreamWait();
+                r.event().currentStreamWait();
+                c.synchronize();
+                if (i >= 20) {
+                    dispatchMs += CudaEvent.elapsedMillis(a, b);
+                    combineMs += CudaEvent.elapsedMillis(b, c);
+                }
+                r.combinedX().close();
+            }
+            double dUs = dispatchMs * 1000 / iters, cUs = combineMs * 1000 / iters;
+            long dBytes = valid * (H + H / 128 * 4L + 16), cBytes = valid * 2L * H;
+            System.out.printf("{\"rank\":%d,\"world\":%d,\"tokens\":%d,\"hidden\":%d,\"topk\":%d,\"experts\":%d,\"valid_selections\":%d,"
+                            + "\"iters\":%d,\"dispatch_us\":%.2f,\"combine_us\":%.2f,\"dispatch_GBps\":%.2f,\"combine_GBps\":%.2f}%n",
+                    rank, n, M, H, K, numExperts, valid, iters, dUs, cUs, dBytes / (dUs * 1e3), cBytes / (cUs * 1e3));
+            report("timing", true, "");
+        }
+    }
+}

@@ -1,0 +1,118 @@
+package org.mooncake4j.ep;
+
+import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
+
+import java.net.URI;
+import java.time.Duration;
+import org.junit.jupiter.api.Test;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Device;
+import org.mooncake4j.core.Tensor;
+import org.mooncake4j.cuda.CudaModule;
+import org.mooncake4j.cuda.CudaUnavailableException;
+import org.mooncake4j.pg.MooncakeBackendOptions;
+import org.mooncake4j.pg.ProcessGroup;
+
+/** What of the CUDA path can be checked without a GPU: argument checks, offsets, and a clear refusal without a driver or kernels. */
+class CudaEpPathTest {
+    private static final Device GPU = Device.cuda(0);
+
+    private static Tensor onGpu(DType dtype, long... shape) { return Tensor.wrapDevice(1 << 20, 0, dtype, shape); }
+
+    @Test
+    void cudaDispatchArgumentsMustAllBeOnTheBuffersDevice() {
+        Tensor x = onGpu(DType.BFLOAT16, 4, 256), topk = onGpu(DType.INT64, 4, 2), active = onGpu(DType.INT32, 2);
+        assertThat(EpArguments.dispatch(x, topk, active, 8, 6, 2, -1, true, GPU)).containsExactly(4, 2);
+        Tensor cpuTopk = Tensor.zeros(DType.INT64, Device.CPU, 4, 2);
+        assertThatThrownBy(() -> EpArguments.dispatch(x, cpuTopk, active, 8, 6, 2, -1, false, GPU))
+                .hasMessageContaining("topkIdx is on cpu, but this EpBuffer runs the CUDA path on cuda:0")
+                .hasMessageContaining("topkIdx.to(Device.cuda(0))");
+        Tensor other = Tensor.wrapDevice(1 << 20, 1, DType.BFLOAT16, 4, 256);
+        assertThatThrownBy(() -> EpArguments.dispatch(other, topk, active, 8, 6, 2, -1, false, GPU)).hasMessageContaining("x is on cuda:1");
+        assertThatThrownBy(() -> EpArguments.dispatch(x, topk, Tensor.ones(DType.INT32, Device.CPU, 2), 8, 6, 2, -1, false, GPU))
+                .hasMessageContaining("activeRanks must be on cuda:0.");
+        assertThatThrownBy(() -> EpArguments.dispatch(x, topk, onGpu(DType.INT64, 2), 8, 6, 2, -1, false, GPU))
+                .hasMessageContaining("activeRanks must be int.");
+        assertThatThrownBy(() -> EpArguments.dispatch(x, topk, active, 3, 6, 2, -1, false, GPU)).hasMessageContaining("x has 4 tokens");
+        assertThatThrownBy(() -> EpArguments.dispatch(onGpu(DType.BFLOAT16, 4, 100), topk, active, 8, 6, 2, -1, true, GPU))
+                .hasMessageContaining("useFp8 needs hidden to be a multiple of 128");
+        // a CPU buffer given device tensors says how to get the CUDA path
+        assertThatThrownBy(() -> EpArguments.dispatch(x, topk, active, 8, 6, 2, -1, false, Device.CPU))
+                .hasMessageContaining("x is on cuda:0, but this EpBuffer runs the CPU path")
+                .hasMessageContaining("new EpBuffer(group, bytes, Device.cuda(n))");
+        assertThatThrownBy(() -> EpArguments.tensor("combine", "out", Tensor.zeros(DType.BFLOAT16, Device.CPU, 4, 256), DType.BFLOAT16, "[numTokens, hidden]",
+                GPU, 4, 256)).hasMessageContaining("out is on cpu, but this EpBuffer runs the CUDA path on cuda:0");
+    }
+
+    @Test
+    void waitBoundsStatusSlotsAndScratchOffsets() {
+        assertThat(CudaEpPath.waitNanos(1_000_000, Duration.ofSeconds(30))).isEqualTo(1_000_000_000L);
+        assertThat(CudaEpPath.waitNanos(-1, Duration.ofSeconds(30))).isEqualTo(30_000_000_000L);
+        assertThat(CudaEpPath.waitNanos(0, Duration.ofSeconds(30))).isZero();
+        assertThat(CudaEpPath.statusOffset(0, 1)).isEqualTo(64 + 16);
+        assertThat(CudaEpPath.statusOffset(1, 1)).isEqualTo(64 + 16L * (CudaEpPath.STATUS_SLOTS + 1));
+        assertThat(CudaEpPath.statusOffset(0, CudaEpPath.STATUS_SLOTS + 3)).isEqualTo(CudaEpPath.statusOffset(0, 3));
+        assertThat(CudaEpPath.ranksOf(0b1010)).containsExactly(1, 3);
+        CudaEpPath.Scratch s = CudaEpPath.Scratch.of(8, 288, 128);
+        long[] starts = {s.counters(), s.sendCount(), s.sentTo(), s.arrived(), s.used(), s.rowSrcToken(), s.bytes()};
+        long[] sizes = {8, 4L * 288, 2 * 4L * 8, 4L * 8, 4L * 288, 4L * 288 * 128};
+        for (int i = 0; i < sizes.length; i++) {
+            assertThat(starts[i] % 64).as("region %d aligned", i).isZero();
+            assertThat(starts[i + 1] - starts[i]).as("region %d size", i).isGreaterThanOrEqualTo(sizes[i]);
+        }
+    }
+
+    /** The kernels' layout assumptions: message rows, fp8 data and scales on 16-byte boundaries for hidden % 128 == 0. */
+    @Test
+    void theEpLayoutKeepsTheKernelsVectorAccessesAligned() {
+        EpLayout lay = EpLayout.of(128, 7168, 8, 288);
+        assertThat(lay.messageBytes() % 16).isZero();
+        assertThat(lay.staging() % 64).isZero();
+        assertThat((EpLayout.HEADER_BYTES + 7168) % 16).isZero();
+        assertThat(lay.recvRow(3, 5, false) % 16).isZero();
+        assertThat(lay.recvRow(3, 5, true) % 16).isZero();
+        assertThat(lay.combineRecvRow(200, 17) % 16).isZero();
+        assertThat(lay.combineSendRow(2, 9) % 16).isZero();
+        assertThat(EpLayout.dispatchSignal(3)).isEqualTo(3 * 64);
+        assertThat(EpLayout.combineSignal(8, 3)).isEqualTo(11 * 64);
+    }
+
+    /** Without an NVIDIA driver (CI) or without built kernels a CUDA EpBuffer fails at once, saying why, and frees the group for another buffer. */
+    @Test
+    void aCudaBufferRefusesClearlyWithoutADriverOrKernels() throws Exception {
+        int port;
+        try (java.net.ServerSocket free = new java.net.ServerSocket(0)) {
+            port = free.getLocalPort();
+        }
+        {
+            // rank 0 hosts the embedded store at the rendezvous address
+            ProcessGroup pg = ProcessGroup.builder().backend("mooncake-cpu").rank(0).worldSize(1).rendezvous(URI.create("tcp://127.0.0.1:" + port))
+                    .timeout(Duration.ofSeconds(10)).options(new MooncakeBackendOptions(Tensor.ones(DType.INT32, Device.CPU, 1))).init();
+            try {
+                boolean available;
+                try {
+                    available = org.mooncake4j.cuda.CudaDevice.count() > 0 && !CudaModule.kernelArchitectures().isEmpty();
+                } catch (RuntimeException | LinkageError e) {
+                    available = false;
+                }
+                if (!available) {
+                    assertThatThrownBy(() -> new EpBuffer(pg, EpBuffer.sizeHint(8, 256, 1, 4), Device.cuda(0)))
+                            .isInstanceOfAny(CudaUnavailableException.class, IllegalArgumentException.class, IllegalStateException.class)
+                            .satisfies(e -> assertThat(e.getMessage()).isNotBlank());
+                }
+                try (EpBuffer cpu = new EpBuffer(pg, EpBuffer.sizeHint(8, 256, 1, 4))) {
+                    assertThat(cpu.device()).isEqualTo(Device.CPU);
+                    assertThat(cpu.cudaStream()).isNull();
+                }
+            } finally {
+                pg.close();
+            }
+        }
+    }
+
+    @Test
+    void kernelsNotBuiltMessageSaysWhatToDo() {
+        assertThat(CudaModule.KERNELS_NOT_BUILT_MESSAGE).contains("nvcc");
+    }
+}
