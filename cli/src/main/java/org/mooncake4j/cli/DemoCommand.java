@@ -12,17 +12,21 @@ import java.util.Map;
 import java.util.concurrent.Callable;
 import java.util.concurrent.ConcurrentHashMap;
 import java.util.concurrent.atomic.AtomicBoolean;
+import org.mooncake4j.ep.examples.MoeExample;
 import picocli.CommandLine.Command;
 import picocli.CommandLine.Option;
 
 /**
- * {@code mooncake4j demo}, in two phases, each with its own embedded store and {@link WorkerLauncher}:
+ * {@code mooncake4j demo}, in three phases, each with its own embedded store and {@link WorkerLauncher}:
  * first {@link DemoWorker} on N ranks (backend mooncake-cpu), whose rank 0 prints one checked, timed
  * row per collective; then the fault-tolerance phase: {@link FaultDemoWorker} on N ranks with one
  * restart allowed, a short group timeout, and this process killing one rank with SIGKILL when rank 0
  * says the loop is steady. The launcher restarts that rank alone as an extension rank, the survivors
- * admit it, and rank 0 prints the timeline. Exits non-zero when a check fails, a rank dies for good,
- * the rejoin does not happen in time, or the time limit (both phases together) passes.
+ * admit it, and rank 0 prints the timeline. Last the MoE phase: {@link MoeExample} on N ranks, a small
+ * MoE layer expert-parallel over EpBuffer checked against its single-process reference, whose last
+ * rank ends its process between dispatch and combine (exit code 0, so the launcher lets the others
+ * go on); rank 0 prints the checks of each step. Exits non-zero when a check fails, a rank dies for
+ * good, the rejoin does not happen in time, or the time limit (all phases together) passes.
  *
  * <p>One run per instance, on the picocli thread; the fault phase's kill runs on the thread that
  * copies rank 0's output (see {@link FaultDriver}).
@@ -31,7 +35,9 @@ import picocli.CommandLine.Option;
         description = {"Run every collective on 4 local ranks with known inputs, check each result, and print a table.",
                 "Then show fault tolerance: 4 ranks loop checked all-reduces, the demo kills rank 2 with SIGKILL, the survivors go on "
                         + "with the smaller sum, the launcher restarts rank 2 alone as an extension rank (as run --max-restarts 1 does), "
-                        + "the survivors admit it and the sums return to the full one; rank 0 prints the timeline."})
+                        + "the survivors admit it and the sums return to the full one; rank 0 prints the timeline.",
+                "Last, a small MoE layer runs expert-parallel over EpBuffer on the ranks, checked against a single-process reference; "
+                        + "the last rank exits between dispatch and combine, and the survivors' outputs must equal the reference without its experts."})
 final class DemoCommand implements Callable<Integer> {
     /** Small, short-lived JVMs: C1 and the serial collector start fastest when several share two cores. */
     private static final List<String> DEMO_JVM_OPTIONS = List.of("-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1");
@@ -68,7 +74,52 @@ final class DemoCommand implements Callable<Integer> {
             System.err.println("[mooncake4j]: the demo's time limit of " + timeoutS + " s passed before the fault-tolerance phase could start");
             return 124;
         }
-        return faultPhase(jvm, Duration.ofNanos(left));
+        int fault = faultPhase(jvm, Duration.ofNanos(left));
+        if (fault != 0) return fault;
+        left = end - System.nanoTime();
+        if (left < Duration.ofSeconds(1).toNanos()) {
+            System.err.println("[mooncake4j]: the demo's time limit of " + timeoutS + " s passed before the MoE phase could start");
+            return 124;
+        }
+        return moePhase(jvm, Duration.ofNanos(left));
+    }
+
+    /**
+     * The MoE phase: {@link MoeExample} with its defaults (4 experts per rank, top-4, hidden 256, 32
+     * tokens per rank, 4 steps, EP timeout 1 s), the last rank leaving in step 2. 0 when rank 0 printed
+     * {@link MoeExample#PASSED} and every process ended with 0.
+     */
+    private int moePhase(List<String> jvm, Duration limit) {
+        AtomicBoolean passed = new AtomicBoolean();
+        WorkerLauncher.LineSink console = WorkerLauncher.LineSink.console(true);
+        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
+            System.out.println();
+            WorkerLauncher.Outcome outcome = WorkerLauncher.builder(MoeExample.class.getName())
+                    .jvmOptions(jvm)
+                    .nprocPerNode(ranks)
+                    .rendezvous(rdzv)
+                    .environment(Map.of("MOONCAKE_TIMEOUT_MS", Long.toString(FAULT_GROUP_TIMEOUT.toMillis())))
+                    .jobTimeout(limit)
+                    .sink(new WorkerLauncher.LineSink() {
+                        @Override
+                        public void workerLine(int rank, boolean stderr, String line) {
+                            if (line.startsWith("RESULT ")) return;
+                            console.workerLine(rank, stderr, line);
+                            if (rank == 0 && !stderr && line.startsWith(MoeExample.PASSED)) passed.set(true);
+                        }
+
+                        @Override
+                        public void launcherLine(String line) { console.launcherLine(line); }
+                    })
+                    .build()
+                    .run();
+            if (!outcome.succeeded()) return outcome.exitCode();
+        }
+        if (!passed.get()) {
+            System.err.println("[mooncake4j]: the MoE phase did not pass (rank 0's checks above)");
+            return 1;
+        }
+        return 0;
     }
 
     /** The fault-tolerance phase: 0 when rank 0 printed its verdict as passed and every process ended well. */

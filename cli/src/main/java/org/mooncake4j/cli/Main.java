@@ -10,21 +10,21 @@ import picocli.CommandLine.Spec;
 
 /**
  * The {@code mooncake4j} command: {@code run} (a torchrun-like launcher), {@code pgbench}
- * (nccl-tests-style benchmarks), {@code demo} (every collective on 4 ranks, checked, then a killed
- * rank restarted and rejoined) and
+ * (nccl-tests-style benchmarks), {@code epbench} (EP dispatch/combine timing), {@code demo} (every
+ * collective on 4 ranks, checked, then a killed rank restarted and rejoined, then the MoE example) and
  * {@code plot} (charts and ratios from result files). Errors a user can fix print as one message
  * with exit code 2 (usage) or 1; unexpected ones print their stack trace too. Runs on the main thread.
  */
 @Command(name = "mooncake4j", mixinStandardHelpOptions = true, versionProvider = Main.Version.class,
         description = "Fault-tolerant collective communication for the JVM (a Java reproduction of Mooncake's process-group backend).",
-        subcommands = {RunCommand.class, PgBenchCommand.class, DemoCommand.class, PlotCommand.class, DoctorCommand.class, CommandLine.HelpCommand.class})
+        subcommands = {RunCommand.class, PgBenchCommand.class, EpBenchCommand.class, DemoCommand.class, PlotCommand.class, DoctorCommand.class, CommandLine.HelpCommand.class})
 public final class Main implements Runnable {
     @Spec
     CommandSpec spec;
 
     @Override
     public void run() {
-        throw new CommandLine.ParameterException(spec.commandLine(), "Missing subcommand: use run, pgbench, demo, plot or doctor (see mooncake4j help)");
+        throw new CommandLine.ParameterException(spec.commandLine(), "Missing subcommand: use run, pgbench, epbench, demo, plot or doctor (see mooncake4j help)");
     }
 
     public static void main(String[] args) {

@@ -7,10 +7,10 @@ import java.util.regex.Pattern;
 import org.junit.jupiter.api.Test;
 
 class DemoCommandTest {
-    /** Both phases: the checked collectives table, then the kill, the restart, the rejoin and rank 0's timeline. */
+    /** All phases: the checked collectives table; the kill, the restart, the rejoin and rank 0's timeline; the MoE layer with a rank leaving. */
     @Test
     void everyCollectiveChecksOutAndAKilledRankIsRestartedAndRejoins() {
-        Object[] r = PgBenchCommandTest.execute("demo", "--timeout-s", "75");
+        Object[] r = PgBenchCommandTest.execute("demo", "--timeout-s", "105");
         String stdout = (String) r[1];
         String stderr = (String) r[2];
         assertThat((int) r[0]).as(stdout + stderr).isZero();
@@ -52,5 +52,13 @@ class DemoCommandTest {
             assertThat(m.group(2)).as(m.group()).isEqualTo("OK");
         }
         assertThat(seen).isGreaterThanOrEqualTo(9);
+
+        // the MoE phase: rank 3 leaves between dispatch and combine of step 2; every survivor drops exactly its experts 12..15
+        for (int s = 0; s < 4; s++) {
+            String mask = s < 2 ? "\\[1, 1, 1, 1\\] on all 4 ranks" : "\\[1, 1, 1, 0\\] on all 3 ranks";
+            assertThat(stdout).containsPattern("(?m)^step " + s + " OK: activeRanks " + mask + "; \\d+ elements .*, 0 outside it, ");
+        }
+        assertThat(stdout).containsPattern("(?m)^ +reference without rank 3's experts 12\\.\\.15; \\d+ tokens had a selection there")
+                .contains("MoE check: PASSED");
     }
 }
