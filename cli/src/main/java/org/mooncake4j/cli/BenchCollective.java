@@ -141,6 +141,18 @@ enum BenchCollective {
             return new Buffers(in, l.inPlace() ? in : Tensor.zeros(dtype, Device.CPU, l.outCount()));
         }
 
+        /** Device copies of these buffers (same layout) on {@code device}. */
+        Buffers to(Device device) {
+            Tensor i = in.to(device);
+            return new Buffers(i, out == in ? i : out.to(device));
+        }
+
+        /** Copies {@code src}'s contents into these buffers (any devices). */
+        void copyFrom(Buffers src) {
+            in.copyFrom(src.in);
+            if (out != in) out.copyFrom(src.out);
+        }
+
         @Override
         public void close() {
             in.close();

@@ -81,13 +81,13 @@ final class BenchOptions {
                     + ProcessGroup.BACKEND_CUDA + " (CUDA tensors)");
         }
         Device d = Device.parse(device);
-        if (!d.isCpu()) {
-            throw new IllegalArgumentException("--device " + device + ": pgbench fills and checks host buffers only; run it with --backend "
-                    + ProcessGroup.BACKEND_CPU + " --device cpu");
+        if (d.isCuda() && !b.equals(ProcessGroup.BACKEND_CUDA)) {
+            throw new IllegalArgumentException("--device " + device + " puts the buffers on a GPU, which backend " + b + " cannot move; use --backend "
+                    + ProcessGroup.BACKEND_CUDA + " --device cuda");
         }
-        if (b.equals(ProcessGroup.BACKEND_CUDA)) {
-            throw new IllegalArgumentException("--backend " + ProcessGroup.BACKEND_CUDA + " moves CUDA tensors but --device is cpu; use --backend "
-                    + ProcessGroup.BACKEND_CPU + " for host buffers");
+        if (d.isCpu() && b.equals(ProcessGroup.BACKEND_CUDA)) {
+            throw new IllegalArgumentException("--backend " + ProcessGroup.BACKEND_CUDA + " moves CUDA tensors but --device is cpu; use --device cuda"
+                    + " (each rank uses cuda:LOCAL_RANK) or --backend " + ProcessGroup.BACKEND_CPU + " for host buffers");
         }
         sizes();
     }

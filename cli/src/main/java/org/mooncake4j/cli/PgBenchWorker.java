@@ -44,6 +44,7 @@ public final class PgBenchWorker {
         DType dtype = o.dtype();
         ReduceOp op = o.op();
         BenchCollective c = o.collective;
+        Device dev = Device.parse(o.device).isCuda() ? Device.cuda(localRank()) : Device.CPU;
         try (ProcessGroup g = ProcessGroup.builder().backend(o.backend).init();
              Tensor time = Tensor.zeros(DType.FLOAT64, Device.CPU, 1);
              Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
@@ -51,23 +52,26 @@ public final class PgBenchWorker {
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
             if (rank == 0) printPreamble(o, n);
-            warmUpCompiler(g, c, dtype, setup, n);
+            warmUpCompiler(g, c, dtype, setup, n, dev);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
             for (long size : o.sizes()) {
                 BenchCollective.Layout layout = c.layout(Math.max(1, size / dtype.byteSize()), n);
                 long wrong = -1;
                 double us;
-                try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype)) {
+                try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype);
+                     BenchCollective.Buffers d = dev.isCpu() ? b : b.to(dev)) {
                     if (o.check == 1) {
                         c.fill(b, setup);
-                        c.run(g, b, setup);
+                        if (d != b) d.copyFrom(b);
+                        c.run(g, d, setup);
+                        if (d != b) b.copyFrom(d);
                         wrong = c.countWrong(b, setup);
                     }
-                    for (int i = 0; i < o.warmup; i++) c.run(g, b, setup);
+                    for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
                     g.barrier();
                     long t0 = System.nanoTime();
-                    for (int i = 0; i < o.iters; i++) c.run(g, b, setup);
+                    for (int i = 0; i < o.iters; i++) c.run(g, d, setup);
                     us = (System.nanoTime() - t0) / 1e3 / o.iters;
                 }
                 time.setDouble(0, us);
@@ -101,16 +105,24 @@ public final class PgBenchWorker {
      * the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls;
      * native baselines such as Gloo need no such warm-up). Every rank runs the same counts.
      */
-    private static void warmUpCompiler(ProcessGroup g, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n) {
+    private static void warmUpCompiler(ProcessGroup g, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev) {
         long[][] plan = {{64, 3000}, {256 * 1024, 100}};
         for (long[] p : plan) {
             BenchCollective.Layout layout = c.layout(Math.max(1, p[0] / dtype.byteSize()), n);
-            try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype)) {
+            try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype);
+                 BenchCollective.Buffers d = dev.isCpu() ? b : b.to(dev)) {
                 c.fill(b, setup);
-                for (int i = 0; i < p[1]; i++) c.run(g, b, setup);
+                if (d != b) d.copyFrom(b);
+                for (int i = 0; i < p[1]; i++) c.run(g, d, setup);
             }
         }
         g.barrier();
+    }
+
+    /** The GPU of this rank: LOCAL_RANK (set by the launcher), else 0. */
+    static int localRank() {
+        String v = System.getenv("LOCAL_RANK");
+        return v == null || v.isBlank() ? 0 : Integer.parseInt(v.trim());
     }
 
     private static void printPreamble(BenchOptions o, int n) {

@@ -43,6 +43,12 @@ public final class CudaEvent implements AutoCloseable {
         CudaDriver.cuEventRecord(handle, stream.handle());
     }
 
+    /** True when the work before the last record has completed (never blocks). */
+    public boolean query() {
+        device.makeCurrent();
+        return CudaDriver.cuEventQuery(handle);
+    }
+
     /** Blocks the calling thread until the work before the last record has completed. */
     public void synchronize() {
         device.makeCurrent();

@@ -68,6 +68,12 @@ public final class CudaStream implements AutoCloseable {
         CudaDriver.cuMemcpyDtoDAsync(dst, src, bytes, handle);
     }
 
+    /** Queues {@code dst[0..bytes) = value} on this stream. */
+    public void fill(long dst, byte value, long bytes) {
+        device.makeCurrent();
+        CudaDriver.cuMemsetD8Async(dst, value, bytes, handle);
+    }
+
     private static void checkNative(MemorySegment host, long bytes) {
         if (!host.isNative()) throw new IllegalArgumentException("asynchronous copies need native (off-heap) host memory");
         if (host.byteSize() < bytes) {

@@ -30,6 +30,7 @@ import org.mooncake4j.pg.collective.OpCode;
 import org.mooncake4j.pg.collective.Reduce;
 import org.mooncake4j.pg.collective.ReduceScatter;
 import org.mooncake4j.pg.collective.Reduction;
+import org.mooncake4j.pg.gpu.GpuBackend;
 import org.mooncake4j.pg.membership.FailureAgreement;
 import org.mooncake4j.pg.membership.GroupState;
 import org.mooncake4j.transfer.RemoteSegment;
@@ -69,6 +70,8 @@ public final class ProcessGroup implements AutoCloseable {
     private final GroupLayout layout;
     private final Backup backup = new Backup();
     private final Tensor activeRanks;
+    /** The device side of backend mooncake (null for mooncake-cpu). */
+    private final GpuBackend gpu;
     /** This group's members as ranks of the parent group (null for the world group). */
     private final int[] parentRanks;
     private volatile GroupState state;
@@ -94,7 +97,7 @@ public final class ProcessGroup implements AutoCloseable {
     private volatile boolean closed;
 
     ProcessGroup(GroupRuntime runtime, String backend, String name, int rank, int worldSize, int slots,
-                 Tensor activeRanks, boolean extension, int[] parentRanks, Duration timeout) {
+                 Tensor activeRanks, boolean extension, int[] parentRanks, Duration timeout, int cudaOrdinal) {
         this.runtime = runtime;
         this.engine = runtime.engine();
         this.store = runtime.store();
@@ -109,6 +112,15 @@ public final class ProcessGroup implements AutoCloseable {
         this.layout = new GroupLayout(slots, slotBytes());
         this.sendThreads = new ExecutorService[slots];
         this.recvThreads = new ExecutorService[slots];
+        if (backend.equals(BACKEND_CUDA)) {
+            try {
+                this.gpu = GpuBackend.open(cudaOrdinal, store, keyPrefix(), name, rank, timeout);
+            } catch (RuntimeException e) {
+                throw new IllegalStateException("backend 'mooncake' cannot start on rank " + rank + " (cuda:" + cudaOrdinal + "): " + e.getMessage(), e);
+            }
+        } else {
+            this.gpu = null;
+        }
         boolean[] mask = new boolean[slots];
         int[] given = activeRanks.toIntArray();
         for (int r = 0; r < slots; r++) mask[r] = r < worldSize && given[r] != 0;
@@ -261,8 +273,32 @@ public final class ProcessGroup implements AutoCloseable {
     }
 
     private void writeMask(GroupState s) {
-        for (int r = 0; r < slots; r++) activeRanks.setLong(r, s.isActive(r) ? 1 : 0);
+        if (activeRanks.device().isCpu()) {
+            for (int r = 0; r < slots; r++) activeRanks.setLong(r, s.isActive(r) ? 1 : 0);
+            return;
+        }
+        int[] m = new int[slots];
+        for (int r = 0; r < slots; r++) m[r] = s.isActive(r) ? 1 : 0;
+        activeRanks.copyFrom(Tensor.of(m)); // the backend mooncake keeps activeRanks on the GPU
     }
+
+    /** The stage of one operation: host copies of its device tensors (backend mooncake). */
+    private Stage stage() {
+        return gpu == null ? Stage.HOST : Stage.forDevice(backend, Device.cuda(gpu.device().ordinal()));
+    }
+
+    /** Whether {@code t} is a device tensor on this rank's GPU (backend mooncake); fails for another GPU. */
+    private boolean onGpu(Tensor t) {
+        if (gpu == null || t == null || t.device().isCpu()) return false;
+        if (t.device().index() != gpu.device().ordinal()) {
+            throw new IllegalArgumentException("a tensor is on " + t.device() + " but this rank of the process group (backend " + backend + ") uses cuda:"
+                    + gpu.device().ordinal() + "; move it with to(Device.cuda(" + gpu.device().ordinal() + "))");
+        }
+        return true;
+    }
+
+    /** The GPU device this rank's group uses (backend mooncake), or -1. */
+    public int cudaDevice() { return gpu == null ? -1 : gpu.device().ordinal(); }
 
     // ---- collectives -------------------------------------------------------------------------
 
@@ -271,25 +307,34 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work allReduceAsync(Tensor t, ReduceOp op) { return allReduceAsync(t, op, true); }
 
-    private Work allReduceAsync(Tensor t, ReduceOp op, boolean async) {
-        checkHost(t, "tensor");
-        Reduction.validate(t.dtype(), op);
+    private Work allReduceAsync(Tensor t0, ReduceOp op, boolean async) {
+        if (t0 != null) Reduction.validate(t0.dtype(), op);
+        if (onGpu(t0) && GpuBackend.allReduceKernel(t0.dtype(), op)) {
+            long ptr = t0.devicePointer();
+            long n = t0.numel();
+            DType dt = t0.dtype();
+            GpuBackend.Attempts attempts = new GpuBackend.Attempts();
+            return run(OpCode.ALL_REDUCE, async, c -> gpu.allReduce(c, ptr, n, dt, op, attempts), null, Stage.HOST);
+        }
+        Stage st = stage();
+        Tensor t = st.host(t0, "tensor", true, true);
         MemorySegment data = t.segment();
-        return run(OpCode.ALL_REDUCE, async, c -> AllReduce.run(c, t.dtype(), op, data, t.numel()));
+        return run(OpCode.ALL_REDUCE, async, c -> AllReduce.run(c, t.dtype(), op, data, t.numel()), null, st);
     }
 
     public void broadcast(Tensor t, int root) { broadcastAsync(t, root, false); }
 
     public Work broadcastAsync(Tensor t, int root) { return broadcastAsync(t, root, true); }
 
-    private Work broadcastAsync(Tensor t, int root, boolean async) {
-        checkHost(t, "tensor");
+    private Work broadcastAsync(Tensor t0, int root, boolean async) {
+        Stage st = stage();
+        Tensor t = st.host(t0, "tensor", rank == root, rank != root);
         checkRoot(root);
         MemorySegment data = t.segment();
         return run(OpCode.BROADCAST, async, c -> {
             requireRoot(c, root, "broadcast");
             Broadcast.run(c, data, t.byteSize(), root);
-        });
+        }, null, st);
     }
 
     /** {@code dist.all_gather(out, in)}: {@code out} has one tensor per rank of the group (world size), each shaped like {@code in}. */
@@ -297,8 +342,10 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work allGatherAsync(List<Tensor> out, Tensor in) { return allGatherAsync(out, in, true); }
 
-    private Work allGatherAsync(List<Tensor> out, Tensor in, boolean async) {
-        checkHost(in, "input");
+    private Work allGatherAsync(List<Tensor> out0, Tensor in0, boolean async) {
+        Stage st = stage();
+        Tensor in = st.host(in0, "input", true, false);
+        List<Tensor> out = st.hostList(out0, "output", false, true);
         checkList(out, "output", in);
         return run(OpCode.ALL_GATHER, async, c -> {
             int[] m = c.members();
@@ -306,7 +353,7 @@ public final class ProcessGroup implements AutoCloseable {
             long[] offs = new long[m.length];
             for (int i = 0; i < m.length; i++) outs[i] = out.get(m[i]).segment();
             AllGather.run(c, in.segment(), in.byteSize(), outs, offs);
-        }, r -> out.get(r).segment().fill((byte) 0));
+        }, r -> out.get(r).segment().fill((byte) 0), st);
     }
 
     /** {@code dist.all_gather_into_tensor(out, in)}: {@code out} holds world-size copies of {@code in}'s shape, in rank order. */
@@ -314,13 +361,34 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work allGatherIntoTensorAsync(Tensor out, Tensor in) { return allGatherIntoTensorAsync(out, in, true); }
 
-    private Work allGatherIntoTensorAsync(Tensor out, Tensor in, boolean async) {
-        checkHost(in, "input");
-        checkHost(out, "output");
+    private Work allGatherIntoTensorAsync(Tensor out0, Tensor in0, boolean async) {
+        if (out0 != null && in0 != null && onGpu(out0) && onGpu(in0)) {
+            checkSameDtype(out0, in0);
+            checkNumel(out0, in0.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
+            long bytes = in0.byteSize();
+            long src = in0.devicePointer(), dst = out0.devicePointer();
+            return run(OpCode.ALL_GATHER, async, c -> {
+                if (c.size() == worldSize()) {
+                    gpu.allGather(c, src, dst, bytes);
+                } else {
+                    try (Tensor hi = in0.to(Device.CPU); Tensor ho = Tensor.zeros(out0.dtype(), Device.CPU, out0.shape())) {
+                        allGatherIntoHost(c, ho, hi, bytes);
+                        out0.copyFrom(ho);
+                    }
+                }
+            }, r -> gpu.zero(dst + r * bytes, bytes), Stage.HOST);
+        }
+        Stage st = stage();
+        Tensor in = st.host(in0, "input", true, false);
+        Tensor out = st.host(out0, "output", false, true);
         checkSameDtype(out, in);
         checkNumel(out, in.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
         long bytes = in.byteSize();
-        return run(OpCode.ALL_GATHER, async, c -> {
+        return run(OpCode.ALL_GATHER, async, c -> allGatherIntoHost(c, out, in, bytes), r -> out.segment().asSlice(r * bytes, bytes).fill((byte) 0), st);
+    }
+
+    private static void allGatherIntoHost(CollectiveContext c, Tensor out, Tensor in, long bytes) {
+        {
             int[] m = c.members();
             MemorySegment[] outs = new MemorySegment[m.length];
             long[] offs = new long[m.length];
@@ -329,7 +397,7 @@ public final class ProcessGroup implements AutoCloseable {
                 offs[i] = m[i] * bytes;
             }
             AllGather.run(c, in.segment(), bytes, outs, offs);
-        }, r -> out.segment().asSlice(r * bytes, bytes).fill((byte) 0));
+        }
     }
 
     /**
@@ -341,13 +409,30 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work reduceScatterTensorAsync(Tensor out, Tensor in, ReduceOp op) { return reduceScatterTensorAsync(out, in, op, true); }
 
-    private Work reduceScatterTensorAsync(Tensor out, Tensor in, ReduceOp op, boolean async) {
-        checkHost(in, "input");
-        checkHost(out, "output");
+    private Work reduceScatterTensorAsync(Tensor out0, Tensor in0, ReduceOp op, boolean async) {
+        if (out0 != null && in0 != null && onGpu(out0) && onGpu(in0) && GpuBackend.allReduceKernel(in0.dtype(), op)) {
+            checkSameDtype(out0, in0);
+            checkNumel(in0, out0.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
+            long src = in0.devicePointer(), dst = out0.devicePointer(), n = out0.numel();
+            DType dt = in0.dtype();
+            return run(OpCode.REDUCE_SCATTER, async, c -> {
+                if (c.size() == worldSize()) {
+                    gpu.reduceScatter(c, src, dst, n, dt, op);
+                } else {
+                    try (Tensor hi = in0.to(Device.CPU); Tensor ho = Tensor.zeros(dt, Device.CPU, out0.shape())) {
+                        ReduceScatter.run(c, dt, op, hi.segment(), ho.segment(), n);
+                        out0.copyFrom(ho);
+                    }
+                }
+            }, null, Stage.HOST);
+        }
+        Stage st = stage();
+        Tensor in = st.host(in0, "input", true, false);
+        Tensor out = st.host(out0, "output", false, true);
         checkSameDtype(out, in);
         Reduction.validate(in.dtype(), op);
         checkNumel(in, out.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
-        return run(OpCode.REDUCE_SCATTER, async, c -> ReduceScatter.run(c, in.dtype(), op, in.segment(), out.segment(), out.numel()));
+        return run(OpCode.REDUCE_SCATTER, async, c -> ReduceScatter.run(c, in.dtype(), op, in.segment(), out.segment(), out.numel()), null, st);
     }
 
     /** {@code dist.all_to_all(out, in)}: {@code in.get(j)} goes to rank j; {@code out.get(j)} comes from rank j. */
@@ -355,9 +440,12 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work allToAllAsync(List<Tensor> out, List<Tensor> in) { return allToAllAsync(out, in, true); }
 
-    private Work allToAllAsync(List<Tensor> out, List<Tensor> in, boolean async) {
-        checkListSize(out, "output");
-        checkListSize(in, "input");
+    private Work allToAllAsync(List<Tensor> out0, List<Tensor> in0, boolean async) {
+        checkListSize(out0, "output");
+        checkListSize(in0, "input");
+        Stage st = stage();
+        List<Tensor> in = st.hostList(in0, "input", true, false);
+        List<Tensor> out = st.hostList(out0, "output", false, true);
         DType dt = in.get(rank).dtype();
         for (int j = 0; j < worldSize(); j++) {
             checkHost(out.get(j), "output[" + j + "]");
@@ -379,7 +467,7 @@ public final class ProcessGroup implements AutoCloseable {
                 ol[i] = out.get(m[i]).byteSize();
             }
             AllToAll.run(c, is, io, il, os, oo, ol);
-        }, r -> out.get(r).segment().fill((byte) 0));
+        }, r -> out.get(r).segment().fill((byte) 0), st);
     }
 
     /**
@@ -394,14 +482,44 @@ public final class ProcessGroup implements AutoCloseable {
         return allToAllSingleAsync(out, in, outSplits, inSplits, true);
     }
 
-    private Work allToAllSingleAsync(Tensor out, Tensor in, long[] outSplits, long[] inSplits, boolean async) {
-        checkHost(in, "input");
-        checkHost(out, "output");
+    private Work allToAllSingleAsync(Tensor out0, Tensor in0, long[] outSplits, long[] inSplits, boolean async) {
+        if (out0 != null && in0 != null && onGpu(out0) && onGpu(in0)) {
+            checkSameDtype(out0, in0);
+            long[] ib = splitBytes(in0, inSplits, "input");
+            long[] ob = splitBytes(out0, outSplits, "output");
+            if (equalParts(ib) && Arrays.equals(ib, ob)) {
+                long[] inOff = offsets(ib), outOff = offsets(ob);
+                long src = in0.devicePointer(), dst = out0.devicePointer(), block = ib[0];
+                return run(OpCode.ALL_TO_ALL, async, c -> {
+                    if (c.size() == worldSize()) {
+                        gpu.allToAll(c, src, dst, block);
+                    } else {
+                        try (Tensor hi = in0.to(Device.CPU); Tensor ho = Tensor.zeros(out0.dtype(), Device.CPU, out0.shape())) {
+                            allToAllSingleHost(c, ho, hi, ib, ob, inOff, outOff);
+                            out0.copyFrom(ho);
+                        }
+                    }
+                }, r -> gpu.zero(dst + outOff[r], ob[r]), Stage.HOST);
+            }
+        }
+        Stage st = stage();
+        Tensor in = st.host(in0, "input", true, false);
+        Tensor out = st.host(out0, "output", false, true);
         checkSameDtype(out, in);
         long[] ib = splitBytes(in, inSplits, "input");
         long[] ob = splitBytes(out, outSplits, "output");
         long[] inOff = offsets(ib), outOff = offsets(ob);
-        return run(OpCode.ALL_TO_ALL, async, c -> {
+        return run(OpCode.ALL_TO_ALL, async, c -> allToAllSingleHost(c, out, in, ib, ob, inOff, outOff),
+                r -> out.segment().asSlice(outOff[r], ob[r]).fill((byte) 0), st);
+    }
+
+    private static boolean equalParts(long[] b) {
+        for (long x : b) if (x != b[0]) return false;
+        return true;
+    }
+
+    private static void allToAllSingleHost(CollectiveContext c, Tensor out, Tensor in, long[] ib, long[] ob, long[] inOff, long[] outOff) {
+        {
             int[] m = c.members();
             int n = m.length;
             MemorySegment[] is = new MemorySegment[n], os = new MemorySegment[n];
@@ -415,7 +533,7 @@ public final class ProcessGroup implements AutoCloseable {
                 ol[i] = ob[m[i]];
             }
             AllToAll.run(c, is, io, il, os, oo, ol);
-        }, r -> out.segment().asSlice(outOff[r], ob[r]).fill((byte) 0));
+        }
     }
 
     /** Exclusive prefix sums: where each rank's piece starts. */
@@ -457,21 +575,22 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work barrierAsync() { return barrierAsync(true); }
 
-    private Work barrierAsync(boolean async) { return run(OpCode.BARRIER, async, Barrier::run); }
+    private Work barrierAsync(boolean async) { return run(OpCode.BARRIER, async, Barrier::run, null, Stage.HOST); }
 
     /** {@code dist.reduce(t, dst=root, op)}: the root ends with the reduction; other ranks' tensors are unchanged. */
     public void reduce(Tensor t, int root, ReduceOp op) { reduceAsync(t, root, op, false); }
 
     public Work reduceAsync(Tensor t, int root, ReduceOp op) { return reduceAsync(t, root, op, true); }
 
-    private Work reduceAsync(Tensor t, int root, ReduceOp op, boolean async) {
-        checkHost(t, "tensor");
+    private Work reduceAsync(Tensor t0, int root, ReduceOp op, boolean async) {
+        Stage st = stage();
+        Tensor t = st.host(t0, "tensor", true, rank == root);
         checkRoot(root);
         Reduction.validate(t.dtype(), op);
         return run(OpCode.REDUCE, async, c -> {
             requireRoot(c, root, "reduce");
             Reduce.run(c, t.dtype(), op, t.segment(), t.numel(), root);
-        });
+        }, null, st);
     }
 
     /** {@code dist.gather(in, out, dst=root)}: {@code out} (used on the root only) gets one tensor per rank. */
@@ -479,8 +598,10 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work gatherAsync(Tensor in, List<Tensor> out, int root) { return gatherAsync(in, out, root, true); }
 
-    private Work gatherAsync(Tensor in, List<Tensor> out, int root, boolean async) {
-        checkHost(in, "input");
+    private Work gatherAsync(Tensor in0, List<Tensor> out0, int root, boolean async) {
+        Stage st = stage();
+        Tensor in = st.host(in0, "input", true, false);
+        List<Tensor> out = rank == root ? st.hostList(out0, "gather output", false, true) : out0;
         checkRoot(root);
         if (rank == root) checkList(out, "gather output", in);
         return run(OpCode.GATHER, async, c -> {
@@ -491,7 +612,7 @@ public final class ProcessGroup implements AutoCloseable {
             Gather.gather(c, in.segment(), in.byteSize(), outs, root);
         }, r -> {
             if (rank == root) out.get(r).segment().fill((byte) 0);
-        });
+        }, st);
     }
 
     /** {@code dist.scatter(out, in, src=root)}: {@code in} (used on the root only) has one tensor per rank. */
@@ -499,8 +620,10 @@ public final class ProcessGroup implements AutoCloseable {
 
     public Work scatterAsync(Tensor out, List<Tensor> in, int root) { return scatterAsync(out, in, root, true); }
 
-    private Work scatterAsync(Tensor out, List<Tensor> in, int root, boolean async) {
-        checkHost(out, "output");
+    private Work scatterAsync(Tensor out0, List<Tensor> in0, int root, boolean async) {
+        Stage st = stage();
+        Tensor out = st.host(out0, "output", false, true);
+        List<Tensor> in = rank == root ? st.hostList(in0, "scatter input", true, false) : in0;
         checkRoot(root);
         if (rank == root) checkList(in, "scatter input", out);
         return run(OpCode.SCATTER, async, c -> {
@@ -509,7 +632,7 @@ public final class ProcessGroup implements AutoCloseable {
             MemorySegment[] ins = new MemorySegment[m.length];
             if (rank == root) for (int i = 0; i < m.length; i++) ins[i] = in.get(m[i]).segment();
             Gather.scatter(c, ins, out.byteSize(), out.segment(), root);
-        });
+        }, null, st);
     }
 
     // ---- point to point ----------------------------------------------------------------------
@@ -519,21 +642,23 @@ public final class ProcessGroup implements AutoCloseable {
     public void recv(Tensor t, int src, int tag) { irecv(t, src, tag).await(); }
 
     /** Posts a send; messages to one peer leave in posting order. Fails if the peer leaves the group meanwhile. */
-    public Work isend(Tensor t, int dst, int tag) {
-        checkHost(t, "tensor");
+    public Work isend(Tensor t0, int dst, int tag) {
+        Stage st = stage();
+        Tensor t = st.host(t0, "tensor", true, false);
         checkPeer(dst, "destination");
         MemorySegment data = t.segment();
         long bytes = t.byteSize();
-        return p2p(sendThread(dst), "send to rank " + dst + " tag " + tag, (pl, d) -> pl.p2p.send(dst, tag, pl.epoch, data, bytes, d), dst);
+        return p2p(sendThread(dst), "send to rank " + dst + " tag " + tag, (pl, d) -> pl.p2p.send(dst, tag, pl.epoch, data, bytes, d), dst, st);
     }
 
     /** Posts a receive; matched by tag, in order per (peer, tag). */
-    public Work irecv(Tensor t, int src, int tag) {
-        checkHost(t, "tensor");
+    public Work irecv(Tensor t0, int src, int tag) {
+        Stage st = stage();
+        Tensor t = st.host(t0, "tensor", false, true);
         checkPeer(src, "source");
         MemorySegment data = t.segment();
         long bytes = t.byteSize();
-        return p2p(recvThread(src), "recv from rank " + src + " tag " + tag, (pl, d) -> pl.p2p.recv(src, tag, data, bytes, d), src);
+        return p2p(recvThread(src), "recv from rank " + src + " tag " + tag, (pl, d) -> pl.p2p.recv(src, tag, data, bytes, d), src, st);
     }
 
     /** {@code dist.batch_isend_irecv(ops)}: starts every operation; the works complete independently. */
@@ -547,7 +672,7 @@ public final class ProcessGroup implements AutoCloseable {
 
     private interface P2PBody { void run(EpochPlane plane, Deadline d); }
 
-    private Work p2p(ExecutorService thread, String what, P2PBody body, int peer) {
+    private Work p2p(ExecutorService thread, String what, P2PBody body, int peer, Stage st) {
         checkUsable();
         WorkImpl w = new WorkImpl(what, timeout.toMillis() * 2 + 10_000);
         thread.execute(() -> {
@@ -558,12 +683,16 @@ public final class ProcessGroup implements AutoCloseable {
                 if (!pl.state.isActive(peer)) {
                     throw new PeerFailureException(what + ": rank " + peer + " is not an active member in epoch " + pl.epoch, new int[] {peer});
                 }
+                st.copyIn();
                 body.run(pl, d);
+                st.copyOut();
                 w.complete(new int[0], true);
             } catch (Channels.WaitFailure f) {
                 w.fail(pl.channels.failure(f, what, 0, new int[] {peer}, timeout.toMillis()));
             } catch (Throwable t) {
                 w.fail(t);
+            } finally {
+                st.close();
             }
         });
         return w;
@@ -610,7 +739,7 @@ public final class ProcessGroup implements AutoCloseable {
         Tensor mask = Tensor.zeros(DType.INT32, Device.CPU, sorted.length);
         for (int i = 0; i < sorted.length; i++) mask.setLong(i, state.isActive(sorted[i]) ? 1 : 0);
         ProcessGroup g = new ProcessGroup(runtime.share(), backend, childName, myIndex, sorted.length, sorted.length, mask,
-                extension, sorted, timeout);
+                extension, sorted, timeout, cudaDevice());
         if (extension) g.joinGroup();
         synchronized (this) { children.add(g); }
         return g;
@@ -836,7 +965,7 @@ public final class ProcessGroup implements AutoCloseable {
             }
             adopt(now);
             afterChange.accept(now);
-        });
+        }, null, Stage.HOST);
         execLock.lock();
         try {
             currentPlane(); // the members (joiners too) connect to the new epoch's plane now, not at the next operation
@@ -851,9 +980,6 @@ public final class ProcessGroup implements AutoCloseable {
     /** The body of one collective, run with the current epoch's context. */
     private interface Body { void run(CollectiveContext c); }
 
-    private Work run(OpCode code, boolean async, Body body) {
-        return run(code, async, body, null);
-    }
 
     /**
      * @param clearPart zero-fills the output part that belongs to a rank (or null when the operation has
@@ -861,12 +987,17 @@ public final class ProcessGroup implements AutoCloseable {
      *                  operation ran, so whatever arrived from it before the failure is not left behind and
      *                  every survivor returns the same bytes
      */
-    private Work run(OpCode code, boolean async, Body body, java.util.function.IntConsumer clearPart) {
-        checkUsable();
+    private Work run(OpCode code, boolean async, Body body, java.util.function.IntConsumer clearPart, Stage st) {
+        try {
+            checkUsable();
+        } catch (RuntimeException e) {
+            st.close();
+            throw e;
+        }
         if (!async && pendingAsync.get() == 0) {
             execLock.lock();
             try {
-                execute(code, body, clearPart, null);
+                execute(code, body, clearPart, null, st);
             } finally {
                 execLock.unlock();
             }
@@ -881,7 +1012,7 @@ public final class ProcessGroup implements AutoCloseable {
         opThread.execute(() -> {
             execLock.lock();
             try {
-                execute(code, body, clearPart, w);
+                execute(code, body, clearPart, w, st);
             } catch (Throwable t) {
                 w.fail(t);
             } finally {
@@ -901,8 +1032,19 @@ public final class ProcessGroup implements AutoCloseable {
      * leads to the agreement and a redo in the new epoch (from the saved input); a failure in the sync
      * step is handled in {@link #onSyncFailure} and may commit the result as computed.
      */
+    private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work, Stage st) {
+        try {
+            checkUsable();
+            st.copyIn();
+            execute(code, body, clearPart, work);
+            st.copyOut();
+        } finally {
+            st.close();
+        }
+        if (work != null) work.complete(lastDropped, lastCovered);
+    }
+
     private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work) {
-        checkUsable();
         GroupState start = state;
         long seq;
         while (true) {
@@ -937,7 +1079,6 @@ public final class ProcessGroup implements AutoCloseable {
             LOG.debug("op group={} rank={} epoch={} #{} {} done covered={} dropped={}", name, rank, state.epoch(), seq, code.torchName(),
                     covered, Arrays.toString(dropped));
         }
-        if (work != null) work.complete(dropped, covered);
     }
 
     /** The plane of the adopted state, built (and the old one closed) after a membership change. */

@@ -73,16 +73,15 @@ public final class ProcessGroupBuilder {
             throw new IllegalArgumentException("Unknown backend '" + backend + "': use 'mooncake-cpu' (host memory) or 'mooncake' (CUDA)");
         }
         MooncakeBackendOptions opts = options != null ? options
-                : new MooncakeBackendOptions(Tensor.ones(DType.INT32, Device.CPU, n));
+                : new MooncakeBackendOptions(Tensor.ones(DType.INT32, b.equals(ProcessGroup.BACKEND_CUDA)
+                        ? Device.cuda(envIntOr("LOCAL_RANK", 0)) : Device.CPU, n));
         int slots = validate(b, opts, n);
         if (r < 0 || r >= slots) throw new IllegalArgumentException("rank " + r + " is out of range [0, " + slots + ")");
-        if (b.equals(ProcessGroup.BACKEND_CUDA)) {
-            throw new IllegalStateException("The 'mooncake' (CUDA) backend cannot start: this build has no CUDA collective kernels wired into the process group. Use backend 'mooncake-cpu'.");
-        }
         Duration t = timeout != null ? timeout : Duration.ofMillis(Long.parseLong(env("MOONCAKE_TIMEOUT_MS", "60000")));
         GroupRuntime runtime = openRuntime(r, t);
         try {
-            return new ProcessGroup(runtime, b, "world", r, n, slots, opts.activeRanks(), opts.isExtension(), null, t);
+            return new ProcessGroup(runtime, b, "world", r, n, slots, opts.activeRanks(), opts.isExtension(), null, t,
+                    opts.activeRanks().device().isCuda() ? opts.activeRanks().device().index() : -1);
         } catch (RuntimeException e) {
             runtime.release();
             throw e;
@@ -163,6 +162,11 @@ public final class ProcessGroupBuilder {
     private static String env(String k, String def) {
         String v = System.getenv(k);
         return v == null || v.isBlank() ? def : v.trim();
+    }
+
+    private static int envIntOr(String k, int def) {
+        String v = System.getenv(k);
+        return v == null || v.isBlank() ? def : Integer.parseInt(v.trim());
     }
 
     private static int envInt(String k) {

@@ -126,6 +126,7 @@ public final class CudaDriver {
     private static final MethodHandle cuMemcpyDtoDAsync_v2 =
             bind(fn(JAVA_LONG, JAVA_LONG, JAVA_LONG, ADDRESS), "cuMemcpyDtoDAsync_v2");
     private static final MethodHandle cuMemsetD8_v2 = bind(fn(JAVA_LONG, JAVA_BYTE, JAVA_LONG), "cuMemsetD8_v2");
+    private static final MethodHandle cuMemsetD8Async = bind(fn(JAVA_LONG, JAVA_BYTE, JAVA_LONG, ADDRESS), "cuMemsetD8Async");
     private static final MethodHandle cuMemsetD32_v2 = bind(fn(JAVA_LONG, JAVA_INT, JAVA_LONG), "cuMemsetD32_v2");
     private static final MethodHandle cuMemAllocHost_v2 = bind(fn(ADDRESS, JAVA_LONG), "cuMemAllocHost_v2");
     private static final MethodHandle cuMemFreeHost = bind(fn(ADDRESS), "cuMemFreeHost");
@@ -141,6 +142,7 @@ public final class CudaDriver {
     private static final MethodHandle cuEventCreate = bind(fn(ADDRESS, JAVA_INT), "cuEventCreate");
     private static final MethodHandle cuEventRecord = bind(fn(ADDRESS, ADDRESS), "cuEventRecord");
     private static final MethodHandle cuEventSynchronize = bind(fn(ADDRESS), "cuEventSynchronize");
+    private static final MethodHandle cuEventQuery = bind(fn(ADDRESS), "cuEventQuery");
     /** CUDA 12.8+ headers map cuEventElapsedTime to the _v2 symbol; older drivers only have the first. */
     private static final MethodHandle cuEventElapsedTime_v2 =
             bind(fn(ADDRESS, ADDRESS, ADDRESS), "cuEventElapsedTime_v2", "cuEventElapsedTime");
@@ -602,6 +604,26 @@ public final class CudaDriver {
         try {
             check((int) cuEventRecord.invokeExact(event, stream),
                     "cuEventRecord(event 0x%x, stream 0x%x)", event.address(), stream.address());
+        } catch (Throwable t) {
+            throw unchecked(t);
+        }
+    }
+
+    /** True when the work before the event's last record has completed; false while it runs (CUDA_ERROR_NOT_READY). */
+    public static boolean cuEventQuery(MemorySegment event) {
+        try {
+            int r = (int) cuEventQuery.invokeExact(event);
+            if (r == 600) return false;
+            check(r, "cuEventQuery(0x%x)", event.address());
+            return true;
+        } catch (Throwable t) {
+            throw unchecked(t);
+        }
+    }
+
+    public static void cuMemsetD8Async(long dst, byte value, long count, MemorySegment stream) {
+        try {
+            check((int) cuMemsetD8Async.invokeExact(dst, value, count, stream), "cuMemsetD8Async(dst 0x%x, %d bytes)", dst, count);
         } catch (Throwable t) {
             throw unchecked(t);
         }

@@ -84,6 +84,12 @@ public final class CollectiveContext {
 
     public long opSeq() { return opSeq; }
 
+    /** The epoch of the membership this operation runs over. */
+    public long epoch() { return epoch; }
+
+    /** The deadline of the current attempt. */
+    public Deadline deadline() { return deadline; }
+
     /**
      * The sync step that ends every collective: this rank holds its complete result; it tells every
      * member so and waits until every member says the same. Returning only after that is what lets

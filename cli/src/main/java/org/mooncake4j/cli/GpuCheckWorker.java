@@ -1,0 +1,242 @@
+package org.mooncake4j.cli;
+
+import java.util.ArrayList;
+import java.util.Arrays;
+import java.util.List;
+import java.util.Locale;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Device;
+import org.mooncake4j.core.Tensor;
+import org.mooncake4j.pg.ProcessGroup;
+import org.mooncake4j.pg.RankRemovedException;
+import org.mooncake4j.pg.ReduceOp;
+import org.mooncake4j.pg.Work;
+
+/**
+ * One rank of the GPU check of backend {@code mooncake} (run by {@code pg/gpu-pg.sh} through
+ * {@code mooncake4j run}, one process per GPU, each on cuda:LOCAL_RANK). Modes:
+ * <ul>
+ * <li>{@code grid}: every collective of pgbench (all_reduce, all_gather, broadcast, reduce_scatter,
+ *     alltoall, sendrecv) × dtype × reduce op × size on device tensors, each result copied back and
+ *     checked element by element against the known inputs (exact for integers and copies, the
+ *     dtype's rounding for float reductions); sizes from 1 element up, and 1 GiB for the float32
+ *     kernels; then several async all-reduces in flight at once;</li>
+ * <li>{@code kill}: the last rank exits abruptly (no shutdown, sockets and GPU mappings torn down by
+ *     the OS) as the others enter an all-reduce; the survivors must finish it over themselves, agree
+ *     on the mask, report the dropped rank, show it as 0 in the GPU-resident activeRanks, and keep
+ *     working (the next all-reduce on a heap rebuilt over the survivors);</li>
+ * <li>{@code hang}: the last rank sleeps past the timeout instead; the survivors finish without it
+ *     and it is fenced: its next operation fails with {@link RankRemovedException}.</li>
+ * </ul>
+ * Every rank prints {@code PASS}/{@code FAIL} lines; the exit status is 1 when anything failed.
+ */
+public final class GpuCheckWorker {
+    private GpuCheckWorker() {}
+
+    private static int failures;
+    private static int passes;
+
+    public static void main(String[] args) throws Exception {
+        String mode = args.length > 0 ? args[0] : "grid";
+        int code;
+        try (ProcessGroup g = ProcessGroup.builder().backend(ProcessGroup.BACKEND_CUDA).init()) {
+            Device dev = Device.cuda(g.cudaDevice());
+            switch (mode) {
+                case "grid" -> grid(g, dev, args.length > 1 && args[1].equals("--big"));
+                case "kill" -> kill(g, dev);
+                case "hang" -> hang(g, dev);
+                default -> throw new IllegalArgumentException("mode " + mode + ": use grid, kill or hang");
+            }
+            System.out.printf(Locale.ROOT, "SUMMARY rank %d mode %s: %d passed, %d failed%n", g.rank(), mode, passes, failures);
+            code = failures == 0 ? 0 : 1;
+        }
+        System.exit(code);
+    }
+
+    private static void report(boolean ok, String what) {
+        if (ok) passes++;
+        else failures++;
+        System.out.println((ok ? "PASS " : "FAIL ") + what);
+    }
+
+    // ---- grid ------------------------------------------------------------------------------
+
+    private static final DType[] FLOATS = {DType.FLOAT32, DType.BFLOAT16, DType.FLOAT16, DType.FLOAT64};
+    private static final DType[] INTS = {DType.INT32, DType.INT64, DType.INT8, DType.UINT8, DType.INT16};
+    private static final long[] SIZES = {1, 3, 1000, 65_537, (1 << 20) + 5};
+
+    private static void grid(ProcessGroup g, Device dev, boolean big) {
+        int n = g.size();
+        long t0 = System.nanoTime();
+        for (BenchCollective c : BenchCollective.values()) {
+            List<DType> dtypes = new ArrayList<>(Arrays.asList(FLOATS));
+            dtypes.addAll(Arrays.asList(INTS));
+            if (!c.reduces()) dtypes.add(DType.FLOAT8_E4M3);
+            for (DType dt : dtypes) {
+                for (ReduceOp op : c.reduces() ? opsFor(dt) : List.of(ReduceOp.SUM)) {
+                    for (long count : SIZES) check(g, dev, c, dt, op, count * (c == BenchCollective.ALL_REDUCE ? 1 : n), n);
+                }
+            }
+        }
+        // the kernel paths at large sizes: 1 GiB all-reduce (float32 and bfloat16), 256 MiB for the others
+        long gib = 1L << 30;
+        check(g, dev, BenchCollective.ALL_REDUCE, DType.FLOAT32, ReduceOp.SUM, (big ? gib : gib / 8) / 4, n);
+        check(g, dev, BenchCollective.ALL_REDUCE, DType.BFLOAT16, ReduceOp.SUM, (big ? gib : gib / 8) / 2, n);
+        check(g, dev, BenchCollective.ALL_REDUCE, DType.FLOAT32, ReduceOp.AVG, (64L << 20) / 4 + 3, n);
+        for (BenchCollective c : List.of(BenchCollective.ALL_GATHER, BenchCollective.REDUCE_SCATTER, BenchCollective.ALLTOALL)) {
+            check(g, dev, c, DType.FLOAT32, ReduceOp.SUM, (256L << 20) / 4, n);
+            check(g, dev, c, DType.BFLOAT16, ReduceOp.SUM, (64L << 20) / 2 + n, n);
+        }
+        asyncInFlight(g, dev);
+        report(true, String.format(Locale.ROOT, "grid finished in %.1f s", (System.nanoTime() - t0) / 1e9));
+    }
+
+    private static List<ReduceOp> opsFor(DType dt) {
+        List<ReduceOp> ops = new ArrayList<>(List.of(ReduceOp.SUM, ReduceOp.PRODUCT, ReduceOp.MIN, ReduceOp.MAX, ReduceOp.AVG));
+        if (dt.isInteger()) ops.addAll(List.of(ReduceOp.BAND, ReduceOp.BOR, ReduceOp.BXOR));
+        return ops;
+    }
+
+    private static void check(ProcessGroup g, Device dev, BenchCollective c, DType dt, ReduceOp op, long count, int n) {
+        BenchCollective.Setup setup = new BenchCollective.Setup(g.rank(), n, dt, op, n - 1);
+        BenchCollective.Layout layout = c.layout(count, n);
+        long wrong;
+        String what = String.format(Locale.ROOT, "%s %s %s %d bytes", c.label(), dt.torchName(), c.reduces() ? BenchOptions.opLabel(op) : "-",
+                layout.bytes(dt));
+        try (BenchCollective.Buffers h = BenchCollective.Buffers.allocate(layout, dt); BenchCollective.Buffers d = h.to(dev)) {
+            c.fill(h, setup);
+            d.copyFrom(h);
+            c.run(g, d, setup);
+            h.copyFrom(d);
+            wrong = c.countWrong(h, setup);
+        } catch (RuntimeException e) {
+            report(false, what + ": " + e);
+            return;
+        }
+        try (Tensor w = Tensor.of(new long[] {wrong})) {
+            g.allReduce(w, ReduceOp.SUM);
+            wrong = w.getLong(0);
+        }
+        report(wrong == 0, what + (wrong == 0 ? "" : ": " + wrong + " wrong elements over all ranks"));
+    }
+
+    /** Four all-reduces in flight at once on different device tensors, then each checked. */
+    private static void asyncInFlight(ProcessGroup g, Device dev) {
+        int n = g.size();
+        long[] counts = {1000, 1 << 20, 3, 4 << 20};
+        List<Tensor> ts = new ArrayList<>();
+        List<Work> works = new ArrayList<>();
+        for (int i = 0; i < counts.length; i++) {
+            float[] v = new float[(int) counts[i]];
+            for (int k = 0; k < v.length; k++) v[k] = (g.rank() + 1) * (i + 1) + (k % 7);
+            Tensor t = Tensor.of(v).to(dev);
+            ts.add(t);
+            works.add(g.allReduceAsync(t, ReduceOp.SUM));
+        }
+        long wrong = 0;
+        for (int i = 0; i < counts.length; i++) {
+            works.get(i).await();
+            float[] got = ts.get(i).toFloatArray();
+            for (int k = 0; k < got.length; k++) {
+                float want = 0;
+                for (int r = 0; r < n; r++) want += (r + 1) * (i + 1) + (k % 7);
+                if (got[k] != want) wrong++;
+            }
+            ts.get(i).close();
+        }
+        report(wrong == 0, "4 async all_reduce in flight" + (wrong == 0 ? "" : ": " + wrong + " wrong elements on rank " + g.rank()));
+    }
+
+    // ---- failures ----------------------------------------------------------------------------
+
+    private static final long FAULT_COUNT = (4 << 20) + 1; // two-shot sizes: the kernel path with a backup
+
+    private static Tensor filled(Device dev, int rank) {
+        float[] v = new float[(int) FAULT_COUNT];
+        for (int k = 0; k < v.length; k++) v[k] = (rank + 1) + (k % 5);
+        return Tensor.of(v).to(dev);
+    }
+
+    /** Wrong elements of an all-reduce over {@code members}. */
+    private static long wrongSum(Tensor t, int[] members) {
+        float[] got = t.toFloatArray();
+        long wrong = 0;
+        for (int k = 0; k < got.length; k++) {
+            float want = 0;
+            for (int r : members) want += (r + 1) + (k % 5);
+            if (got[k] != want) wrong++;
+        }
+        return wrong;
+    }
+
+    private static int[] range(int n) {
+        int[] a = new int[n];
+        for (int i = 0; i < n; i++) a[i] = i;
+        return a;
+    }
+
+    private static void kill(ProcessGroup g, Device dev) {
+        int n = g.size();
+        int victim = n - 1;
+        try (Tensor t = filled(dev, g.rank())) {
+            g.allReduce(t, ReduceOp.SUM);
+            report(wrongSum(t, range(n)) == 0, "all_reduce over all " + n + " ranks before the failure");
+        }
+        g.barrier();
+        if (g.rank() == victim) {
+            System.out.println("rank " + victim + " exits abruptly now (halt: no shutdown, no goodbye)");
+            System.out.flush();
+            Runtime.getRuntime().halt(0);
+        }
+        survive(g, dev, n, victim, "killed");
+    }
+
+    private static void hang(ProcessGroup g, Device dev) throws InterruptedException {
+        int n = g.size();
+        int victim = n - 1;
+        g.barrier();
+        if (g.rank() == victim) {
+            long sleepMs = 3 * g.timeout().toMillis() + 2000;
+            System.out.println("rank " + victim + " stops responding for " + sleepMs + " ms");
+            Thread.sleep(sleepMs);
+            try (Tensor t = filled(dev, g.rank())) {
+                g.allReduce(t, ReduceOp.SUM);
+                report(false, "the hung rank's all_reduce after waking was accepted; it should be fenced");
+            } catch (RankRemovedException e) {
+                report(true, "the hung rank is fenced: " + e.getMessage().substring(0, Math.min(120, e.getMessage().length())) + "...");
+            }
+            return;
+        }
+        survive(g, dev, n, victim, "hung");
+        // stay alive until the victim has woken and been refused (its fencing needs the store only)
+        Thread.sleep(3 * g.timeout().toMillis() + 4000);
+    }
+
+    private static void survive(ProcessGroup g, Device dev, int n, int victim, String how) {
+        int[] survivors = Arrays.copyOf(range(n), n - 1);
+        try (Tensor t = filled(dev, g.rank())) {
+            long t0 = System.nanoTime();
+            g.allReduce(t, ReduceOp.SUM);
+            double ms = (System.nanoTime() - t0) / 1e6;
+            long wrong = wrongSum(t, survivors);
+            report(wrong == 0, String.format(Locale.ROOT, "all_reduce with rank %d %s finished over %s in %.0f ms (timeout %d ms)%s", victim, how,
+                    Arrays.toString(survivors), ms, g.timeout().toMillis(), wrong == 0 ? "" : ": " + wrong + " wrong elements"));
+            report(ms < g.timeout().toMillis() * 3 + 5000, String.format(Locale.ROOT, "completion within the bound: %.0f ms", ms));
+            report(Arrays.equals(g.lastDroppedRanks(), new int[] {victim}), "dropped ranks reported: " + Arrays.toString(g.lastDroppedRanks()));
+            int[] mask = g.activeRanks().toIntArray();
+            report(g.activeRanks().device().isCuda() && mask[victim] == 0, "GPU-resident activeRanks after the failure: " + Arrays.toString(mask)
+                    + " on " + g.activeRanks().device());
+        }
+        try (Tensor t = filled(dev, g.rank())) {
+            g.allReduce(t, ReduceOp.SUM);
+            report(wrongSum(t, survivors) == 0, "next all_reduce over the survivors (heap rebuilt for epoch " + g.epoch() + ")");
+        }
+        try (Tensor in = Tensor.of(new float[] {g.rank() + 1f}).to(dev); Tensor out = Tensor.zeros(DType.FLOAT32, dev, n)) {
+            g.allGatherIntoTensor(out, in);
+            float[] got = out.toFloatArray();
+            boolean ok = true;
+            for (int r = 0; r < n; r++) ok &= got[r] == (r == victim ? 0f : r + 1f);
+            report(ok, "all_gather_into_tensor after the failure (dropped rank's part zero): " + Arrays.toString(got));
+        }
+    }
+}

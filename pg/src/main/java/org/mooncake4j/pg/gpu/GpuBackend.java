@@ -1,0 +1,297 @@
+package org.mooncake4j.pg.gpu;
+
+import java.time.Duration;
+import java.util.List;
+import java.util.Locale;
+import org.mooncake4j.core.DType;
+import org.mooncake4j.core.Deadline;
+import org.mooncake4j.cuda.CollectiveTimeoutException;
+import org.mooncake4j.cuda.CudaCollectives;
+import org.mooncake4j.cuda.CudaDevice;
+import org.mooncake4j.cuda.CudaEvent;
+import org.mooncake4j.cuda.CudaModule;
+import org.mooncake4j.cuda.CudaStream;
+import org.mooncake4j.cuda.DeviceBuffer;
+import org.mooncake4j.cuda.ExchangeTimeoutException;
+import org.mooncake4j.cuda.SymmetricHeap;
+import org.mooncake4j.pg.ReduceOp;
+import org.mooncake4j.pg.collective.Channels;
+import org.mooncake4j.pg.collective.CollectiveContext;
+import org.mooncake4j.transfer.store.MetadataStore;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
+
+/**
+ * The device side of a process group of backend {@code mooncake}: one GPU, one stream, and a
+ * {@link SymmetricHeap} with its {@link CudaCollectives} over the members of the current epoch.
+ *
+ * <p>Kernel operations run inside the group's operation loop, like the host algorithms: the kernel is
+ * queued on the group's stream, the calling thread polls an event recorded after it (with a
+ * deadline), and a kernel that timed out waiting for peers becomes a {@link Channels.WaitFailure}
+ * naming the first missing rank. The group then runs the same agreement as the CPU backend and
+ * redoes the operation over the agreed members, on a heap rebuilt for the new epoch: the heap's
+ * ranks are the members' positions, so a heap over survivors works like a smaller group.
+ *
+ * <p>An in-place all-reduce first copies its input to a device-side backup (so a redo starts from
+ * the input, not from a partly reduced buffer); out-of-place operations leave their input intact and
+ * need none.
+ *
+ * <p>Threading: the group calls it under its operation lock, one operation at a time.
+ */
+public final class GpuBackend implements AutoCloseable {
+    /** Heap size per group in MiB (two banks of about half of it). */
+    public static final String HEAP_ENV = "MOONCAKE_GPU_HEAP_MB";
+    public static final String HEAP_PROPERTY = "mooncake4j.gpuHeapMb";
+    static final long DEFAULT_HEAP_MIB = 257;
+    private static final Logger LOG = LoggerFactory.getLogger(GpuBackend.class);
+
+    private final CudaDevice device;
+    private final CudaModule kernels;
+    private final CudaStream stream;
+    private final CudaEvent done;
+    private final MetadataStore store;
+    private final String keyPrefix;
+    private final String group;
+    private final int rank;
+    private final Duration timeout;
+    private final long heapBytes;
+    private SymmetricHeap heap;
+    private CudaCollectives coll;
+    private long heapEpoch = -1;
+    private int[] heapMembers = new int[0];
+    private DeviceBuffer backup;
+    private boolean closed;
+
+    private GpuBackend(CudaDevice device, CudaModule kernels, CudaStream stream, CudaEvent done, MetadataStore store, String keyPrefix,
+                       String group, int rank, Duration timeout, long heapBytes) {
+        this.device = device;
+        this.kernels = kernels;
+        this.stream = stream;
+        this.done = done;
+        this.store = store;
+        this.keyPrefix = keyPrefix;
+        this.group = group;
+        this.rank = rank;
+        this.timeout = timeout;
+        this.heapBytes = heapBytes;
+    }
+
+    /**
+     * The device side of group {@code group}'s rank {@code rank} on CUDA device {@code ordinal}. Fails
+     * with the driver's reason when there is no usable driver or device, and with
+     * {@link CudaModule#KERNELS_NOT_BUILT_MESSAGE} when this build has no kernels.
+     */
+    public static GpuBackend open(int ordinal, MetadataStore store, String keyPrefix, String group, int rank, Duration timeout) {
+        CudaDevice device = CudaDevice.get(ordinal);
+        CudaModule kernels = CudaModule.loadKernels(device);
+        CudaStream stream = null;
+        try {
+            stream = CudaStream.create(device);
+            CudaEvent done = CudaEvent.create(device, false);
+            return new GpuBackend(device, kernels, stream, done, store, keyPrefix, group, rank, timeout, heapMib() << 20);
+        } catch (RuntimeException e) {
+            if (stream != null) stream.close();
+            kernels.close();
+            throw e;
+        }
+    }
+
+    static long heapMib() {
+        String p = System.getProperty(HEAP_PROPERTY);
+        String v = p != null && !p.isBlank() ? p : System.getenv(HEAP_ENV);
+        if (v == null || v.isBlank()) return DEFAULT_HEAP_MIB;
+        try {
+            long mib = Long.parseLong(v.trim());
+            if (mib < 1 || mib > 65536) throw new NumberFormatException();
+            return mib;
+        } catch (NumberFormatException e) {
+            throw new IllegalArgumentException(HEAP_ENV + " / -D" + HEAP_PROPERTY + " must be a size in MiB from 1 to 65536, got '" + v + "'");
+        }
+    }
+
+    public CudaDevice device() { return device; }
+
+    /** The stream the group's device work runs on. */
+    public CudaStream stream() { return stream; }
+
+    /** Whether an all-reduce of {@code dtype} with {@code op} runs as a kernel (else through host memory). */
+    public static boolean allReduceKernel(DType dtype, ReduceOp op) {
+        return (dtype == DType.FLOAT32 || dtype == DType.BFLOAT16) && (op == ReduceOp.SUM || op == ReduceOp.AVG);
+    }
+
+    /** A per-operation record of whether the input was saved (first attempt) or must be restored (a redo). */
+    public static final class Attempts {
+        int count;
+    }
+
+    /**
+     * In-place all-reduce of {@code count} elements at device pointer {@code ptr} over the members of
+     * {@code c}; AVG divides the sum by the member count.
+     */
+    public void allReduce(CollectiveContext c, long ptr, long count, DType dtype, ReduceOp op, Attempts attempts) {
+        long bytes = count * dtype.byteSize();
+        if (attempts.count++ == 0) {
+            if (bytes > 0 && c.size() > 1) {
+                stream.copyDeviceToDevice(ptr, backup(bytes), bytes);
+            }
+        } else if (bytes > 0 && backup != null) {
+            stream.copyDeviceToDevice(backup.pointer(), ptr, bytes);
+        }
+        if (c.size() == 1 || count == 0) {
+            finish(c, null);
+            return;
+        }
+        CudaCollectives k = collectives(c);
+        k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos());
+        if (op == ReduceOp.AVG) k.divide(ptr, count, dtype, c.size(), stream);
+        finish(c, k);
+    }
+
+    /**
+     * All-gather of {@code bytesPerRank} from {@code src} into {@code dst} (rank order). Needs every
+     * rank of the group among the members (the heap's positions are then the group ranks).
+     */
+    public void allGather(CollectiveContext c, long src, long dst, long bytesPerRank) {
+        CudaCollectives k = collectives(c);
+        k.allGather(src, dst, bytesPerRank, stream, kernelTimeoutNanos());
+        finish(c, k);
+    }
+
+    /** Reduce-scatter (SUM, or AVG) of {@code countPerRank} elements per rank; every rank among the members. */
+    public void reduceScatter(CollectiveContext c, long src, long dst, long countPerRank, DType dtype, ReduceOp op) {
+        CudaCollectives k = collectives(c);
+        k.reduceScatter(src, dst, countPerRank, dtype, stream, kernelTimeoutNanos());
+        if (op == ReduceOp.AVG) k.divide(dst, countPerRank, dtype, c.size(), stream);
+        finish(c, k);
+    }
+
+    /** All-to-all of equal blocks of {@code bytesPerRank}; every rank among the members. */
+    public void allToAll(CollectiveContext c, long src, long dst, long bytesPerRank) {
+        CudaCollectives k = collectives(c);
+        k.allToAll(src, dst, bytesPerRank, stream, kernelTimeoutNanos());
+        finish(c, k);
+    }
+
+    /** Queues {@code dst[0..bytes) = 0} and waits for it (used to clear a dropped rank's output part). */
+    public void zero(long dst, long bytes) {
+        if (bytes <= 0) return;
+        stream.fill(dst, (byte) 0, bytes);
+        awaitStream(Deadline.after(timeout));
+    }
+
+    private long kernelTimeoutNanos() {
+        return Math.min(timeout.toNanos(), CudaCollectives.MAX_TIMEOUT_NANOS);
+    }
+
+    private long backup(long bytes) {
+        if (backup == null || backup.size() < bytes) {
+            if (backup != null) {
+                awaitStream(Deadline.after(timeout));
+                backup.close();
+                backup = null;
+            }
+            long size = Math.max(bytes, 1L << 20);
+            backup = DeviceBuffer.allocate(device, size);
+        }
+        return backup.pointer();
+    }
+
+    /** The collectives of the heap over {@code c}'s members, built (collectively) on the first use in an epoch. */
+    private CudaCollectives collectives(CollectiveContext c) {
+        if (closed) throw new IllegalStateException("the GPU side of group '" + group + "' is closed");
+        if (coll != null && heapEpoch == c.epoch() && java.util.Arrays.equals(heapMembers, c.members())) return coll;
+        closeHeap();
+        int[] m = c.members().clone();
+        int index = c.position();
+        StoreExchange ex = new StoreExchange(store, keyPrefix + "gpuheap/" + c.epoch() + "/" + c.opSeq(), index, m, timeout);
+        long t0 = System.nanoTime();
+        try {
+            heap = SymmetricHeap.create(device, index, m.length, heapBytes, ex);
+        } catch (ExchangeTimeoutException e) {
+            List<Integer> missing = e.missingRanks();
+            throw new Channels.WaitFailure(missing.isEmpty() ? m[(index + 1) % m.length] : missing.get(0), true, e);
+        }
+        try {
+            coll = CudaCollectives.create(heap, kernels);
+        } catch (RuntimeException e) {
+            heap.close();
+            heap = null;
+            throw e;
+        }
+        heapEpoch = c.epoch();
+        heapMembers = m;
+        ex.forgetLastRound();
+        LOG.info("gpu heap group={} rank={} epoch={} device={} members={} bytes={} sharing={} built in {} ms", group, rank, c.epoch(),
+                device.ordinal(), java.util.Arrays.toString(m), heapBytes, heap.sharing().name().toLowerCase(Locale.ROOT),
+                (System.nanoTime() - t0) / 1_000_000);
+        return coll;
+    }
+
+    /**
+     * Waits (polling an event, with a deadline) until the queued work is done; a kernel that timed out
+     * waiting for peers becomes a {@link Channels.WaitFailure} and the heap is dropped (it is rebuilt
+     * for the next epoch).
+     */
+    private void finish(CollectiveContext c, CudaCollectives k) {
+        awaitStream(Deadline.afterNanos(kernelTimeoutNanos() + Duration.ofSeconds(30).toNanos()));
+        if (k == null) return;
+        try {
+            k.check();
+        } catch (CollectiveTimeoutException e) {
+            int[] m = heapMembers;
+            List<Integer> missing = e.missingRanks();
+            int peer = missing.isEmpty() ? m[(c.position() + 1) % m.length] : m[missing.get(0)];
+            LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} missing={}", group, rank, c.epoch(), c.opSeq(), missing);
+            closeHeap();
+            throw new Channels.WaitFailure(peer, true, e);
+        }
+    }
+
+    private void awaitStream(Deadline d) {
+        done.record(stream);
+        int spins = 0;
+        while (!done.query()) {
+            if (++spins > 2000) {
+                if (d.expired()) {
+                    throw new IllegalStateException("rank " + rank + " of group '" + group + "': the GPU work on " + device
+                            + " did not finish within the group timeout plus 30 s although every kernel wait has a deadline;"
+                            + " the GPU may be hung or shared with a long-running job. Check nvidia-smi.");
+                }
+                Thread.onSpinWait();
+                if (spins > 20000) java.util.concurrent.locks.LockSupport.parkNanos(20_000);
+            } else {
+                Thread.onSpinWait();
+            }
+        }
+    }
+
+    private void closeHeap() {
+        if (coll != null) coll.close();
+        coll = null;
+        if (heap != null) heap.close();
+        heap = null;
+        heapEpoch = -1;
+        heapMembers = new int[0];
+    }
+
+    @Override
+    public synchronized void close() {
+        if (closed) return;
+        closed = true;
+        try {
+            stream.synchronize();
+        } catch (RuntimeException ignored) {
+            // the context may already be unusable; free what can be freed
+        }
+        closeHeap();
+        if (backup != null) backup.close();
+        done.close();
+        stream.close();
+        kernels.close();
+    }
+
+    @Override
+    public String toString() {
+        return "GpuBackend(" + device + ", group " + group + ", heap " + (heap == null ? "none" : heap.toString()) + ")";
+    }
+}
