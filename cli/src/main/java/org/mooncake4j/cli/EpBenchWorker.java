@@ -30,7 +30,8 @@ import picocli.CommandLine.Option;
  * One rank of {@code epbench}, started by {@link EpBenchCommand} through {@link WorkerLauncher}. It
  * builds an {@link EpBuffer} sized with {@link EpBuffer#sizeHint} for the run's shape, draws its tokens
  * (bf16, uniform in (-1, 1)) and its routing (each token picks {@code topk} distinct experts uniformly,
- * weights uniform and normalised to sum 1) from {@code seed + rank}, and puts them on the run's device.
+ * weights uniform and normalised to sum 1) from {@code seed + rank}, and puts them, the buffer's data
+ * path ({@code new EpBuffer(group, bytes, device)}) and {@code activeRanks} on the run's device.
  *
  * <p>Timing: after the warm-up, each iteration starts with a process-group barrier (outside the timed
  * region), then times {@code dispatch} and {@code combine} (zero-copy, on the dispatch's combine buffer
@@ -84,20 +85,15 @@ public final class EpBenchWorker {
                 throw new IllegalStateException("epbench --device " + o.device + ": rank " + rank + " could not put its tensors on " + device + ": " + e.getMessage(), e);
             }
             double[] times = new double[2 * o.iters];
-            try (in; EpBuffer buf = new EpBuffer(g, EpBuffer.sizeHint(o.tokens, o.hidden, n, o.experts))) {
-                try {
-                    for (int i = 0; i < o.warmup; i++) iteration(o, buf, in, device, null, 0);
-                    for (int i = 0; i < o.iters; i++) {
-                        g.barrier();
-                        iteration(o, buf, in, device, times, i);
-                    }
-                } catch (RuntimeException e) {
-                    if (!device.isCpu()) {
-                        throw new IllegalStateException("epbench --device cuda: EpBuffer could not dispatch/combine tensors on " + device
-                                + " (rank " + rank + "): " + e.getMessage(), e);
-                    }
-                    throw e;
+            try (in; EpBuffer buf = new EpBuffer(g, EpBuffer.sizeHint(o.tokens, o.hidden, n, o.experts), device)) {
+                for (int i = 0; i < o.warmup; i++) iteration(o, buf, in, device, null, 0);
+                for (int i = 0; i < o.iters; i++) {
+                    g.barrier();
+                    iteration(o, buf, in, device, times, i);
                 }
+            } catch (RuntimeException e) {
+                if (device.isCpu()) throw e;
+                throw new IllegalStateException("epbench --device cuda: the EpBuffer on " + device + " (rank " + rank + ") failed: " + e.getMessage(), e);
             }
             try (Tensor t = Tensor.of(times)) {
                 g.allReduce(t, ReduceOp.MAX);
