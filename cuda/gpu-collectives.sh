@@ -9,16 +9,22 @@
 # (slf4j-simple optional); bench/stage-device.sh stages them into .device/lib.
 #
 # For 2 GPUs and for all visible GPUs (when more than 2), one process per GPU:
-#   1. CollectiveBench (RANK, WORLD_SIZE, RDV_DIR): correctness of all_reduce float32/bfloat16 and
-#      all_gather against host references, the all_reduce float32 timing table (8 B .. 512 MiB), and the
-#      fault check (the last rank exits without calling all_reduce; the others must time out naming it);
+#   1. CollectiveBench (RANK, WORLD_SIZE, RDV_DIR): correctness of all_reduce float32/bfloat16,
+#      all_gather, reduce_scatter float32/bfloat16 and all_to_all against host references, the
+#      all_reduce float32 timing table (8 B .. 512 MiB), the all_gather / reduce_scatter / all_to_all
+#      timing table (per-rank pieces of the same sizes), and the fault check (the last rank exits
+#      without calling all_reduce; the others must time out naming it);
 #   2. torchrun --nproc-per-node=N torch_baselines.py: NCCL's all_reduce over the same sizes;
-# then, per N, a table of ratios: mooncake busbw / NCCL busbw and NCCL time / mooncake time.
+#   3. torchrun --nproc-per-node=N torch_nccl_more.py: NCCL's all_gather_into_tensor,
+#      reduce_scatter_tensor and all_to_all_single, timed the same way, over the same sizes;
+# then, per N and collective, a table of ratios: mooncake busbw / NCCL busbw and NCCL time / mooncake time.
 # Results go to $OUT (default: a new temporary folder): ws<N>/rank<r>.log, ws<N>/mooncake_allreduce_ws<N>.json,
-# torch_baselines_ws<N>.json/.log, ratios_ws<N>.txt. Exit status 0 when every process passed.
+# ws<N>/mooncake_more_ws<N>.json, torch_baselines_ws<N>.json/.log, torch_nccl_more_ws<N>.json/.log,
+# ratios_ws<N>.txt (all_reduce) and ratios_more_ws<N>.txt (the others). Exit status 0 when every process passed.
 #
 # Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per process, default 900),
-# TORCH_BASELINES (default .device/torch_baselines.py), WORLDS (default "2 <all GPUs>"), and any
+# TORCH_BASELINES (default .device/torch_baselines.py), TORCH_NCCL_MORE (default
+# bench/torch_nccl_more.py of this repository), WORLDS (default "2 <all GPUs>"), and any
 # CollectiveBench setting (PHASES, HEAP_MIB, SHARING, CHECK_MAX_MIB, TIME_MAX_MIB, ONESHOT_MAX_BYTES, ...), and
 # MOONCAKE_TWOSHOT=auto|pull|push (the two-shot variant of the automatic choice; both are checked and timed anyway).
 # NVLink multicast stays off everywhere (NCCL_NVLS_ENABLE=0 and friends); mooncake4j never creates
@@ -47,6 +53,8 @@ fi
 baselines=${TORCH_BASELINES:-.device/torch_baselines.py}
 if [[ ! -f "$baselines" && -f "$root/$baselines" ]]; then baselines="$root/$baselines"; fi
 baselines=$(cd "$(dirname "$baselines")" 2>/dev/null && echo "$PWD/$(basename "$baselines")")
+more=${TORCH_NCCL_MORE:-$root/bench/torch_nccl_more.py}
+more=$(cd "$(dirname "$more")" 2>/dev/null && echo "$PWD/$(basename "$more")")
 
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 out=${OUT:-$(mktemp -d)}
@@ -59,7 +67,7 @@ else
   mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
 fi
 ngpu=${#visible[@]}
-echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); torch baselines: $baselines; results: $out"
+echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); torch baselines: $baselines, $more; results: $out"
 if [[ $ngpu -lt 2 ]]; then
   echo "FAIL the GPU collectives need 2+ GPUs, this host shows $ngpu"
   exit 1
@@ -110,6 +118,17 @@ for n in $worlds; do
   note "NCCL ws$n" "$rc"
   [[ $rc -eq 0 ]] || tail -20 "$out/torch_baselines_ws$n.log"
 done
+for n in $worlds; do
+  [[ $n -le $ngpu ]] || continue
+  if [[ ! -f "$more" ]]; then summary+=("NCCL more ws$n: SKIPPED (no torch_nccl_more.py at ${TORCH_NCCL_MORE:-bench/torch_nccl_more.py})"); continue; fi
+  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
+  echo "=== NCCL (torch_nccl_more.py): $n processes on GPUs $gpus"
+  (cd "$out" && CUDA_VISIBLE_DEVICES=$gpus OUT=$out timeout --kill-after=10 "$limit" "${torchrun[@]}" --nproc-per-node="$n" \
+    "$more" > "$out/torch_nccl_more_ws$n.log" 2>&1)
+  rc=$?
+  note "NCCL more ws$n" "$rc"
+  [[ $rc -eq 0 ]] || tail -20 "$out/torch_nccl_more_ws$n.log"
+done
 
 for n in $worlds; do
   ours="$out/ws$n/mooncake_allreduce_ws$n.json"
@@ -140,6 +159,35 @@ for b in sorted(set(ours) & set(nccl)):
     print("  %12d %9s %13.2f %11.2f %15.2f %13.2f %12.3f %11.3f %11.3f %7s %14.3f" % (b, d.get("algorithm", "?"),
           t if t is not None else nan, tn, bw if bw is not None else nan, bwn, r(bw, bwn), r(pull.get(b), bwn),
           r(push.get(b), bwn), d.get("faster_two_shot", "?"), r(tn, t)))
+EOF
+done
+
+for n in $worlds; do
+  ours="$out/ws$n/mooncake_more_ws$n.json"
+  nccl="$out/torch_nccl_more_ws$n.json"
+  if [[ ! -f "$ours" || ! -f "$nccl" ]]; then
+    echo "=== ratios (all_gather, reduce_scatter, all_to_all) ws$n: missing $( [[ -f "$ours" ]] || echo "$ours " )$( [[ -f "$nccl" ]] || echo "$nccl" )"
+    continue
+  fi
+  echo "=== all_gather, reduce_scatter, all_to_all (float32), $n GPUs: mooncake vs NCCL (NCCL_NVLS_ENABLE=0)"
+  python3 - "$ours" "$nccl" <<'EOF' | tee "$out/ratios_more_ws$n.txt"
+import json, sys
+mine, theirs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+nan = float("nan")
+def r(x, y):
+    return x / y if x and y else nan
+print("# mooncake: CUDA events around 20 iterations, max over ranks; NCCL: torch_nccl_more.py (host timer, torch.distributed)")
+print("# size: bytes of the full tensor (world x per-rank piece); busbw = algbw * (n-1)/n")
+for c, name in (("allgather", "all_gather"), ("reducescatter", "reduce_scatter (sum)"), ("alltoall", "all_to_all")):
+    ours = {int(b): (t, bw) for b, t, bw in mine.get("mooncake_" + c, [])}
+    nccl = {int(b): (t, bw) for b, t, bw in theirs.get("nccl_" + c, [])}
+    print("## %s" % name)
+    print("# %12s %13s %11s %15s %13s %12s %14s" % ("size(B)", "mooncake(us)", "NCCL(us)", "mooncake busbw", "NCCL busbw",
+          "busbw ratio", "NCCL/ours time"))
+    for b in sorted(set(ours) & set(nccl)):
+        (t, bw), (tn, bwn) = ours[b], nccl[b]
+        print("  %12d %13.2f %11.2f %15.2f %13.2f %12.3f %14.3f" % (b, t if t is not None else nan, tn,
+              bw if bw is not None else nan, bwn, r(bw, bwn), r(tn, t)))
 EOF
 done
 

@@ -40,16 +40,23 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  * <ul>
  * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and both two-shot variants,
  *     pull and push; odd sizes,
- *     misaligned and in-place buffers; up to 1 GiB) and all_gather (1 byte to 1 GiB of output)
- *     against references computed on the host from every rank's inputs (float32 inputs are integers,
- *     so sums are exact; bfloat16 within 1e-2 relative L2 error, bitwise differences counted), with
- *     poisoned outputs and guard bytes;</li>
+ *     misaligned and in-place buffers; up to 1 GiB), all_gather (1 byte to 1 GiB of output),
+ *     reduce_scatter float32 and bfloat16 (odd sizes, misaligned buffers, several chunks of both banks)
+ *     and all_to_all (1 byte per block up; odd sizes and alignments, several chunks) against references
+ *     computed on the host from every rank's inputs (float32 inputs are integers, so sums are exact;
+ *     bfloat16 all_reduce within 1e-2 relative L2 error, bitwise differences counted; bfloat16
+ *     reduce_scatter bitwise equal to the fp32 sum in rank order rounded once), with poisoned outputs
+ *     and guard bytes;</li>
  * <li>time: all_reduce float32 of 8 B .. 512 MiB (factor 4, the sizes of torch_baselines.py), 5
  *     warm-up and 20 timed iterations between CUDA events, the maximum over ranks: the automatic
  *     choice, one-shot (up to one bank) and both two-shot variants at every size; rank 0 prints an
  *     nccl-tests-like table and writes {@code OUT/mooncake_allreduce_ws<n>.json}, with the fields
  *     torch_baselines.py writes for NCCL ({@code [bytes, time_us, busbw_GBps]} rows), the same rows
- *     for pull and push, and which two-shot variant was faster per size;</li>
+ *     for pull and push, and which two-shot variant was faster per size; then all_gather,
+ *     reduce_scatter (float32 sum) and all_to_all with a per-rank piece of each of those sizes (the
+ *     full tensor: world size times that, the bytes of the rows, as torch_nccl_more.py counts them),
+ *     busbw = algbw * (n-1)/n, into {@code OUT/mooncake_more_ws<n>.json} ({@code mooncake_allgather},
+ *     {@code mooncake_reducescatter}, {@code mooncake_alltoall});</li>
  * <li>fault: rank n-1 exits without calling all_reduce; the others run a one-shot all_reduce (on the
  *     main heap), a two-shot pull and a two-shot push one (each on a small heap of its own, made
  *     before rank n-1 leaves); each must fail within the timeout plus {@value #FAULT_BOUND_MS} ms with
@@ -204,8 +211,10 @@ public final class CollectiveBench {
 
         long capacity = Math.max(cfg.phases().contains("check") ? cfg.checkMaxBytes() : 0,
                 cfg.phases().contains("time") ? cfg.timeMaxBytes() : 0) + SLACK;
-        src = DeviceBuffer.allocate(device, capacity);
-        dst = DeviceBuffer.allocate(device, capacity);
+        // the timed all_gather, reduce_scatter and all_to_all move world pieces of up to TIME_MAX_MIB
+        long deviceCapacity = Math.max(capacity, cfg.phases().contains("time") ? cfg.timeMaxBytes() * world + SLACK : 0);
+        src = DeviceBuffer.allocate(device, deviceCapacity);
+        dst = DeviceBuffer.allocate(device, deviceCapacity);
         Arena arena = Arena.ofShared();     // lives until the process exits
         up = arena.allocate(capacity, 16);
         down = arena.allocate(capacity, 16);
@@ -274,6 +283,113 @@ public final class CollectiveBench {
         allGatherCheck(1001, 1, 3, false);
         allGatherCheck(MIB + 1, 0, 0, false);
         allGatherCheck(4 * MIB, 0, 0, true);
+
+        // reduce_scatter: chunks of a part hold at most bank / world bytes, so the last sizes take several chunks of both banks
+        long rsChunkF32 = bank / 4 / world;
+        long maxRsF32 = cfg.checkMaxBytes() / 4 / world;
+        for (long n : new long[] {1, 3, 4, 1001, 4099, 65541, MIB + 5, 2 * rsChunkF32 + 77, 4 * rsChunkF32 + 5, maxRsF32 - 3}) {
+            reduceScatterCheck(f32, n, 0, 0);
+        }
+        reduceScatterCheck(f32, 1001, 4, 12);
+        reduceScatterCheck(f32, MIB + 3, 8, 4);
+        long rsChunkBf16 = bank / 2 / world;
+        for (long n : new long[] {1, 5, 8, 4097, 65543, MIB + 7, 2 * rsChunkBf16 + 9, cfg.checkMaxBytes() / 2 / world - 1}) {
+            reduceScatterCheck(bf16, n, 0, 0);
+        }
+        reduceScatterCheck(bf16, 1001, 2, 6);
+
+        // all_to_all: any size and alignment; a block's chunks hold at most bank / world bytes
+        long a2aChunk = bank / world;
+        long maxA2a = cfg.checkMaxBytes() / world;
+        for (long n : new long[] {1, 7, 16, 1000, 4099, 65536, MIB + 3, 2 * a2aChunk + 33, 3 * a2aChunk, maxA2a / 16 * 16, maxA2a - 5}) {
+            allToAllCheck(n, 0, 0);
+        }
+        allToAllCheck(1001, 1, 3);
+        allToAllCheck(MIB, 4, 4);
+        allToAllCheck(2 * a2aChunk + 16, 8, 0);
+    }
+
+    private void reduceScatterCheck(DType dt, long count, long srcOffset, long dstOffset) {
+        int es = dt.byteSize();
+        long inCount = count * world;
+        String name = String.format(Locale.ROOT, "rank %d reduce_scatter %s n=%d per rank (%s in)%s", rank, dt.torchName(), count,
+                human(inCount * es), srcOffset + dstOffset > 0 ? " src+" + srcOffset + " dst+" + dstOffset : "");
+        if (count <= 0 || inCount * es > cfg.checkMaxBytes()) return;
+        long seed = ++checks;
+        if (broken) {
+            skip(name, "an earlier collective timed out");
+            return;
+        }
+        guarded(name, () -> {
+            long in = src.pointer() + srcOffset;
+            long out = dst.pointer() + dstOffset;
+            parallel(inCount, i -> {
+                if (dt == DType.FLOAT32) up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(seed, rank, i));
+                else up.setAtIndex(ValueLayout.JAVA_SHORT, i, bf16Value(seed, rank, i));
+            });
+            poison(src);
+            poison(dst);
+            stream.copyHostToDevice(up, in, inCount * es);
+            stream.synchronize();
+            long t0 = System.nanoTime();
+            coll.reduceScatter(in, out, count, dt, stream, cfg.checkTimeoutNanos());
+            coll.synchronize(stream);
+            double ms = (System.nanoTime() - t0) / 1e6;
+            long bytes = count * es;
+            stream.copyDeviceToHost(dst.pointer(), down, dstOffset + bytes + GUARD);
+            stream.synchronize();
+            MemorySegment result = down.asSlice(dstOffset, bytes);
+            boolean guards = allBytes(down.asSlice(0, dstOffset), (byte) 0xFF) && allBytes(down.asSlice(dstOffset + bytes, GUARD), (byte) 0xFF);
+            long offset = rank * count;     // this rank's part of every rank's input
+            String detail = dt == DType.FLOAT32 ? verifyF32(result, count, seed, offset) : verifyBf16(result, count, seed, offset);
+            // bfloat16: the bits of the fp32 sum in rank order rounded once (those of an all_reduce), nothing else
+            boolean ok = detail.startsWith("ok") && guards && (dt == DType.FLOAT32 || detail.contains(", 0 of " + count + " differ"));
+            report(name, ok, detail + (guards ? "" : ", GUARD BYTES OVERWRITTEN") + String.format(Locale.ROOT, " (%.1f ms)", ms));
+        });
+    }
+
+    private void allToAllCheck(long n, long srcOffset, long dstOffset) {
+        long total = n * world;
+        String name = String.format(Locale.ROOT, "rank %d all_to_all %d bytes per block (%s)%s", rank, n, human(total),
+                srcOffset + dstOffset > 0 ? " src+" + srcOffset + " dst+" + dstOffset : "");
+        if (n <= 0 || total > cfg.checkMaxBytes()) return;
+        long seed = ++checks;
+        if (broken) {
+            skip(name, "an earlier collective timed out");
+            return;
+        }
+        guarded(name, () -> {
+            long in = src.pointer() + srcOffset;
+            long out = dst.pointer() + dstOffset;
+            parallel(total, i -> up.set(ValueLayout.JAVA_BYTE, i, byteValue(seed, rank, i)));
+            poison(src);
+            poison(dst);
+            stream.copyHostToDevice(up, in, total);
+            stream.synchronize();
+            long t0 = System.nanoTime();
+            coll.allToAll(in, out, n, stream, cfg.checkTimeoutNanos());
+            coll.synchronize(stream);
+            double ms = (System.nanoTime() - t0) / 1e6;
+            stream.copyDeviceToHost(dst.pointer(), down, dstOffset + total + GUARD);
+            stream.synchronize();
+            MemorySegment result = down.asSlice(dstOffset, total);
+            LongAdder bad = new LongAdder();
+            AtomicLong first = new AtomicLong(Long.MAX_VALUE);
+            // block q of the output is block `rank` of rank q's input
+            parallel(total, j -> {
+                if (result.get(ValueLayout.JAVA_BYTE, j) != byteValue(seed, (int) (j / n), rank * n + j % n)) {
+                    bad.increment();
+                    first.accumulateAndGet(j, Math::min);
+                }
+            });
+            boolean guards = allBytes(down.asSlice(0, dstOffset), (byte) 0xFF)
+                    && allBytes(down.asSlice(dstOffset + total, GUARD), (byte) 0xFF);
+            String detail = bad.sum() == 0 ? "ok, " + total + " bytes equal"
+                    : bad.sum() + " of " + total + " bytes wrong, first at " + first.get() + " (from rank " + first.get() / n
+                    + ", its byte " + (rank * n + first.get() % n) + ")";
+            report(name, bad.sum() == 0 && guards, detail + (guards ? "" : ", GUARD BYTES OVERWRITTEN")
+                    + String.format(Locale.ROOT, " (%.1f ms)", ms));
+        });
     }
 
     private void allReduceCheck(DType dt, long count, Algorithm algorithm, long srcOffset, long dstOffset, boolean inPlace) {
@@ -315,13 +431,18 @@ public final class CollectiveBench {
         });
     }
 
-    /** Exact comparison: the inputs are integers, so every rank order gives the same float sum. */
-    private String verifyF32(MemorySegment result, long count, long seed) {
+    private String verifyF32(MemorySegment result, long count, long seed) { return verifyF32(result, count, seed, 0); }
+
+    /**
+     * Exact comparison: the inputs are integers, so every rank order gives the same float sum. Element
+     * i of the result is the sum of the ranks' inputs {@code offset + i}.
+     */
+    private String verifyF32(MemorySegment result, long count, long seed, long offset) {
         LongAdder bad = new LongAdder();
         AtomicLong first = new AtomicLong(Long.MAX_VALUE);
         parallel(count, i -> {
             float expected = 0;
-            for (int q = 0; q < world; q++) expected = q == 0 ? f32Value(seed, 0, i) : expected + f32Value(seed, q, i);
+            for (int q = 0; q < world; q++) expected = q == 0 ? f32Value(seed, 0, offset + i) : expected + f32Value(seed, q, offset + i);
             float got = result.getAtIndex(ValueLayout.JAVA_FLOAT, i);
             if (Float.floatToRawIntBits(got) != Float.floatToRawIntBits(expected)) {
                 bad.increment();
@@ -331,13 +452,16 @@ public final class CollectiveBench {
         if (bad.sum() == 0) return "ok, " + count + " sums exact";
         long i = first.get();
         float expected = 0;
-        for (int q = 0; q < world; q++) expected += f32Value(seed, q, i);
+        for (int q = 0; q < world; q++) expected += f32Value(seed, q, offset + i);
         return bad.sum() + " of " + count + " elements wrong, first at " + i + ": got "
                 + result.getAtIndex(ValueLayout.JAVA_FLOAT, i) + ", expected " + expected;
     }
 
     /** Relative L2 error against a float64 reference (at most 1e-2), no NaN; bitwise differences from fp32-in-rank-order reported. */
-    private String verifyBf16(MemorySegment result, long count, long seed) {
+    private String verifyBf16(MemorySegment result, long count, long seed) { return verifyBf16(result, count, seed, 0); }
+
+    /** {@link #verifyBf16(MemorySegment, long, long)} where element i sums the ranks' inputs {@code offset + i}. */
+    private String verifyBf16(MemorySegment result, long count, long seed, long offset) {
         DoubleAdder err2 = new DoubleAdder();
         DoubleAdder ref2 = new DoubleAdder();
         LongAdder nan = new LongAdder();
@@ -346,7 +470,7 @@ public final class CollectiveBench {
             float acc = 0;
             double ref = 0;
             for (int q = 0; q < world; q++) {
-                float v = FloatFormats.bf16ToFloat(bf16Value(seed, q, i));
+                float v = FloatFormats.bf16ToFloat(bf16Value(seed, q, offset + i));
                 acc = q == 0 ? v : acc + v;
                 ref += v;
             }
@@ -458,6 +582,62 @@ public final class CollectiveBench {
                 throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
             }
         }
+        timingMore(sizes);
+    }
+
+    /** The collectives of the second timing table, as the JSON and torch_nccl_more.py name them. */
+    static final List<String> MORE = List.of("allgather", "reducescatter", "alltoall");
+
+    /**
+     * all_gather, reduce_scatter (float32) and all_to_all with a per-rank piece of each timed size: the
+     * full tensor (all_gather's output, reduce_scatter's input, all_to_all's input and output) holds
+     * world pieces. Inputs are float32 0.747 (memset), the time does not depend on them.
+     */
+    private void timingMore(List<Long> sizes) {
+        long maxTotal = sizes.getLast() * world;
+        device.makeCurrent();
+        CudaDriver.cuMemsetD8(src.pointer(), (byte) 0x3F, maxTotal);
+        device.synchronize();
+        for (int i = 0; i < JIT_WARMUP; i++) {
+            coll.allGather(src.pointer(), dst.pointer(), 16, stream, OP_TIMEOUT_NANOS);
+            coll.reduceScatter(src.pointer(), dst.pointer(), 4, DType.FLOAT32, stream, OP_TIMEOUT_NANOS);
+            coll.allToAll(src.pointer(), dst.pointer(), 16, stream, OP_TIMEOUT_NANOS);
+        }
+        coll.synchronize(stream);
+        double[] times = new double[sizes.size() * MORE.size()];
+        try (CudaEvent start = CudaEvent.create(device, true); CudaEvent end = CudaEvent.create(device, true)) {
+            for (int s = 0; s < sizes.size(); s++) {
+                long piece = sizes.get(s);
+                exchange.allGather(new byte[0]);
+                times[MORE.size() * s] = time(start, end, () -> coll.allGather(src.pointer(), dst.pointer(), piece, stream,
+                        OP_TIMEOUT_NANOS));
+                times[MORE.size() * s + 1] = time(start, end, () -> coll.reduceScatter(src.pointer(), dst.pointer(), piece / 4,
+                        DType.FLOAT32, stream, OP_TIMEOUT_NANOS));
+                times[MORE.size() * s + 2] = time(start, end, () -> coll.allToAll(src.pointer(), dst.pointer(), piece, stream,
+                        OP_TIMEOUT_NANOS));
+            }
+        }
+        double[] max = maxOverRanks(times);
+        List<MoreRow> rows = new ArrayList<>();
+        for (int s = 0; s < sizes.size(); s++) {
+            for (int c = 0; c < MORE.size(); c++) {
+                rows.add(new MoreRow(MORE.get(c), sizes.get(s) * world, sizes.get(s), max[MORE.size() * s + c]));
+            }
+        }
+        report("rank " + rank + " timing (all_gather, reduce_scatter, all_to_all)", true, sizes.size() + " sizes timed, "
+                + WARMUP + " warm-up + " + ITERATIONS + " iterations each");
+        if (rank == 0) {
+            String table = moreTable(world, device.toString(), heap, rows);
+            System.out.print(table);
+            try {
+                Files.createDirectories(cfg.out());
+                Files.writeString(cfg.out().resolve("mooncake_more_ws" + world + ".json"),
+                        moreJson(world, device.name(), heap.sharing().name(), rows));
+                Files.writeString(cfg.out().resolve("mooncake_more_ws" + world + ".txt"), table);
+            } catch (IOException e) {
+                throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
+            }
+        }
     }
 
     private static final int TIMES = 4;
@@ -484,13 +664,18 @@ public final class CollectiveBench {
 
     /** Microseconds per all_reduce: {@value #WARMUP} warm-up calls, then {@value #ITERATIONS} between two events. */
     private double time(CudaEvent start, CudaEvent end, long count, Algorithm algorithm) {
-        for (int i = 0; i < WARMUP; i++) {
-            coll.allReduce(src.pointer(), dst.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, algorithm);
-        }
+        return time(start, end, () -> coll.allReduce(src.pointer(), dst.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS,
+                algorithm));
+    }
+
+    /**
+     * Microseconds per {@code op} (which queues one collective): {@value #WARMUP} warm-up calls, then
+     * {@value #ITERATIONS} queued back to back between two events; one synchronisation at the end.
+     */
+    private double time(CudaEvent start, CudaEvent end, Runnable op) {
+        for (int i = 0; i < WARMUP; i++) op.run();
         start.record(stream);
-        for (int i = 0; i < ITERATIONS; i++) {
-            coll.allReduce(src.pointer(), dst.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, algorithm);
-        }
+        for (int i = 0; i < ITERATIONS; i++) op.run();
         end.record(stream);
         end.synchronize();
         coll.check();
@@ -643,6 +828,58 @@ public final class CollectiveBench {
                     us(r.pushUs()), us(r.busbw(r.pullUs(), worldSize)), us(r.busbw(r.pushUs(), worldSize)), r.fasterTwoShot()));
         }
         return t.toString();
+    }
+
+    /**
+     * One timed size of all_gather, reduce_scatter or all_to_all ({@link #MORE}): {@code bytes} of the
+     * full tensor (world pieces of {@code perRank}), microseconds per call.
+     */
+    record MoreRow(String collective, long bytes, long perRank, double timeUs) {
+        /** GB/s of the full tensor: bytes / time. */
+        double algbw() { return bytes / timeUs / 1e3; }
+
+        /** nccl-tests' bus bandwidth of all_gather, reduce_scatter and all_to_all: algbw * (n-1)/n. */
+        double busbw(int worldSize) { return algbw() * (worldSize - 1) / worldSize; }
+    }
+
+    static String moreTable(int worldSize, String device, SymmetricHeap heap, List<MoreRow> rows) {
+        StringBuilder t = new StringBuilder();
+        t.append(String.format(Locale.ROOT, "# mooncake all_gather, reduce_scatter (sum, float32), all_to_all, %d ranks on %s%s%n",
+                worldSize, device, heap == null ? "" : ", " + heap.sharing() + " heap, banks of " + heap.layout().bankBytes() / MIB + " MiB"));
+        t.append(String.format(Locale.ROOT, "# CUDA events around %d iterations after %d warm-up, maximum over ranks;"
+                + " size = the full tensor (world x per rank), busbw = algbw * (n-1)/n%n", ITERATIONS, WARMUP));
+        t.append(String.format(Locale.ROOT, "# %14s %12s %12s %11s %12s %12s%n", "collective", "size(B)", "per rank(B)", "time(us)",
+                "algbw(GB/s)", "busbw(GB/s)"));
+        for (MoreRow r : rows) {
+            t.append(String.format(Locale.ROOT, "  %14s %12d %12d %11.2f %12.2f %12.2f%n", r.collective(), r.bytes(), r.perRank(),
+                    r.timeUs(), r.algbw(), r.busbw(worldSize)));
+        }
+        return t.toString();
+    }
+
+    /**
+     * The second timing table as JSON: {@code mooncake_allgather}, {@code mooncake_reducescatter} and
+     * {@code mooncake_alltoall}, rows {@code [bytes of the full tensor, time_us, busbw_GBps]} as
+     * torch_nccl_more.py writes {@code nccl_allgather}, {@code nccl_reducescatter} and {@code nccl_alltoall}.
+     */
+    static String moreJson(int worldSize, String device, String heapKind, List<MoreRow> rows) {
+        StringBuilder j = new StringBuilder();
+        j.append("{\"world\": ").append(worldSize).append(", \"device\": ").append(quote(device)).append(", \"heap\": ")
+                .append(quote(heapKind)).append(", \"dtype\": \"float32\", \"size\": ")
+                .append(quote("bytes of the full tensor: world x per-rank piece")).append(", \"timing\": ")
+                .append(quote("cuda events, " + WARMUP + " warm-up + " + ITERATIONS + " iterations, max over ranks"));
+        for (String c : MORE) {
+            j.append(", \"mooncake_").append(c).append("\": [");
+            boolean firstRow = true;
+            for (MoreRow r : rows) {
+                if (!r.collective().equals(c)) continue;
+                j.append(firstRow ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(r.timeUs())).append(", ")
+                        .append(number(r.busbw(worldSize))).append(']');
+                firstRow = false;
+            }
+            j.append(']');
+        }
+        return j.append("}\n").toString();
     }
 
     private static String us(double v) { return Double.isNaN(v) ? "-" : String.format(Locale.ROOT, "%.2f", v); }

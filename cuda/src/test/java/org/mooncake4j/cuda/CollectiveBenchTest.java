@@ -113,6 +113,30 @@ class CollectiveBenchTest {
     }
 
     @Test
+    void moreJsonHasTheRowsOfTorchNcclMorePerCollective() {
+        List<CollectiveBench.MoreRow> rows = List.of(
+                new CollectiveBench.MoreRow("allgather", 32, 8, 10.0),
+                new CollectiveBench.MoreRow("reducescatter", 32, 8, 20.0),
+                new CollectiveBench.MoreRow("alltoall", 32, 8, 40.0),
+                new CollectiveBench.MoreRow("allgather", 2048 * MIB, 512 * MIB, 4000.0));
+        String json = CollectiveBench.moreJson(4, "NVIDIA H200", "SHAREABLE", rows);
+        // busbw = bytes of the full tensor / time * (n-1)/n: 32 B in 10 us = 0.0032 GB/s, * 0.75 = 0.0024
+        assertThat(json).startsWith("{\"world\": 4, \"device\": \"NVIDIA H200\", \"heap\": \"SHAREABLE\", \"dtype\": \"float32\"")
+                .contains("\"mooncake_allgather\": [[32, 10.0000, 0.0024], [2147483648, 4000.0000, 402.6532]]")
+                .contains("\"mooncake_reducescatter\": [[32, 20.0000, 0.0012]]")
+                .contains("\"mooncake_alltoall\": [[32, 40.0000, 0.0006]]")
+                .endsWith("]}\n");
+        assertThat(rows.get(3).algbw()).isCloseTo(536.870912, org.assertj.core.data.Offset.offset(1e-9));
+        assertThat(rows.get(3).busbw(2)).isCloseTo(rows.get(3).algbw() / 2, org.assertj.core.data.Offset.offset(1e-9));
+        assertThat(rows.get(3).busbw(1)).isZero();
+        assertThat(CollectiveBench.MORE).containsExactly("allgather", "reducescatter", "alltoall");
+        String t = CollectiveBench.moreTable(4, "cuda:0 (NVIDIA H200)", null, rows);
+        assertThat(t).contains("# mooncake all_gather, reduce_scatter (sum, float32), all_to_all, 4 ranks on cuda:0 (NVIDIA H200)")
+                .contains("busbw = algbw * (n-1)/n")
+                .containsPattern("\\s+reducescatter\\s+32\\s+8\\s+20\\.00\\s+0\\.00\\s+0\\.00");
+    }
+
+    @Test
     void tableLooksLikeNcclTests() {
         String t = CollectiveBench.table(2, "cuda:0 (NVIDIA H200)", null, List.of(new CollectiveBench.Row(1024, 256, "one-shot", 7.5,
                 7.5, Double.NaN, 9.0)));
