@@ -62,7 +62,7 @@ for n in $worlds; do
   # the full-tensor sizes of torch_nccl_more.py: 4^k x 8 B per rank x N
   lo=1M; hi=1G; [[ $((n % 4)) -eq 0 ]] && { lo=2M; hi=2G; }
   for c in all_gather reduce_scatter alltoall; do
-    MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" --collective $c -b $lo -e $hi -f 4 -w 3 -n 10 -c 1 \
+    MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" --collective $c -b $lo -e $hi -f 4 -w 3 -n 10 -c 0 \
         --json "$out/mooncake_${c}_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_${c}_ws$n.txt" | tail -8
   done
   echo "=== NCCL (torch) on $n GPUs ==="

@@ -222,12 +222,14 @@ public final class EpGpuCheck {
         Tensor sc = fp8 ? d.recvScales().to(Device.CPU) : null;
         try {
             long rows = (long) n * M;
+            Inputs[] sources = new Inputs[n];
+            for (int s = 0; s < n; s++) if (active[s] != 0) sources[s] = inputs(round, s);
             for (int j = 0; j < local; j++) {
                 long e = (long) rank * local + j;
                 int p = 0;
                 for (int s = 0; s < n; s++) {
                     if (active[s] == 0) continue;
-                    Inputs in = inputs(round, s);
+                    Inputs in = sources[s];
                     for (int t = 0; t < M; t++) {
                         boolean selected = false;
                         for (int k = 0; k < K; k++) selected |= in.topk()[t * K + k] == e && first(in.topk(), t, k);
