@@ -40,23 +40,8 @@ final class EpBenchCommand implements Callable<Integer> {
         options.validate();
         Path results = json != null ? json.toAbsolutePath() : Files.createTempFile("epbench-", ".json");
         try {
-            List<String> workerArgs = new ArrayList<>(options.toArgs());
-            workerArgs.add("--results");
-            workerArgs.add(results.toString());
-            List<String> jvm = new ArrayList<>(PgBenchCommand.WORKER_JVM_OPTIONS);
-            jvm.addAll(jvmArgs);
-            WorkerLauncher.Outcome outcome;
-            try (Rendezvous rdzv = Rendezvous.hostLocal()) {
-                outcome = WorkerLauncher.builder(EpBenchWorker.class.getName())
-                        .jvmOptions(jvm)
-                        .args(workerArgs)
-                        .nprocPerNode(options.ranks)
-                        .rendezvous(rdzv)
-                        .jobTimeout(Duration.ofSeconds(timeoutS))
-                        .sink(WorkerLauncher.LineSink.console(true))
-                        .build()
-                        .run();
-            }
+            WorkerLauncher.Outcome outcome = PgBenchCommand.runWorkers(EpBenchWorker.class, options.toArgs(), results, options.ranks, timeoutS,
+                    jvmArgs);
             if (!outcome.succeeded()) return outcome.exitCode();
             if (json != null) System.out.println("# results written to " + json);
             return 0;

@@ -45,23 +45,7 @@ final class PgBenchCommand implements Callable<Integer> {
         options.validate();
         Path results = json != null ? json.toAbsolutePath() : Files.createTempFile("pgbench-", ".json");
         try {
-            List<String> workerArgs = new ArrayList<>(options.toArgs());
-            workerArgs.add("--results");
-            workerArgs.add(results.toString());
-            List<String> jvm = new ArrayList<>(WORKER_JVM_OPTIONS);
-            jvm.addAll(jvmArgs);
-            WorkerLauncher.Outcome outcome;
-            try (Rendezvous rdzv = Rendezvous.hostLocal()) {
-                outcome = WorkerLauncher.builder(PgBenchWorker.class.getName())
-                        .jvmOptions(jvm)
-                        .args(workerArgs)
-                        .nprocPerNode(options.ranks)
-                        .rendezvous(rdzv)
-                        .jobTimeout(Duration.ofSeconds(timeoutS))
-                        .sink(WorkerLauncher.LineSink.console(true))
-                        .build()
-                        .run();
-            }
+            WorkerLauncher.Outcome outcome = runWorkers(PgBenchWorker.class, options.toArgs(), results, options.ranks, timeoutS, jvmArgs);
             if (!outcome.succeeded()) return outcome.exitCode();
             if (plot != null) {
                 List<BenchResults.Point> points = BenchResults.readPoints(results, null);
@@ -74,6 +58,30 @@ final class PgBenchCommand implements Callable<Integer> {
             return 0;
         } finally {
             if (json == null) Files.deleteIfExists(results);
+        }
+    }
+
+    /**
+     * Runs {@code ranks} benchmark workers on this host around an embedded store: each gets
+     * {@code args} plus {@code --results FILE} (rank 0 writes the rows there), the workers' JVM
+     * options plus {@code jvmArgs}, and the job stops after {@code timeoutS}.
+     */
+    static WorkerLauncher.Outcome runWorkers(Class<?> worker, List<String> args, Path results, int ranks, long timeoutS, List<String> jvmArgs) {
+        List<String> workerArgs = new ArrayList<>(args);
+        workerArgs.add("--results");
+        workerArgs.add(results.toString());
+        List<String> jvm = new ArrayList<>(WORKER_JVM_OPTIONS);
+        jvm.addAll(jvmArgs);
+        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
+            return WorkerLauncher.builder(worker.getName())
+                    .jvmOptions(jvm)
+                    .args(workerArgs)
+                    .nprocPerNode(ranks)
+                    .rendezvous(rdzv)
+                    .jobTimeout(Duration.ofSeconds(timeoutS))
+                    .sink(WorkerLauncher.LineSink.console(true))
+                    .build()
+                    .run();
         }
     }
 }

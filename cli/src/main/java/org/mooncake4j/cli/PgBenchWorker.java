@@ -44,10 +44,10 @@ public final class PgBenchWorker {
         DType dtype = o.dtype();
         ReduceOp op = o.op();
         BenchCollective c = o.collective;
-        Device dev = Device.parse(o.device).isCuda() ? Device.cuda(localRank()) : Device.CPU;
         try (ProcessGroup g = ProcessGroup.builder().backend(o.backend).init();
              Tensor time = Tensor.zeros(DType.FLOAT64, Device.CPU, 1);
              Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
+            Device dev = g.cudaDevice() >= 0 ? Device.cuda(g.cudaDevice()) : Device.CPU; // --device cuda goes with --backend mooncake
             int rank = g.rank();
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
@@ -117,12 +117,6 @@ public final class PgBenchWorker {
             }
         }
         g.barrier();
-    }
-
-    /** The GPU of this rank: LOCAL_RANK (set by the launcher), else 0. */
-    static int localRank() {
-        String v = System.getenv("LOCAL_RANK");
-        return v == null || v.isBlank() ? 0 : Integer.parseInt(v.trim());
     }
 
     private static void printPreamble(BenchOptions o, int n) {

@@ -66,13 +66,7 @@ final class EpReference {
 
     /** scale = amax / 448 per 128 channels (1 for an all-zero block); q = e4m3(x / scale). */
     static void quantize(short[] x, int offset, byte[] q, float[] scales) {
-        for (int b = 0; b < H / 128; b++) {
-            float amax = 0;
-            for (int c = b * 128; c < b * 128 + 128; c++) amax = Math.max(amax, Math.abs(FloatFormats.bf16ToFloat(x[offset + c])));
-            float scale = amax == 0 ? 1f : amax / 448f;
-            scales[b] = scale;
-            for (int c = b * 128; c < b * 128 + 128; c++) q[c] = FloatFormats.floatToE4m3(FloatFormats.bf16ToFloat(x[offset + c]) / scale);
-        }
+        FloatFormats.quantizeE4m3Blocks(x, offset, H, q, scales);
     }
 
     /** The value an expert sees for channel c of token t of {@code in}: the bf16 value, or the dequantized fp8 one. */

@@ -72,6 +72,8 @@ public final class ProcessGroup implements AutoCloseable {
     private final Tensor activeRanks;
     /** The device side of backend mooncake (null for mooncake-cpu). */
     private final GpuBackend gpu;
+    /** {@link #gpu}'s device (null for mooncake-cpu). */
+    private final Device gpuDevice;
     /** This group's members as ranks of the parent group (null for the world group). */
     private final int[] parentRanks;
     private volatile GroupState state;
@@ -121,6 +123,7 @@ public final class ProcessGroup implements AutoCloseable {
         } else {
             this.gpu = null;
         }
+        this.gpuDevice = gpu == null ? null : Device.cuda(gpu.device().ordinal());
         boolean[] mask = new boolean[slots];
         int[] given = activeRanks.toIntArray();
         for (int r = 0; r < slots; r++) mask[r] = r < worldSize && given[r] != 0;
@@ -284,16 +287,13 @@ public final class ProcessGroup implements AutoCloseable {
 
     /** The stage of one operation: host copies of its device tensors (backend mooncake). */
     private Stage stage() {
-        return gpu == null ? Stage.HOST : Stage.forDevice(backend, Device.cuda(gpu.device().ordinal()));
+        return gpu == null ? Stage.HOST : Stage.forDevice(backend, gpuDevice);
     }
 
     /** Whether {@code t} is a device tensor on this rank's GPU (backend mooncake); fails for another GPU. */
     private boolean onGpu(Tensor t) {
         if (gpu == null || t == null || t.device().isCpu()) return false;
-        if (t.device().index() != gpu.device().ordinal()) {
-            throw new IllegalArgumentException("a tensor is on " + t.device() + " but this rank of the process group (backend " + backend + ") uses cuda:"
-                    + gpu.device().ordinal() + "; move it with to(Device.cuda(" + gpu.device().ordinal() + "))");
-        }
+        Stage.checkDevice(gpuDevice, backend, t, "a tensor");
         return true;
     }
 
@@ -313,8 +313,7 @@ public final class ProcessGroup implements AutoCloseable {
             long ptr = t0.devicePointer();
             long n = t0.numel();
             DType dt = t0.dtype();
-            GpuBackend.Attempts attempts = new GpuBackend.Attempts();
-            return run(OpCode.ALL_REDUCE, async, c -> gpu.allReduce(c, ptr, n, dt, op, attempts), null, Stage.HOST);
+            return run(OpCode.ALL_REDUCE, async, c -> gpu.allReduce(c, ptr, n, dt, op), null, Stage.HOST);
         }
         Stage st = stage();
         Tensor t = st.host(t0, "tensor", true, true);
@@ -327,9 +326,9 @@ public final class ProcessGroup implements AutoCloseable {
     public Work broadcastAsync(Tensor t, int root) { return broadcastAsync(t, root, true); }
 
     private Work broadcastAsync(Tensor t0, int root, boolean async) {
+        checkRoot(root);
         Stage st = stage();
         Tensor t = st.host(t0, "tensor", rank == root, rank != root);
-        checkRoot(root);
         MemorySegment data = t.segment();
         return run(OpCode.BROADCAST, async, c -> {
             requireRoot(c, root, "broadcast");
@@ -343,10 +342,10 @@ public final class ProcessGroup implements AutoCloseable {
     public Work allGatherAsync(List<Tensor> out, Tensor in) { return allGatherAsync(out, in, true); }
 
     private Work allGatherAsync(List<Tensor> out0, Tensor in0, boolean async) {
+        checkList(out0, "output", nonNull(in0, "input"));
         Stage st = stage();
         Tensor in = st.host(in0, "input", true, false);
         List<Tensor> out = st.hostList(out0, "output", false, true);
-        checkList(out, "output", in);
         return run(OpCode.ALL_GATHER, async, c -> {
             int[] m = c.members();
             MemorySegment[] outs = new MemorySegment[m.length];
@@ -367,22 +366,14 @@ public final class ProcessGroup implements AutoCloseable {
             checkNumel(out0, in0.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
             long bytes = in0.byteSize();
             long src = in0.devicePointer(), dst = out0.devicePointer();
-            return run(OpCode.ALL_GATHER, async, c -> {
-                if (c.size() == worldSize()) {
-                    gpu.allGather(c, src, dst, bytes);
-                } else {
-                    try (Tensor hi = in0.to(Device.CPU); Tensor ho = Tensor.zeros(out0.dtype(), Device.CPU, out0.shape())) {
-                        allGatherIntoHost(c, ho, hi, bytes);
-                        out0.copyFrom(ho);
-                    }
-                }
-            }, r -> gpu.zero(dst + r * bytes, bytes), Stage.HOST);
+            return runKernel(OpCode.ALL_GATHER, async, out0, in0, c -> gpu.allGather(c, src, dst, bytes),
+                    (c, o, i) -> allGatherIntoHost(c, o, i, bytes), r -> gpu.zero(dst + r * bytes, bytes));
         }
+        checkSameDtype(nonNull(out0, "output"), nonNull(in0, "input"));
+        checkNumel(out0, in0.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
         Stage st = stage();
         Tensor in = st.host(in0, "input", true, false);
         Tensor out = st.host(out0, "output", false, true);
-        checkSameDtype(out, in);
-        checkNumel(out, in.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
         long bytes = in.byteSize();
         return run(OpCode.ALL_GATHER, async, c -> allGatherIntoHost(c, out, in, bytes), r -> out.segment().asSlice(r * bytes, bytes).fill((byte) 0), st);
     }
@@ -415,23 +406,15 @@ public final class ProcessGroup implements AutoCloseable {
             checkNumel(in0, out0.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
             long src = in0.devicePointer(), dst = out0.devicePointer(), n = out0.numel();
             DType dt = in0.dtype();
-            return run(OpCode.REDUCE_SCATTER, async, c -> {
-                if (c.size() == worldSize()) {
-                    gpu.reduceScatter(c, src, dst, n, dt, op);
-                } else {
-                    try (Tensor hi = in0.to(Device.CPU); Tensor ho = Tensor.zeros(dt, Device.CPU, out0.shape())) {
-                        ReduceScatter.run(c, dt, op, hi.segment(), ho.segment(), n);
-                        out0.copyFrom(ho);
-                    }
-                }
-            }, null, Stage.HOST);
+            return runKernel(OpCode.REDUCE_SCATTER, async, out0, in0, c -> gpu.reduceScatter(c, src, dst, n, dt, op),
+                    (c, o, i) -> ReduceScatter.run(c, dt, op, i.segment(), o.segment(), n), null);
         }
+        checkSameDtype(nonNull(out0, "output"), nonNull(in0, "input"));
+        Reduction.validate(in0.dtype(), op);
+        checkNumel(in0, out0.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
         Stage st = stage();
         Tensor in = st.host(in0, "input", true, false);
         Tensor out = st.host(out0, "output", false, true);
-        checkSameDtype(out, in);
-        Reduction.validate(in.dtype(), op);
-        checkNumel(in, out.numel() * worldSize(), "reduce_scatter_tensor input", "world_size x output numel");
         return run(OpCode.REDUCE_SCATTER, async, c -> ReduceScatter.run(c, in.dtype(), op, in.segment(), out.segment(), out.numel()), null, st);
     }
 
@@ -443,18 +426,20 @@ public final class ProcessGroup implements AutoCloseable {
     private Work allToAllAsync(List<Tensor> out0, List<Tensor> in0, boolean async) {
         checkListSize(out0, "output");
         checkListSize(in0, "input");
+        for (int j = 0; j < worldSize(); j++) {
+            nonNull(out0.get(j), "output[" + j + "]");
+            nonNull(in0.get(j), "input[" + j + "]");
+        }
+        DType dt = in0.get(rank).dtype();
+        for (int j = 0; j < worldSize(); j++) {
+            if (out0.get(j).dtype() != dt || in0.get(j).dtype() != dt) {
+                throw new IllegalArgumentException("all_to_all needs one dtype for every tensor: input[" + rank + "] is " + dt.torchName()
+                        + " but input/output[" + j + "] is " + in0.get(j).dtype().torchName() + "/" + out0.get(j).dtype().torchName());
+            }
+        }
         Stage st = stage();
         List<Tensor> in = st.hostList(in0, "input", true, false);
         List<Tensor> out = st.hostList(out0, "output", false, true);
-        DType dt = in.get(rank).dtype();
-        for (int j = 0; j < worldSize(); j++) {
-            checkHost(out.get(j), "output[" + j + "]");
-            checkHost(in.get(j), "input[" + j + "]");
-            if (out.get(j).dtype() != dt || in.get(j).dtype() != dt) {
-                throw new IllegalArgumentException("all_to_all needs one dtype for every tensor: input[" + rank + "] is " + dt.torchName()
-                        + " but input/output[" + j + "] is " + in.get(j).dtype().torchName() + "/" + out.get(j).dtype().torchName());
-            }
-        }
         return run(OpCode.ALL_TO_ALL, async, c -> {
             int[] m = c.members();
             int n = m.length;
@@ -490,27 +475,41 @@ public final class ProcessGroup implements AutoCloseable {
             if (equalParts(ib) && Arrays.equals(ib, ob)) {
                 long[] inOff = offsets(ib), outOff = offsets(ob);
                 long src = in0.devicePointer(), dst = out0.devicePointer(), block = ib[0];
-                return run(OpCode.ALL_TO_ALL, async, c -> {
-                    if (c.size() == worldSize()) {
-                        gpu.allToAll(c, src, dst, block);
-                    } else {
-                        try (Tensor hi = in0.to(Device.CPU); Tensor ho = Tensor.zeros(out0.dtype(), Device.CPU, out0.shape())) {
-                            allToAllSingleHost(c, ho, hi, ib, ob, inOff, outOff);
-                            out0.copyFrom(ho);
-                        }
-                    }
-                }, r -> gpu.zero(dst + outOff[r], ob[r]), Stage.HOST);
+                return runKernel(OpCode.ALL_TO_ALL, async, out0, in0, c -> gpu.allToAll(c, src, dst, block),
+                        (c, o, i) -> allToAllSingleHost(c, o, i, ib, ob, inOff, outOff), r -> gpu.zero(dst + outOff[r], ob[r]));
             }
         }
+        checkSameDtype(nonNull(out0, "output"), nonNull(in0, "input"));
+        long[] ib = splitBytes(in0, inSplits, "input");
+        long[] ob = splitBytes(out0, outSplits, "output");
+        long[] inOff = offsets(ib), outOff = offsets(ob);
         Stage st = stage();
         Tensor in = st.host(in0, "input", true, false);
         Tensor out = st.host(out0, "output", false, true);
-        checkSameDtype(out, in);
-        long[] ib = splitBytes(in, inSplits, "input");
-        long[] ob = splitBytes(out, outSplits, "output");
-        long[] inOff = offsets(ib), outOff = offsets(ob);
         return run(OpCode.ALL_TO_ALL, async, c -> allToAllSingleHost(c, out, in, ib, ob, inOff, outOff),
                 r -> out.segment().asSlice(outOff[r], ob[r]).fill((byte) 0), st);
+    }
+
+    /** A host algorithm over host tensors {@code out} and {@code in}. */
+    private interface HostBody { void run(CollectiveContext c, Tensor out, Tensor in); }
+
+    /**
+     * Runs an out-of-place GPU operation whose kernel needs every rank of the group: {@code kernel}
+     * while all are members, else {@code host} on host copies of {@code in} and {@code out} (the
+     * input stays intact, so a redo may rerun either).
+     */
+    private Work runKernel(OpCode code, boolean async, Tensor out, Tensor in, Body kernel, HostBody host,
+                           java.util.function.IntConsumer clearPart) {
+        return run(code, async, c -> {
+            if (c.size() == worldSize()) {
+                kernel.run(c);
+                return;
+            }
+            try (Tensor hi = in.to(Device.CPU); Tensor ho = Tensor.zeros(out.dtype(), Device.CPU, out.shape())) {
+                host.run(c, ho, hi);
+                out.copyFrom(ho);
+            }
+        }, clearPart, Stage.HOST);
     }
 
     private static boolean equalParts(long[] b) {
@@ -583,10 +582,10 @@ public final class ProcessGroup implements AutoCloseable {
     public Work reduceAsync(Tensor t, int root, ReduceOp op) { return reduceAsync(t, root, op, true); }
 
     private Work reduceAsync(Tensor t0, int root, ReduceOp op, boolean async) {
+        checkRoot(root);
+        Reduction.validate(nonNull(t0, "tensor").dtype(), op);
         Stage st = stage();
         Tensor t = st.host(t0, "tensor", true, rank == root);
-        checkRoot(root);
-        Reduction.validate(t.dtype(), op);
         return run(OpCode.REDUCE, async, c -> {
             requireRoot(c, root, "reduce");
             Reduce.run(c, t.dtype(), op, t.segment(), t.numel(), root);
@@ -599,11 +598,11 @@ public final class ProcessGroup implements AutoCloseable {
     public Work gatherAsync(Tensor in, List<Tensor> out, int root) { return gatherAsync(in, out, root, true); }
 
     private Work gatherAsync(Tensor in0, List<Tensor> out0, int root, boolean async) {
+        checkRoot(root);
+        if (rank == root) checkList(out0, "gather output", nonNull(in0, "input"));
         Stage st = stage();
         Tensor in = st.host(in0, "input", true, false);
         List<Tensor> out = rank == root ? st.hostList(out0, "gather output", false, true) : out0;
-        checkRoot(root);
-        if (rank == root) checkList(out, "gather output", in);
         return run(OpCode.GATHER, async, c -> {
             requireRoot(c, root, "gather");
             int[] m = c.members();
@@ -621,11 +620,11 @@ public final class ProcessGroup implements AutoCloseable {
     public Work scatterAsync(Tensor out, List<Tensor> in, int root) { return scatterAsync(out, in, root, true); }
 
     private Work scatterAsync(Tensor out0, List<Tensor> in0, int root, boolean async) {
+        checkRoot(root);
+        if (rank == root) checkList(in0, "scatter input", nonNull(out0, "output"));
         Stage st = stage();
         Tensor out = st.host(out0, "output", false, true);
         List<Tensor> in = rank == root ? st.hostList(in0, "scatter input", true, false) : in0;
-        checkRoot(root);
-        if (rank == root) checkList(in, "scatter input", out);
         return run(OpCode.SCATTER, async, c -> {
             requireRoot(c, root, "scatter");
             int[] m = c.members();
@@ -643,9 +642,9 @@ public final class ProcessGroup implements AutoCloseable {
 
     /** Posts a send; messages to one peer leave in posting order. Fails if the peer leaves the group meanwhile. */
     public Work isend(Tensor t0, int dst, int tag) {
+        checkPeer(dst, "destination");
         Stage st = stage();
         Tensor t = st.host(t0, "tensor", true, false);
-        checkPeer(dst, "destination");
         MemorySegment data = t.segment();
         long bytes = t.byteSize();
         return p2p(sendThread(dst), "send to rank " + dst + " tag " + tag, (pl, d) -> pl.p2p.send(dst, tag, pl.epoch, data, bytes, d), dst, st);
@@ -653,9 +652,9 @@ public final class ProcessGroup implements AutoCloseable {
 
     /** Posts a receive; matched by tag, in order per (peer, tag). */
     public Work irecv(Tensor t0, int src, int tag) {
+        checkPeer(src, "source");
         Stage st = stage();
         Tensor t = st.host(t0, "tensor", false, true);
-        checkPeer(src, "source");
         MemorySegment data = t.segment();
         long bytes = t.byteSize();
         return p2p(recvThread(src), "recv from rank " + src + " tag " + tag, (pl, d) -> pl.p2p.recv(src, tag, data, bytes, d), src, st);
@@ -1036,7 +1035,7 @@ public final class ProcessGroup implements AutoCloseable {
         try {
             checkUsable();
             st.copyIn();
-            execute(code, body, clearPart, work);
+            execute(code, body, clearPart);
             st.copyOut();
         } finally {
             st.close();
@@ -1044,7 +1043,7 @@ public final class ProcessGroup implements AutoCloseable {
         if (work != null) work.complete(lastDropped, lastCovered);
     }
 
-    private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work) {
+    private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart) {
         GroupState start = state;
         long seq;
         while (true) {
@@ -1211,12 +1210,9 @@ public final class ProcessGroup implements AutoCloseable {
         }
     }
 
-    private void checkHost(Tensor t, String what) {
+    private static Tensor nonNull(Tensor t, String what) {
         if (t == null) throw new IllegalArgumentException(what + " is null");
-        if (!t.device().isCpu()) {
-            throw new IllegalArgumentException("backend " + backend + " needs CPU tensors, but " + what + " is on " + t.device()
-                    + "; use backend 'mooncake' for device tensors or copy with to(Device.CPU)");
-        }
+        return t;
     }
 
     private void checkSameDtype(Tensor a, Tensor b) {
@@ -1241,7 +1237,7 @@ public final class ProcessGroup implements AutoCloseable {
         checkListSize(list, what);
         for (int j = 0; j < list.size(); j++) {
             Tensor t = list.get(j);
-            checkHost(t, what + "[" + j + "]");
+            if (t == null) throw new IllegalArgumentException(what + "[" + j + "] is null");
             if (t.dtype() != like.dtype() || t.numel() != like.numel()) {
                 throw new IllegalArgumentException(what + "[" + j + "] is " + t.dtype().torchName() + Arrays.toString(t.shape())
                         + " but must match " + like.dtype().torchName() + Arrays.toString(like.shape()));

@@ -46,7 +46,7 @@ class Stage implements AutoCloseable {
             throw new IllegalArgumentException("backend " + ProcessGroup.BACKEND_CPU + " needs CPU tensors, but " + what + " is on " + t.device()
                     + "; use backend 'mooncake' for device tensors or copy with to(Device.CPU)");
         }
-        checkDevice(t, what);
+        checkDevice(device, backend, t, what);
         if (arena == null) {
             arena = Arena.ofShared();
             in = new ArrayList<>(2);
@@ -59,9 +59,21 @@ class Stage implements AutoCloseable {
         return h;
     }
 
-    /** {@link #host} for each tensor of a list (null stays null: e.g. gather's output on a non-root). */
+    /**
+     * {@link #host} for each tensor of a list (null stays null: e.g. gather's output on a non-root); a
+     * list of host tensors is returned as it is.
+     */
     List<Tensor> hostList(List<Tensor> list, String what, boolean copyIn, boolean copyOut) {
-        if (list == null || device == null) return list;
+        if (list == null) return null;
+        boolean allHost = true;
+        for (int j = 0; j < list.size(); j++) {
+            Tensor t = list.get(j);
+            if (t != null && !t.device().isCpu()) {
+                allHost = false;
+                if (device == null) host(t, what + "[" + j + "]", copyIn, copyOut); // throws: this backend moves host memory only
+            }
+        }
+        if (allHost) return list;
         List<Tensor> h = new ArrayList<>(list.size());
         for (int j = 0; j < list.size(); j++) {
             Tensor t = list.get(j);
@@ -70,8 +82,8 @@ class Stage implements AutoCloseable {
         return h;
     }
 
-    /** Fails unless {@code t} is on this stage's device. */
-    void checkDevice(Tensor t, String what) {
+    /** Fails unless device tensor {@code t} is on {@code device}, the GPU of a process group of backend {@code backend}. */
+    static void checkDevice(Device device, String backend, Tensor t, String what) {
         if (!t.device().equals(device)) {
             throw new IllegalArgumentException(what + " is on " + t.device() + " but this rank of the process group (backend " + backend + ") uses "
                     + device + "; move it with to(Device.cuda(" + device.index() + "))");

@@ -57,4 +57,19 @@ public final class FloatFormats {
         if (exp > 15 || (exp == 15 && m == 7)) return (byte) (sign | 0x7e);
         return (byte) (sign | (exp << 3) | m);
     }
+
+    /**
+     * FP8 e4m3 with one float32 scale per 128 channels, for {@code hidden} bf16 values at
+     * {@code x[offset..]}: {@code scale = amax / 448} over each block (1 for an all-zero block),
+     * {@code q = e4m3(x / scale)}. Fills {@code q[0..hidden)} and {@code scales[0..hidden/128)}.
+     */
+    public static void quantizeE4m3Blocks(short[] x, int offset, int hidden, byte[] q, float[] scales) {
+        for (int b = 0; b < hidden / 128; b++) {
+            float amax = 0;
+            for (int c = b * 128; c < b * 128 + 128; c++) amax = Math.max(amax, Math.abs(bf16ToFloat(x[offset + c])));
+            float scale = amax == 0 ? 1f : amax / E4M3_MAX;
+            scales[b] = scale;
+            for (int c = b * 128; c < b * 128 + 128; c++) q[c] = floatToE4m3(bf16ToFloat(x[offset + c]) / scale);
+        }
+    }
 }

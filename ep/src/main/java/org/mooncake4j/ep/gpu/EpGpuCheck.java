@@ -135,13 +135,7 @@ public final class EpGpuCheck {
     }
 
     static void quantize(short[] x, int off, byte[] q, float[] scales) {
-        for (int b = 0; b < H / 128; b++) {
-            float amax = 0;
-            for (int c = b * 128; c < b * 128 + 128; c++) amax = Math.max(amax, Math.abs(FloatFormats.bf16ToFloat(x[off + c])));
-            float scale = amax == 0 ? 1f : amax / 448f;
-            scales[b] = scale;
-            for (int c = b * 128; c < b * 128 + 128; c++) q[c] = FloatFormats.floatToE4m3(FloatFormats.bf16ToFloat(x[off + c]) / scale);
-        }
+        FloatFormats.quantizeE4m3Blocks(x, off, H, q, scales);
     }
 
     /** What an expert sees of token t: the bf16 values, or the dequantized fp8 ones. */

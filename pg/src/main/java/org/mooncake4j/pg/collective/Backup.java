@@ -24,6 +24,12 @@ public final class Backup implements AutoCloseable {
     /** Bytes of the current input already copied; -1 when the copy failed. */
     private volatile long saved;
     private ExecutorService copier;
+    private Restorer restorer;
+
+    /** Puts back an input that lives outside host memory (a device copy taken by the operation). */
+    public interface Restorer {
+        void restore();
+    }
 
     private void ensureCapacity(long n) {
         if (buffer.byteSize() >= n) return;
@@ -75,14 +81,27 @@ public final class Backup implements AutoCloseable {
         }
     }
 
+    /**
+     * Remembers that this attempt saved its input elsewhere (e.g. in device memory): {@link #restore}
+     * calls {@code r} instead of copying host memory. Cleared, like a host save, when the next attempt begins.
+     */
+    public void saveWith(Restorer r) {
+        restorer = r;
+    }
+
     /** Puts the saved input back, if this operation saved one. */
     public void restore() {
+        if (restorer != null) {
+            restorer.restore();
+            return;
+        }
         if (target == null) return;
         awaitSaved(bytes);
         MemorySegment.copy(buffer, 0, target, 0, bytes);
     }
 
     public void clear() {
+        restorer = null;
         if (target != null) awaitSaved(bytes); // never leave the copy thread reading a buffer the caller may free
         target = null;
     }

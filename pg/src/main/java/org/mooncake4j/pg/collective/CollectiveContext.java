@@ -87,6 +87,9 @@ public final class CollectiveContext {
     /** The epoch of the membership this operation runs over. */
     public long epoch() { return epoch; }
 
+    /** Where an in-place operation saves its input for a redo (reset at the start of every attempt). */
+    public Backup backup() { return backup; }
+
     /** The deadline of the current attempt. */
     public Deadline deadline() { return deadline; }
 

@@ -4,7 +4,6 @@ import java.time.Duration;
 import java.util.List;
 import java.util.Locale;
 import org.mooncake4j.core.DType;
-import org.mooncake4j.core.Deadline;
 import org.mooncake4j.cuda.CollectiveTimeoutException;
 import org.mooncake4j.cuda.CudaCollectives;
 import org.mooncake4j.cuda.CudaDevice;
@@ -15,6 +14,7 @@ import org.mooncake4j.cuda.DeviceBuffer;
 import org.mooncake4j.cuda.ExchangeTimeoutException;
 import org.mooncake4j.cuda.SymmetricHeap;
 import org.mooncake4j.pg.ReduceOp;
+import org.mooncake4j.pg.collective.Backup;
 import org.mooncake4j.pg.collective.Channels;
 import org.mooncake4j.pg.collective.CollectiveContext;
 import org.mooncake4j.transfer.store.MetadataStore;
@@ -43,6 +43,8 @@ public final class GpuBackend implements AutoCloseable {
     public static final String HEAP_ENV = "MOONCAKE_GPU_HEAP_MB";
     public static final String HEAP_PROPERTY = "mooncake4j.gpuHeapMb";
     static final long DEFAULT_HEAP_MIB = 257;
+    /** How long past the kernels' own deadline the host waits for the stream before calling the GPU hung. */
+    private static final long STREAM_GRACE_NANOS = 30_000_000_000L;
     private static final Logger LOG = LoggerFactory.getLogger(GpuBackend.class);
 
     private final CudaDevice device;
@@ -55,11 +57,17 @@ public final class GpuBackend implements AutoCloseable {
     private final int rank;
     private final Duration timeout;
     private final long heapBytes;
+    /** How long a kernel waits for peers: the group timeout. */
+    private final long kernelTimeoutNanos;
     private SymmetricHeap heap;
     private CudaCollectives coll;
     private long heapEpoch = -1;
     private int[] heapMembers = new int[0];
     private DeviceBuffer backup;
+    /** Where the current in-place operation's input came from (put back from {@link #backup} on a redo). */
+    private long savedPtr;
+    private long savedBytes;
+    private final Backup.Restorer restoreInput = this::restoreInput;
     private boolean closed;
 
     private GpuBackend(CudaDevice device, CudaModule kernels, CudaStream stream, CudaEvent done, MetadataStore store, String keyPrefix,
@@ -74,6 +82,7 @@ public final class GpuBackend implements AutoCloseable {
         this.rank = rank;
         this.timeout = timeout;
         this.heapBytes = heapBytes;
+        this.kernelTimeoutNanos = Math.min(timeout.toNanos(), CudaCollectives.MAX_TIMEOUT_NANOS);
     }
 
     /**
@@ -119,30 +128,23 @@ public final class GpuBackend implements AutoCloseable {
         return (dtype == DType.FLOAT32 || dtype == DType.BFLOAT16) && (op == ReduceOp.SUM || op == ReduceOp.AVG);
     }
 
-    /** A per-operation record of whether the input was saved (first attempt) or must be restored (a redo). */
-    public static final class Attempts {
-        int count;
-    }
-
     /**
      * In-place all-reduce of {@code count} elements at device pointer {@code ptr} over the members of
-     * {@code c}; AVG divides the sum by the member count.
+     * {@code c}; AVG divides the sum by the member count. The input is first copied to a device backup
+     * that the group's redo puts back ({@link org.mooncake4j.pg.collective.Backup#saveWith}).
      */
-    public void allReduce(CollectiveContext c, long ptr, long count, DType dtype, ReduceOp op, Attempts attempts) {
-        long bytes = count * dtype.byteSize();
-        if (attempts.count++ == 0) {
-            if (bytes > 0 && c.size() > 1) {
-                stream.copyDeviceToDevice(ptr, backup(bytes), bytes);
-            }
-        } else if (bytes > 0 && backup != null) {
-            stream.copyDeviceToDevice(backup.pointer(), ptr, bytes);
-        }
+    public void allReduce(CollectiveContext c, long ptr, long count, DType dtype, ReduceOp op) {
         if (c.size() == 1 || count == 0) {
             finish(c, null);
             return;
         }
+        long bytes = count * dtype.byteSize();
+        stream.copyDeviceToDevice(ptr, backup(bytes), bytes);
+        savedPtr = ptr;
+        savedBytes = bytes;
+        c.backup().saveWith(restoreInput);
         CudaCollectives k = collectives(c);
-        k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos());
+        k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos);
         if (op == ReduceOp.AVG) k.divide(ptr, count, dtype, c.size(), stream);
         finish(c, k);
     }
@@ -153,14 +155,14 @@ public final class GpuBackend implements AutoCloseable {
      */
     public void allGather(CollectiveContext c, long src, long dst, long bytesPerRank) {
         CudaCollectives k = collectives(c);
-        k.allGather(src, dst, bytesPerRank, stream, kernelTimeoutNanos());
+        k.allGather(src, dst, bytesPerRank, stream, kernelTimeoutNanos);
         finish(c, k);
     }
 
     /** Reduce-scatter (SUM, or AVG) of {@code countPerRank} elements per rank; every rank among the members. */
     public void reduceScatter(CollectiveContext c, long src, long dst, long countPerRank, DType dtype, ReduceOp op) {
         CudaCollectives k = collectives(c);
-        k.reduceScatter(src, dst, countPerRank, dtype, stream, kernelTimeoutNanos());
+        k.reduceScatter(src, dst, countPerRank, dtype, stream, kernelTimeoutNanos);
         if (op == ReduceOp.AVG) k.divide(dst, countPerRank, dtype, c.size(), stream);
         finish(c, k);
     }
@@ -168,25 +170,25 @@ public final class GpuBackend implements AutoCloseable {
     /** All-to-all of equal blocks of {@code bytesPerRank}; every rank among the members. */
     public void allToAll(CollectiveContext c, long src, long dst, long bytesPerRank) {
         CudaCollectives k = collectives(c);
-        k.allToAll(src, dst, bytesPerRank, stream, kernelTimeoutNanos());
+        k.allToAll(src, dst, bytesPerRank, stream, kernelTimeoutNanos);
         finish(c, k);
+    }
+
+    private void restoreInput() {
+        stream.copyDeviceToDevice(backup.pointer(), savedPtr, savedBytes);
     }
 
     /** Queues {@code dst[0..bytes) = 0} and waits for it (used to clear a dropped rank's output part). */
     public void zero(long dst, long bytes) {
         if (bytes <= 0) return;
         stream.fill(dst, (byte) 0, bytes);
-        awaitStream(Deadline.after(timeout));
-    }
-
-    private long kernelTimeoutNanos() {
-        return Math.min(timeout.toNanos(), CudaCollectives.MAX_TIMEOUT_NANOS);
+        awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
     }
 
     private long backup(long bytes) {
         if (backup == null || backup.size() < bytes) {
             if (backup != null) {
-                awaitStream(Deadline.after(timeout));
+                awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
                 backup.close();
                 backup = null;
             }
@@ -208,8 +210,8 @@ public final class GpuBackend implements AutoCloseable {
         try {
             heap = SymmetricHeap.create(device, index, m.length, heapBytes, ex);
         } catch (ExchangeTimeoutException e) {
-            List<Integer> missing = e.missingRanks();
-            throw new Channels.WaitFailure(missing.isEmpty() ? m[(index + 1) % m.length] : missing.get(0), true, e);
+            // the exchange names group ranks
+            throw new Channels.WaitFailure(e.missingRanks().isEmpty() ? m[(index + 1) % m.length] : e.missingRanks().get(0), true, e);
         }
         try {
             coll = CudaCollectives.create(heap, kernels);
@@ -233,35 +235,36 @@ public final class GpuBackend implements AutoCloseable {
      * for the next epoch).
      */
     private void finish(CollectiveContext c, CudaCollectives k) {
-        awaitStream(Deadline.afterNanos(kernelTimeoutNanos() + Duration.ofSeconds(30).toNanos()));
+        awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
         if (k == null) return;
         try {
             k.check();
         } catch (CollectiveTimeoutException e) {
-            int[] m = heapMembers;
+            int[] m = heapMembers; // the kernel names heap positions
             List<Integer> missing = e.missingRanks();
             int peer = missing.isEmpty() ? m[(c.position() + 1) % m.length] : m[missing.get(0)];
-            LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} missing={}", group, rank, c.epoch(), c.opSeq(), missing);
+            LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} missing heap positions={} of members {}", group, rank, c.epoch(),
+                    c.opSeq(), missing, java.util.Arrays.toString(m));
             closeHeap();
             throw new Channels.WaitFailure(peer, true, e);
         }
     }
 
-    private void awaitStream(Deadline d) {
+    /** Polls an event recorded now until the stream's work is done; gives up {@code limitNanos} from now. */
+    private void awaitStream(long limitNanos) {
         done.record(stream);
-        int spins = 0;
-        while (!done.query()) {
-            if (++spins > 2000) {
-                if (d.expired()) {
-                    throw new IllegalStateException("rank " + rank + " of group '" + group + "': the GPU work on " + device
-                            + " did not finish within the group timeout plus 30 s although every kernel wait has a deadline;"
-                            + " the GPU may be hung or shared with a long-running job. Check nvidia-smi.");
-                }
+        long start = System.nanoTime();
+        for (int spins = 0; !done.query(); spins++) {
+            if (spins < 20_000) {
                 Thread.onSpinWait();
-                if (spins > 20000) java.util.concurrent.locks.LockSupport.parkNanos(20_000);
-            } else {
-                Thread.onSpinWait();
+                continue;
             }
+            if (System.nanoTime() - start > limitNanos) {
+                throw new IllegalStateException("rank " + rank + " of group '" + group + "': the GPU work on " + device + " did not finish within "
+                        + limitNanos / 1_000_000 + " ms although every kernel wait has a deadline; the GPU may be hung or shared with a"
+                        + " long-running job. Check nvidia-smi.");
+            }
+            java.util.concurrent.locks.LockSupport.parkNanos(20_000);
         }
     }
 
