@@ -18,7 +18,8 @@
 # ratio_ws<N>.txt. Exit status 0 when every run passed.
 #
 # Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per run, default 900), TORCH_BASELINES
-# (default .device/torch_baselines.py), WORLDS (default "2 <all GPUs>"), ITERS (default 50), WARMUP (default 10).
+# (default .device/torch_baselines.py), WORLDS (default "2 <all GPUs>"), ITERS (default 200), WARMUP (default 1000: enough
+# calls for the JIT to compile the host path).
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends).
 set -uo pipefail
 
@@ -78,7 +79,7 @@ for n in $worlds; do
   echo "=== mooncake4j epbench --device cuda: $n processes on GPUs $gpus"
   CUDA_VISIBLE_DEVICES=$gpus timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -XX:+UseSerialGC -cp "$jars/*" \
     org.mooncake4j.cli.Main epbench --device cuda -g "$n" --tokens 128 --hidden 7168 --topk 8 --experts 288 --fp8 \
-    --iters "${ITERS:-50}" --warmup "${WARMUP:-10}" --timeout-s "$limit" --json "$out/epbench_ws$n.json" 2>&1 | tee "$out/epbench_ws$n.log"
+    --iters "${ITERS:-200}" --warmup "${WARMUP:-1000}" --timeout-s "$limit" --json "$out/epbench_ws$n.json" 2>&1 | tee "$out/epbench_ws$n.log"
   note "epbench ws$n" "${PIPESTATUS[0]}"
 done
 

@@ -14,8 +14,12 @@
 # Logs go to $OUT (default: a new temporary folder): ws<N>/<mode>.rank<r>.log. Prints every PASS/FAIL
 # line, the timing JSON lines and a summary; exit status 0 only when every process passed.
 #
-# Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per process, default 600), WORLDS
-# (default "2 <all GPUs>"), MODES (default "check fail timing"), ITERS (timing iterations, default 200),
+# A process still running at TIMEOUT_S gets SIGQUIT first (the JVM prints every thread's stack into its log),
+# then SIGKILL 10 s later.
+# Environment: JAVA (default /tmp/jre25/bin/java), JAVA_OPTS (extra JVM flags, e.g. -Dmooncake4j.ep.profile=true
+# for per-kernel times in timing mode), TIMEOUT_S (per process, default 600), WORLDS
+# (default "2 <all GPUs>"), MODES (default "check fail timing"), ITERS (timing iterations, default 200), WARMUP
+# (untimed iterations first, default 2000),
 # MASTER_ADDR (default 127.0.0.1), PORT_BASE (default 29600).
 set -uo pipefail
 
@@ -76,7 +80,7 @@ for n in $worlds; do
     pids=()
     for ((r = 0; r < n; r++)); do
       CUDA_VISIBLE_DEVICES=$gpus RANK=$r WORLD_SIZE=$n LOCAL_RANK=$r MASTER_ADDR=${MASTER_ADDR:-127.0.0.1} MASTER_PORT=$port \
-        ITERS=${ITERS:-200} timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
+        ITERS=${ITERS:-200} WARMUP=${WARMUP:-2000} timeout --signal=QUIT --kill-after=10 "$limit" "$java" ${JAVA_OPTS:-} --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
         org.mooncake4j.ep.gpu.EpGpuCheck "$mode" > "$logs/$mode.rank$r.log" 2>&1 &
       pids+=($!)
     done

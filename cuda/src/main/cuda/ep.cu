@@ -11,41 +11,55 @@
 //                then H bf16, or H e4m3 bytes + H/128 float32 scales
 //   recvX, recvScales, combineSend (bf16 [L][R*M][H]), combineRecv (bf16 [E][M][H])
 //
+// Two kernels per operation, each a single launch (the host queues them back to back, or the receive
+// later from a hook):
+//
 // Dispatch (sequence number seq):
-//   ep_dispatch_send    one warp per token: for each top-k slot in order whose expert e is not -1, not
-//                       selected in an earlier slot, and whose rank r = e / L is active, it takes the
-//                       row i = number of earlier tokens that selected e and stores the message into
-//                       staging (e % L, this rank, i) of rank r. FP8 quantizes in the kernel: per 128
-//                       channels scale = amax / 448 (1 when all zero), value = e4m3(x / scale) rounded to
-//                       nearest even, saturating at 448 (bit-identical to HostEpPath.quantizeRow). The
+//   ep_dispatch_send    one block per token (grid-stride). The block's warps first work out, for each
+//                       top-k slot, whether it sends (expert e not -1, in range, not selected in an
+//                       earlier slot, rank r = e / L active) and its row i = number of earlier tokens
+//                       that selected e (so each source's rows for an expert are in token order). With
+//                       FP8 the block then quantizes the token once into a private message buffer: per
+//                       128 channels scale = amax / 448 (1 when all zero), value = e4m3(x / scale)
+//                       rounded to nearest even, saturating at 448 (bit-identical to
+//                       HostEpPath.quantizeRow). Last, all threads of the block store the message into
+//                       staging (e % L, this rank, i) of every rank r it goes to, 16 bytes a thread at a
+//                       time (header built in registers, body from the message buffer or from x). The
 //                       last block to finish (a fenced block counter) stores the per-expert counts into
-//                       every active rank's counts[this rank] and then release-stores seq into its
-//                       dispatch word. It also records which ranks it sent to (sent_to[seq & 1]).
-//   ep_wait             one thread per source: skips sources that are 0 in activeRanks; otherwise
-//                       polls the source's word (acquire, system scope) until it is >= seq or the
-//                       deadline (%globaltimer, timeout_ns after the start) passes; a late source is
-//                       set to 0 in activeRanks (device memory) and reported in the host-mapped status
-//                       slot {seq, missing-rank mask}.
-//   ep_dispatch_recv    one warp per (local expert j, packed row p): the rows of the arrived sources in
-//                       rank order, each source's rows in token order (the order it wrote them), are
-//                       copied to recvX (and recvScales); the source and token of each row are kept in
-//                       row_src_token for the combine. Counts outside [0, M] or a row of another
-//                       dispatch are reported in the host-mapped error words.
+//                       every active rank's counts[this rank], records the ranks sent to (sent_to[seq &
+//                       1]) and release-stores seq into its dispatch word of every active rank.
+//   ep_dispatch_recv    every block first agrees on the arrived sources (wait_decide below), then the
+//                       grid copies the arrived rows, one warp per row: the rows of expert j are the
+//                       arrived sources' rows in rank order, each source's rows in token order. Rows go
+//                       to recvX (and recvScales); each row's source and token go to row_src_token, and
+//                       the (expert, source) counts to `used`, for the combine. Counts outside [0, M]
+//                       or a row of another dispatch are reported in the host-mapped error words.
 // Combine (sequence number seq):
-//   ep_combine_send     one warp per received row: stores the expert output row into
-//                       combineRecv (global expert, token) of the source rank, when that rank is
-//                       active; the last block then release-stores seq into the combine word of this
-//                       rank in every active rank's buffer.
-//   ep_wait             as above, over the ranks this rank dispatched to (sent_to of the dispatch).
-//   ep_combine_recv     one warp per token: acc = acc + w[k] * y[k] in float32 (no fused multiply-add)
-//                       over the top-k slots in order whose expert is not -1 and whose rank was sent to
-//                       and is active, rounded to bf16 (nearest even), like HostEpPath.
-//   ep_host_signal      release-stores a ticket into host-mapped memory; the host polls it with a
-//                       deadline instead of blocking in the driver.
+//   ep_combine_send     one warp per received row: stores the expert output row into combineRecv
+//                       (global expert, token) of the source rank, when that rank is active; the last
+//                       block then release-stores seq into the combine word of this rank in every
+//                       active rank's buffer.
+//   ep_combine_recv     agrees on the arrived expert ranks (wait_decide over the ranks the dispatch
+//                       sent to), then one thread per (token, 8 channels): acc = acc + w[k] * y[k] in
+//                       float32 (no fused multiply-add) over the top-k slots in order whose expert is
+//                       not -1 and whose rank arrived, rounded to bf16 (nearest even), like HostEpPath.
+//
+// wait_decide: warp 0 of each block polls the sources' sequence words (acquire, system scope) until
+// every needed source (active, and for the combine sent to) reached seq, or until its deadline
+// (%globaltimer, timeout_ns after it started) passed. The first block to finish publishes its arrived
+// mask with a compare-and-swap into a decision word tagged with seq; every other block adopts the
+// published mask, so all blocks of the grid use the same sources even when one arrives at the
+// deadline. The deciding block sets the late sources to 0 in activeRanks (device memory) and reports
+// {seq, missing-rank mask} in the host-mapped status slot. No block waits for another block of its
+// grid, so the kernels need no co-residency.
+//
+// The receive kernels end with the last block release-storing a host ticket into host-mapped memory
+// (when the host passed one); the host polls it with a deadline instead of blocking in the driver.
+// ep_host_signal does the same as a kernel of its own.
 //
 // Expert ids outside [0, E) are skipped like -1 (the host does not read device tensors back to check).
 // Sequence words only grow, so a write from an earlier round is never taken for the current one.
-// Peer data is read with ld.global.cg (L2), after the acquire of the wait kernel on the same stream.
+// Peer data is read with ld.global.cg (L2) after the acquire.
 #include <cuda_bf16.h>
 
 #include "common.cuh"
@@ -114,14 +128,24 @@ __device__ __forceinline__ void warp_copy(uint8_t* dst, const uint8_t* src, uint
     if (aligned16(dst) && aligned16(src) && (bytes & 15) == 0) {
         const uint4* s = reinterpret_cast<const uint4*>(src);
         uint4* d = reinterpret_cast<uint4*>(dst);
-        for (uint64_t v = lane; v < bytes / 16; v += 32) d[v] = __ldcg(s + v);
+        const uint64_t n = bytes / 16;
+        uint64_t v = lane;
+        // four loads in flight per lane before their stores
+        for (; v + 96 < n; v += 128) {
+            const uint4 a = __ldcg(s + v), b = __ldcg(s + v + 32), c = __ldcg(s + v + 64), e = __ldcg(s + v + 96);
+            d[v] = a;
+            d[v + 32] = b;
+            d[v + 64] = c;
+            d[v + 96] = e;
+        }
+        for (; v < n; v += 32) d[v] = __ldcg(s + v);
     } else {
         for (uint64_t b = lane; b < bytes; b += 32) dst[b] = __ldcg(src + b);
     }
 }
 
 // The last block of a launch to get here returns true (after every block's stores are fenced); it
-// resets the counter for the next launch.
+// resets the counter for the next launch. Every thread of every block must call it.
 __device__ bool last_block(uint32_t* counter) {
     __shared__ bool last;
     __threadfence_system();
@@ -136,6 +160,12 @@ __device__ bool last_block(uint32_t* counter) {
     return last;
 }
 
+// After the kernel's work: the last block release-stores `ticket` into the host-mapped done word.
+__device__ void finish_ticket(uint32_t* counter, uint64_t* done_word, uint64_t ticket) {
+    if (ticket == 0) return;
+    if (last_block(counter) && threadIdx.x == 0) store_release_sys(done_word, ticket);
+}
+
 // Whether token row `sel` (K entries) selects e in a slot before k.
 __device__ __forceinline__ bool selected_before(const int64_t* sel, int k, int64_t e) {
     for (int q = 0; q < k; ++q) {
@@ -145,6 +175,7 @@ __device__ __forceinline__ bool selected_before(const int64_t* sel, int k, int64
 }
 
 // The message row index of token t for expert e: the earlier tokens that selected e (once each).
+// Called by all lanes of a warp.
 __device__ int row_index(const int64_t* topk, int t, int K, int64_t e, int lane) {
     int n = 0;
     // (ids outside [0, E) never equal e, which is in range)
@@ -161,115 +192,252 @@ __device__ int row_index(const int64_t* topk, int t, int K, int64_t e, int lane)
     return n;
 }
 
-// Quantizes token row x (H bf16) into data (H bytes) and scales (H / 128 floats). Lanes 0-15 take
-// block b, lanes 16-31 block b + 1, 8 channels a lane.
-__device__ void quantize_row_to(const uint16_t* x, int H, uint8_t* data, float* scales, int lane) {
-    const int blocks = H / kScaleChannels;
+// Quantizes scale blocks b0 (lanes 0-15) and b0 + 1 (lanes 16-31) of token row x (H bf16) into data
+// (H bytes) and scales (H / 128 floats), 8 channels a lane. Called by all lanes of a warp.
+__device__ void quantize_pair(const uint16_t* x, int blocks, uint8_t* data, float* scales, int b0, int lane, bool vec) {
     const int half = lane >> 4, sub = lane & 15;
-    const bool vec = aligned16(x) && (reinterpret_cast<uintptr_t>(data) & 7) == 0;
-    for (int b0 = 0; b0 < blocks; b0 += 2) {
-        const int b = b0 + half;
-        const bool on = b < blocks;
-        float v[8];
-        if (on) {
-            const int c = b * kScaleChannels + sub * 8;
-            if (vec) {
-                const uint4 raw = *reinterpret_cast<const uint4*>(x + c);
-                const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+    const int b = b0 + half;
+    const bool on = b < blocks;
+    const int c = b * kScaleChannels + sub * 8;
+    float v[8];
+    if (on) {
+        if (vec) {
+            const uint4 raw = *reinterpret_cast<const uint4*>(x + c);
+            const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    v[2 * i] = bf16_bits_to_float(w[i]);
-                    v[2 * i + 1] = bf16_bits_to_float(w[i] >> 16);
-                }
-            } else {
-#pragma unroll
-                for (int i = 0; i < 8; ++i) v[i] = bf16_bits_to_float(x[c + i]);
+            for (int i = 0; i < 4; ++i) {
+                v[2 * i] = bf16_bits_to_float(w[i]);
+                v[2 * i + 1] = bf16_bits_to_float(w[i] >> 16);
             }
         } else {
 #pragma unroll
-            for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+            for (int i = 0; i < 8; ++i) v[i] = bf16_bits_to_float(x[c + i]);
         }
-        float amax = 0.0f;
+    } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) amax = java_max(amax, fabsf(v[i]));
-        for (int o = 8; o > 0; o >>= 1) amax = java_max(amax, __shfl_xor_sync(0xffffffffu, amax, o));
-        if (!on) continue;
-        const float scale = amax == 0.0f ? 1.0f : __fdiv_rn(amax, 448.0f);
-        uint32_t q[8];
+        for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+    }
+    float amax = 0.0f;
 #pragma unroll
-        for (int i = 0; i < 8; ++i) q[i] = float_to_e4m3(__fdiv_rn(v[i], scale));
-        const int c = b * kScaleChannels + sub * 8;
-        if (vec) {
-            uint2 packed;
-            packed.x = q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24);
-            packed.y = q[4] | (q[5] << 8) | (q[6] << 16) | (q[7] << 24);
-            *reinterpret_cast<uint2*>(data + c) = packed;
-        } else {
+    for (int i = 0; i < 8; ++i) amax = java_max(amax, fabsf(v[i]));
+    for (int o = 8; o > 0; o >>= 1) amax = java_max(amax, __shfl_xor_sync(0xffffffffu, amax, o));
+    if (!on) return;
+    const float scale = amax == 0.0f ? 1.0f : __fdiv_rn(amax, 448.0f);
+    uint32_t q[8];
 #pragma unroll
-            for (int i = 0; i < 8; ++i) data[c + i] = static_cast<uint8_t>(q[i]);
+    for (int i = 0; i < 8; ++i) q[i] = float_to_e4m3(__fdiv_rn(v[i], scale));
+    if (vec) {
+        uint2 packed;
+        packed.x = q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24);
+        packed.y = q[4] | (q[5] << 8) | (q[6] << 16) | (q[7] << 24);
+        *reinterpret_cast<uint2*>(data + c) = packed;
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) data[c + i] = static_cast<uint8_t>(q[i]);
+    }
+    if (sub == 0) scales[b] = scale;
+}
+
+// The arrived sources of one receive, the same in every block of the grid (see the top of the file).
+// needed: null (every active source) or the ranks the dispatch sent to. first_line: 0 for the
+// dispatch words, R for the combine words. status: host-mapped {seq, missing mask}. Every thread of
+// the block calls it; it returns the arrived mask to all of them.
+__device__ uint32_t wait_decide(const uint8_t* own, int first_line, int R, int* active, const int* needed, uint64_t seq,
+                                uint64_t timeout_ns, unsigned long long* decision, uint64_t* status) {
+    __shared__ uint32_t s_mask;
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        const bool need = lane < R && active[lane] != 0 && (needed == nullptr || needed[lane] != 0);
+        const uint32_t need_mask = __ballot_sync(0xffffffffu, need);
+        const unsigned long long tag = seq & 0xffffffffull;
+        const uint64_t* word = reinterpret_cast<const uint64_t*>(own + static_cast<uint64_t>(first_line + (need ? lane : 0)) * kLine);
+        const uint64_t start = global_timer_ns();
+        uint32_t mask = 0;
+        bool mine = false;
+        for (uint32_t spin = 0;; ++spin) {
+            unsigned long long d = 0;
+            if (lane == 0) d = atomicAdd(decision, 0ull);
+            d = __shfl_sync(0xffffffffu, d, 0);
+            if ((d >> 32) == tag) {
+                mask = static_cast<uint32_t>(d);
+                break;
+            }
+            const bool ok = !need || load_relaxed_sys(word) >= seq;
+            const uint32_t got = __ballot_sync(0xffffffffu, need && ok);
+            bool late = false;
+            if ((spin & 15) == 15) late = global_timer_ns() - start >= timeout_ns;
+            late = __shfl_sync(0xffffffffu, late, 0);
+            if (got != need_mask && !late) continue;
+            fence_acq_rel_sys();
+            unsigned long long result = 0;
+            int won = 0;
+            if (lane == 0) {
+                const unsigned long long cand = (tag << 32) | got;
+                unsigned long long prev = d;
+                while (true) {
+                    const unsigned long long old = atomicCAS(decision, prev, cand);
+                    if (old == prev) {
+                        won = 1;
+                        result = cand;
+                        break;
+                    }
+                    if ((old >> 32) == tag) {
+                        result = old;
+                        break;
+                    }
+                    prev = old;
+                }
+            }
+            mask = static_cast<uint32_t>(__shfl_sync(0xffffffffu, result, 0));
+            mine = __shfl_sync(0xffffffffu, won, 0) != 0;
+            break;
         }
-        if (sub == 0) scales[b] = scale;
+        fence_acq_rel_sys();
+        if (mine) {
+            const uint32_t missing = need_mask & ~mask;
+            if (lane < R && ((missing >> lane) & 1u)) active[lane] = 0;
+            __syncwarp();
+            __threadfence_system();
+            if (lane == 0) {
+                reinterpret_cast<volatile uint64_t*>(status)[1] = missing;
+                store_release_sys(status, seq);
+            }
+        }
+        if (lane == 0) s_mask = mask;
+    }
+    __syncthreads();
+    return s_mask;
+}
+
+// off[j] = rows of local experts before j (off[L] = all rows), from cnt[j * R + s]. Warp 0 scans;
+// the caller synchronizes the block afterwards.
+__device__ void expert_offsets(const int* cnt, int R, int L, int* off) {
+    if (threadIdx.x >= 32) return;
+    const int lane = threadIdx.x;
+    int carry = 0;
+    if (lane == 0) off[0] = 0;
+    for (int base = 0; base < L; base += 32) {
+        const int j = base + lane;
+        int v = 0;
+        if (j < L) {
+            for (int s = 0; s < R; ++s) v += cnt[j * R + s];
+        }
+        for (int o = 1; o < 32; o <<= 1) {
+            const int u = __shfl_up_sync(0xffffffffu, v, o);
+            if (lane >= o) v += u;
+        }
+        if (j < L) off[j + 1] = carry + v;
+        carry += __shfl_sync(0xffffffffu, v, 31);
     }
 }
 
-struct Packed {
-    int src;   // -1: no such row
-    int i;     // row index within that source's rows
+// The local expert j with off[j] <= g < off[j + 1] (g < off[L]).
+__device__ __forceinline__ int expert_of(const int* off, int L, int g) {
+    int lo = 0, hi = L;
+    while (hi - lo > 1) {
+        const int mid = (lo + hi) >> 1;
+        if (off[mid] <= g) lo = mid;
+        else hi = mid;
+    }
+    return lo;
+}
+
+struct Row {
+    int j;     // local expert
+    int p;     // packed row within the expert's block
+    int src;   // source rank
+    int i;     // row within that source's rows
 };
 
-// Row p of local expert j among the arrived sources' rows, in rank order.
-__device__ __forceinline__ Packed locate(const int* used, int j, int R, int p) {
-    int base = 0;
-    for (int s = 0; s < R; ++s) {
-        const int c = used[j * R + s];
-        if (p < base + c) return Packed{s, p - base};
+__device__ __forceinline__ Row row_of(const int* cnt, const int* off, int R, int L, int g) {
+    Row r;
+    r.j = expert_of(off, L, g);
+    r.p = g - off[r.j];
+    int base = 0, s = 0;
+    for (; s < R - 1; ++s) {
+        const int c = cnt[r.j * R + s];
+        if (r.p < base + c) break;
         base += c;
     }
-    return Packed{-1, 0};
+    r.src = s;
+    r.i = r.p - base;
+    return r;
 }
 
 }  // namespace ep
 }  // namespace mooncake4j
 
+// x bf16 [N][H]; topk int64 [N][K]; qbuf: N messages of msg_bytes (device scratch, FP8 only).
 extern "C" __global__ void __launch_bounds__(512)
 ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, const uint64_t* heaps, uint64_t ep_base,
                  int rank, int R, int L, int N, int K, int H, int M, int fp8, uint64_t seq, uint64_t counts_off,
-                 uint64_t staging_off, uint64_t msg_bytes, int* send_count, int* sent_to, uint32_t* block_counter) {
+                 uint64_t staging_off, uint64_t msg_bytes, int* send_count, int* sent_to, uint32_t* block_counter,
+                 uint8_t* qbuf) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
-    const int lane = threadIdx.x & 31;
-    const int warps = static_cast<int>(gridDim.x * blockDim.x / 32);
-    for (int t = static_cast<int>(thread_index() / 32); t < N; t += warps) {
+    constexpr int kSlots = 64;
+    __shared__ int s_row[kSlots];
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int64_t E = static_cast<int64_t>(R) * L;
+    const int blocks = H / kScaleChannels;
+    const uint64_t units = fp8 ? (kHeader + static_cast<uint64_t>(H) + 4ull * blocks + 15) / 16 : msg_bytes / 16;
+    const bool vec_x = aligned16(x) && (H & 7) == 0;
+    const uint4 seq_bits = make_uint4(0, 0, static_cast<uint32_t>(seq), static_cast<uint32_t>(seq >> 32));
+    for (int t = blockIdx.x; t < N; t += gridDim.x) {
         const int64_t* sel = topk + static_cast<int64_t>(t) * K;
-        for (int k = 0; k < K; ++k) {
-            const int64_t e = sel[k];
-            if (e < 0 || e >= static_cast<int64_t>(R) * L || selected_before(sel, k, e)) continue;
-            const int r = static_cast<int>(e / L);
-            if (active[r] == 0) continue;
-            const int j = static_cast<int>(e % L);
-            const int i = row_index(topk, t, K, e, lane);
-            uint8_t* msg = base_of(heaps, r, ep_base) + staging_off
-                           + ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes;
-            if (lane == 0) {
-                *reinterpret_cast<uint4*>(msg) = make_uint4(static_cast<uint32_t>(t), static_cast<uint32_t>(k),
-                                                            static_cast<uint32_t>(seq), static_cast<uint32_t>(seq >> 32));
-                atomicAdd(send_count + e, 1);
+        const uint16_t* row = x + static_cast<int64_t>(t) * H;
+        uint8_t* q = qbuf + static_cast<uint64_t>(t) * msg_bytes;
+        if (fp8) {
+            for (int b0 = 2 * warp; b0 < blocks; b0 += 2 * nwarps) {
+                quantize_pair(row, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
             }
-            const uint16_t* row = x + static_cast<int64_t>(t) * H;
-            if (fp8) {
-                quantize_row_to(row, H, msg + kHeader, reinterpret_cast<float*>(msg + kHeader + H), lane);
-            } else {
-                warp_copy(msg + kHeader, reinterpret_cast<const uint8_t*>(row), 2ull * H, lane);
+        }
+        for (int k0 = 0; k0 < K; k0 += kSlots) {
+            const int kn = min(kSlots, K - k0);
+            for (int kk = warp; kk < kn; kk += nwarps) {
+                const int k = k0 + kk;
+                const int64_t e = sel[k];
+                int i = -1;
+                if (e >= 0 && e < E && !selected_before(sel, k, e) && active[e / L] != 0) {
+                    i = row_index(topk, t, K, e, lane);
+                    if (lane == 0) atomicAdd(send_count + e, 1);
+                }
+                if (lane == 0) s_row[kk] = i;
             }
+            __syncthreads();   // the slots' rows and the quantized message are complete
+            for (int kk = 0; kk < kn; ++kk) {
+                const int i = s_row[kk];
+                if (i < 0) continue;
+                const int k = k0 + kk;
+                const int64_t e = sel[k];
+                const int r = static_cast<int>(e / L), j = static_cast<int>(e % L);
+                uint8_t* msg = base_of(heaps, r, ep_base) + staging_off + ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes;
+                uint4* dst = reinterpret_cast<uint4*>(msg);
+                uint4 header = seq_bits;
+                header.x = static_cast<uint32_t>(t);
+                header.y = static_cast<uint32_t>(k);
+                if (fp8) {
+                    const uint4* src = reinterpret_cast<const uint4*>(q);
+                    for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) dst[v] = v == 0 ? header : src[v];
+                } else if (vec_x) {
+                    const uint4* src = reinterpret_cast<const uint4*>(row);
+                    for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) dst[v] = v == 0 ? header : __ldg(src + v - 1);
+                } else {
+                    if (threadIdx.x == 0) dst[0] = header;
+                    const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
+                    for (uint64_t b = threadIdx.x; b < 2ull * H; b += blockDim.x) msg[kHeader + b] = src[b];
+                }
+            }
+            __syncthreads();   // before s_row and the message buffer are reused
         }
     }
     if (!last_block(block_counter)) return;
-    const int E = R * L;
     int* sent = sent_to + (seq & 1) * R;
-    for (int q = threadIdx.x; q < E; q += blockDim.x) {
-        const int r = q / L;
+    for (int64_t q = threadIdx.x; q < E; q += blockDim.x) {
+        const int r = static_cast<int>(q / L);
+        const int c = __ldcg(send_count + q);
         if (active[r] != 0) {
-            reinterpret_cast<int*>(base_of(heaps, r, ep_base) + counts_off)[rank * L + q % L] = send_count[q];
+            reinterpret_cast<int*>(base_of(heaps, r, ep_base) + counts_off)[rank * L + q % L] = c;
         }
         send_count[q] = 0;
     }
@@ -283,95 +451,58 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     }
 }
 
-// needed: null (dispatch: every active source) or sent_to of the dispatch (combine). first_line: 0 for
-// the dispatch words, R for the combine words. status: host-mapped {seq, missing mask}.
-extern "C" __global__ void __launch_bounds__(32)
-ep_wait(uint8_t* own, int* active, const int* needed, int* arrived, int R, int first_line, uint64_t seq,
-        uint64_t timeout_ns, uint64_t* status) {
-    using namespace mooncake4j;
-    using namespace mooncake4j::ep;
-    const int s = threadIdx.x;
-    uint32_t missing = 0;
-    if (s < R) {
-        bool ok = false;
-        if (active[s] != 0 && (needed == nullptr || needed[s] != 0)) {
-            const uint64_t* word = reinterpret_cast<const uint64_t*>(own + static_cast<uint64_t>(first_line + s) * kLine);
-            const uint64_t start = global_timer_ns();
-            for (uint32_t spin = 0;; ++spin) {
-                if (load_relaxed_sys(word) >= seq) {
-                    fence_acq_rel_sys();
-                    ok = true;
-                    break;
-                }
-                if ((spin & 15) == 15 && global_timer_ns() - start >= timeout_ns) break;
-            }
-            if (!ok) {
-                active[s] = 0;
-                missing = 1u << s;
-            }
-        }
-        arrived[s] = ok ? 1 : 0;
-    }
-    missing = __reduce_or_sync(0xffffffffu, missing);
-    __threadfence_system();
-    if (s == 0) {
-        reinterpret_cast<volatile uint64_t*>(status)[1] = missing;
-        store_release_sys(status, seq);
-    }
-}
-
+// Dynamic shared memory: 4 * (L * R + L + 1) bytes.
 extern "C" __global__ void __launch_bounds__(512)
-ep_dispatch_recv(uint8_t* own, const int* arrived, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
+ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
                  uint64_t seq, uint64_t counts_off, uint64_t recv_count_off, uint64_t staging_off, uint64_t msg_bytes,
-                 uint64_t recv_x_off, uint64_t scales_off, uint64_t* error) {
+                 uint64_t recv_x_off, uint64_t scales_off, uint64_t* error, unsigned long long* decision, uint64_t timeout_ns,
+                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
+    extern __shared__ int smem[];
+    int* cnt = smem;            // [L][R]
+    int* off = smem + L * R;    // [L + 1]
+    const uint32_t mask = wait_decide(own, 0, R, active, nullptr, seq, timeout_ns, decision, wait_status);
     const int* counts = reinterpret_cast<const int*>(own + counts_off);
-    // Every thread derives used[] itself from the counts (tiny), so no grid-wide step is needed.
-    const uint64_t tid = thread_index();
-    if (tid < static_cast<uint64_t>(L) * R) {
-        const int j = static_cast<int>(tid / R), s = static_cast<int>(tid % R);
-        int c = arrived[s] ? __ldcg(counts + s * L + j) : 0;
+    for (int q = threadIdx.x; q < L * R; q += blockDim.x) {
+        const int j = q / R, s = q % R;
+        int c = ((mask >> s) & 1u) ? __ldcg(counts + s * L + j) : 0;
         if (c < 0 || c > M) {
-            error[1] = (static_cast<uint64_t>(s) << 48) | (static_cast<uint64_t>(j) << 24) | static_cast<uint32_t>(c);
-            store_release_sys(error, 1ull);
+            if (blockIdx.x == 0) {
+                error[1] = (static_cast<uint64_t>(s) << 48) | (static_cast<uint64_t>(j) << 24) | static_cast<uint32_t>(c & 0xffffff);
+                store_release_sys(error, 1ull);
+            }
             c = 0;
         }
-        used[j * R + s] = c;
+        cnt[q] = c;
+        if (blockIdx.x == 0) used[q] = c;
     }
-    // used[] is written above by other threads; recompute locally instead of reading it.
+    __syncthreads();
+    expert_offsets(cnt, R, L, off);
+    __syncthreads();
+    if (blockIdx.x == 0) {
+        for (int j = threadIdx.x; j < L; j += blockDim.x) reinterpret_cast<int*>(own + recv_count_off)[j] = off[j + 1] - off[j];
+    }
     const int lane = threadIdx.x & 31;
-    const uint64_t warps = thread_count() / 32;
-    const uint64_t rows = static_cast<uint64_t>(L) * R * M;
+    const int nwarps = blockDim.x >> 5;
+    const int total = off[L];
     const uint64_t data_bytes = fp8 ? static_cast<uint64_t>(H) : 2ull * H;
     const int blocks = H / kScaleChannels;
-    for (uint64_t w = thread_index() / 32; w < rows; w += warps) {
-        const int j = static_cast<int>(w / (static_cast<uint64_t>(R) * M));
-        const int p = static_cast<int>(w % (static_cast<uint64_t>(R) * M));
-        int base = 0, src = -1, i = 0;
-        for (int s = 0; s < R; ++s) {
-            int c = arrived[s] ? __ldcg(counts + s * L + j) : 0;
-            if (c < 0 || c > M) c = 0;
-            if (src < 0 && p < base + c) {
-                src = s;
-                i = p - base;
-            }
-            base += c;
-        }
-        if (p == 0 && lane == 0) reinterpret_cast<int*>(own + recv_count_off)[j] = base;
-        if (src < 0) continue;
-        const uint8_t* msg = own + staging_off + ((static_cast<uint64_t>(j) * R + src) * M + i) * msg_bytes;
+    const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
+    for (int g = blockIdx.x * nwarps + (threadIdx.x >> 5); g < total; g += gridDim.x * nwarps) {
+        const Row at = row_of(cnt, off, R, L, g);
+        const uint8_t* msg = own + staging_off + ((static_cast<uint64_t>(at.j) * R + at.src) * M + at.i) * msg_bytes;
         const uint4 header = __ldcg(reinterpret_cast<const uint4*>(msg));
         const uint64_t row_seq = header.z | (static_cast<uint64_t>(header.w) << 32);
         if (row_seq != seq) {
             if (lane == 0) {
-                error[1] = (static_cast<uint64_t>(src) << 48) | (static_cast<uint64_t>(i) << 24) | (row_seq & 0xffffffull);
+                error[1] = (static_cast<uint64_t>(at.src) << 48) | (static_cast<uint64_t>(at.i) << 24) | (row_seq & 0xffffffull);
                 store_release_sys(error, 2ull);
             }
             continue;
         }
-        if (lane == 0) row_src_token[w] = src * M + static_cast<int>(header.x);
-        const uint64_t row = static_cast<uint64_t>(j) * R * M + p;
+        const uint64_t row = at.j * expert_rows + at.p;
+        if (lane == 0) row_src_token[row] = at.src * M + static_cast<int>(header.x);
         warp_copy(own + recv_x_off + row * data_bytes, msg + kHeader, data_bytes, lane);
         if (fp8) {
             const float* s_in = reinterpret_cast<const float*>(msg + kHeader + H);
@@ -379,26 +510,35 @@ ep_dispatch_recv(uint8_t* own, const int* arrived, int* used, int* row_src_token
             for (int b = lane; b < blocks; b += 32) s_out[b] = __ldcg(s_in + b);
         }
     }
+    finish_ticket(block_counter, done_word, ticket);
 }
 
+// y: bf16 [L][R*M][H], the expert outputs in recvX's row order. Dynamic shared memory: 4 * (L * R + L + 1) bytes.
 extern "C" __global__ void __launch_bounds__(512)
 ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uint64_t ep_base, int rank, int R, int L,
                 int M, int H, uint64_t seq, const int* used, const int* row_src_token, uint64_t combine_recv_off,
                 uint32_t* block_counter) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
+    extern __shared__ int smem[];
+    int* cnt = smem;
+    int* off = smem + L * R;
+    for (int q = threadIdx.x; q < L * R; q += blockDim.x) cnt[q] = __ldcg(used + q);
+    __syncthreads();
+    expert_offsets(cnt, R, L, off);
+    __syncthreads();
     const int lane = threadIdx.x & 31;
-    const uint64_t warps = thread_count() / 32;
-    const uint64_t rows = static_cast<uint64_t>(L) * R * M;
-    for (uint64_t w = thread_index() / 32; w < rows; w += warps) {
-        const int j = static_cast<int>(w / (static_cast<uint64_t>(R) * M));
-        const int p = static_cast<int>(w % (static_cast<uint64_t>(R) * M));
-        const Packed at = locate(used, j, R, p);
-        if (at.src < 0 || active[at.src] == 0) continue;
-        const int token = row_src_token[w] - at.src * M;
-        const uint64_t expert = static_cast<uint64_t>(rank) * L + j;
+    const int nwarps = blockDim.x >> 5;
+    const int total = off[L];
+    const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
+    for (int g = blockIdx.x * nwarps + (threadIdx.x >> 5); g < total; g += gridDim.x * nwarps) {
+        const Row at = row_of(cnt, off, R, L, g);
+        if (active[at.src] == 0) continue;
+        const uint64_t row = at.j * expert_rows + at.p;
+        const int token = __ldcg(row_src_token + row) - at.src * M;
+        const uint64_t expert = static_cast<uint64_t>(rank) * L + at.j;
         uint8_t* dst = base_of(heaps, at.src, ep_base) + combine_recv_off + (expert * M + token) * 2ull * H;
-        warp_copy(dst, reinterpret_cast<const uint8_t*>(y + w * H), 2ull * H, lane);
+        warp_copy(dst, reinterpret_cast<const uint8_t*>(y + row * H), 2ull * H, lane);
     }
     if (!last_block(block_counter)) return;
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
@@ -409,62 +549,60 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
 }
 
 extern "C" __global__ void __launch_bounds__(512)
-ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, const int* active, const int* sent_to,
-                uint16_t* out, int N, int K, int R, int L, int M, int H, uint64_t combine_recv_off) {
+ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, int* active, const int* sent_to,
+                uint16_t* out, int N, int K, int R, int L, int M, int H, uint64_t combine_recv_off, uint64_t seq,
+                unsigned long long* decision, uint64_t timeout_ns, uint64_t* wait_status, uint32_t* block_counter,
+                uint64_t* done_word, uint64_t ticket) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
+    const uint32_t mask = wait_decide(own, R, R, active, sent_to, seq, timeout_ns, decision, wait_status);
     const int64_t E = static_cast<int64_t>(R) * L;
-    const int lane = threadIdx.x & 31;
-    const int warps = static_cast<int>(thread_count() / 32);
-    const bool vec = (H & 7) == 0 && aligned16(out) && aligned16(own + combine_recv_off);
-    for (int t = static_cast<int>(thread_index() / 32); t < N; t += warps) {
-        const int64_t* sel = topk + static_cast<int64_t>(t) * K;
-        const float* wt = weights + static_cast<int64_t>(t) * K;
-        uint16_t* o = out + static_cast<int64_t>(t) * H;
-        if (vec) {
-            for (int c = lane * 8; c < H; c += 256) {
-                float acc[8];
+    const uint8_t* rows = own + combine_recv_off;
+    if ((H & 7) == 0 && aligned16(out) && aligned16(rows)) {
+        const uint64_t h8 = static_cast<uint64_t>(H) / 8;
+        for (uint64_t w = thread_index(); w < static_cast<uint64_t>(N) * h8; w += thread_count()) {
+            const int t = static_cast<int>(w / h8);
+            const uint64_t c = (w % h8) * 8;
+            const int64_t* sel = topk + static_cast<int64_t>(t) * K;
+            const float* wt = weights + static_cast<int64_t>(t) * K;
+            float acc[8];
 #pragma unroll
-                for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-                for (int k = 0; k < K; ++k) {
-                    const int64_t e = sel[k];
-                    if (e < 0 || e >= E) continue;
-                    const int r = static_cast<int>(e / L);
-                    if (sent_to[r] == 0 || active[r] == 0) continue;
-                    const float w = wt[k];
-                    const uint16_t* row = reinterpret_cast<const uint16_t*>(
-                            own + combine_recv_off + (static_cast<uint64_t>(e) * M + t) * 2ull * H);
-                    const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(row + c));
-                    const uint32_t v[4] = {raw.x, raw.y, raw.z, raw.w};
+            for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+            for (int k = 0; k < K; ++k) {
+                const int64_t e = sel[k];
+                if (e < 0 || e >= E || ((mask >> (e / L)) & 1u) == 0) continue;
+                const float wk = wt[k];
+                const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(rows + (static_cast<uint64_t>(e) * M + t) * 2ull * H + 2 * c));
+                const uint32_t v[4] = {raw.x, raw.y, raw.z, raw.w};
 #pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        acc[2 * i] = __fadd_rn(acc[2 * i], __fmul_rn(w, bf16_bits_to_float(v[i])));
-                        acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], __fmul_rn(w, bf16_bits_to_float(v[i] >> 16)));
-                    }
+                for (int i = 0; i < 4; ++i) {
+                    acc[2 * i] = __fadd_rn(acc[2 * i], __fmul_rn(wk, bf16_bits_to_float(v[i])));
+                    acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], __fmul_rn(wk, bf16_bits_to_float(v[i] >> 16)));
                 }
-                uint4 packed;
-                packed.x = float_to_bf16_bits(acc[0]) | (float_to_bf16_bits(acc[1]) << 16);
-                packed.y = float_to_bf16_bits(acc[2]) | (float_to_bf16_bits(acc[3]) << 16);
-                packed.z = float_to_bf16_bits(acc[4]) | (float_to_bf16_bits(acc[5]) << 16);
-                packed.w = float_to_bf16_bits(acc[6]) | (float_to_bf16_bits(acc[7]) << 16);
-                *reinterpret_cast<uint4*>(o + c) = packed;
             }
-        } else {
-            for (int c = lane; c < H; c += 32) {
-                float acc = 0.0f;
-                for (int k = 0; k < K; ++k) {
-                    const int64_t e = sel[k];
-                    if (e < 0 || e >= E) continue;
-                    const int r = static_cast<int>(e / L);
-                    if (sent_to[r] == 0 || active[r] == 0) continue;
-                    const uint16_t* row = reinterpret_cast<const uint16_t*>(
-                            own + combine_recv_off + (static_cast<uint64_t>(e) * M + t) * 2ull * H);
-                    acc = __fadd_rn(acc, __fmul_rn(wt[k], bf16_bits_to_float(__ldcg(row + c))));
-                }
-                o[c] = static_cast<uint16_t>(float_to_bf16_bits(acc));
+            uint4 packed;
+            packed.x = float_to_bf16_bits(acc[0]) | (float_to_bf16_bits(acc[1]) << 16);
+            packed.y = float_to_bf16_bits(acc[2]) | (float_to_bf16_bits(acc[3]) << 16);
+            packed.z = float_to_bf16_bits(acc[4]) | (float_to_bf16_bits(acc[5]) << 16);
+            packed.w = float_to_bf16_bits(acc[6]) | (float_to_bf16_bits(acc[7]) << 16);
+            *reinterpret_cast<uint4*>(out + static_cast<uint64_t>(t) * H + c) = packed;
+        }
+    } else {
+        for (uint64_t w = thread_index(); w < static_cast<uint64_t>(N) * H; w += thread_count()) {
+            const int t = static_cast<int>(w / H);
+            const uint64_t c = w % H;
+            const int64_t* sel = topk + static_cast<int64_t>(t) * K;
+            float acc = 0.0f;
+            for (int k = 0; k < K; ++k) {
+                const int64_t e = sel[k];
+                if (e < 0 || e >= E || ((mask >> (e / L)) & 1u) == 0) continue;
+                const uint16_t* row = reinterpret_cast<const uint16_t*>(rows + (static_cast<uint64_t>(e) * M + t) * 2ull * H);
+                acc = __fadd_rn(acc, __fmul_rn(weights[static_cast<int64_t>(t) * K + k], bf16_bits_to_float(__ldcg(row + c))));
             }
+            out[static_cast<uint64_t>(t) * H + c] = static_cast<uint16_t>(float_to_bf16_bits(acc));
         }
     }
+    finish_ticket(block_counter, done_word, ticket);
 }
 
 extern "C" __global__ void ep_host_signal(uint64_t* word, uint64_t value) {

@@ -34,16 +34,19 @@ import org.mooncake4j.pg.gpu.StoreExchange;
  * (it is already 0 in the device-side activeRanks), inconsistent counts or rows with
  * {@link IllegalStateException}.
  *
- * <p>Private device scratch (grown to the largest shape seen): the block counters of the send
- * kernels, the per-expert send counts, the ranks each dispatch sent to (two slots, by dispatch
- * sequence parity), the arrived sources, the rows used per (expert, source) and each received row's
- * source and token.
+ * <p>Two kernels per operation (send, receive); the receive kernel's last block stores the host ticket
+ * that {@link #mark()} hands out, so a call costs two launches and a poll. Private device scratch
+ * (grown to the largest shape seen): see {@link Scratch}. The phase methods and {@link #mark()}
+ * are synchronized: a receive hook may queue on the caller's thread while the next operation's send
+ * is queued on another.
  */
 final class CudaEpPath implements EpDataPath, AutoCloseable {
     static final int THREADS = 512;
     static final int WARPS_PER_BLOCK = THREADS / 32;
     /** Status slots per kind of wait (dispatch, combine), indexed by sequence number. */
     static final int STATUS_SLOTS = 16;
+    /** Dynamic shared memory a block may use without opting in. */
+    static final int MAX_SHARED_BYTES = 48 * 1024;
     private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
     // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
     // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}
@@ -60,29 +63,41 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     private final long epBase;
     private final long capacity;
     private final PinnedHostMemory status;
-    private final CudaFunction dispatchSend, waitF, dispatchRecv, combineSend, combineRecv, hostSignal;
+    private final CudaFunction dispatchSend, dispatchRecv, combineSend, combineRecv, hostSignal;
     private DeviceBuffer scratch;
     private Scratch at;
     private long ticket;
+    /** Whether the last kernel queued stores {@link #ticket} into the done word when it finishes. */
+    private boolean ticketQueued;
     private boolean closed;
+    /** With -Dmooncake4j.ep.profile=true: an event before and after every kernel of the four phases. */
+    private final List<org.mooncake4j.cuda.CudaEvent[]> profile = Boolean.getBoolean("mooncake4j.ep.profile") ? new ArrayList<>() : null;
+    private final List<Integer> profileKind = new ArrayList<>();
 
-    /** Offsets into the private scratch buffer for a shape. */
-    record Scratch(long counters, long sendCount, long sentTo, long arrived, long used, long rowSrcToken, long bytes) {
-        static Scratch of(int numRanks, int numExperts, int maxTokens) {
+    /**
+     * Offsets into the private scratch buffer for a shape: four block counters (one per kernel), the two
+     * decision words of the receive kernels (dispatch, combine), the per-expert send counts, the ranks
+     * each dispatch sent to (two slots), the rows used per (expert, source), each received row's source
+     * and token, and one message per token for the FP8 quantization.
+     */
+    record Scratch(long counters, long decisions, long sendCount, long sentTo, long used, long rowSrcToken, long messages, long bytes) {
+        static Scratch of(int numRanks, int numExperts, int maxTokens, long messageBytes) {
             long off = 0;
             long counters = off;
+            off += 64;
+            long decisions = off;
             off += 64;
             long sendCount = off;
             off = align(off + 4L * numExperts);
             long sentTo = off;
             off = align(off + 8L * numRanks);
-            long arrived = off;
-            off = align(off + 4L * numRanks);
             long used = off;
             off = align(off + 4L * numExperts);
             long rows = off;
             off = align(off + 4L * numExperts * maxTokens);
-            return new Scratch(counters, sendCount, sentTo, arrived, used, rows, off);
+            long messages = off;
+            off = align(off + messageBytes * maxTokens);
+            return new Scratch(counters, decisions, sendCount, sentTo, used, rows, messages, off);
         }
 
         private static long align(long v) { return (v + 255) / 256 * 256; }
@@ -102,7 +117,6 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         this.tensorDevice = Device.cuda(deviceOrdinal);
         this.module = CudaModule.loadKernels(device);
         this.dispatchSend = module.function("ep_dispatch_send");
-        this.waitF = module.function("ep_wait");
         this.dispatchRecv = module.function("ep_dispatch_recv");
         this.combineSend = module.function("ep_combine_send");
         this.combineRecv = module.function("ep_combine_recv");
@@ -156,66 +170,120 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     // ---- the four phases (queue only) ---------------------------------------------------------
 
     @Override
-    public void dispatchSend(Dispatch op) {
+    public synchronized void dispatchSend(Dispatch op) {
         EpHandle h = op.handle();
         EpLayout lay = h.layout;
+        rowTableBytes(lay); // refuses shapes the receive kernels cannot take before anything is sent
         ensureScratch(lay);
         long base = scratch.pointer();
-        int blocks = Math.max(1, Math.min(ceilDiv(h.numTokens, WARPS_PER_BLOCK), 4 * device.multiprocessorCount()));
+        int blocks = Math.max(1, Math.min(h.numTokens, 2 * device.multiprocessorCount()));
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.topkIdx().devicePointer()).ptr(op.activeRanks().devicePointer())
                 .ptr(heap.pointerTable()).u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(h.numTokens).i32(h.topK)
                 .i32(lay.hidden()).i32(lay.maxTokens()).i32(h.fp8 ? 1 : 0).u64(h.seq).u64(lay.counts()).u64(lay.staging())
-                .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counters());
+                .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counters())
+                .ptr(base + at.messages());
+        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(0);
         dispatchSend.launch(stream, blocks, THREADS, a);
+        profileEnd(pe);
+        ticketQueued = false;
     }
 
     @Override
-    public void dispatchReceive(Dispatch op) {
+    public synchronized void dispatchReceive(Dispatch op) {
         EpHandle h = op.handle();
         EpLayout lay = h.layout;
         long base = scratch.pointer();
-        launchWait(op.activeRanks(), 0, base + at.arrived(), 0, h.seq, op.timeoutUs(), 0);
-        long rows = (long) lay.localExperts() * lay.expertRows();
-        int blocks = (int) Math.max(ceilDiv(lay.localExperts() * (long) numRanks, THREADS),
-                Math.min(ceilDiv(rows, WARPS_PER_BLOCK), 8L * device.multiprocessorCount()));
-        KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(base + at.arrived()).ptr(base + at.used()).ptr(base + at.rowSrcToken())
+        long t = ++ticket;
+        KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(op.activeRanks().devicePointer()).ptr(base + at.used()).ptr(base + at.rowSrcToken())
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).i32(h.fp8 ? 1 : 0).u64(h.seq)
                 .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
-                .ptr(status.devicePointer() + ERROR);
-        dispatchRecv.launch(stream, Math.max(1, blocks), THREADS, a);
+                .ptr(status.devicePointer() + ERROR).ptr(base + at.decisions()).u64(waitNanos(op.timeoutUs(), groupTimeout))
+                .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counters() + 4).ptr(status.devicePointer()).u64(t);
+        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(1);
+        dispatchRecv.launch(stream, device.multiprocessorCount(), 1, 1, THREADS, 1, 1, rowTableBytes(lay), a);
+        profileEnd(pe);
+        ticketQueued = true;
     }
 
     @Override
-    public void combineSend(Combine op) {
+    public synchronized void combineSend(Combine op) {
         EpHandle h = op.handle();
         EpLayout lay = h.layout;
         long base = scratch.pointer();
-        long rows = (long) lay.localExperts() * lay.expertRows();
-        int blocks = (int) Math.max(1, Math.min(ceilDiv(rows, WARPS_PER_BLOCK), 8L * device.multiprocessorCount()));
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.activeRanks().devicePointer()).ptr(heap.pointerTable())
                 .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(op.seq())
-                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counters() + 4);
-        combineSend.launch(stream, blocks, THREADS, a);
+                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counters() + 8);
+        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(2);
+        combineSend.launch(stream, device.multiprocessorCount(), 1, 1, THREADS, 1, 1, rowTableBytes(lay), a);
+        profileEnd(pe);
+        ticketQueued = false;
     }
 
     @Override
-    public void combineReceive(Combine op) {
+    public synchronized void combineReceive(Combine op) {
         EpHandle h = op.handle();
         EpLayout lay = h.layout;
         long base = scratch.pointer();
         long sentTo = base + at.sentTo() + 4L * numRanks * (h.seq & 1);
-        launchWait(op.activeRanks(), sentTo, base + at.arrived(), numRanks, op.seq(), op.timeoutUs(), 1);
-        int blocks = Math.max(1, Math.min(ceilDiv(h.numTokens, WARPS_PER_BLOCK), 4 * device.multiprocessorCount()));
+        long t = ++ticket;
+        long items = (long) h.numTokens * Math.max(1, lay.hidden() / 8);
+        int blocks = (int) Math.max(1, Math.min(ceilDiv(items, THREADS), 4L * device.multiprocessorCount()));
         KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(op.topkIdx().devicePointer()).ptr(op.topkWeights().devicePointer())
                 .ptr(op.activeRanks().devicePointer()).ptr(sentTo).ptr(op.out().devicePointer()).i32(h.numTokens).i32(h.topK)
-                .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv());
+                .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv()).u64(op.seq())
+                .ptr(base + at.decisions() + 8).u64(waitNanos(op.timeoutUs(), groupTimeout))
+                .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counters() + 12).ptr(status.devicePointer()).u64(t);
+        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(3);
         combineRecv.launch(stream, blocks, THREADS, a);
+        profileEnd(pe);
+        ticketQueued = true;
     }
 
-    private void launchWait(Tensor activeRanks, long needed, long arrived, int firstLine, long seq, long timeoutUs, int kind) {
-        KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(activeRanks.devicePointer()).ptr(needed).ptr(arrived).i32(numRanks)
-                .i32(firstLine).u64(seq).u64(waitNanos(timeoutUs, groupTimeout)).ptr(status.devicePointer() + statusOffset(kind, seq));
-        waitF.launch(stream, 1, 32, a);
+    private org.mooncake4j.cuda.CudaEvent[] profileStart(int kind) {
+        if (profile == null) return null;
+        org.mooncake4j.cuda.CudaEvent[] pair = {org.mooncake4j.cuda.CudaEvent.create(device, true), org.mooncake4j.cuda.CudaEvent.create(device, true)};
+        pair[0].record(stream);
+        profile.add(pair);
+        profileKind.add(kind);
+        return pair;
+    }
+
+    private void profileEnd(org.mooncake4j.cuda.CudaEvent[] pair) {
+        if (pair != null) pair[1].record(stream);
+    }
+
+    /**
+     * With profiling on: the mean microseconds from the event before to the event after each kind of
+     * kernel (dispatch send, dispatch receive, combine send, combine receive) since the last call, after
+     * the stream finished; then forgets them. Null without profiling.
+     */
+    synchronized double[] profileReport() {
+        if (profile == null) return null;
+        stream.synchronize();
+        double[] sum = new double[4];
+        int[] count = new int[4];
+        for (int i = 0; i < profile.size(); i++) {
+            org.mooncake4j.cuda.CudaEvent[] pair = profile.get(i);
+            sum[profileKind.get(i)] += 1000.0 * org.mooncake4j.cuda.CudaEvent.elapsedMillis(pair[0], pair[1]);
+            count[profileKind.get(i)]++;
+            pair[0].close();
+            pair[1].close();
+        }
+        profile.clear();
+        profileKind.clear();
+        for (int k = 0; k < 4; k++) sum[k] = count[k] == 0 ? 0 : sum[k] / count[k];
+        return sum;
+    }
+
+    /** Dynamic shared memory of the row-table kernels: the (expert, source) counts and the expert offsets. */
+    static int rowTableBytes(EpLayout lay) {
+        long bytes = 4L * ((long) lay.localExperts() * lay.numRanks() + lay.localExperts() + 1);
+        if (bytes > MAX_SHARED_BYTES) {
+            throw new IllegalArgumentException("numExperts " + lay.numExperts() + " is too many for the CUDA path of EpBuffer: its kernels keep"
+                    + " 4 * (numExperts + numExperts / numRanks + 1) = " + bytes + " bytes of row table per block, more than the "
+                    + MAX_SHARED_BYTES + " bytes of shared memory a block may use; use at most 10000 experts");
+        }
+        return (int) bytes;
     }
 
     /** The device-side bound of a wait: timeoutUs, or the group's timeout for -1. */
@@ -227,8 +295,15 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
 
     // ---- completion ---------------------------------------------------------------------------
 
-    /** Queues a host ticket after the work queued so far; {@link #await} it. */
-    long mark() {
+    /**
+     * A host ticket that the GPU reaches once the work queued so far is done: the ticket of the last
+     * receive kernel when nothing was queued after it, else a new one queued now; {@link #await} it.
+     */
+    synchronized long mark() {
+        if (ticketQueued) {
+            ticketQueued = false;
+            return ticket;
+        }
         long t = ++ticket;
         hostSignal.launch(stream, 1, 1, KernelArgs.begin().ptr(status.devicePointer()).u64(t));
         return t;
@@ -308,7 +383,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     }
 
     private void ensureScratch(EpLayout lay) {
-        Scratch need = Scratch.of(numRanks, lay.numExperts(), lay.maxTokens());
+        Scratch need = Scratch.of(numRanks, lay.numExperts(), lay.maxTokens(), lay.messageBytes());
         if (scratch != null && at.equals(need)) return;
         if (scratch != null) {
             await(mark(), 0, "EpBuffer scratch resize");

@@ -54,13 +54,23 @@ class CudaEpPathTest {
         assertThat(CudaEpPath.statusOffset(1, 1)).isEqualTo(64 + 16L * (CudaEpPath.STATUS_SLOTS + 1));
         assertThat(CudaEpPath.statusOffset(0, CudaEpPath.STATUS_SLOTS + 3)).isEqualTo(CudaEpPath.statusOffset(0, 3));
         assertThat(CudaEpPath.ranksOf(0b1010)).containsExactly(1, 3);
-        CudaEpPath.Scratch s = CudaEpPath.Scratch.of(8, 288, 128);
-        long[] starts = {s.counters(), s.sendCount(), s.sentTo(), s.arrived(), s.used(), s.rowSrcToken(), s.bytes()};
-        long[] sizes = {8, 4L * 288, 2 * 4L * 8, 4L * 8, 4L * 288, 4L * 288 * 128};
+        long message = EpLayout.of(128, 7168, 8, 288).messageBytes();
+        CudaEpPath.Scratch s = CudaEpPath.Scratch.of(8, 288, 128, message);
+        long[] starts = {s.counters(), s.decisions(), s.sendCount(), s.sentTo(), s.used(), s.rowSrcToken(), s.messages(), s.bytes()};
+        long[] sizes = {16, 16, 4L * 288, 2 * 4L * 8, 4L * 288, 4L * 288 * 128, message * 128};
         for (int i = 0; i < sizes.length; i++) {
             assertThat(starts[i] % 64).as("region %d aligned", i).isZero();
             assertThat(starts[i + 1] - starts[i]).as("region %d size", i).isGreaterThanOrEqualTo(sizes[i]);
         }
+    }
+
+    /** The receive kernels' row table fits a block's shared memory up to about 10000 experts, and larger counts are refused. */
+    @Test
+    void theRowTableOfTheReceiveKernelsFitsSharedMemoryOrIsRefused() {
+        assertThat(CudaEpPath.rowTableBytes(EpLayout.of(128, 7168, 4, 288))).isEqualTo(4 * (288 + 72 + 1));
+        assertThat(CudaEpPath.rowTableBytes(EpLayout.of(8, 128, 8, 8192))).isLessThanOrEqualTo(CudaEpPath.MAX_SHARED_BYTES);
+        assertThatThrownBy(() -> CudaEpPath.rowTableBytes(EpLayout.of(8, 128, 2, 16384)))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("numExperts 16384 is too many for the CUDA path");
     }
 
     /** The kernels' layout assumptions: message rows, fp8 data and scales on 16-byte boundaries for hidden % 128 == 0. */

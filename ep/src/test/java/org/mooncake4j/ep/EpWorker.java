@@ -176,35 +176,48 @@ public final class EpWorker {
         Tensor t4 = Tensor.of(0L, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2).view(4, 3);
         expectError("xDtype", () -> buf.dispatch(x4.to(DType.FLOAT32), t4, active, M, E, -1, false, false, false), "x must be bfloat16", "float32");
         expectError("xCuda", () -> buf.dispatch(Tensor.wrapDevice(4096, 0, DType.BFLOAT16, 4, H), t4, active, M, E, -1, false, false, false),
-                "cuda:0", "this EpBuffer runs the CPU path", "new EpBuffer(group, bytes, Device.cuda(n))");
+                "dispatch: x is on cuda:0, but this EpBuffer runs the CPU path (created without a device). Pass CPU tensors (x.to(Device.CPU)),"
+                        + " or create the EpBuffer for the GPU with new EpBuffer(group, bytes, Device.cuda(n)) and pass every tensor on that device.");
         expectError("topkDtype", () -> buf.dispatch(x4, t4.to(DType.INT32), active, M, E, -1, false, false, false), "topkIdx must be int64");
         expectError("activeInt", () -> buf.dispatch(x4, t4, Tensor.ones(DType.INT64, Device.CPU, n), M, E, -1, false, false, false), "activeRanks must be int.");
         expectError("activeCpu", () -> buf.dispatch(x4, t4, Tensor.wrapDevice(4096, 0, DType.INT32, n), M, E, -1, false, false, false),
                 "activeRanks must be on CPU.");
         expectError("activeShape", () -> buf.dispatch(x4, t4, Tensor.ones(DType.INT32, Device.CPU, n + 1), M, E, -1, false, false, false),
                 "activeRanks must have shape [numRanks] = [" + n + "]");
-        expectError("tooManyTokens", () -> buf.dispatch(x4, t4, active, 3, E, -1, false, false, false), "x has 4 tokens but maxTokensPerRank is 3");
+        expectError("tooManyTokens", () -> buf.dispatch(x4, t4, active, 3, E, -1, false, false, false),
+                "dispatch: x has 4 tokens but maxTokensPerRank is 3. maxTokensPerRank must be at least the largest number of tokens any rank"
+                        + " dispatches: raise it (and size the buffer with EpBuffer.sizeHint for it) or dispatch fewer tokens per call.");
         Tensor bad = Tensor.of(0L, 1, 2, 0, 99, 2, 0, 1, 2, 0, 1, 2).view(4, 3);
         expectError("expertRange", () -> buf.dispatch(x4, bad, active, M, E, -1, false, false, false),
-                "topkIdx[1][1] = 99 is outside [0, " + E + ")", "-1 to mask");
+                "dispatch: topkIdx[1][1] = 99 is outside [0, " + E + ") (numExperts = " + E + "). Use an expert id in [0, " + E
+                        + "), or -1 to mask a selection.");
         expectError("expertDivisible", () -> buf.dispatch(x4, t4, active, M, E + 1, -1, false, false, false),
-                "numExperts (" + (E + 1) + ") must be a positive multiple of numRanks (" + n + ")");
+                "dispatch: numExperts (" + (E + 1) + ") must be a positive multiple of numRanks (" + n + "): expert e lives on rank"
+                        + " e / (numExperts / numRanks). Choose numExperts divisible by " + n + ".");
         Tensor x100 = Tensor.zeros(DType.BFLOAT16, Device.CPU, 4, 100);
-        expectError("fp8Hidden", () -> buf.dispatch(x100, t4, active, M, E, -1, true, false, false), "useFp8 needs hidden to be a multiple of 128", "100");
+        expectError("fp8Hidden", () -> buf.dispatch(x100, t4, active, M, E, -1, true, false, false),
+                "dispatch: useFp8 needs hidden to be a multiple of 128 (one scale per 128 channels), got hidden = 100. Pad hidden to a multiple"
+                        + " of 128 or pass useFp8 = false.");
         expectError("timeout", () -> buf.dispatch(x4, t4, active, M, E, -5, false, false, false), "timeoutUs must be -1");
         expectError("tooSmall", () -> buf.dispatch(x4, t4, active, 64, E, -1, false, false, false),
-                "need " + EpBuffer.sizeHint(64, H, n, E) + " bytes", "EpBuffer.sizeHint(64, " + H + ", " + n + ", " + E + ")");
+                "dispatch: the EpBuffer has ", " bytes, but maxTokensPerRank=64, hidden=" + H + ", numRanks=" + n + ", numExperts=" + E + " need "
+                        + EpBuffer.sizeHint(64, H, n, E) + " bytes. Create the EpBuffer with EpBuffer.sizeHint(64, " + H + ", " + n + ", " + E
+                        + ") bytes (for the largest shapes you dispatch).");
         Tensor y = buf.nextCombineBuffer(used);
-        expectError("handleReuse", () -> buf.combine(y, topk, w, active, -1, used, true, false, false, null), "was already combined");
+        expectError("handleReuse", () -> buf.combine(y, topk, w, active, -1, used, true, false, false, null),
+                "combine: " + used + " was already combined; a dispatch handle is used by one combine. Dispatch again for another combine.");
         expectError("secondBuffer", () -> new EpBuffer(pg, 1 << 20), "already open on process group");
         expectError("bufferBytes", () -> EpBuffer.sizeHint(M, H, n, E + 1), "must be a positive multiple of numRanks");
         // a fresh dispatch whose combine gets wrong shapes; its handle is then combined correctly
         EpHandle h = buf.dispatch(x, topk, active, M, E, -1, false, false, false).handle();
         Tensor y2 = buf.nextCombineBuffer(h);
         expectError("combineShape", () -> buf.combine(Tensor.zeros(DType.BFLOAT16, Device.CPU, ref.local, M, H), topk, w, active, -1, h, false, false, false, null),
-                "x must be bfloat16 [numLocalExperts, numRanks * maxTokensPerRank, hidden]", "[" + ref.local + ", " + (long) n * M + ", " + H + "]");
+                "combine: x must be bfloat16 [numLocalExperts, numRanks * maxTokensPerRank, hidden] as returned by dispatch = [" + ref.local + ", "
+                        + (long) n * M + ", " + H + "], got bfloat16 [" + ref.local + ", " + M + ", " + H + "].");
         expectError("combineWeights", () -> buf.combine(y2, topk, topk, active, -1, h, true, false, false, null), "topkWeights must be float32");
-        expectError("zeroCopy", () -> buf.combine(y2.to(DType.BFLOAT16), topk, w, active, -1, h, true, false, false, null), "zeroCopy = true needs x");
+        expectError("zeroCopy", () -> buf.combine(y2.to(DType.BFLOAT16), topk, w, active, -1, h, true, false, false, null),
+                "combine: zeroCopy = true needs x to be the tensor from nextCombineBuffer(handle), with the expert outputs written into it; got"
+                        + " another tensor. Write the outputs into nextCombineBuffer(handle), or pass zeroCopy = false.");
         buf.combine(y2, topk, w, active, -1, h, true, false, false, null);
     }
 

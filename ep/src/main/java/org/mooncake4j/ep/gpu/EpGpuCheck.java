@@ -33,8 +33,10 @@ import org.mooncake4j.pg.ProcessGroup;
  * w * (the row the expert saw), rounded to bf16 (for bf16 inputs: x times the sum of valid weights).
  * fail: the last rank exits before dispatch; the others dispatch with timeoutUs = 1 s and must see its
  * activeRanks entry become 0, its tokens absent and its experts dropped from the combine.
- * timing: 128 tokens per rank, FP8 dispatch, BF16 combine; warm-up, then ITERS iterations timed with
- * CUDA events on the buffer's stream; one JSON line with per-phase microseconds and logical bandwidth.
+ * timing: 128 tokens per rank, FP8 dispatch, BF16 combine; WARMUP (default 2000) untimed iterations so
+ * that the host path runs compiled code, then ITERS iterations queued back
+ * to back (async, no host wait between them) with CUDA events around each phase on the buffer's
+ * stream; one JSON line with per-phase GPU microseconds, logical bandwidth and wall time per iteration.
  * Prints one {@code PASS}/{@code FAIL} line per check; exit status 0 when all passed.
  */
 public final class EpGpuCheck {
@@ -177,22 +179,21 @@ public final class EpGpuCheck {
         // identity experts: y = what the expert saw, as bf16
         long rows = (long) n * M;
         Tensor y = zeroCopy ? buf.nextCombineBuffer(d.handle()) : Tensor.zeros(DType.BFLOAT16, dev, local, rows, H);
-        Tensor yHost = Tensor.zeros(DType.BFLOAT16, Device.CPU, local, rows, H);
+        Tensor yHost = fp8 ? Tensor.zeros(DType.BFLOAT16, Device.CPU, local, rows, H) : null;
         if (fp8) {
-            Tensor rx = d.recvX().to(Device.CPU), sc = d.recvScales().to(Device.CPU);
+            MemorySegment rx = validRows(d.recvX(), H, count), sc = validRows(d.recvScales(), 4L * (H / 128), count);
+            long[] at = rowStarts(count);
             for (int j = 0; j < local; j++) {
                 for (int p = 0; p < count[j]; p++) {
-                    long row = (long) j * rows + p;
+                    long row = (long) j * rows + p, packed = at[j] + p;
                     for (int c = 0; c < H; c++) {
-                        float v = FloatFormats.e4m3ToFloat(rx.segment().get(ValueLayout.JAVA_BYTE, row * H + c))
-                                * sc.segment().get(ValueLayout.JAVA_FLOAT_UNALIGNED, (row * (H / 128) + c / 128) * 4);
+                        float v = FloatFormats.e4m3ToFloat(rx.get(ValueLayout.JAVA_BYTE, packed * H + c))
+                                * sc.get(ValueLayout.JAVA_FLOAT_UNALIGNED, (packed * (H / 128) + c / 128) * 4);
                         yHost.segment().set(ValueLayout.JAVA_SHORT_UNALIGNED, (row * H + c) * 2, FloatFormats.floatToBf16(v));
                     }
                 }
             }
             y.copyFrom(yHost);
-        } else if (zeroCopy) {
-            y.copyFrom(d.recvX());
         } else {
             y.copyFrom(d.recvX());
         }
@@ -205,54 +206,71 @@ public final class EpGpuCheck {
         }
         String comb = checkCombined(in, fp8, want, out);
         report(name + " combine", comb.isEmpty(), comb);
-        for (Tensor t : new Tensor[] {x, topk, w, active, c.combinedX(), yHost}) t.close();
+        for (Tensor t : new Tensor[] {x, topk, w, active, c.combinedX()}) t.close();
+        if (yHost != null) yHost.close();
         if (!zeroCopy) y.close();
     }
 
     private int[] expectedMask(int[] mask) { return mask.clone(); }
 
     private String checkReceived(int round, boolean fp8, DispatchResult d, int[] active, int[] count) {
-        Tensor rx = d.recvX().to(Device.CPU);
-        Tensor sc = fp8 ? d.recvScales().to(Device.CPU) : null;
-        try {
-            long rows = (long) n * M;
-            Inputs[] sources = new Inputs[n];
-            for (int s = 0; s < n; s++) if (active[s] != 0) sources[s] = inputs(round, s);
-            for (int j = 0; j < local; j++) {
-                long e = (long) rank * local + j;
-                int p = 0;
-                for (int s = 0; s < n; s++) {
-                    if (active[s] == 0) continue;
-                    Inputs in = sources[s];
-                    for (int t = 0; t < M; t++) {
-                        boolean selected = false;
-                        for (int k = 0; k < K; k++) selected |= in.topk()[t * K + k] == e && first(in.topk(), t, k);
-                        if (!selected) continue;
-                        if (p >= count[j]) return "expert " + e + ": recvCount " + count[j] + " too small";
-                        long row = (long) j * rows + p;
-                        if (fp8) {
-                            byte[] q = new byte[H];
-                            float[] s8 = new float[H / 128];
-                            quantize(in.x(), t * H, q, s8);
-                            byte[] gq = rx.segment().asSlice(row * H, H).toArray(ValueLayout.JAVA_BYTE);
-                            float[] gs = new float[H / 128];
-                            MemorySegment.copy(sc.segment(), ValueLayout.JAVA_FLOAT_UNALIGNED, row * 4L * (H / 128), gs, 0, gs.length);
-                            if (!Arrays.equals(gq, q) || !Arrays.equals(gs, s8)) return "expert " + e + " row " + p + " (fp8) differs";
-                        } else {
-                            short[] g = new short[H];
-                            MemorySegment.copy(rx.segment(), ValueLayout.JAVA_SHORT_UNALIGNED, row * 2L * H, g, 0, H);
-                            if (!Arrays.equals(g, Arrays.copyOfRange(in.x(), t * H, t * H + H))) return "expert " + e + " row " + p + " differs";
-                        }
-                        p++;
+        MemorySegment rx = validRows(d.recvX(), fp8 ? H : 2L * H, count);
+        MemorySegment sc = fp8 ? validRows(d.recvScales(), 4L * (H / 128), count) : null;
+        long[] at = rowStarts(count);
+        Inputs[] sources = new Inputs[n];
+        for (int s = 0; s < n; s++) if (active[s] != 0) sources[s] = inputs(round, s);
+        for (int j = 0; j < local; j++) {
+            long e = (long) rank * local + j;
+            int p = 0;
+            for (int s = 0; s < n; s++) {
+                if (active[s] == 0) continue;
+                Inputs in = sources[s];
+                for (int t = 0; t < M; t++) {
+                    boolean selected = false;
+                    for (int k = 0; k < K; k++) selected |= in.topk()[t * K + k] == e && first(in.topk(), t, k);
+                    if (!selected) continue;
+                    if (p >= count[j]) return "expert " + e + ": recvCount " + count[j] + " too small";
+                    long row = at[j] + p;
+                    if (fp8) {
+                        byte[] q = new byte[H];
+                        float[] s8 = new float[H / 128];
+                        quantize(in.x(), t * H, q, s8);
+                        byte[] gq = rx.asSlice(row * H, H).toArray(ValueLayout.JAVA_BYTE);
+                        float[] gs = new float[H / 128];
+                        MemorySegment.copy(sc, ValueLayout.JAVA_FLOAT_UNALIGNED, row * 4L * (H / 128), gs, 0, gs.length);
+                        if (!Arrays.equals(gq, q) || !Arrays.equals(gs, s8)) return "expert " + e + " row " + p + " (fp8) differs";
+                    } else {
+                        short[] g = new short[H];
+                        MemorySegment.copy(rx, ValueLayout.JAVA_SHORT_UNALIGNED, row * 2L * H, g, 0, H);
+                        if (!Arrays.equals(g, Arrays.copyOfRange(in.x(), t * H, t * H + H))) return "expert " + e + " row " + p + " differs";
                     }
+                    p++;
                 }
-                if (p != count[j]) return "expert " + e + ": recvCount " + count[j] + ", expected " + p;
             }
-            return "";
-        } finally {
-            rx.close();
-            if (sc != null) sc.close();
+            if (p != count[j]) return "expert " + e + ": recvCount " + count[j] + ", expected " + p;
         }
+        return "";
+    }
+
+    /** Rows [0, count[j]) of every expert j of a [local][n * M][...] device tensor, packed on the host in expert order. */
+    private MemorySegment validRows(Tensor t, long rowBytes, int[] count) {
+        long[] at = rowStarts(count);
+        MemorySegment host = java.lang.foreign.Arena.ofAuto().allocate(Math.max(1, at[local] * rowBytes), 16);
+        for (int j = 0; j < local; j++) {
+            if (count[j] <= 0 || count[j] > n * M) continue;
+            long ptr = t.devicePointer() + (long) j * n * M * rowBytes;
+            try (Tensor part = Tensor.wrapDevice(ptr, dev.index(), DType.UINT8, count[j] * rowBytes); Tensor h = part.to(Device.CPU)) {
+                MemorySegment.copy(h.segment(), 0, host, at[j] * rowBytes, count[j] * rowBytes);
+            }
+        }
+        return host;
+    }
+
+    /** at[j] = valid rows of the experts before j; at[local] = all of them. */
+    private long[] rowStarts(int[] count) {
+        long[] at = new long[local + 1];
+        for (int j = 0; j < local; j++) at[j + 1] = at[j] + Math.max(0, Math.min(count[j], n * M));
+        return at;
     }
 
     /** Float32 sum in slot order of w * bf16(seen) over unmasked selections of active ranks, rounded to bf16. */
@@ -346,40 +364,72 @@ public final class EpGpuCheck {
         Runtime.getRuntime().halt(failures == 0 ? 0 : 1);
     }
 
+    /**
+     * Queues warm-up and then {@code iters} dispatch + combine pairs back to back (async, caller-owned
+     * output, no host wait between them, like a training step), with CUDA events around each phase,
+     * synchronizes once, and prints per-phase GPU times (mean over the iterations) and the wall time
+     * per iteration. Errors the kernels reported are checked once at the end.
+     */
     private void timing(int iters) {
         try (EpBuffer buf = buffer()) {
             Inputs in = inputs(7, rank);
             Tensor x = xTensor(in), topk = topkTensor(in), w = weightTensor(in);
+            Tensor out = Tensor.empty(DType.BFLOAT16, dev, M, H);
             int[] mask = new int[n];
             Arrays.fill(mask, 1);
             Tensor active = onDevice(Tensor.of(mask));
             long valid = 0;
             for (long e : in.topk()) if (e >= 0) valid++;
             CudaStream s = buf.cudaStream();
-            CudaEvent a = CudaEvent.create(s.device(), true), b = CudaEvent.create(s.device(), true), c = CudaEvent.create(s.device(), true);
+            int warm = Integer.parseInt(env("WARMUP", "2000")); // enough calls for the JIT to compile the host path
+            CudaEvent[] ev = new CudaEvent[3 * iters];
+            for (int i = 0; i < ev.length; i++) ev[i] = CudaEvent.create(s.device(), true);
+            DispatchResult d = null;
+            CombineResult r = null;
+            for (int i = 0; i < warm; i++) {
+                d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
+                r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
+            }
+            d.event().currentStreamWait();
+            r.event().currentStreamWait();
+            buf.kernelProfile();
+            pg.barrier();
+            long t0 = System.nanoTime(), hostNs = 0;
+            for (int i = 0; i < iters; i++) {
+                ev[3 * i].record(s);
+                long h0 = System.nanoTime();
+                d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
+                long h1 = System.nanoTime();
+                ev[3 * i + 1].record(s);
+                long h2 = System.nanoTime();
+                r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
+                hostNs += System.nanoTime() - h2 + h1 - h0;
+                ev[3 * i + 2].record(s);
+            }
+            d.event().currentStreamWait();
+            r.event().currentStreamWait();
+            ev[ev.length - 1].synchronize();
+            double wallUs = (System.nanoTime() - t0) / 1e3 / iters;
             double dispatchMs = 0, combineMs = 0;
-            for (int i = 0; i < 20 + iters; i++) {
-                a.record(s);
-                DispatchResult d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
-                b.record(s);
-                Tensor y = buf.nextCombineBuffer(d.handle());
-                CombineResult r = buf.combine(y, topk, w, active, -1, d.handle(), true, true, false, null);
-                c.record(s);
-                d.event().currentStreamWait();
-                r.event().currentStreamWait();
-                c.synchronize();
-                if (i >= 20) {
-                    dispatchMs += CudaEvent.elapsedMillis(a, b);
-                    combineMs += CudaEvent.elapsedMillis(b, c);
-                }
-                r.combinedX().close();
+            for (int i = 0; i < iters; i++) {
+                dispatchMs += CudaEvent.elapsedMillis(ev[3 * i], ev[3 * i + 1]);
+                combineMs += CudaEvent.elapsedMillis(ev[3 * i + 1], ev[3 * i + 2]);
+            }
+            for (CudaEvent e : ev) e.close();
+            double[] kernels = buf.kernelProfile();
+            System.out.printf("NOTE rank %d host time in the dispatch + combine calls: %.1f us per iteration%n", rank, hostNs / 1e3 / iters);
+            if (kernels != null) {
+                System.out.printf("NOTE rank %d kernels (us, event before to event after): dispatch send %.1f, dispatch receive %.1f,"
+                        + " combine send %.1f, combine receive %.1f%n", rank, kernels[0], kernels[1], kernels[2], kernels[3]);
             }
             double dUs = dispatchMs * 1000 / iters, cUs = combineMs * 1000 / iters;
             long dBytes = valid * (H + H / 128 * 4L + 16), cBytes = valid * 2L * H;
             System.out.printf("{\"rank\":%d,\"world\":%d,\"tokens\":%d,\"hidden\":%d,\"topk\":%d,\"experts\":%d,\"valid_selections\":%d,"
-                            + "\"iters\":%d,\"dispatch_us\":%.2f,\"combine_us\":%.2f,\"dispatch_GBps\":%.2f,\"combine_GBps\":%.2f}%n",
-                    rank, n, M, H, K, numExperts, valid, iters, dUs, cUs, dBytes / (dUs * 1e3), cBytes / (cUs * 1e3));
+                            + "\"iters\":%d,\"dispatch_us\":%.2f,\"combine_us\":%.2f,\"dispatch_GBps\":%.2f,\"combine_GBps\":%.2f,"
+                            + "\"wall_us_per_iteration\":%.2f}%n",
+                    rank, n, M, H, K, numExperts, valid, iters, dUs, cUs, dBytes / (dUs * 1e3), cBytes / (cUs * 1e3), wallUs);
             report("timing", true, "");
+            for (Tensor t : new Tensor[] {x, topk, w, out, active}) t.close();
         }
     }
 }
