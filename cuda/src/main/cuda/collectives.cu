@@ -1,5 +1,5 @@
 // GPU collectives over a symmetric heap: every rank (one process, one GPU) owns one heap of the same
-// layout and has every peer's heap mapped (NVLink), so kernels load peers' memory directly.
+// layout and has every peer's heap mapped (NVLink), so kernels load and store peers' memory directly.
 //
 // Heap layout (SymmetricHeap.Layout on the host):
 //   [0, 128)                   header: u32 abort word at 0 (device-local; non-zero after a timeout)
@@ -7,12 +7,23 @@
 //                              peer; flags[b][p] is written by block b of rank p, read by this rank
 //   [data_offset, +2 * bank)   data: two banks, used alternately by consecutive chunks
 //
+// The kernels (entry points at the end):
+//   all-reduce   one-shot (small: every rank stages its input, one barrier, every rank sums all copies),
+//                two-shot pull or push (reduce-scatter + all-gather in pipelined chunks, any size)
+//   all-gather   push: every rank stores its input into slot `rank` of every peer's bank, barrier,
+//                then copies the received slots into its output (local); chunks, any size
+//   reduce-scatter, all-to-all   push, one slot per source rank, the same chunks and barriers
+//   scale        x / divisor in place (AVG); no peers
+// Every NVLink access of all-gather, reduce-scatter, all-to-all and the push all-reduce is a store
+// (NVLink reads are slow); only one-shot and the pull all-reduce load peers' memory.
+//
 // Synchronisation: per-block barriers. Block b of rank r publishes its part of a chunk, then
 // release-stores the epoch into flags[b][r] of every peer, and waits (acquire, with a %globaltimer
 // deadline) until flags[b][p] >= epoch for every peer p. Every rank launches the same grid for the
 // same operation and splits the data identically, so block b only ever reads what block b of the
-// peers wrote: no grid-wide synchronisation is needed, and blocks run at their own pace. Flags only grow (epochs come from a per-heap counter on
-// the host that every rank advances identically), so a waiter is never confused by a late store.
+// peers wrote: no grid-wide synchronisation is needed, and blocks run at their own pace. Flags only
+// grow (epochs come from a per-heap counter on the host that every rank advances identically, by the
+// barriers of each launch), so a waiter is never satisfied by a store of an earlier chunk or call.
 //
 // Reuse without a second barrier: consecutive chunks (within one kernel and across kernels) use the
 // two banks alternately. Chunk k+2 overwrites the bank of chunk k only after its writer passed a
@@ -24,7 +35,23 @@
 // bitmask of their ranks into status[1 + block] (page-locked, device-mapped host memory), sets
 // status[0] = 1, ORs the mask into the heap's abort word, and the kernel exits. Later waits on this
 // GPU see the abort word and exit at once, so a dead peer costs one timeout, not one per operation.
-// The host reads status after the stream synchronizes (CudaCollectives.check()).
+// The host reads status once the kernel is done (CudaCollectives.check()).
+//
+// Completion: every kernel takes a host-mapped array `done` and a `ticket` (one per launch, growing);
+// block b release-stores the ticket into done[b] (system scope) as its last act, after everything it
+// wrote, status included. The host polls done[0, blocks) of the last launch of an operation
+// (CudaCollectives.lastKernelDone()) instead of recording and querying an event: no extra launch, no
+// driver call per poll. Tickets only grow, so a word from an earlier launch never reads as done.
+//
+// Backup (all-reduce): with backup != null the kernel also writes backup[i] = in[i] for every i <
+// count, from the passes that read the input anyway (one-shot: the staging copy; two-shot: the
+// scatter/stage pass for the parts other ranks reduce, the reduce pass for this rank's part), so an
+// in-place all-reduce needs no separate copy for the group's redo (GpuBackend.restoreInput). Rule:
+// the backup is complete whenever the kernel returns, timeout or abort included. Each element of
+// the input is read, backed up and (in place) overwritten by one block only, and always backed up
+// before or together with the read that precedes its overwrite, so a block never overwrites what it
+// has not backed up; a block that leaves early (a barrier failed) first copies every element of its
+// slices that it has not backed up yet: those are still intact (backup_rest).
 //
 // Numerics: all-reduce sums in rank order (rank 0 + rank 1 + ...); bf16 accumulates in fp32 and is
 // rounded to nearest-even once, so every rank gets bitwise-identical results.
@@ -158,6 +185,14 @@ __device__ bool block_barrier(const Comm& c, uint64_t epoch) {
     return false;
 }
 
+// The last act of every block of every kernel: release-stores this launch's ticket into done[block]
+// (host-mapped), after everything the block wrote (the __syncthreads orders the other threads' writes
+// before thread 0's release). null: no signal.
+__device__ __forceinline__ void signal_done(uint64_t* done, uint64_t ticket) {
+    __syncthreads();
+    if (threadIdx.x == 0 && done != nullptr) store_release_sys(done + blockIdx.x, ticket);
+}
+
 // ---- element math ------------------------------------------------------------------------------
 
 template <typename T>
@@ -228,19 +263,27 @@ struct VecMath<__nv_bfloat16> {
 
 // ---- spans -------------------------------------------------------------------------------------
 
-// Copies n bytes with threads [tid, nthreads) of the caller's group: 16-byte vectors, four in flight
-// per thread, when src and dst share their alignment modulo 16; single bytes otherwise.
-__device__ void copy_span(uint8_t* d, const uint8_t* s, uint64_t n, uint32_t tid, uint32_t nthreads) {
+// Copies n bytes from s to d, and to d2 too when kTwo, with threads [tid, nthreads) of the caller's
+// group: 16-byte vectors, four in flight per thread, when the destinations share the source's
+// alignment modulo 16; single bytes otherwise.
+template <bool kTwo>
+__device__ void copy_span_to(uint8_t* d, uint8_t* d2, const uint8_t* s, uint64_t n, uint32_t tid, uint32_t nthreads) {
+    const uintptr_t sa = reinterpret_cast<uintptr_t>(s);
     uint64_t head = n;
     uint64_t nvec = 0;
-    if (((reinterpret_cast<uintptr_t>(d) ^ reinterpret_cast<uintptr_t>(s)) & 15) == 0) {
+    if (((reinterpret_cast<uintptr_t>(d) ^ sa) & 15) == 0 && (!kTwo || ((reinterpret_cast<uintptr_t>(d2) ^ sa) & 15) == 0)) {
         head = (16 - (reinterpret_cast<uintptr_t>(d) & 15)) & 15;
         if (head > n) head = n;
         nvec = (n - head) / 16;
     }
-    for (uint64_t i = tid; i < head; i += nthreads) d[i] = load_cg(s + i);
+    for (uint64_t i = tid; i < head; i += nthreads) {
+        const uint8_t x = load_cg(s + i);
+        d[i] = x;
+        if (kTwo) d2[i] = x;
+    }
     const uint4* sv = reinterpret_cast<const uint4*>(s + head);
     uint4* dv = reinterpret_cast<uint4*>(d + head);
+    uint4* dv2 = reinterpret_cast<uint4*>(kTwo ? d2 + head : d + head);
     uint64_t v = tid;
     for (; v + 3ull * nthreads < nvec; v += 4ull * nthreads) {
         const uint4 a = load_cg(sv + v);
@@ -251,22 +294,56 @@ __device__ void copy_span(uint8_t* d, const uint8_t* s, uint64_t n, uint32_t tid
         dv[v + nthreads] = b;
         dv[v + 2ull * nthreads] = e;
         dv[v + 3ull * nthreads] = f;
+        if (kTwo) {
+            dv2[v] = a;
+            dv2[v + nthreads] = b;
+            dv2[v + 2ull * nthreads] = e;
+            dv2[v + 3ull * nthreads] = f;
+        }
     }
-    for (; v < nvec; v += nthreads) dv[v] = load_cg(sv + v);
-    for (uint64_t i = head + nvec * 16 + tid; i < n; i += nthreads) d[i] = load_cg(s + i);
+    for (; v < nvec; v += nthreads) {
+        const uint4 a = load_cg(sv + v);
+        dv[v] = a;
+        if (kTwo) dv2[v] = a;
+    }
+    for (uint64_t i = head + nvec * 16 + tid; i < n; i += nthreads) {
+        const uint8_t x = load_cg(s + i);
+        d[i] = x;
+        if (kTwo) d2[i] = x;
+    }
+}
+
+__device__ void copy_span(uint8_t* d, const uint8_t* s, uint64_t n, uint32_t tid, uint32_t nthreads) {
+    copy_span_to<false>(d, nullptr, s, n, tid, nthreads);
+}
+
+// copy_span to d and, when d2 is not null, to d2 as well (one load, two stores).
+__device__ void copy_span2(uint8_t* d, uint8_t* d2, const uint8_t* s, uint64_t n, uint32_t tid, uint32_t nthreads) {
+    if (d2 == nullptr) {
+        copy_span_to<false>(d, nullptr, s, n, tid, nthreads);
+    } else {
+        copy_span_to<true>(d, d2, s, n, tid, nthreads);
+    }
 }
 
 // dst[i] (and dst2[i] when not null) = src[0][i] + src[1][i] + ... + src[NR-1][i] for i in [0, n),
-// with all NR loads of a vector in flight together. vec: every pointer is 16-byte aligned.
+// with all NR loads of a vector in flight together; keep[i] = src[keep_src][i] when keep is not null
+// (the backup of the input among the sources). vec: every pointer is 16-byte aligned.
 template <typename T, int NR>
-__device__ void reduce_span(T* dst, T* dst2, const T* const (&src)[NR], uint64_t n, bool vec, uint32_t tid,
-                            uint32_t nthreads) {
+__device__ void reduce_span(T* dst, T* dst2, T* keep, int keep_src, const T* const (&src)[NR], uint64_t n, bool vec,
+                            uint32_t tid, uint32_t nthreads) {
     using M = VecMath<T>;
     const uint64_t nvec = vec ? n / M::kElems : 0;
     for (uint64_t v = tid; v < nvec; v += nthreads) {
         uint4 raw[NR];
 #pragma unroll
         for (int q = 0; q < NR; ++q) raw[q] = load_cg(reinterpret_cast<const uint4*>(src[q]) + v);
+        if (keep != nullptr) {
+#pragma unroll
+            for (int q = 0; q < NR; ++q) {
+                if (q == keep_src) reinterpret_cast<uint4*>(keep)[v] = raw[q];
+            }
+        }
         float acc[8];
         M::init(acc, raw[0]);
 #pragma unroll
@@ -276,9 +353,13 @@ __device__ void reduce_span(T* dst, T* dst2, const T* const (&src)[NR], uint64_t
         if (dst2 != nullptr) reinterpret_cast<uint4*>(dst2)[v] = out;
     }
     for (uint64_t i = nvec * M::kElems + tid; i < n; i += nthreads) {
-        float acc = M::to_float(load_cg(src[0] + i));
+        float acc = 0.0f;
 #pragma unroll
-        for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg(src[q] + i));
+        for (int q = 0; q < NR; ++q) {
+            const T x = load_cg(src[q] + i);
+            if (keep != nullptr && q == keep_src) keep[i] = x;
+            acc = q == 0 ? M::to_float(x) : acc + M::to_float(x);   // rank order, as in the vector path
+        }
         const T out = M::from_float(acc);
         dst[i] = out;
         if (dst2 != nullptr) dst2[i] = out;
@@ -304,22 +385,24 @@ __device__ __forceinline__ uint64_t part_size(uint64_t len, uint64_t part_len, i
 }
 
 // ---- one-shot all-reduce -----------------------------------------------------------------------
-// Each block copies its slice of the input into its own heap, meets the peers' same block, then reads
-// the slice from every rank's heap and writes the sum to the output. One barrier; the bank parity
-// protects the slice until every peer has read it. count * sizeof(T) <= bank_bytes.
+// Each block copies its slice of the input into its own heap (and into the backup, with the same
+// loads), meets the peers' same block, then reads the slice from every rank's heap and writes the sum
+// to the output. One barrier; the bank parity protects the slice until every peer has read it.
+// count * sizeof(T) <= bank_bytes. Backup: complete before the barrier, the only place the kernel
+// can give up, and the output (= the input, in place) is written only after it.
 
 template <typename T, int NR>
-__device__ void allreduce_oneshot(const T* in, T* out, uint64_t count, const Comm& c) {
+__device__ void allreduce_oneshot(const T* in, T* out, T* backup, uint64_t count, const Comm& c) {
     constexpr int V = VecMath<T>::kElems;
     const Range r = block_range(count, round_up(ceil_div(count, gridDim.x), V));
     T* own = reinterpret_cast<T*>(bank(c, heap_of<NR>(c, c.rank), 0));
-    copy_span(reinterpret_cast<uint8_t*>(own + r.lo), reinterpret_cast<const uint8_t*>(in + r.lo), r.size() * sizeof(T),
-              threadIdx.x, blockDim.x);
+    copy_span2(reinterpret_cast<uint8_t*>(own + r.lo), backup == nullptr ? nullptr : reinterpret_cast<uint8_t*>(backup + r.lo),
+               reinterpret_cast<const uint8_t*>(in + r.lo), r.size() * sizeof(T), threadIdx.x, blockDim.x);
     if (!block_barrier<NR>(c, c.epoch_base + 1)) return;
     const T* src[NR];
 #pragma unroll
     for (int q = 0; q < NR; ++q) src[q] = reinterpret_cast<const T*>(bank(c, c.heap[q], 0)) + r.lo;
-    reduce_span<T, NR>(out + r.lo, nullptr, src, r.size(), mooncake4j::aligned16(out), threadIdx.x, blockDim.x);
+    reduce_span<T, NR>(out + r.lo, nullptr, nullptr, 0, src, r.size(), mooncake4j::aligned16(out), threadIdx.x, blockDim.x);
 }
 
 // ---- two-shot all-reduce -----------------------------------------------------------------------
@@ -332,6 +415,7 @@ __device__ void allreduce_oneshot(const T* in, T* out, uint64_t count, const Com
 //   gather:  parts q != rank = peer q's reduced part, read from its bank into the output
 // From the second chunk on, a quarter of the warps stages chunk k+1 while the rest gathers chunk k,
 // so local copies overlap NVLink traffic.
+// Backup: stage writes parts q != rank of the backup with the same loads, reduce part `rank`.
 
 struct Chunking {
     uint64_t base;   // first element of the chunk
@@ -353,8 +437,31 @@ __device__ __forceinline__ Chunking two_shot_chunk(uint64_t count, uint64_t chun
     return ch;
 }
 
+// Backup of a two-shot all-reduce (pull or push) for a block that leaves early: a barrier of chunk k
+// failed. Copies this block's slices of every part of chunks [from, chunks) of the input to the
+// backup. Pass from = k after barrier 1 of chunk k failed (nothing of chunk k is overwritten yet:
+// the reduce and the copy-out come after it; re-copying what the scatter/stage already backed up
+// writes the same bytes), from = k + 1 after barrier 2 (chunk k is backed up: its scatter/stage
+// before barrier 1, its reduce, which overwrites part `rank` in place, before barrier 2). Chunks
+// after k are untouched: only this block reads or writes its slices, and it has not reached them.
 template <typename T, int NR>
-__device__ void two_shot_stage(const T* in, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
+__device__ void backup_rest(const T* in, T* backup, uint64_t count, uint64_t chunk, uint64_t from) {
+    if (backup == nullptr) return;
+    const uint64_t chunks = ceil_div(count, chunk);
+    for (uint64_t k = from; k < chunks; ++k) {
+        const Chunking ch = two_shot_chunk<T, NR>(count, chunk, k);
+#pragma unroll
+        for (int q = 0; q < NR; ++q) {
+            const Range r = block_range(part_size(ch.len, ch.part, q), ch.slice);
+            const uint64_t at = ch.base + q * ch.part + r.lo;
+            copy_span(reinterpret_cast<uint8_t*>(backup + at), reinterpret_cast<const uint8_t*>(in + at), r.size() * sizeof(T),
+                      threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+template <typename T, int NR>
+__device__ void two_shot_stage(const T* in, T* backup, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
                                uint32_t nthreads) {
     T* own = reinterpret_cast<T*>(bank(c, heap_of<NR>(c, c.rank), k));
 #pragma unroll
@@ -362,8 +469,9 @@ __device__ void two_shot_stage(const T* in, const Comm& c, const Chunking& ch, u
         if (q == c.rank) continue;
         const Range r = block_range(part_size(ch.len, ch.part, q), ch.slice);
         const uint64_t at = q * ch.part + r.lo;
-        copy_span(reinterpret_cast<uint8_t*>(own + at), reinterpret_cast<const uint8_t*>(in + ch.base + at),
-                  r.size() * sizeof(T), tid, nthreads);
+        copy_span2(reinterpret_cast<uint8_t*>(own + at),
+                   backup == nullptr ? nullptr : reinterpret_cast<uint8_t*>(backup + ch.base + at),
+                   reinterpret_cast<const uint8_t*>(in + ch.base + at), r.size() * sizeof(T), tid, nthreads);
     }
 }
 
@@ -382,14 +490,18 @@ __device__ void two_shot_gather(T* out, const Comm& c, const Chunking& ch, uint6
 }
 
 template <typename T, int NR>
-__device__ void allreduce_twoshot(const T* in, T* out, uint64_t count, uint64_t chunk, const Comm& c) {
+__device__ void allreduce_twoshot(const T* in, T* out, T* backup, uint64_t count, uint64_t chunk, const Comm& c) {
     const uint64_t chunks = ceil_div(count, chunk);
-    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out);
+    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out)
+                     && (backup == nullptr || mooncake4j::aligned16(backup));
     const uint32_t stagers = blockDim.x / 4;
     for (uint64_t k = 0; k < chunks; ++k) {
         const Chunking ch = two_shot_chunk<T, NR>(count, chunk, k);
-        if (k == 0) two_shot_stage<T, NR>(in, c, ch, k, threadIdx.x, blockDim.x);
-        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 1)) return;
+        if (k == 0) two_shot_stage<T, NR>(in, backup, c, ch, k, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 1)) {
+            backup_rest<T, NR>(in, backup, count, chunk, k);
+            return;
+        }
 
         const Range r = block_range(part_size(ch.len, ch.part, c.rank), ch.slice);
         const uint64_t at = c.rank * ch.part + r.lo;
@@ -399,12 +511,16 @@ __device__ void allreduce_twoshot(const T* in, T* out, uint64_t count, uint64_t 
         for (int q = 0; q < NR; ++q) {
             src[q] = (q == c.rank ? in + ch.base : reinterpret_cast<const T*>(bank(c, c.heap[q], k))) + at;
         }
-        reduce_span<T, NR>(out + ch.base + at, own + at, src, r.size(), vec, threadIdx.x, blockDim.x);
-        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 2)) return;
+        reduce_span<T, NR>(out + ch.base + at, own + at, backup == nullptr ? nullptr : backup + ch.base + at, c.rank, src,
+                           r.size(), vec, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 2)) {
+            backup_rest<T, NR>(in, backup, count, chunk, k + 1);
+            return;
+        }
 
         if (k + 1 < chunks) {
             if (threadIdx.x < stagers) {
-                two_shot_stage<T, NR>(in, c, two_shot_chunk<T, NR>(count, chunk, k + 1), k + 1, threadIdx.x, stagers);
+                two_shot_stage<T, NR>(in, backup, c, two_shot_chunk<T, NR>(count, chunk, k + 1), k + 1, threadIdx.x, stagers);
             } else {
                 two_shot_gather<T, NR>(out, c, ch, k, threadIdx.x - stagers, blockDim.x - stagers);
             }
@@ -449,15 +565,10 @@ __device__ void allreduce_twoshot(const T* in, T* out, uint64_t count, uint64_t 
 // Chunk k of the push variant: like two_shot_chunk, but part and slice are those of the first chunk
 // (min(chunk, count) elements) for every chunk, so that the slots and each block's slice of them stay
 // put from chunk to chunk (see above; CollectivePlan.pushPartElements).
+// It is two_shot_chunk itself (which backup_rest relies on for both variants).
 template <typename T, int NR>
 __device__ __forceinline__ Chunking push_chunk(uint64_t count, uint64_t chunk, uint64_t k) {
-    constexpr int V = VecMath<T>::kElems;
-    Chunking ch;
-    ch.base = k * chunk;
-    ch.len = min_u64(chunk, count - ch.base);
-    ch.part = round_up(ceil_div(min_u64(chunk, count), NR), V);
-    ch.slice = round_up(ceil_div(ch.part, gridDim.x), V);
-    return ch;
+    return two_shot_chunk<T, NR>(count, chunk, k);
 }
 
 // Byte offset of slot `slot` of chunk k within every rank's heap (the heaps share their layout).
@@ -467,13 +578,15 @@ __device__ __forceinline__ uint64_t push_slot_offset(const Comm& c, uint64_t k, 
 }
 
 // Pointers are recomputed from a few scalars per step (the heap bases are kernel parameters), so that
-// eight ranks' worth of them does not spill.
+// eight ranks' worth of them does not spill. backup (not null): the same elements of it get the values
+// loaded (parts j != rank; push_reduce backs up part `rank`).
 template <typename T, int NR>
-__device__ void push_scatter(const T* in, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
+__device__ void push_scatter(const T* in, T* backup, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
                              uint32_t nthreads) {
     constexpr int V = VecMath<T>::kElems;
     const uint64_t lo = blockIdx.x * ch.slice;                           // the slice of every part
     const T* src = in + ch.base + lo;                                    // + j * part for part j
+    T* keep = backup == nullptr ? nullptr : backup + ch.base + lo;       // + j * part for part j
     const uint64_t to = push_slot_offset<T>(c, k, ch, c.rank) + lo * sizeof(T);   // in rank j's heap
     uint32_t n[NR];
     uint32_t longest = 0;
@@ -483,12 +596,16 @@ __device__ void push_scatter(const T* in, const Comm& c, const Chunking& ch, uin
         n[j] = j == c.rank ? 0u : static_cast<uint32_t>(r.size());
         longest = n[j] > longest ? n[j] : longest;
     }
-    if (!mooncake4j::aligned16(in)) {
-        // The receive slots are 16-byte aligned; a misaligned input goes element by element.
+    if (!mooncake4j::aligned16(in) || (backup != nullptr && !mooncake4j::aligned16(backup))) {
+        // The receive slots are 16-byte aligned; a misaligned input (or backup) goes element by element.
         for (uint32_t i = tid; i < longest; i += nthreads) {
 #pragma unroll
             for (int j = 0; j < NR; ++j) {
-                if (i < n[j]) reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * ch.part + i);
+                if (i < n[j]) {
+                    const T x = load_cg(src + j * ch.part + i);
+                    reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
+                    if (keep != nullptr) keep[j * ch.part + i] = x;
+                }
             }
         }
         return;
@@ -501,27 +618,33 @@ __device__ void push_scatter(const T* in, const Comm& c, const Chunking& ch, uin
         }
 #pragma unroll
         for (int j = 0; j < NR; ++j) {
-            if ((v + 1) * V <= n[j]) reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+            if ((v + 1) * V <= n[j]) {
+                reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+                if (keep != nullptr) reinterpret_cast<uint4*>(keep + j * ch.part)[v] = x[j];
+            }
         }
     }
     // Tails: only a part's last slice can end inside a vector (parts and slices are whole vectors).
 #pragma unroll
     for (int j = 0; j < NR; ++j) {
         for (uint32_t i = n[j] / V * V + tid; i < n[j]; i += nthreads) {
-            reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * ch.part + i);
+            const T x = load_cg(src + j * ch.part + i);
+            reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
+            if (keep != nullptr) keep[j * ch.part + i] = x;
         }
     }
 }
 
 // Part `rank`, slice of this block: the sum in rank order of the own input and the receive slots,
-// written to the output and to gather slot `rank` of every peer.
+// written to the output and to gather slot `rank` of every peer; the own input also to the backup.
 template <typename T, int NR>
-__device__ void push_reduce(const T* in, T* out, const Comm& c, const Chunking& ch, uint64_t k, bool vec) {
+__device__ void push_reduce(const T* in, T* out, T* backup, const Comm& c, const Chunking& ch, uint64_t k, bool vec) {
     using M = VecMath<T>;
     const Range r = block_range(part_size(ch.len, ch.part, c.rank), ch.slice);
     const uint64_t at = ch.base + c.rank * ch.part + r.lo;
     const T* mine = in + at;
     T* result = out + at;
+    T* keep = backup == nullptr ? nullptr : backup + at;
     const T* recv = reinterpret_cast<const T*>(heap_of<NR>(c, c.rank) + push_slot_offset<T>(c, k, ch, 0)) + r.lo;
     const uint64_t to = push_slot_offset<T>(c, k, ch, NR + c.rank) + r.lo * sizeof(T);   // in every peer's heap
     const uint64_t n = r.size();
@@ -531,6 +654,12 @@ __device__ void push_reduce(const T* in, T* out, const Comm& c, const Chunking& 
 #pragma unroll
         for (int q = 0; q < NR; ++q) {
             raw[q] = load_cg(reinterpret_cast<const uint4*>(q == c.rank ? mine : recv + q * ch.part) + v);
+        }
+        if (keep != nullptr) {
+#pragma unroll
+            for (int q = 0; q < NR; ++q) {
+                if (q == c.rank) reinterpret_cast<uint4*>(keep)[v] = raw[q];
+            }
         }
         float acc[8];
         M::init(acc, raw[0]);
@@ -543,6 +672,7 @@ __device__ void push_reduce(const T* in, T* out, const Comm& c, const Chunking& 
         }
     }
     for (uint64_t i = nvec * M::kElems + threadIdx.x; i < n; i += blockDim.x) {
+        if (keep != nullptr) keep[i] = load_cg(mine + i);
         float acc = M::to_float(load_cg((c.rank == 0 ? mine : recv) + i));
 #pragma unroll
         for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg((q == c.rank ? mine : recv + q * ch.part) + i));
@@ -567,71 +697,31 @@ __device__ void push_copy_out(T* out, const Comm& c, const Chunking& ch, uint64_
 }
 
 template <typename T, int NR>
-__device__ void allreduce_twoshot_push(const T* in, T* out, uint64_t count, uint64_t chunk, const Comm& c) {
+__device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t count, uint64_t chunk, const Comm& c) {
     const uint64_t chunks = ceil_div(count, chunk);
-    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out);
+    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out)
+                     && (backup == nullptr || mooncake4j::aligned16(backup));
     const uint32_t scatterers = blockDim.x / 2;
     for (uint64_t k = 0; k < chunks; ++k) {
         const Chunking ch = push_chunk<T, NR>(count, chunk, k);
-        if (k == 0) push_scatter<T, NR>(in, c, ch, k, threadIdx.x, blockDim.x);
-        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 1)) return;
-        push_reduce<T, NR>(in, out, c, ch, k, vec);
-        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 2)) return;
+        if (k == 0) push_scatter<T, NR>(in, backup, c, ch, k, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 1)) {
+            backup_rest<T, NR>(in, backup, count, chunk, k);
+            return;
+        }
+        push_reduce<T, NR>(in, out, backup, c, ch, k, vec);
+        if (!block_barrier<NR>(c, c.epoch_base + 2 * k + 2)) {
+            backup_rest<T, NR>(in, backup, count, chunk, k + 1);
+            return;
+        }
         if (k + 1 < chunks) {
             if (threadIdx.x < scatterers) {
-                push_scatter<T, NR>(in, c, push_chunk<T, NR>(count, chunk, k + 1), k + 1, threadIdx.x, scatterers);
+                push_scatter<T, NR>(in, backup, c, push_chunk<T, NR>(count, chunk, k + 1), k + 1, threadIdx.x, scatterers);
             } else {
                 push_copy_out<T, NR>(out, c, ch, k, threadIdx.x - scatterers, blockDim.x - scatterers);
             }
         } else {
             push_copy_out<T, NR>(out, c, ch, k, threadIdx.x, blockDim.x);
-        }
-    }
-}
-
-// ---- all-gather --------------------------------------------------------------------------------
-// out[q * n + i] = rank q's in[i]. Per chunk of at most `chunk` bytes (<= bank_bytes): copy the input
-// chunk into this rank's bank, barrier, then read every peer's chunk from its bank (and this rank's
-// own from the input). From the second chunk on, a quarter of the warps stages chunk k+1 meanwhile.
-
-template <int NR>
-__device__ void all_gather_stage(const uint8_t* in, uint64_t n, uint64_t chunk, const Comm& c, uint64_t k,
-                                 uint32_t tid, uint32_t nthreads) {
-    const uint64_t base = k * chunk;
-    const uint64_t len = min_u64(chunk, n - base);
-    const Range r = block_range(len, round_up(ceil_div(len, gridDim.x), 16));
-    copy_span(bank(c, heap_of<NR>(c, c.rank), k) + r.lo, in + base + r.lo, r.size(), tid, nthreads);
-}
-
-template <int NR>
-__device__ void all_gather_pull(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c,
-                                uint64_t k, uint32_t tid, uint32_t nthreads) {
-    const uint64_t base = k * chunk;
-    const uint64_t len = min_u64(chunk, n - base);
-    const Range r = block_range(len, round_up(ceil_div(len, gridDim.x), 16));
-#pragma unroll
-    for (int q = 0; q < NR; ++q) {
-        const uint8_t* src = q == c.rank ? in + base : bank(c, c.heap[q], k);
-        uint8_t* dst = out + q * n + base;
-        if (dst + r.lo != src + r.lo) copy_span(dst + r.lo, src + r.lo, r.size(), tid, nthreads);
-    }
-}
-
-template <int NR>
-__device__ void all_gather(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
-    const uint64_t chunks = ceil_div(n, chunk);
-    const uint32_t stagers = blockDim.x / 4;
-    for (uint64_t k = 0; k < chunks; ++k) {
-        if (k == 0) all_gather_stage<NR>(in, n, chunk, c, k, threadIdx.x, blockDim.x);
-        if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
-        if (k + 1 < chunks) {
-            if (threadIdx.x < stagers) {
-                all_gather_stage<NR>(in, n, chunk, c, k + 1, threadIdx.x, stagers);
-            } else {
-                all_gather_pull<NR>(in, out, n, chunk, c, k, threadIdx.x - stagers, blockDim.x - stagers);
-            }
-        } else {
-            all_gather_pull<NR>(in, out, n, chunk, c, k, threadIdx.x, blockDim.x);
         }
     }
 }
@@ -676,35 +766,62 @@ __device__ __forceinline__ uint64_t slot_offset(const Comm& c, uint64_t k, uint6
 }
 
 // Stores this block's slice of chunk k of every part j != rank into rank j's slot `rank`. Part j of the
-// input starts at in + j * stride (elements). vec: in and stride are whole vectors (16-byte aligned).
+// input starts at in + j * stride (elements); stride 0: the same data for every peer (all-gather),
+// each vector loaded once. local (not null): part `rank`'s slice also goes to local + ch.base + r.lo
+// (all-gather: this rank's own block of the output). vec: in, stride and local are whole vectors
+// (16-byte aligned).
 template <typename T, int NR>
-__device__ void slot_scatter(const T* in, uint64_t stride, const Comm& c, const SlotChunking& ch, uint64_t k, bool vec,
-                             uint32_t tid, uint32_t nthreads) {
+__device__ void slot_scatter(const T* in, uint64_t stride, T* local, const Comm& c, const SlotChunking& ch, uint64_t k,
+                             bool vec, uint32_t tid, uint32_t nthreads) {
     constexpr int V = 16 / sizeof(T);
     const Range r = block_range(ch.len, ch.slice);
     const uint64_t n = r.size();
     const T* src = in + ch.base + r.lo;                                           // + j * stride for part j
+    T* mine = local == nullptr ? nullptr : local + ch.base + r.lo;
+    const T* own_src = src + c.rank * stride;                                     // part `rank`
     const uint64_t to = slot_offset(c, k, ch.slot * sizeof(T), c.rank) + r.lo * sizeof(T);   // in rank j's heap
     uint64_t done = 0;
     if (vec) {
         const uint64_t nvec = n / V;
-        for (uint64_t v = tid; v < nvec; v += nthreads) {
-            uint4 x[NR];
+        if (stride == 0) {
+            for (uint64_t v = tid; v < nvec; v += nthreads) {
+                const uint4 x = load_cg(reinterpret_cast<const uint4*>(src) + v);
 #pragma unroll
-            for (int j = 0; j < NR; ++j) {
-                if (j != c.rank) x[j] = load_cg(reinterpret_cast<const uint4*>(src + j * stride) + v);
+                for (int j = 0; j < NR; ++j) {
+                    if (j != c.rank) reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x;
+                }
+                if (mine != nullptr) reinterpret_cast<uint4*>(mine)[v] = x;
             }
+        } else {
+            for (uint64_t v = tid; v < nvec; v += nthreads) {
+                uint4 x[NR];
 #pragma unroll
-            for (int j = 0; j < NR; ++j) {
-                if (j != c.rank) reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+                for (int j = 0; j < NR; ++j) {
+                    if (j != c.rank) x[j] = load_cg(reinterpret_cast<const uint4*>(src + j * stride) + v);
+                }
+#pragma unroll
+                for (int j = 0; j < NR; ++j) {
+                    if (j != c.rank) reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+                }
+                if (mine != nullptr) reinterpret_cast<uint4*>(mine)[v] = load_cg(reinterpret_cast<const uint4*>(own_src) + v);
             }
         }
         done = nvec * V;
     }
     for (uint64_t i = done + tid; i < n; i += nthreads) {
+        if (stride == 0) {
+            const T x = load_cg(src + i);
 #pragma unroll
-        for (int j = 0; j < NR; ++j) {
-            if (j != c.rank) reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * stride + i);
+            for (int j = 0; j < NR; ++j) {
+                if (j != c.rank) reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
+            }
+            if (mine != nullptr) mine[i] = x;
+        } else {
+#pragma unroll
+            for (int j = 0; j < NR; ++j) {
+                if (j != c.rank) reinterpret_cast<T*>(c.heap[j] + to)[i] = load_cg(src + j * stride + i);
+            }
+            if (mine != nullptr) mine[i] = load_cg(own_src + i);
         }
     }
 }
@@ -749,11 +866,12 @@ __device__ void reduce_scatter_push(const T* in, T* out, uint64_t count, uint64_
     const uint32_t scatterers = blockDim.x / 2;
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<V>(count, chunk, k);
-        if (k == 0) slot_scatter<T, NR>(in, count, c, ch, k, vec_in, threadIdx.x, blockDim.x);
+        if (k == 0) slot_scatter<T, NR>(in, count, nullptr, c, ch, k, vec_in, threadIdx.x, blockDim.x);
         if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
         if (k + 1 < chunks) {
             if (threadIdx.x < scatterers) {
-                slot_scatter<T, NR>(in, count, c, slot_chunk<V>(count, chunk, k + 1), k + 1, vec_in, threadIdx.x, scatterers);
+                slot_scatter<T, NR>(in, count, nullptr, c, slot_chunk<V>(count, chunk, k + 1), k + 1, vec_in, threadIdx.x,
+                                    scatterers);
             } else {
                 rs_reduce<T, NR>(in, out, count, c, ch, k, vec, threadIdx.x - scatterers, blockDim.x - scatterers);
             }
@@ -770,14 +888,18 @@ __device__ void reduce_scatter_push(const T* in, T* out, uint64_t count, uint64_
 // block from the input. From the second chunk on, half the warps scatter chunk k+1 while the other
 // half copies chunk k out. The vector path needs in and n to be 16-byte multiples; else bytes.
 
+// Copies this block's slice of chunk k of every slot q != rank of this rank's bank into out + q * n
+// (+ the chunk's base), and, when mine is not null, the same slice of this rank's own block from mine
+// (the block's first byte) into out + rank * n. Any alignment (copy_span).
 template <int NR>
-__device__ void a2a_copy_out(const uint8_t* in, uint8_t* out, uint64_t n, const Comm& c, const SlotChunking& ch,
-                             uint64_t k, uint32_t tid, uint32_t nthreads) {
+__device__ void slot_copy_out(const uint8_t* mine, uint8_t* out, uint64_t n, const Comm& c, const SlotChunking& ch,
+                              uint64_t k, uint32_t tid, uint32_t nthreads) {
     const Range r = block_range(ch.len, ch.slice);
     const uint8_t* own = heap_of<NR>(c, c.rank);
 #pragma unroll
     for (int q = 0; q < NR; ++q) {
-        const uint8_t* src = q == c.rank ? in + q * n + ch.base : own + slot_offset(c, k, ch.slot, q);
+        if (q == c.rank && mine == nullptr) continue;
+        const uint8_t* src = q == c.rank ? mine + ch.base : own + slot_offset(c, k, ch.slot, q);
         copy_span(out + q * n + ch.base + r.lo, src + r.lo, r.size(), tid, nthreads);
     }
 }
@@ -786,19 +908,64 @@ template <int NR>
 __device__ void all_to_all_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
     const uint64_t chunks = ceil_div(n, chunk);
     const bool vec = mooncake4j::aligned16(in) && n % 16 == 0;
+    const uint8_t* mine = in + c.rank * n;
     const uint32_t scatterers = blockDim.x / 2;
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<16>(n, chunk, k);
-        if (k == 0) slot_scatter<uint8_t, NR>(in, n, c, ch, k, vec, threadIdx.x, blockDim.x);
+        if (k == 0) slot_scatter<uint8_t, NR>(in, n, nullptr, c, ch, k, vec, threadIdx.x, blockDim.x);
         if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
         if (k + 1 < chunks) {
             if (threadIdx.x < scatterers) {
-                slot_scatter<uint8_t, NR>(in, n, c, slot_chunk<16>(n, chunk, k + 1), k + 1, vec, threadIdx.x, scatterers);
+                slot_scatter<uint8_t, NR>(in, n, nullptr, c, slot_chunk<16>(n, chunk, k + 1), k + 1, vec, threadIdx.x,
+                                          scatterers);
             } else {
-                a2a_copy_out<NR>(in, out, n, c, ch, k, threadIdx.x - scatterers, blockDim.x - scatterers);
+                slot_copy_out<NR>(mine, out, n, c, ch, k, threadIdx.x - scatterers, blockDim.x - scatterers);
             }
         } else {
-            a2a_copy_out<NR>(in, out, n, c, ch, k, threadIdx.x, blockDim.x);
+            slot_copy_out<NR>(mine, out, n, c, ch, k, threadIdx.x, blockDim.x);
+        }
+    }
+}
+
+// ---- all-gather, push ----------------------------------------------------------------------------
+// out[q * n + i] = rank q's in[i], i < n bytes. The chunks, slots and barriers of the all-to-all with
+// the same block for every peer (stride 0): per chunk k of at most `chunk` bytes (NR * slot <= bank,
+// CollectivePlan.allGatherChunkBytes), within the bank of chunk k of every rank:
+//   slot s   [s * slot, (s + 1) * slot):   bytes [base, base + len) of rank s's input
+// Per chunk:
+//   scatter: bytes [base, base + len) of the input -> slot `rank` of every peer (each 16-byte vector
+//            loaded once and stored to all peers, and to this rank's own block of the output when in
+//            and out + rank * n are both 16-byte aligned)
+//   barrier k
+//   copy:    slots q != rank -> out + q * n (local loads); this rank's own block from the input when
+//            the scatter did not store it, and not at all in place (in == out + rank * n)
+// From the second chunk on, half the warps scatter chunk k+1 while the other half copies chunk k out.
+// Bank reuse as in the all-to-all: block b stores chunk k+1 into the peers' bank of chunk k-1 after
+// barrier k, which block b of every peer enters after it copied chunk k-1 out; slot_chunk keeps each
+// block's bytes of every slot in place from chunk to chunk. Only the output is written: the input is
+// intact after a timeout. The vector path needs a 16-byte aligned input; any n.
+
+template <int NR>
+__device__ void all_gather_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
+    const uint64_t chunks = ceil_div(n, chunk);
+    const bool vec = mooncake4j::aligned16(in);
+    uint8_t* block = out + c.rank * n;
+    const bool in_place = block == in;
+    uint8_t* local = !in_place && vec && mooncake4j::aligned16(block) ? block : nullptr;   // stored by the scatter
+    const uint8_t* mine = !in_place && local == nullptr ? in : nullptr;                   // copied out
+    const uint32_t scatterers = blockDim.x / 2;
+    for (uint64_t k = 0; k < chunks; ++k) {
+        const SlotChunking ch = slot_chunk<16>(n, chunk, k);
+        if (k == 0) slot_scatter<uint8_t, NR>(in, 0, local, c, ch, k, vec, threadIdx.x, blockDim.x);
+        if (!block_barrier<NR>(c, c.epoch_base + k + 1)) return;
+        if (k + 1 < chunks) {
+            if (threadIdx.x < scatterers) {
+                slot_scatter<uint8_t, NR>(in, 0, local, c, slot_chunk<16>(n, chunk, k + 1), k + 1, vec, threadIdx.x, scatterers);
+            } else {
+                slot_copy_out<NR>(mine, out, n, c, ch, k, threadIdx.x - scatterers, blockDim.x - scatterers);
+            }
+        } else {
+            slot_copy_out<NR>(mine, out, n, c, ch, k, threadIdx.x, blockDim.x);
         }
     }
 }
@@ -827,13 +994,18 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 }  // namespace mooncake4j
 
 // ---- entry points ----------------------------------------------------------------------------------
-// Every kernel takes (in, out, count, chunk, heap0..heap7, rank, world, data_offset, bank_bytes,
-// epoch_base, chunk_seq_base, timeout_ns, status) -- CudaCollectives builds exactly this list:
+// Every collective kernel takes (in, out, backup, count, chunk, heap0..heap7, rank, world, data_offset,
+// bank_bytes, epoch_base, chunk_seq_base, timeout_ns, status, done, ticket) -- CudaCollectives builds
+// exactly this list:
+//   backup: all-reduce: null, or count elements that receive a copy of in (see "Backup" at the top);
+//           ignored by the others (the host passes null)
 //   count:  elements (all-reduce), elements per rank (reduce-scatter: in holds world * count) or bytes
 //           per rank (all-gather; all-to-all: bytes per block, in and out hold world * count);
-//           chunk: elements/bytes per chunk (of every part for reduce-scatter and all-to-all)
-//           (ignored by one-shot); heapN: rank N's heap base in this process (null for N >= world);
-//   world:  1..8; anything else makes the kernel return without doing anything.
+//           chunk: elements/bytes per chunk (of every part for reduce-scatter, all-to-all and
+//           all-gather) (ignored by one-shot); heapN: rank N's heap base in this process (null for
+//           N >= world);
+//   world:  1..8; anything else makes the kernel return without doing anything (but signal done);
+//   done, ticket: block b stores ticket into done[b] when it is done (host-mapped; see "Completion").
 // Launch with the same grid on every rank: 512 threads per block (the kernels may use up to 128
 // registers a thread, so one block fits an SM), at most one block per SM so that all blocks are
 // resident at once, and at most 512 blocks (the flag rows of the heap).
@@ -841,7 +1013,7 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 #define MOONCAKE4J_COMM_PARAMS                                                                                        \
     uint8_t *h0, uint8_t *h1, uint8_t *h2, uint8_t *h3, uint8_t *h4, uint8_t *h5, uint8_t *h6, uint8_t *h7, int rank, \
         int world, uint64_t data_offset, uint64_t bank_bytes, uint64_t epoch_base, uint64_t chunk_seq_base,           \
-        uint64_t timeout_ns, uint32_t *status
+        uint64_t timeout_ns, uint32_t *status, uint64_t *done, uint64_t ticket
 
 #define MOONCAKE4J_COMM                                                                                          \
     const mooncake4j::collectives::Comm comm {                                                                   \
@@ -849,7 +1021,8 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
             status                                                                                               \
     }
 
-// Runs CALL with a compile-time NR equal to world.
+// Runs CALL with a compile-time NR equal to world, then signals done (every path of CALL returns
+// uniformly per block, so every thread reaches the signal's __syncthreads).
 #define MOONCAKE4J_FOR_WORLD(CALL)          \
     switch (world) {                        \
         case 1: { constexpr int NR = 1; CALL; } break; \
@@ -861,83 +1034,96 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
         case 7: { constexpr int NR = 7; CALL; } break; \
         case 8: { constexpr int NR = 8; CALL; } break; \
         default: break;                     \
-    }
+    }                                       \
+    mooncake4j::collectives::signal_done(done, ticket)
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_oneshot_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+allreduce_oneshot_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
     (void)chunk;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<float, NR>(in, out, count, comm)))
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<float, NR>(in, out, backup, count, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_oneshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk,
+allreduce_oneshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count, uint64_t chunk,
                        MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
     (void)chunk;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<__nv_bfloat16, NR>(in, out, count, comm)))
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<__nv_bfloat16, NR>(in, out, backup, count, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+allreduce_twoshot_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_twoshot<float, NR>(in, out, count, chunk, comm)))
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_twoshot<float, NR>(in, out, backup, count, chunk, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk,
+allreduce_twoshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count, uint64_t chunk,
                        MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
     MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::allreduce_twoshot<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
+        (mooncake4j::collectives::allreduce_twoshot<__nv_bfloat16, NR>(in, out, backup, count, chunk, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_push_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_twoshot_push<float, NR>(in, out, count, chunk, comm)))
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_push_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk,
-                            MOONCAKE4J_COMM_PARAMS) {
+allreduce_twoshot_push_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk,
+                           MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
     MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::allreduce_twoshot_push<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
+        (mooncake4j::collectives::allreduce_twoshot_push<float, NR>(in, out, backup, count, chunk, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allgather_bytes(const uint8_t* in, uint8_t* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_gather<NR>(in, out, count, chunk, comm)))
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-reducescatter_f32(const float* in, float* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::reduce_scatter_push<float, NR>(in, out, count, chunk, comm)))
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-reducescatter_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+allreduce_twoshot_push_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count,
+                            uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
     MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::reduce_scatter_push<__nv_bfloat16, NR>(in, out, count, chunk, comm)))
+        (mooncake4j::collectives::allreduce_twoshot_push<__nv_bfloat16, NR>(in, out, backup, count, chunk, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-alltoall_bytes(const uint8_t* in, uint8_t* out, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+allgather_bytes(const uint8_t* in, uint8_t* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_to_all_push<NR>(in, out, count, chunk, comm)))
+    (void)backup;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_gather_push<NR>(in, out, count, chunk, comm)));
 }
 
-// In place x[i] = x[i] / divisor for i < count; any grid (grid-stride), 512 threads per block.
-extern "C" __global__ void __launch_bounds__(512) scale_f32(float* x, uint64_t count, float divisor) {
+extern "C" __global__ void __launch_bounds__(512, 1)
+reducescatter_f32(const float* in, float* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    (void)backup;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::reduce_scatter_push<float, NR>(in, out, count, chunk, comm)));
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+reducescatter_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, void* backup, uint64_t count, uint64_t chunk,
+                   MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    (void)backup;
+    MOONCAKE4J_FOR_WORLD(
+        (mooncake4j::collectives::reduce_scatter_push<__nv_bfloat16, NR>(in, out, count, chunk, comm)));
+}
+
+extern "C" __global__ void __launch_bounds__(512, 1)
+alltoall_bytes(const uint8_t* in, uint8_t* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+    MOONCAKE4J_COMM;
+    (void)backup;
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_to_all_push<NR>(in, out, count, chunk, comm)));
+}
+
+// In place x[i] = x[i] / divisor for i < count; any grid (grid-stride), 512 threads per block, at most
+// CollectivePlan.SCALE_MAX_BLOCKS blocks (the done words); block b stores ticket into done[b] at the end.
+extern "C" __global__ void __launch_bounds__(512)
+scale_f32(float* x, uint64_t count, float divisor, uint64_t* done, uint64_t ticket) {
     mooncake4j::collectives::scale<float>(x, count, divisor);
+    mooncake4j::collectives::signal_done(done, ticket);
 }
 
-extern "C" __global__ void __launch_bounds__(512) scale_bf16(__nv_bfloat16* x, uint64_t count, float divisor) {
+extern "C" __global__ void __launch_bounds__(512)
+scale_bf16(__nv_bfloat16* x, uint64_t count, float divisor, uint64_t* done, uint64_t ticket) {
     mooncake4j::collectives::scale<__nv_bfloat16>(x, count, divisor);
+    mooncake4j::collectives::signal_done(done, ticket);
 }
 
 #undef MOONCAKE4J_FOR_WORLD

@@ -40,13 +40,16 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  * <ul>
  * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and both two-shot variants,
  *     pull and push; odd sizes,
- *     misaligned and in-place buffers; up to 1 GiB), all_gather (1 byte to 1 GiB of output),
+ *     misaligned and in-place buffers; up to 1 GiB; in place with the kernel's backup of the input,
+ *     as the process group runs it, the backup checked bitwise, also misaligned to the input),
+ *     all_gather (1 byte to 1 GiB of output; odd sizes and alignments, in place),
  *     reduce_scatter float32 and bfloat16 (odd sizes, misaligned buffers, several chunks of both banks)
  *     and all_to_all (1 byte per block up; odd sizes and alignments, several chunks) against references
  *     computed on the host from every rank's inputs (float32 inputs are integers, so sums are exact;
  *     bfloat16 all_reduce within 1e-2 relative L2 error, bitwise differences counted; bfloat16
  *     reduce_scatter bitwise equal to the fp32 sum in rank order rounded once), with poisoned outputs
- *     and guard bytes;</li>
+ *     and guard bytes; after every collective the kernel's completion words must hold its ticket
+ *     ({@link CudaCollectives#lastKernelDone()});</li>
  * <li>time: all_reduce float32 of 8 B .. 512 MiB (factor 4, the sizes of torch_baselines.py), 5
  *     warm-up and 20 timed iterations between CUDA events, the maximum over ranks: the automatic
  *     choice, one-shot (up to one bank) and both two-shot variants at every size; rank 0 prints an
@@ -59,8 +62,10 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  *     {@code mooncake_reducescatter}, {@code mooncake_alltoall});</li>
  * <li>fault: rank n-1 exits without calling all_reduce; the others run a one-shot all_reduce (on the
  *     main heap), a two-shot pull and a two-shot push one (each on a small heap of its own, made
- *     before rank n-1 leaves); each must fail within the timeout plus {@value #FAULT_BOUND_MS} ms with
- *     a {@link CollectiveTimeoutException} naming rank n-1, and fail at once on the next call.</li>
+ *     before rank n-1 leaves; several pipeline chunks), all in place with a backup; each must fail
+ *     within the timeout plus {@value #FAULT_BOUND_MS} ms with a {@link CollectiveTimeoutException}
+ *     naming rank n-1, leave a complete backup of its input (what the group's redo puts back), and
+ *     fail at once on the next call.</li>
  * </ul>
  * Every check prints {@code PASS}, {@code FAIL} or {@code SKIP}; the exit status is 1 when a check of
  * this rank failed. Other settings: {@code HEAP_MIB} (257: two banks of 128 MiB), {@code SHARING}
@@ -143,6 +148,7 @@ public final class CollectiveBench {
     private CudaModule kernels;
     private DeviceBuffer src;
     private DeviceBuffer dst;
+    private DeviceBuffer keep;      // the all_reduce checks' backups
     private MemorySegment up;
     private MemorySegment down;
 
@@ -215,6 +221,7 @@ public final class CollectiveBench {
         long deviceCapacity = Math.max(capacity, cfg.phases().contains("time") ? cfg.timeMaxBytes() * world + SLACK : 0);
         src = DeviceBuffer.allocate(device, deviceCapacity);
         dst = DeviceBuffer.allocate(device, deviceCapacity);
+        if (cfg.phases().contains("check")) keep = DeviceBuffer.allocate(device, capacity);
         Arena arena = Arena.ofShared();     // lives until the process exits
         up = arena.allocate(capacity, 16);
         down = arena.allocate(capacity, 16);
@@ -260,6 +267,8 @@ public final class CollectiveBench {
         for (long n : new long[] {1, 1001, 65541, Math.min(bank / 4, 4 * MIB) - 1}) allReduceCheck(f32, n, one, 0, 0, false);
         allReduceCheck(f32, 1001, one, 4, 8, false);
         allReduceCheck(f32, 4099, one, 0, 0, true);
+        allReduceCheck(f32, 1001, one, 0, 0, true, 4);      // aligned input, misaligned backup: byte copies
+        allReduceCheck(f32, 65541, one, 0, 0, false, 0);    // out of place with a backup
         for (Algorithm two : twoShots) {
             // the last ones: several pipeline chunks of both banks, up to the largest checked size
             for (long n : new long[] {1, 3, 1001, 65541, 2 * (bank / 4) + 77, 4 * (bank / 4) + 5, maxF32 - 7}) {
@@ -268,14 +277,19 @@ public final class CollectiveBench {
             allReduceCheck(f32, MIB + 3, two, 4, 12, false);
             allReduceCheck(f32, MIB + 1, two, 0, 0, true);
             allReduceCheck(f32, 2 * (bank / 4) + 33, two, 0, 0, true);
+            allReduceCheck(f32, 4 * (bank / 4) + 5, two, 4, 4, true);          // several chunks of both banks, backed up
+            allReduceCheck(f32, MIB + 3, two, 0, 0, true, 4);                   // aligned input, misaligned backup
+            allReduceCheck(f32, 1001, two, 0, 0, false, 0);
         }
 
         for (long n : new long[] {1, 3, 4097, th / 2 - 8, th / 2 + 8, MIB + 7, maxBf16}) allReduceCheck(bf16, n, auto, 0, 0, false);
         allReduceCheck(bf16, 65543, one, 0, 0, false);
+        allReduceCheck(bf16, 65543, one, 2, 2, true);
         for (Algorithm two : twoShots) {
             for (long n : new long[] {5, 65543, 2 * (bank / 2) + 9}) allReduceCheck(bf16, n, two, 0, 0, false);
             allReduceCheck(bf16, MIB + 1, two, 2, 6, false);
             allReduceCheck(bf16, MIB + 9, two, 0, 0, true);
+            allReduceCheck(bf16, 2 * (bank / 2) + 9, two, 2, 2, true);
         }
 
         long maxGather = cfg.checkMaxBytes() / world / 16 * 16;
@@ -283,6 +297,15 @@ public final class CollectiveBench {
         allGatherCheck(1001, 1, 3, false);
         allGatherCheck(MIB + 1, 0, 0, false);
         allGatherCheck(4 * MIB, 0, 0, true);
+        // the push all_gather: its own block stored by the scatter (aligned) or copied out of the input,
+        // several chunks of both banks (a slot holds at most bank / world bytes), in place
+        long agChunk = bank / world;
+        allGatherCheck(4096, 16, 16, false);
+        allGatherCheck(4096, 16, 8, false);
+        allGatherCheck(1003, 0, 0, true);
+        allGatherCheck(2 * agChunk + 33, 0, 0, false);
+        allGatherCheck(3 * agChunk, 0, 0, true);
+        allGatherCheck(3 * MIB + 5, 4, 4, false);      // misaligned input: bytes, several chunks
 
         // reduce_scatter: chunks of a part hold at most bank / world bytes, so the last sizes take several chunks of both banks
         long rsChunkF32 = bank / 4 / world;
@@ -333,7 +356,7 @@ public final class CollectiveBench {
             stream.synchronize();
             long t0 = System.nanoTime();
             coll.reduceScatter(in, out, count, dt, stream, cfg.checkTimeoutNanos());
-            coll.synchronize(stream);
+            synchronize();
             double ms = (System.nanoTime() - t0) / 1e6;
             long bytes = count * es;
             stream.copyDeviceToHost(dst.pointer(), down, dstOffset + bytes + GUARD);
@@ -368,7 +391,7 @@ public final class CollectiveBench {
             stream.synchronize();
             long t0 = System.nanoTime();
             coll.allToAll(in, out, n, stream, cfg.checkTimeoutNanos());
-            coll.synchronize(stream);
+            synchronize();
             double ms = (System.nanoTime() - t0) / 1e6;
             stream.copyDeviceToHost(dst.pointer(), down, dstOffset + total + GUARD);
             stream.synchronize();
@@ -392,12 +415,29 @@ public final class CollectiveBench {
         });
     }
 
+    /** Waits for the stream and checks for a timeout; the last kernel's completion words must then hold its ticket. */
+    private void synchronize() {
+        coll.synchronize(stream);
+        if (!coll.lastKernelDone()) {
+            throw new AssertionError("the stream is done but the last kernel's completion words do not hold its ticket "
+                    + coll.lastTicket() + ": CudaCollectives.lastKernelDone() would never return true");
+        }
+    }
+
+    /** An all_reduce check; in place with a backup at the input's offset (as the process group runs it). */
     private void allReduceCheck(DType dt, long count, Algorithm algorithm, long srcOffset, long dstOffset, boolean inPlace) {
+        allReduceCheck(dt, count, algorithm, srcOffset, dstOffset, inPlace, inPlace ? srcOffset : -1);
+    }
+
+    /** backupOffset: where in the backup buffer the kernel copies the input (-1: no backup). */
+    private void allReduceCheck(DType dt, long count, Algorithm algorithm, long srcOffset, long dstOffset, boolean inPlace,
+                                long backupOffset) {
         int es = dt.byteSize();
         long bytes = count * es;
-        String name = String.format(Locale.ROOT, "rank %d all_reduce %s %s n=%d (%s)%s%s", rank, dt.torchName(),
+        String name = String.format(Locale.ROOT, "rank %d all_reduce %s %s n=%d (%s)%s%s%s", rank, dt.torchName(),
                 algorithm.name().toLowerCase(Locale.ROOT).replace('_', '-'), count, human(bytes),
-                srcOffset + dstOffset > 0 ? " src+" + srcOffset + " dst+" + dstOffset : "", inPlace ? " in place" : "");
+                srcOffset + dstOffset > 0 ? " src+" + srcOffset + " dst+" + dstOffset : "", inPlace ? " in place" : "",
+                backupOffset >= 0 ? " + backup" + (backupOffset > 0 ? "+" + backupOffset : "") : "");
         if (count <= 0 || bytes > cfg.checkMaxBytes()) return;
         long seed = ++checks;
         if (broken) {
@@ -408,6 +448,8 @@ public final class CollectiveBench {
             long in = src.pointer() + srcOffset;
             long out = inPlace ? in : dst.pointer() + dstOffset;
             long outBase = inPlace ? src.pointer() : dst.pointer();
+            long copy = backupOffset >= 0 ? keep.pointer() + backupOffset : 0;
+            if (copy != 0) poison(keep);
             parallel(count, i -> {
                 if (dt == DType.FLOAT32) up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(seed, rank, i));
                 else up.setAtIndex(ValueLayout.JAVA_SHORT, i, bf16Value(seed, rank, i));
@@ -417,8 +459,8 @@ public final class CollectiveBench {
             stream.copyHostToDevice(up, in, bytes);
             stream.synchronize();
             long t0 = System.nanoTime();
-            coll.allReduce(in, out, count, dt, stream, cfg.checkTimeoutNanos(), algorithm);
-            coll.synchronize(stream);
+            coll.allReduce(in, out, count, dt, stream, cfg.checkTimeoutNanos(), algorithm, copy);
+            synchronize();
             double ms = (System.nanoTime() - t0) / 1e6;
             long prefix = out - outBase;
             stream.copyDeviceToHost(outBase, down, prefix + bytes + GUARD);
@@ -427,8 +469,26 @@ public final class CollectiveBench {
             boolean guards = allBytes(down.asSlice(0, prefix), (byte) 0xFF) && allBytes(down.asSlice(prefix + bytes, GUARD), (byte) 0xFF);
             String detail = dt == DType.FLOAT32 ? verifyF32(result, count, seed) : verifyBf16(result, count, seed);
             boolean ok = detail.startsWith("ok") && guards;
+            if (copy != 0) {
+                String b = verifyBackup(backupOffset, bytes);
+                ok &= b.startsWith("ok");
+                detail += "; backup " + b;
+            }
             report(name, ok, detail + (guards ? "" : ", GUARD BYTES OVERWRITTEN") + String.format(Locale.ROOT, " (%.1f ms)", ms));
         });
+    }
+
+    /**
+     * The backup at {@code keep + offset} against the input in {@link #up} (its first {@code bytes}),
+     * bitwise, with guard bytes on both sides. Reuses {@link #down}.
+     */
+    private String verifyBackup(long offset, long bytes) {
+        stream.copyDeviceToHost(keep.pointer(), down, offset + bytes + GUARD);
+        stream.synchronize();
+        long mismatch = MemorySegment.mismatch(down, offset, offset + bytes, up, 0, bytes);
+        boolean guards = allBytes(down.asSlice(0, offset), (byte) 0xFF) && allBytes(down.asSlice(offset + bytes, GUARD), (byte) 0xFF);
+        if (mismatch >= 0) return "WRONG from byte " + mismatch + " of " + bytes + (guards ? "" : ", BACKUP GUARD BYTES OVERWRITTEN");
+        return guards ? "ok, " + bytes + " bytes equal the input" : "BACKUP GUARD BYTES OVERWRITTEN";
     }
 
     private String verifyF32(MemorySegment result, long count, long seed) { return verifyF32(result, count, seed, 0); }
@@ -506,7 +566,7 @@ public final class CollectiveBench {
             stream.synchronize();
             long t0 = System.nanoTime();
             coll.allGather(in, out, n, stream, cfg.checkTimeoutNanos());
-            coll.synchronize(stream);
+            synchronize();
             double ms = (System.nanoTime() - t0) / 1e6;
             long total = n * world;
             stream.copyDeviceToHost(dst.pointer(), down, dstOffset + total + GUARD);
@@ -699,8 +759,10 @@ public final class CollectiveBench {
 
     /** Bytes of each extra heap of the fault phase: two banks of 2 MiB. */
     private static final long FAULT_HEAP_BYTES = SymmetricHeap.Layout.DATA_OFFSET + 4 * MIB;
-    /** Elements of the fault phase's all_reduce (fits the buffers' slack when PHASES=fault). */
+    /** Elements of the fault phase's one-shot all_reduce. */
     private static final long FAULT_COUNT = 8192;
+    /** Elements of its two-shot ones: several pipeline chunks on the fault heaps (banks of 2 MiB). */
+    private static final long FAULT_TWO_SHOT_COUNT = 3 * MIB + 5;
 
     private void fault() {
         if (world < 2) {
@@ -708,13 +770,18 @@ public final class CollectiveBench {
             return;
         }
         // A timeout makes a heap unusable, so each variant gets a heap of its own, made while all ranks are here.
-        record Case(String name, CudaCollectives coll, Algorithm algorithm) {}
+        record Case(String name, CudaCollectives coll, Algorithm algorithm, long count) {}
         List<Case> cases = new ArrayList<>();
-        cases.add(new Case("one-shot", coll, Algorithm.ONE_SHOT));
+        cases.add(new Case("one-shot", coll, Algorithm.ONE_SHOT, FAULT_COUNT));
         for (Algorithm a : List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH)) {
             SymmetricHeap h = SymmetricHeap.create(device, rank, world, FAULT_HEAP_BYTES, exchange, cfg.sharing());
-            cases.add(new Case("two-shot " + label(a), CudaCollectives.create(h, kernels), a));
+            cases.add(new Case("two-shot " + label(a), CudaCollectives.create(h, kernels), a, FAULT_TWO_SHOT_COUNT));
         }
+        // in place with a backup, as the process group runs it: after the timeout the backup must hold the input
+        long faultBytes = FAULT_TWO_SHOT_COUNT * 4 + GUARD;
+        faultData = DeviceBuffer.allocate(device, faultBytes);
+        faultCopy = DeviceBuffer.allocate(device, faultBytes);
+        faultHost = Arena.ofShared().allocate(2 * faultBytes, 16);
         exchange.allGather(new byte[0]);
         if (rank == world - 1) {
             report("rank " + rank + " fault", true, "leaves without calling all_reduce (a simulated crash; "
@@ -724,15 +791,30 @@ public final class CollectiveBench {
             Runtime.getRuntime().halt(failures == 0 ? 0 : 1);
         }
         broken = true;
-        for (Case c : cases) faultCase(c.name(), c.coll(), c.algorithm());
+        for (Case c : cases) faultCase(c.name(), c.coll(), c.algorithm(), c.count());
     }
 
-    private void faultCase(String what, CudaCollectives cc, Algorithm algorithm) {
+    private DeviceBuffer faultData;
+    private DeviceBuffer faultCopy;
+    private MemorySegment faultHost;
+
+    private void faultCase(String what, CudaCollectives cc, Algorithm algorithm, long count) {
         long timeout = cfg.faultTimeoutNanos();
         String check = "rank " + rank + " fault (" + what + ")";
+        long bytes = count * 4;
+        MemorySegment input = faultHost.asSlice(0, bytes);
+        MemorySegment copied = faultHost.asSlice(faultHost.byteSize() / 2, bytes + GUARD);
+        long seed = ++checks;
+        parallel(count, i -> input.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(seed, rank, i)));
+        device.makeCurrent();
+        CudaDriver.cuMemsetD8(faultCopy.pointer(), (byte) 0xFF, faultCopy.size());
+        device.synchronize();
+        stream.copyHostToDevice(input, faultData.pointer(), bytes);
+        stream.synchronize();
         long t0 = System.nanoTime();
         try {
-            cc.allReduce(src.pointer(), dst.pointer(), FAULT_COUNT, DType.FLOAT32, stream, timeout, algorithm);
+            cc.allReduce(faultData.pointer(), faultData.pointer(), count, DType.FLOAT32, stream, timeout, algorithm,
+                    faultCopy.pointer());
             cc.synchronize(stream);
             report(check + ": survivors give up", false, "all_reduce returned normally although rank "
                     + (world - 1) + " never called it");
@@ -747,6 +829,15 @@ public final class CollectiveBench {
             report(check + ": survivors give up", false, e.toString());
             return;
         }
+        // the stream has synchronized: the kernel is done, and so is its backup
+        boolean signalled = cc.lastKernelDone();
+        stream.copyDeviceToHost(faultCopy.pointer(), copied, bytes + GUARD);
+        stream.synchronize();
+        long mismatch = MemorySegment.mismatch(copied, 0, bytes, input, 0, bytes);
+        boolean guard = allBytes(copied.asSlice(bytes, GUARD), (byte) 0xFF);
+        report(check + ": backup complete after the timeout", mismatch < 0 && guard && signalled, (mismatch < 0
+                ? bytes + " bytes equal the input" : "the backup differs from the input from byte " + mismatch + " of " + bytes)
+                + (guard ? "" : ", BACKUP GUARD BYTES OVERWRITTEN") + (signalled ? "" : ", COMPLETION WORDS NOT WRITTEN"));
         long t1 = System.nanoTime();
         try {
             cc.allReduce(src.pointer(), dst.pointer(), FAULT_COUNT, DType.FLOAT32, stream, timeout, algorithm);

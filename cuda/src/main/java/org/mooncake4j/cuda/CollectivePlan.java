@@ -12,7 +12,7 @@ final class CollectivePlan {
     static final int THREADS = 512;
     /** The width of the kernels' vector loads and stores. */
     static final int VECTOR_BYTES = 16;
-    /** Two-shot all-reduce and all-gather cut a message into at least this many pipeline chunks ... */
+    /** Two-shot all-reduce and the slot collectives cut a message into at least this many pipeline chunks ... */
     static final int PIPELINE_CHUNKS = 4;
     /** ... of at least this many bytes each (fewer chunks for smaller messages), at most one bank. */
     static final long MIN_PIPELINE_CHUNK_BYTES = 4L << 20;
@@ -146,17 +146,21 @@ final class CollectivePlan {
         return offset;
     }
 
-    // ---- all-gather ----------------------------------------------------------------------------
+    // ---- all-gather (push, one slot per source rank, like all-to-all) ---------------------------
 
-    /** Bytes per pipeline chunk of an all-gather of {@code bytes} per rank (same policy as two-shot, 16-byte multiples). */
-    static long allGatherChunkBytes(long bytes, long bankBytes) {
-        long target = Math.max(MIN_PIPELINE_CHUNK_BYTES, ceilDiv(bytes, PIPELINE_CHUNKS));
-        return Math.min(roundUp(target, VECTOR_BYTES), bankBytes / VECTOR_BYTES * VECTOR_BYTES);
+    /**
+     * Bytes per pipeline chunk of an all-gather of {@code bytes} per rank: the slots of
+     * {@link #slotChunkElements} (a quarter of the input, at least {@link #MIN_PIPELINE_CHUNK_BYTES}
+     * over all ranks' slots, 16-byte multiples, {@code worldSize} slots in one bank), as for all-to-all.
+     */
+    static long allGatherChunkBytes(long bytes, long bankBytes, int worldSize) {
+        return slotChunkElements(bytes, 1, bankBytes, worldSize);
     }
 
-    static int allGatherBlocks(long bytes, long chunkBytes, int limit) { return blocksFor(Math.min(bytes, chunkBytes), limit); }
+    /** Blocks of an all-gather: enough for one slot (device: slot_chunk). */
+    static int allGatherBlocks(long bytes, long chunkBytes, int limit) { return slotBlocks(bytes, chunkBytes, 1, limit); }
 
-    // ---- reduce-scatter and all-to-all (push, one slot per source rank) -------------------------
+    // ---- reduce-scatter, all-to-all and all-gather (push, one slot per source rank) --------------
 
     /**
      * Elements of every part per pipeline chunk of a push reduce-scatter (or all-to-all, with

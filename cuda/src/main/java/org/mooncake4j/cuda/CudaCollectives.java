@@ -18,7 +18,9 @@ import org.mooncake4j.core.DType;
  *     NVLink; <em>push</em> stores each part into its reducer's heap and each reduced part into every
  *     peer's heap, so every NVLink access is a store and every load is local
  *     ({@link TwoShotVariant}, {@value #TWO_SHOT_PROPERTY} / {@value #TWO_SHOT_ENV});</li>
- * <li>all-gather: each rank stages its input, then reads every peer's.</li>
+ * <li>all-gather (push): each rank stores its input into every peer's heap (one slot per source
+ *     rank), then copies its slots into the output locally; pipelined in chunks, any size and
+ *     alignment;</li>
  * <li>reduce-scatter (push): each rank stores part q of its input into rank q's heap (one slot per
  *     source rank), then sums its own slots from local memory; pipelined in chunks, any size;</li>
  * <li>all-to-all (push): each rank stores block q of its input into rank q's heap, then copies its
@@ -31,9 +33,20 @@ import org.mooncake4j.core.DType;
  * <p>Operations are queued on the caller's stream and return at once: nothing here waits for the GPU,
  * and a call allocates nothing. Every flag wait on the GPU has a deadline ({@code timeoutNanos}); when
  * a peer does not arrive in time the kernel records which ranks were missing in page-locked host
- * memory and exits. {@link #check()} (after the stream has synchronized) or {@link #synchronize}
- * turns that into a {@link CollectiveTimeoutException} naming them, and every later call throws it
- * at once: the heap is unusable after a timeout.
+ * memory and exits. {@link #check()} (after the stream has synchronized, or after
+ * {@link #lastKernelDone()} returned true) or {@link #synchronize} turns that into a
+ * {@link CollectiveTimeoutException} naming them, and every later call throws it at once: the heap is
+ * unusable after a timeout.
+ *
+ * <p>Completion without the driver: every kernel queued here stores a ticket (one per launch) into
+ * page-locked memory from each of its blocks as their last act; {@link #lastKernelDone()} reads those
+ * words, so a host thread can poll for the end of an operation without recording and querying an
+ * event.
+ *
+ * <p>An all-reduce may write a backup of its input as it reads it
+ * ({@link #allReduce(long, long, long, DType, CudaStream, long, Algorithm, long)}): complete when the
+ * kernel is done, also after a timeout, so an in-place all-reduce can be undone without a separate
+ * copy.
  *
  * <p>Threading: calls are serialised (synchronized), but the ranks must issue the same operations, with
  * the same sizes, in the same order, on one stream (or streams ordered one after the other): the
@@ -89,7 +102,13 @@ public final class CudaCollectives implements AutoCloseable {
     public static final long MAX_TIMEOUT_NANOS = TimeUnit.HOURS.toNanos(1);
 
     private static final VarHandle INT = ValueLayout.JAVA_INT.varHandle();
+    private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
     private static final int STATUS_WORDS = 1 + SymmetricHeap.Layout.MAX_BLOCKS;
+    /** Where the per-block completion words (u64) start in the status memory, after the status words. */
+    static final long DONE_OFFSET = 4096;
+    /** One completion word per block of the largest grid: the scale kernel's. */
+    static final int DONE_WORDS = Math.max(SymmetricHeap.Layout.MAX_BLOCKS, CollectivePlan.SCALE_MAX_BLOCKS);
+    static final long STATUS_BYTES = DONE_OFFSET + 8L * DONE_WORDS;
 
     private final SymmetricHeap heap;
     private final CudaDevice device;
@@ -115,6 +134,9 @@ public final class CudaCollectives implements AutoCloseable {
     private final long bankBytes;
     private long epoch;              // barriers used so far (flags only grow)
     private long chunkSeq;           // chunks run so far (bank parity)
+    private long ticket;             // the last launch's completion ticket (0: none yet)
+    private int ticketBlocks;        // the blocks of that launch, each of which stores the ticket
+    private int ticketSeen;          // blocks [0, ticketSeen) of that launch were seen done
     private long oneShotMaxBytes;
     private TwoShotVariant twoShotVariant;
     private long longestTimeoutNanos;
@@ -162,7 +184,7 @@ public final class CudaCollectives implements AutoCloseable {
             throw new IllegalArgumentException("the kernels are loaded on " + kernels.device() + " but the heap lives on "
                     + heap.device() + "; load them with CudaModule.loadKernels(heap.device())");
         }
-        PinnedHostMemory status = PinnedHostMemory.allocate(heap.device(), STATUS_WORDS * 4L);
+        PinnedHostMemory status = PinnedHostMemory.allocate(heap.device(), STATUS_BYTES);
         try {
             status.segment().fill((byte) 0);
             return new CudaCollectives(heap, kernels, status);
@@ -227,9 +249,24 @@ public final class CudaCollectives implements AutoCloseable {
      * are device pointers on the heap's device; they may be equal (in place), but must not overlap
      * otherwise. Every wait on a peer gives up after {@code timeoutNanos}; see {@link #check()}.
      */
+    public void allReduce(long src, long dst, long count, DType dtype, CudaStream stream, long timeoutNanos,
+                          Algorithm algorithm) {
+        allReduce(src, dst, count, dtype, stream, timeoutNanos, algorithm, 0);
+    }
+
+    /**
+     * {@link #allReduce(long, long, long, DType, CudaStream, long, Algorithm)} that also copies
+     * {@code src} to {@code backup} (a device buffer of {@code count} elements; 0: none) in the same
+     * kernel, from the loads it makes anyway. The backup is complete once the kernel is done
+     * ({@link #lastKernelDone()}, or the stream synchronized), also when it timed out waiting for a
+     * peer: then {@code src} (if in place) may be partly reduced, and copying the backup back restores
+     * it. {@code backup} must not overlap {@code src} or {@code dst}; sharing {@code src}'s alignment
+     * modulo 16 bytes keeps the kernels on 16-byte vectors.
+     */
     public synchronized void allReduce(long src, long dst, long count, DType dtype, CudaStream stream, long timeoutNanos,
-                                       Algorithm algorithm) {
+                                       Algorithm algorithm, long backup) {
         checkAllReduce(src, dst, count, dtype, timeoutNanos, algorithm, bankBytes);
+        checkBackup(backup, src, dst, count, dtype);
         prepare(stream, timeoutNanos);
         if (count == 0) return;
         int es = dtype.byteSize();
@@ -241,17 +278,17 @@ public final class CudaCollectives implements AutoCloseable {
         };
         if (a == Algorithm.ONE_SHOT) {
             launch(f32 ? oneShotF32 : oneShotBf16, stream, CollectivePlan.oneShotBlocks(count, es, blocksLimit), src, dst,
-                    count, 0, 1, 1, timeoutNanos);
+                    backup, count, 0, 1, 1, timeoutNanos);
         } else if (a == Algorithm.TWO_SHOT_PUSH) {
             long chunk = CollectivePlan.pushChunkElements(count, es, bankBytes, worldSize);
             long chunks = CollectivePlan.ceilDiv(count, chunk);
             launch(f32 ? pushF32 : pushBf16, stream, CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit),
-                    src, dst, count, chunk, 2 * chunks, chunks, timeoutNanos);
+                    src, dst, backup, count, chunk, 2 * chunks, chunks, timeoutNanos);
         } else {
             long chunk = CollectivePlan.twoShotChunkElements(count, es, bankBytes);
             long chunks = CollectivePlan.ceilDiv(count, chunk);
             launch(f32 ? twoShotF32 : twoShotBf16, stream,
-                    CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit), src, dst, count, chunk,
+                    CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit), src, dst, backup, count, chunk,
                     2 * chunks, chunks, timeoutNanos);
         }
     }
@@ -266,9 +303,9 @@ public final class CudaCollectives implements AutoCloseable {
         checkAllGather(src, dst, bytesPerRank, worldSize, rank, timeoutNanos);
         prepare(stream, timeoutNanos);
         if (bytesPerRank == 0) return;
-        long chunk = CollectivePlan.allGatherChunkBytes(bytesPerRank, bankBytes);
+        long chunk = CollectivePlan.allGatherChunkBytes(bytesPerRank, bankBytes, worldSize);
         long chunks = CollectivePlan.ceilDiv(bytesPerRank, chunk);
-        launch(allGatherBytes, stream, CollectivePlan.allGatherBlocks(bytesPerRank, chunk, blocksLimit), src, dst,
+        launch(allGatherBytes, stream, CollectivePlan.allGatherBlocks(bytesPerRank, chunk, blocksLimit), src, dst, 0,
                 bytesPerRank, chunk, chunks, chunks, timeoutNanos);
     }
 
@@ -289,7 +326,7 @@ public final class CudaCollectives implements AutoCloseable {
         long chunk = CollectivePlan.reduceScatterChunkElements(countPerRank, es, bankBytes, worldSize);
         long chunks = CollectivePlan.ceilDiv(countPerRank, chunk);
         launch(dtype == DType.FLOAT32 ? reduceScatterF32 : reduceScatterBf16, stream,
-                CollectivePlan.slotBlocks(countPerRank, chunk, es, blocksLimit), src, dst, countPerRank, chunk, chunks, chunks,
+                CollectivePlan.slotBlocks(countPerRank, chunk, es, blocksLimit), src, dst, 0, countPerRank, chunk, chunks, chunks,
                 timeoutNanos);
     }
 
@@ -305,7 +342,7 @@ public final class CudaCollectives implements AutoCloseable {
         if (bytesPerRank == 0) return;
         long chunk = CollectivePlan.allToAllChunkBytes(bytesPerRank, bankBytes, worldSize);
         long chunks = CollectivePlan.ceilDiv(bytesPerRank, chunk);
-        launch(allToAllBytes, stream, CollectivePlan.slotBlocks(bytesPerRank, chunk, 1, blocksLimit), src, dst, bytesPerRank,
+        launch(allToAllBytes, stream, CollectivePlan.slotBlocks(bytesPerRank, chunk, 1, blocksLimit), src, dst, 0, bytesPerRank,
                 chunk, chunks, chunks, timeoutNanos);
     }
 
@@ -320,9 +357,11 @@ public final class CudaCollectives implements AutoCloseable {
         if (closed) throw new IllegalStateException("these collectives are closed");
         checkStream(stream);
         if (count == 0) return;
-        KernelArgs a = KernelArgs.begin().ptr(ptr).u64(count).f32((float) divisor);
-        (dtype == DType.FLOAT32 ? scaleF32 : scaleBf16).launch(stream, CollectivePlan.scaleBlocks(count, dtype.byteSize()),
-                CollectivePlan.THREADS, a);
+        int blocks = CollectivePlan.scaleBlocks(count, dtype.byteSize());
+        KernelArgs a = KernelArgs.begin().ptr(ptr).u64(count).f32((float) divisor).ptr(status.devicePointer() + DONE_OFFSET)
+                .u64(ticket + 1);
+        (dtype == DType.FLOAT32 ? scaleF32 : scaleBf16).launch(stream, blocks, CollectivePlan.THREADS, a);
+        launched(blocks);
     }
 
     /**
@@ -339,6 +378,28 @@ public final class CudaCollectives implements AutoCloseable {
             timeout = longestTimeoutNanos;
         }
         throw new CollectiveTimeoutException(rank, device.toString(), CollectiveTimeoutException.ranksOf(mask), timeout);
+    }
+
+    /**
+     * The ticket of the last kernel queued here (every collective and {@link #divide} queues one); 0
+     * before the first. An operation that compares it before and after knows whether it queued a kernel.
+     */
+    public synchronized long lastTicket() { return ticket; }
+
+    /**
+     * Whether the last kernel queued here is done: every one of its blocks has stored its ticket into
+     * page-locked memory, after everything it wrote (missing ranks included, so {@link #check()} sees
+     * them). The kernels of one stream run in order, so everything queued before it on the stream is
+     * done as well. True when none was queued. Never blocks and makes no driver call: a host thread
+     * polls it (with its own deadline; every wait in the kernels has one) instead of an event.
+     */
+    public synchronized boolean lastKernelDone() {
+        if (closed) throw new IllegalStateException("these collectives are closed");
+        while (ticketSeen < ticketBlocks) {
+            if ((long) LONG.getVolatile(statusWords, DONE_OFFSET + 8L * ticketSeen) < ticket) return false;
+            ticketSeen++;
+        }
+        return true;
     }
 
     /** Waits for {@code stream}, then {@link #check()}. */
@@ -361,15 +422,26 @@ public final class CudaCollectives implements AutoCloseable {
         }
     }
 
-    private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long count, long chunk,
+    private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long backup, long count, long chunk,
                         long barriers, long chunks, long timeoutNanos) {
-        KernelArgs a = KernelArgs.begin().ptr(src).ptr(dst).u64(count).u64(chunk);
+        KernelArgs a = KernelArgs.begin().ptr(src).ptr(dst).ptr(backup).u64(count).u64(chunk);
         for (long h : heaps) a.ptr(h);
         a.i32(rank).i32(worldSize).u64(dataOffset).u64(bankBytes).u64(epoch).u64(chunkSeq).u64(timeoutNanos)
-                .ptr(status.devicePointer());
+                .ptr(status.devicePointer()).ptr(status.devicePointer() + DONE_OFFSET).u64(ticket + 1);
         f.launch(stream, blocks, CollectivePlan.THREADS, a);
         epoch += barriers;
         chunkSeq += chunks;
+        launched(blocks);
+    }
+
+    /**
+     * A kernel of {@code blocks} with ticket {@code ticket + 1} was queued (blocks <= {@link #DONE_WORDS}: the
+     * collectives launch at most the heap's blocksLimit <= MAX_BLOCKS, divide at most SCALE_MAX_BLOCKS).
+     */
+    private void launched(int blocks) {
+        ticket++;
+        ticketBlocks = blocks;
+        ticketSeen = 0;
     }
 
     // ---- argument checks (no GPU needed) ---------------------------------------------------------
@@ -396,6 +468,23 @@ public final class CudaCollectives implements AutoCloseable {
         if (algorithm == Algorithm.ONE_SHOT && bytes > bankBytes) {
             throw new IllegalArgumentException("one-shot all_reduce takes at most " + bankBytes + " bytes (one bank of the"
                     + " symmetric heap), got " + bytes + "; use TWO_SHOT or AUTO, or a larger heap");
+        }
+    }
+
+    /** The backup of an all-reduce of {@code count} elements: 0 (none), or an aligned buffer apart from src and dst. */
+    static void checkBackup(long backup, long src, long dst, long count, DType dtype) {
+        if (backup == 0 || count == 0) return;
+        int es = dtype.byteSize();
+        checkPointer("backup", backup, es, dtype);
+        long bytes = count * es;
+        checkApart(backup, src, "src", bytes);
+        checkApart(backup, dst, "dst", bytes);
+    }
+
+    private static void checkApart(long backup, long p, String name, long bytes) {
+        if (backup < p + bytes && p < backup + bytes) {
+            throw new IllegalArgumentException("backup [0x" + Long.toHexString(backup) + ", +" + bytes + ") overlaps " + name
+                    + " [0x" + Long.toHexString(p) + ", +" + bytes + "); the backup needs a buffer of its own");
         }
     }
 

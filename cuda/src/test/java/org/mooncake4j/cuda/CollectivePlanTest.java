@@ -102,11 +102,22 @@ class CollectivePlanTest {
     }
 
     @Test
-    void allGatherChunksAre16ByteMultiplesWithinOneBank() {
-        assertThat(CollectivePlan.allGatherChunkBytes(1, 128 * MIB)).isEqualTo(4 * MIB);
-        assertThat(CollectivePlan.allGatherChunkBytes(256 * MIB + 5, 128 * MIB)).isEqualTo(64 * MIB + 16);
-        assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 128 * MIB)).isEqualTo(128 * MIB);
-        assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 100_008)).isEqualTo(100_000);
+    void allGatherChunksAre16ByteSlotsAndEveryRanksSlotFitsOneBank() {
+        // the slots of all-to-all: at least 4 MiB over all ranks' slots, a quarter of the input, world slots per bank
+        assertThat(CollectivePlan.allGatherChunkBytes(1, 128 * MIB, 4)).isEqualTo(MIB);
+        assertThat(CollectivePlan.allGatherChunkBytes(1001, 128 * MIB, 8)).isEqualTo(512 * 1024);
+        assertThat(CollectivePlan.allGatherChunkBytes(64 * MIB + 5, 128 * MIB, 4)).isEqualTo(16 * MIB + 16);
+        assertThat(CollectivePlan.allGatherChunkBytes(256 * MIB + 5, 128 * MIB, 2)).isEqualTo(64 * MIB);
+        assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 128 * MIB, 4)).isEqualTo(32 * MIB);
+        assertThat(CollectivePlan.allGatherChunkBytes(1L << 32, 100_008, 1)).isEqualTo(100_000);
+        for (long bytes : new long[] {1, 15, 17, 4099, MIB + 3, 64 * MIB, (1L << 30) + 7}) {
+            for (int world = 1; world <= 8; world++) {
+                long chunk = CollectivePlan.allGatherChunkBytes(bytes, 128 * MIB, world);
+                assertThat(chunk % 16).isZero();
+                assertThat(world * CollectivePlan.slotElements(bytes, chunk, 1)).isLessThanOrEqualTo(128 * MIB);
+                assertThat(chunk).isEqualTo(CollectivePlan.allToAllChunkBytes(bytes, 128 * MIB, world));
+            }
+        }
     }
 
     @Test
@@ -120,8 +131,10 @@ class CollectivePlanTest {
         assertThat(CollectivePlan.twoShotBlocks(MIB, MIB, 4, 4, 132)).isEqualTo(128);
         assertThat(CollectivePlan.twoShotBlocks(128 * MIB, 32 * MIB, 4, 4, 132)).isEqualTo(132);
         assertThat(CollectivePlan.twoShotBlocks(1, MIB, 4, 8, 132)).isEqualTo(1);
-        assertThat(CollectivePlan.allGatherBlocks(1, 4 * MIB, 132)).isEqualTo(1);
-        assertThat(CollectivePlan.allGatherBlocks(1L << 30, 64 * MIB, 132)).isEqualTo(132);
+        // all-gather: sized by one slot
+        assertThat(CollectivePlan.allGatherBlocks(1, MIB, 132)).isEqualTo(1);
+        assertThat(CollectivePlan.allGatherBlocks(16 * 1024, MIB, 132)).isEqualTo(2);
+        assertThat(CollectivePlan.allGatherBlocks(1L << 30, 32 * MIB, 132)).isEqualTo(132);
     }
 
     @Test
@@ -414,8 +427,8 @@ class CollectivePlanTest {
     }
 
     /**
-     * Block b of a rank waits only for block b of its peers, so in every chunk of a push reduce-scatter
-     * or all-to-all each block must store into and read from the same bytes of each slot (those of the
+     * Block b of a rank waits only for block b of its peers, so in every chunk of a push reduce-scatter,
+     * all-to-all or all-gather each block must store into and read from the same bytes of each slot (those of the
      * first chunk's slice), and every element of every chunk must be moved by exactly one block.
      */
     @Test

@@ -52,6 +52,32 @@ class CudaCollectivesTest {
     }
 
     @Test
+    void allReduceBackupIsOptionalAlignedAndApart() {
+        long c = 0x7f20_0000_0000L;
+        CudaCollectives.checkBackup(0, A, A, 1000, DType.FLOAT32);                 // none
+        CudaCollectives.checkBackup(c, A, A, 1000, DType.FLOAT32);
+        CudaCollectives.checkBackup(c + 2, A, B, 1000, DType.BFLOAT16);
+        CudaCollectives.checkBackup(A + 4000, A, A, 1000, DType.FLOAT32);          // just past src
+        CudaCollectives.checkBackup(A - 4000, A, A, 1000, DType.FLOAT32);          // just before src
+        CudaCollectives.checkBackup(A, A, B, 0, DType.FLOAT32);                    // nothing to do
+        assertThatThrownBy(() -> CudaCollectives.checkBackup(c + 2, A, A, 10, DType.FLOAT32))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("backup 0x7f2000000002 is not aligned to the 4 bytes");
+        assertThatThrownBy(() -> CudaCollectives.checkBackup(A + 8, A, A, 10, DType.FLOAT32))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlaps src").hasMessageContaining("of its own");
+        assertThatThrownBy(() -> CudaCollectives.checkBackup(B - 8, A, B, 10, DType.FLOAT32))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("overlaps dst");
+    }
+
+    @Test
+    void completionWordsFollowTheStatusWordsAndCoverEveryGrid() {
+        assertThat(CudaCollectives.DONE_OFFSET).isGreaterThanOrEqualTo(4L * (1 + SymmetricHeap.Layout.MAX_BLOCKS));
+        assertThat(CudaCollectives.DONE_OFFSET % 8).isZero();
+        assertThat(CudaCollectives.DONE_WORDS).isGreaterThanOrEqualTo(SymmetricHeap.Layout.MAX_BLOCKS)
+                .isGreaterThanOrEqualTo(CollectivePlan.SCALE_MAX_BLOCKS);
+        assertThat(CudaCollectives.STATUS_BYTES).isEqualTo(CudaCollectives.DONE_OFFSET + 8L * CudaCollectives.DONE_WORDS);
+    }
+
+    @Test
     void allGatherAcceptsSeparateBuffersOrThisRanksSlot() {
         CudaCollectives.checkAllGather(A, B, 1001, 4, 2, MS);
         CudaCollectives.checkAllGather(B + 2 * 1001, B, 1001, 4, 2, MS);   // in place

@@ -26,15 +26,18 @@ import org.slf4j.LoggerFactory;
  * {@link SymmetricHeap} with its {@link CudaCollectives} over the members of the current epoch.
  *
  * <p>Kernel operations run inside the group's operation loop, like the host algorithms: the kernel is
- * queued on the group's stream, the calling thread polls an event recorded after it (with a
- * deadline), and a kernel that timed out waiting for peers becomes a {@link Channels.WaitFailure}
- * naming the first missing rank. The group then runs the same agreement as the CPU backend and
- * redoes the operation over the agreed members, on a heap rebuilt for the new epoch: the heap's
- * ranks are the members' positions, so a heap over survivors works like a smaller group.
+ * queued on the group's stream, the calling thread polls the completion words that the operation's
+ * last kernel stores into page-locked memory ({@link CudaCollectives#lastKernelDone()}, with a
+ * deadline; no event, no driver call per poll), and a kernel that timed out waiting for peers
+ * becomes a {@link Channels.WaitFailure} naming the first missing rank. The group then runs the same
+ * agreement as the CPU backend and redoes the operation over the agreed members, on a heap rebuilt
+ * for the new epoch: the heap's ranks are the members' positions, so a heap over survivors works like
+ * a smaller group. Work without a kernel (fills, host-side restores) is awaited with an event.
  *
- * <p>An in-place all-reduce first copies its input to a device-side backup (so a redo starts from
- * the input, not from a partly reduced buffer); out-of-place operations leave their input intact and
- * need none.
+ * <p>An in-place all-reduce has its kernel write a device-side backup of the input as it reads it
+ * (complete when the kernel is done, also after a timeout), so a redo starts from the input, not from
+ * a partly reduced buffer, without a separate copy; out-of-place operations leave their input intact
+ * and need none.
  *
  * <p>Threading: the group calls it under its operation lock, one operation at a time.
  */
@@ -64,9 +67,11 @@ public final class GpuBackend implements AutoCloseable {
     private long heapEpoch = -1;
     private int[] heapMembers = new int[0];
     private DeviceBuffer backup;
-    /** Where the current in-place operation's input came from (put back from {@link #backup} on a redo). */
+    /** Where the current in-place operation's input came from (put back from {@link #savedCopy} on a redo). */
     private long savedPtr;
     private long savedBytes;
+    /** Where in {@link #backup} the kernel copied it. */
+    private long savedCopy;
     private final Backup.Restorer restoreInput = this::restoreInput;
     private boolean closed;
 
@@ -130,23 +135,28 @@ public final class GpuBackend implements AutoCloseable {
 
     /**
      * In-place all-reduce of {@code count} elements at device pointer {@code ptr} over the members of
-     * {@code c}; AVG divides the sum by the member count. The input is first copied to a device backup
-     * that the group's redo puts back ({@link org.mooncake4j.pg.collective.Backup#saveWith}).
+     * {@code c}; AVG divides the sum by the member count. The kernel also copies the input to a device
+     * backup as it reads it (complete when the kernel is done, timeout or not) that the group's redo
+     * puts back ({@link org.mooncake4j.pg.collective.Backup#saveWith}); the restorer is registered only
+     * once that kernel is queued, so a failure before (the heap exchange) leaves the untouched input
+     * as it is.
      */
     public void allReduce(CollectiveContext c, long ptr, long count, DType dtype, ReduceOp op) {
         if (c.size() == 1 || count == 0) {
-            finish(c, null);
+            finish(c, null, 0);
             return;
         }
         long bytes = count * dtype.byteSize();
-        stream.copyDeviceToDevice(ptr, backup(bytes), bytes);
+        CudaCollectives k = collectives(c);
+        long copy = backup(ptr, bytes);
+        long ticket = k.lastTicket();
+        k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos, CudaCollectives.Algorithm.AUTO, copy);
         savedPtr = ptr;
         savedBytes = bytes;
+        savedCopy = copy;
         c.backup().saveWith(restoreInput);
-        CudaCollectives k = collectives(c);
-        k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos);
         if (op == ReduceOp.AVG) k.divide(ptr, count, dtype, c.size(), stream);
-        finish(c, k);
+        finish(c, k, ticket);
     }
 
     /**
@@ -155,27 +165,31 @@ public final class GpuBackend implements AutoCloseable {
      */
     public void allGather(CollectiveContext c, long src, long dst, long bytesPerRank) {
         CudaCollectives k = collectives(c);
+        long ticket = k.lastTicket();
         k.allGather(src, dst, bytesPerRank, stream, kernelTimeoutNanos);
-        finish(c, k);
+        finish(c, k, ticket);
     }
 
     /** Reduce-scatter (SUM, or AVG) of {@code countPerRank} elements per rank; every rank among the members. */
     public void reduceScatter(CollectiveContext c, long src, long dst, long countPerRank, DType dtype, ReduceOp op) {
         CudaCollectives k = collectives(c);
+        long ticket = k.lastTicket();
         k.reduceScatter(src, dst, countPerRank, dtype, stream, kernelTimeoutNanos);
         if (op == ReduceOp.AVG) k.divide(dst, countPerRank, dtype, c.size(), stream);
-        finish(c, k);
+        finish(c, k, ticket);
     }
 
     /** All-to-all of equal blocks of {@code bytesPerRank}; every rank among the members. */
     public void allToAll(CollectiveContext c, long src, long dst, long bytesPerRank) {
         CudaCollectives k = collectives(c);
+        long ticket = k.lastTicket();
         k.allToAll(src, dst, bytesPerRank, stream, kernelTimeoutNanos);
-        finish(c, k);
+        finish(c, k, ticket);
     }
 
+    /** Puts the input of the last in-place all-reduce back (queued on the stream, before the redo's kernel). */
     private void restoreInput() {
-        stream.copyDeviceToDevice(backup.pointer(), savedPtr, savedBytes);
+        stream.copyDeviceToDevice(savedCopy, savedPtr, savedBytes);
     }
 
     /** Queues {@code dst[0..bytes) = 0} and waits for it (used to clear a dropped rank's output part). */
@@ -185,23 +199,31 @@ public final class GpuBackend implements AutoCloseable {
         awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
     }
 
-    private long backup(long bytes) {
-        if (backup == null || backup.size() < bytes) {
+    /**
+     * Room for a backup of {@code bytes} at {@code ptr}: a pointer into {@link #backup} with the same
+     * alignment modulo 16 as {@code ptr} (the buffer itself is 256-byte aligned), so the kernel copies
+     * with 16-byte vectors whenever it reads the input with them.
+     */
+    private long backup(long ptr, long bytes) {
+        long need = bytes + 16;
+        if (backup == null || backup.size() < need) {
             if (backup != null) {
                 awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
                 backup.close();
                 backup = null;
             }
-            long size = Math.max(bytes, 1L << 20);
+            long size = Math.max(need, 1L << 20);
             backup = DeviceBuffer.allocate(device, size);
         }
-        return backup.pointer();
+        return backup.pointer() + (ptr & 15);
     }
 
     /** The collectives of the heap over {@code c}'s members, built (collectively) on the first use in an epoch. */
     private CudaCollectives collectives(CollectiveContext c) {
         if (closed) throw new IllegalStateException("the GPU side of group '" + group + "' is closed");
         if (coll != null && heapEpoch == c.epoch() && java.util.Arrays.equals(heapMembers, c.members())) return coll;
+        // the last kernel on the old heap has stored its completion words, but may not have retired yet
+        if (coll != null) awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
         closeHeap();
         int[] m = c.members().clone();
         int index = c.position();
@@ -230,12 +252,15 @@ public final class GpuBackend implements AutoCloseable {
     }
 
     /**
-     * Waits (polling an event, with a deadline) until the queued work is done; a kernel that timed out
-     * waiting for peers becomes a {@link Channels.WaitFailure} and the heap is dropped (it is rebuilt
-     * for the next epoch).
+     * Waits (with a deadline) until the queued work is done: the completion words of {@code k}'s last
+     * kernel when this operation queued one ({@code k}'s ticket moved past {@code ticketBefore}), else
+     * an event. A kernel that timed out waiting for peers becomes a {@link Channels.WaitFailure} and the
+     * heap is dropped (it is rebuilt for the next epoch).
      */
-    private void finish(CollectiveContext c, CudaCollectives k) {
-        awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
+    private void finish(CollectiveContext c, CudaCollectives k, long ticketBefore) {
+        long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
+        if (k != null && k.lastTicket() != ticketBefore) awaitKernel(k, limit);
+        else awaitStream(limit);
         if (k == null) return;
         try {
             k.check();
@@ -245,6 +270,7 @@ public final class GpuBackend implements AutoCloseable {
             int peer = missing.isEmpty() ? m[(c.position() + 1) % m.length] : m[missing.get(0)];
             LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} missing heap positions={} of members {}", group, rank, c.epoch(),
                     c.opSeq(), missing, java.util.Arrays.toString(m));
+            awaitStream(limit); // every block has signalled; let the kernel retire before its heap and status memory go
             closeHeap();
             throw new Channels.WaitFailure(peer, true, e);
         }
@@ -259,13 +285,42 @@ public final class GpuBackend implements AutoCloseable {
                 Thread.onSpinWait();
                 continue;
             }
-            if (System.nanoTime() - start > limitNanos) {
-                throw new IllegalStateException("rank " + rank + " of group '" + group + "': the GPU work on " + device + " did not finish within "
-                        + limitNanos / 1_000_000 + " ms although every kernel wait has a deadline; the GPU may be hung or shared with a"
-                        + " long-running job. Check nvidia-smi.");
-            }
+            if (System.nanoTime() - start > limitNanos) throw hung(limitNanos);
             java.util.concurrent.locks.LockSupport.parkNanos(20_000);
         }
+    }
+
+    /**
+     * Polls the completion words of {@code k}'s last kernel (page-locked memory, no driver call) until
+     * every block has stored its ticket; gives up {@code limitNanos} from now. Past the spinning phase
+     * (a long operation) it also records the event once and queries it while parked: a kernel that
+     * faulted never stores its words, and the event reports the driver's error at once instead of
+     * after the deadline (its completion also implies the kernel's, words and status included).
+     */
+    private void awaitKernel(CudaCollectives k, long limitNanos) {
+        if (k.lastKernelDone()) return;
+        long start = System.nanoTime();
+        boolean recorded = false;
+        for (int spins = 0; !k.lastKernelDone(); spins++) {
+            if (spins < 20_000) {
+                Thread.onSpinWait();
+                continue;
+            }
+            if (!recorded) {
+                done.record(stream);
+                recorded = true;
+            } else if (done.query()) {
+                return;
+            }
+            if (System.nanoTime() - start > limitNanos) throw hung(limitNanos);
+            java.util.concurrent.locks.LockSupport.parkNanos(20_000);
+        }
+    }
+
+    private IllegalStateException hung(long limitNanos) {
+        return new IllegalStateException("rank " + rank + " of group '" + group + "': the GPU work on " + device + " did not finish within "
+                + limitNanos / 1_000_000 + " ms although every kernel wait has a deadline; the GPU may be hung or shared with a"
+                + " long-running job. Check nvidia-smi.");
     }
 
     private void closeHeap() {
