@@ -76,6 +76,13 @@ final class DoctorCommand implements Callable<Integer> {
             "MOONCAKE_EXTENSION", "MOONCAKE_RESTART_COUNT", "MOONCAKE_JOIN_TIMEOUT_MS", "CUDA_VISIBLE_DEVICES", "GRPC_PROXY_EXP");
     static final Path DEV_SHM = Path.of("/dev/shm");
     static final Path IMEX_CHANNELS = Path.of("/dev/nvidia-caps-imex-channels");
+    static final Path PROC_LIMITS = Path.of("/proc/self/limits");
+    /**
+     * The page-locked host allocations ({@code cuMemAllocHost}) of one rank of the mooncake backend:
+     * the status words of its process group's collectives ({@code CudaCollectives}) and of a CUDA
+     * {@code EpBuffer}, each under a page. Each further subgroup or EpBuffer adds a page.
+     */
+    static final int PINNED_ALLOCATIONS_PER_RANK = 2;
     private static final String SEGMENT_PREFIX = TransferEngine.SEGMENT_KEY_PREFIX;
     private static final String GROUP_PREFIX = "mooncake4j/pg/";
     private static final int LISTED = 16;
@@ -108,11 +115,24 @@ final class DoctorCommand implements Callable<Integer> {
     long timeoutMs;
 
     private final Map<String, String> env;
+    private final Path limitsFile;
+    private final CudaProbe.Result cudaHost;
 
     DoctorCommand() { this(System.getenv()); }
 
     /** With {@code env} in place of the process environment (tests). */
-    DoctorCommand(Map<String, String> env) { this.env = Map.copyOf(env); }
+    DoctorCommand(Map<String, String> env) { this(env, PROC_LIMITS, null); }
+
+    /**
+     * With {@code env} in place of the process environment, the limits in {@code limitsFile} (the
+     * format of /proc/self/limits) in place of this process's, and, when not null, {@code cudaHost} in
+     * place of what the CUDA driver reports here (tests).
+     */
+    DoctorCommand(Map<String, String> env, Path limitsFile, CudaProbe.Result cudaHost) {
+        this.env = Map.copyOf(env);
+        this.limitsFile = limitsFile;
+        this.cudaHost = cudaHost;
+    }
 
     /** A peer of {@code --peers}, resolved; {@code address} is null when the name does not resolve. */
     private record Peer(String host, int port, InetAddress address, boolean local) {
@@ -228,7 +248,7 @@ final class DoctorCommand implements Callable<Integer> {
         r.section("cuda");
         boolean required = backend.equals("mooncake");
         String version = Main.version();
-        CudaProbe.Result c = CudaProbe.probe(DoctorCommand.class.getClassLoader(),
+        CudaProbe.Result c = cudaHost != null ? cudaHost : CudaProbe.probe(DoctorCommand.class.getClassLoader(),
                 codeLocation().map(p -> CudaProbe.jarCandidates(p, version)).orElse(List.of()));
         if (!c.moduleFound()) {
             r.fact("module", "mooncake4j-cuda not found (not on the class path, not in cuda/target, not in ~/.m2)");
@@ -402,10 +422,23 @@ final class DoctorCommand implements Callable<Integer> {
 
     private void limits(Report r) {
         r.section("limits");
-        Map<String, String> limits = procLimits();
-        r.fact("memlock", limits.getOrDefault("Max locked memory", "unknown")
-                + " (ulimit -l; only page-locked host memory of the CUDA layer counts, mooncake-cpu locks none)");
-        r.fact("open-files", limits.getOrDefault("Max open files", "unknown") + " (ulimit -n; each peer takes a few sockets)");
+        Map<String, Limit> limits = procLimits(limitsFile);
+        Limit memlock = limits.get("Max locked memory");
+        long need = PINNED_ALLOCATIONS_PER_RANK * pageBytes();
+        r.fact("memlock", (memlock == null ? "unknown" : memlock.text()) + " (ulimit -l; the mooncake backend page-locks "
+                + Report.bytes(need) + " of host memory per rank, mooncake-cpu none)");
+        if (memlock != null && memlock.soft() < need) {
+            String what = "the locked-memory limit (ulimit -l) is " + Report.bytes(memlock.soft()) + ", below the " + Report.bytes(need)
+                    + " of page-locked host memory each rank of the mooncake backend allocates (cuMemAllocHost: a page for the status words"
+                    + " of its collectives and one for a CUDA EpBuffer; each further subgroup or EpBuffer adds a page)";
+            String fix = "raise it for the job's processes: ulimit -l unlimited (the hard limit here is "
+                    + (memlock.hard() == Long.MAX_VALUE ? "unlimited" : Report.bytes(memlock.hard())) + "; root raises that), or"
+                    + " '* soft memlock unlimited' and '* hard memlock unlimited' in /etc/security/limits.conf, or docker run --ulimit memlock=-1";
+            if (backend.equals("mooncake")) r.problem(what, fix);
+            else r.note(what + "; " + fix + " before using the mooncake backend");
+        }
+        Limit files = limits.get("Max open files");
+        r.fact("open-files", (files == null ? "unknown" : files.text()) + " (ulimit -n; each peer takes a few sockets)");
     }
 
     private void store(Report r, StoreCheck sc, List<Peer> peerList) {
@@ -740,22 +773,37 @@ final class DoctorCommand implements Callable<Integer> {
         }
     }
 
-    /** "Max locked memory" -> "8388608 8388608 bytes" rendered as "8 MiB soft, 8 MiB hard". */
-    private static Map<String, String> procLimits() {
-        Map<String, String> out = new LinkedHashMap<>();
+    /**
+     * One limit of /proc/self/limits: soft and hard, {@link Long#MAX_VALUE} for unlimited, and how
+     * to print them ("8 MiB soft, 8 MiB hard").
+     */
+    record Limit(long soft, long hard, String text) {}
+
+    /** The limits of {@code file} (the format of /proc/self/limits) by name ("Max locked memory"); empty when it cannot be read. */
+    static Map<String, Limit> procLimits(Path file) {
+        Map<String, Limit> out = new LinkedHashMap<>();
         try {
-            for (String line : Files.readAllLines(Path.of("/proc/self/limits"))) {
+            for (String line : Files.readAllLines(file)) {
                 if (line.length() < 26 || line.startsWith("Limit")) continue;
                 String name = line.substring(0, 26).trim();
                 String[] f = line.substring(26).trim().split("\\s+");
                 if (f.length < 2) continue;
                 boolean bytes = f.length > 2 && f[2].equals("bytes");
-                out.put(name, limit(f[0], bytes) + " soft, " + limit(f[1], bytes) + " hard");
+                out.put(name, new Limit(limitValue(f[0]), limitValue(f[1]), limit(f[0], bytes) + " soft, " + limit(f[1], bytes) + " hard"));
             }
         } catch (IOException | RuntimeException e) {
             // not Linux, or /proc is not mounted: reported as unknown
         }
         return out;
+    }
+
+    private static long limitValue(String v) {
+        if (v.equals("unlimited")) return Long.MAX_VALUE;
+        try {
+            return Long.parseLong(v);
+        } catch (NumberFormatException e) {
+            return Long.MAX_VALUE; // unknown: judged as no limit
+        }
     }
 
     private static String limit(String v, boolean bytes) {
@@ -765,6 +813,20 @@ final class DoctorCommand implements Callable<Integer> {
         } catch (NumberFormatException e) {
             return v;
         }
+    }
+
+    /** The page size of this host (KernelPageSize of the first mapping in /proc/self/smaps); 4 KiB when it cannot be read. */
+    static long pageBytes() {
+        try (Stream<String> lines = Files.lines(Path.of("/proc/self/smaps"))) {
+            Optional<String> kb = lines.filter(l -> l.startsWith("KernelPageSize:")).findFirst();
+            if (kb.isPresent()) {
+                String[] f = kb.get().substring("KernelPageSize:".length()).trim().split("\\s+");
+                if (f.length == 2 && f[1].equals("kB")) return Long.parseLong(f[0]) * 1024;
+            }
+        } catch (IOException | RuntimeException e) {
+            // not Linux: the common page size
+        }
+        return 4096;
     }
 
     private static List<String> list(Path dir) {

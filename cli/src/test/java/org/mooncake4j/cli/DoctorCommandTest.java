@@ -42,9 +42,13 @@ class DoctorCommandTest {
     }
 
     static Run doctor(Map<String, String> env, String... args) {
+        return doctor(new DoctorCommand(env), args);
+    }
+
+    static Run doctor(DoctorCommand command, String... args) {
         StringWriter out = new StringWriter();
         StringWriter err = new StringWriter();
-        CommandLine cl = new CommandLine(new DoctorCommand(env));
+        CommandLine cl = new CommandLine(command);
         cl.setOut(new PrintWriter(out, true));
         cl.setErr(new PrintWriter(err, true));
         int code = cl.execute(args);
@@ -123,8 +127,9 @@ class DoctorCommandTest {
         Run r = doctor(Map.of(), "--peers", "127.0.0.1:" + port);
         assertThat(r.code()).isEqualTo(1);
         assertThat(r.lines("peer.127.0.0.1:" + port + ": refused: nothing listens on 127.0.0.1:" + port + " (answered in ")).hasSize(1);
-        assertThat(r.lines("PROBLEM: peer 127.0.0.1:" + port + " refused the connection: nothing listens on port " + port + " there -> "))
-                .hasSize(1);
+        assertThat(r.lines("PROBLEM: ")).containsExactly("PROBLEM: peer 127.0.0.1:" + port + " refused the connection: nothing listens on port "
+                + port + " there -> start the process that should listen on 127.0.0.1:" + port + ", check the port, or open the firewall"
+                + " (a REJECT rule also refuses)");
     }
 
     @Test
@@ -147,8 +152,8 @@ class DoctorCommandTest {
                 Run r = doctor(Map.of(), "--peers", "127.0.0.1:" + port, "--timeout-ms", "300");
                 assertThat(r.code()).isEqualTo(1);
                 assertThat(r.out()).contains("peer.127.0.0.1:" + port + ": timeout: no answer from 127.0.0.1:" + port + " within 300 ms\n");
-                assertThat(r.lines("PROBLEM: peer 127.0.0.1:" + port + " did not answer within 300 ms -> check the address, that the host is up,"
-                        + " and the firewalls between the hosts")).hasSize(1);
+                assertThat(r.lines("PROBLEM: ")).containsExactly("PROBLEM: peer 127.0.0.1:" + port + " did not answer within 300 ms -> check the"
+                        + " address, that the host is up, and the firewalls between the hosts (they drop packets to port " + port + ")");
             } finally {
                 for (java.net.Socket s : held) s.close();
             }
@@ -160,7 +165,8 @@ class DoctorCommandTest {
         Run r = doctor(Map.of(), "--peers", "no-such-host.invalid:29500", "--timeout-ms", "500");
         assertThat(r.code()).isEqualTo(1);
         assertThat(r.out()).contains("peer.no-such-host.invalid:29500: unknown host: no-such-host.invalid does not resolve\n");
-        assertThat(r.lines("PROBLEM: peer no-such-host.invalid:29500: unknown host no-such-host.invalid -> ")).hasSize(1);
+        assertThat(r.lines("PROBLEM: ")).containsExactly("PROBLEM: peer no-such-host.invalid:29500: unknown host no-such-host.invalid -> use an"
+                + " IP address or a name every host resolves (DNS or /etc/hosts)");
     }
 
     @Test
@@ -186,7 +192,9 @@ class DoctorCommandTest {
             Run r = doctor(Map.of(), "--store", server.uri(), "--peers", REMOTE + ":29500", "--timeout-ms", "300");
             assertThat(r.code()).isEqualTo(1);
             assertThat(r.lines("PROBLEM: the store address 127.0.0.1 is loopback, but peer " + REMOTE
-                    + ":29500 is on another host: processes there cannot reach this store -> ")).as(r.out()).hasSize(1);
+                    + ":29500 is on another host: processes there cannot reach this store -> give every process a store address on the shared"
+                    + " network (e.g. tcp://<this-host-ip>:port, MASTER_ADDR=<this-host-ip>); etcd must listen on it too"
+                    + " (--listen-client-urls http://0.0.0.0:2379)")).as(r.out()).hasSize(1);
         }
     }
 
@@ -242,9 +250,114 @@ class DoctorCommandTest {
     void tooManyRanksForSharedMemoryIsAProblem() {
         Run r = doctor(Map.of(), "--nproc-per-node", "4096");
         assertThat(r.code()).isEqualTo(1);
-        assertThat(r.lines("needed: ")).singleElement().satisfies(l -> assertThat(l).endsWith(" for 4096 ranks of a group of 4096 slots"));
-        assertThat(r.lines("PROBLEM: /dev/shm ")).singleElement().satisfies(l -> assertThat(l)
-                .contains(" but 4096 ranks of a group of 4096 slots need ").contains(": registering the segments fails -> enlarge /dev/shm to at least "));
+        // 4096 ranks x (4 x 4096 slots x 1 MiB + flags) = 64 TiB: more than /dev/shm and the fallback directory hold
+        long mib = 4096 * new org.mooncake4j.pg.collective.GroupLayout(4096, 1 << 20).segmentBytes() >> 20;
+        assertThat(r.lines("needed: ")).containsExactly("needed: 64 TiB for 4096 ranks of a group of 4096 slots");
+        String tmp = java.util.regex.Pattern.quote(System.getProperty("java.io.tmpdir"));
+        assertThat(r.lines("PROBLEM: /dev/shm ")).singleElement().satisfies(l -> assertThat(l).matches(
+                "PROBLEM: /dev/shm (has [0-9.]+ [KMGT]?i?B free|is not usable) but 4096 ranks of a group of 4096 slots need 64 TiB, and " + tmp
+                        + " has only [0-9.]+ [KMGT]?i?B: registering the segments fails -> enlarge /dev/shm to at least 64 TiB"
+                        + " \\(docker run --shm-size=" + mib + "m, or mount -o remount,size=" + mib + "m /dev/shm\\), or lower MOONCAKE_SLOT_BYTES"));
+    }
+
+    // ---- made-up hosts: a CUDA driver and GPUs, and process limits ------------------------------------
+
+    private static final List<String> ARCHS = List.of("sm_90", "sm_100", "compute_90");
+
+    /** A host whose driver reports one GPU of compute capability major.minor, covered by the kernels or not. */
+    private static CudaProbe.Result gpuHost(String name, int major, int minor, boolean covered, List<String> archs) {
+        return new CudaProbe.Result("on the class path", Main.version(), archs, archs.isEmpty() ? null : "12.8", "CUDA kernels were not built"
+                + " (nvcc was not found when mooncake4j was built); rebuild on a machine with nvcc (CUDA 12.4+) to use the 'mooncake' backend.",
+                12080, null, false, List.of(new CudaProbe.Gpu(0, name, major, minor, 80L << 30, "00000000:18:00.0", true, true, false, covered)),
+                new boolean[1][1]);
+    }
+
+    private static final CudaProbe.Result H100 = gpuHost("NVIDIA H100 80GB HBM3", 9, 0, true, ARCHS);
+
+    /** A /proc/self/limits with the given locked-memory limit (soft and hard, in bytes or "unlimited"). */
+    private static Path limits(Path dir, String memlock) throws java.io.IOException {
+        String row = "%-26s%-21s%-21s%-10s%n";
+        return Files.writeString(dir.resolve("limits-" + memlock), String.format(row, "Limit", "Soft Limit", "Hard Limit", "Units")
+                + String.format(row, "Max open files", "1024", "4096", "files")
+                + String.format(row, "Max locked memory", memlock, memlock, "bytes"));
+    }
+
+    @Test
+    void lockedMemoryLimitBelowWhatTheCudaBackendPinsIsAProblemForItAndANoteOtherwise(@TempDir Path dir) throws Exception {
+        String need = org.mooncake4j.cli.doctor.Report.bytes(2 * DoctorCommand.pageBytes());
+        String what = "the locked-memory limit (ulimit -l) is 0 B, below the " + need + " of page-locked host memory each rank of the mooncake"
+                + " backend allocates (cuMemAllocHost: a page for the status words of its collectives and one for a CUDA EpBuffer; each further"
+                + " subgroup or EpBuffer adds a page)";
+        String fix = "raise it for the job's processes: ulimit -l unlimited (the hard limit here is 0 B; root raises that), or"
+                + " '* soft memlock unlimited' and '* hard memlock unlimited' in /etc/security/limits.conf, or docker run --ulimit memlock=-1";
+        Path zero = limits(dir, "0");
+
+        Run cuda = doctor(new DoctorCommand(Map.of(), zero, H100), "--backend", "mooncake");
+        assertThat(cuda.code()).as(cuda.out()).isEqualTo(1);
+        assertThat(cuda.out()).contains("memlock: 0 B soft, 0 B hard (ulimit -l; the mooncake backend page-locks " + need
+                + " of host memory per rank, mooncake-cpu none)\n", "open-files: 1024 soft, 4096 hard (ulimit -n; ");
+        assertThat(cuda.lines("PROBLEM: ")).containsExactly("PROBLEM: " + what + " -> " + fix);
+
+        Run cpu = doctor(new DoctorCommand(Map.of(), zero, H100));
+        assertThat(cpu.code()).as("mooncake-cpu locks no memory\n" + cpu.out()).isZero();
+        assertThat(cpu.lines("NOTE: the locked-memory limit")).containsExactly("NOTE: " + what + "; " + fix + " before using the mooncake backend");
+
+        Run enough = doctor(new DoctorCommand(Map.of(), limits(dir, "unlimited"), H100), "--backend", "mooncake");
+        assertThat(enough.code()).as(enough.out()).isZero();
+        assertThat(enough.out()).contains("memlock: unlimited soft, unlimited hard (ulimit -l; ").doesNotContain("locked-memory limit");
+        Run eightMib = doctor(new DoctorCommand(Map.of(), limits(dir, "8388608"), H100), "--backend", "mooncake");
+        assertThat(eightMib.code()).as("the usual 8 MiB default holds the pages\n" + eightMib.out()).isZero();
+    }
+
+    @Test
+    void gpusThatCannotShareMemoryWithPeersOrOtherNodesAreNotes(@TempDir Path dir) throws Exception {
+        Assumptions.assumeTrue(DoctorCommand.IMEX_CHANNELS.toFile().list() == null || DoctorCommand.IMEX_CHANNELS.toFile().list().length == 0,
+                "this host has an IMEX channel");
+        List<CudaProbe.Gpu> gpus = List.of(
+                new CudaProbe.Gpu(0, "NVIDIA GB200", 10, 0, 186L << 30, "00000000:01:00.0", true, true, true, true),
+                new CudaProbe.Gpu(1, "NVIDIA GB200", 10, 0, 186L << 30, "00000000:02:00.0", true, true, true, true));
+        CudaProbe.Result host = new CudaProbe.Result("on the class path", Main.version(), ARCHS, "12.8", "not built", 12080, null, false, gpus,
+                new boolean[2][2]);
+        Run r = doctor(new DoctorCommand(Map.of(), limits(dir, "unlimited"), host), "--backend", "mooncake");
+        assertThat(r.code()).as("notes only\n" + r.out()).isZero();
+        assertThat(r.out()).contains("gpu.0.sharing: cuMemCreate yes, POSIX fd handles yes, fabric handles yes\n",
+                "peer-access.cuda:0: cuda:1=no\n", "peer-access.cuda:1: cuda:0=no\n",
+                "imex-channels: none (" + DoctorCommand.IMEX_CHANNELS + " absent or empty)\n");
+        assertThat(r.lines("NOTE: ")).contains(
+                "NOTE: some GPU pairs cannot access each other's memory (see peer-access): data between them is staged through host memory",
+                "NOTE: the GPUs support fabric handles but no IMEX channel is visible: shareable buffers fall back to POSIX file descriptors,"
+                        + " which reach this host's GPUs only; cross-node NVLink needs an IMEX channel (ComputeDomain / nvidia-imex)");
+    }
+
+    @Test
+    void gpuThatTheBuiltKernelsDoNotCoverIsAProblemForTheCudaBackend(@TempDir Path dir) throws Exception {
+        Path enough = limits(dir, "unlimited");
+        CudaProbe.Result a100 = gpuHost("NVIDIA A100-SXM4-80GB", 8, 0, false, ARCHS);
+        String what = "the CUDA kernels were built for sm_90,sm_100,compute_90, which do not cover cuda:0 (NVIDIA A100-SXM4-80GB,"
+                + " compute capability 8.0)";
+        String fix = "rebuild mooncake4j-cuda with nvcc targeting sm_80 (cuda/build-kernels.sh)";
+
+        Run cuda = doctor(new DoctorCommand(Map.of(), enough, a100), "--backend", "mooncake");
+        assertThat(cuda.code()).as(cuda.out()).isEqualTo(1);
+        assertThat(cuda.out()).contains("kernels: sm_90,sm_100,compute_90 (nvcc 12.8)\n",
+                "gpu.0: NVIDIA A100-SXM4-80GB, compute capability 8.0, 80 GiB, pci 00000000:18:00.0\n",
+                "gpu.0.kernels: NOT covered (built for sm_90,sm_100,compute_90)\n");
+        assertThat(cuda.lines("PROBLEM: ")).containsExactly("PROBLEM: " + what + " -> " + fix);
+
+        Run cpu = doctor(new DoctorCommand(Map.of(), enough, a100));
+        assertThat(cpu.code()).as(cpu.out()).isZero();
+        assertThat(cpu.lines("NOTE: the CUDA kernels")).containsExactly("NOTE: " + what + "; " + fix + " before using the mooncake backend");
+
+        Run covered = doctor(new DoctorCommand(Map.of(), enough, H100), "--backend", "mooncake");
+        assertThat(covered.code()).as(covered.out()).isZero();
+        assertThat(covered.out()).contains("gpu.0.kernels: covered by sm_90,sm_100,compute_90\n");
+
+        Run notBuilt = doctor(new DoctorCommand(Map.of(), enough, gpuHost("NVIDIA H100 80GB HBM3", 9, 0, false, List.of())), "--backend", "mooncake");
+        assertThat(notBuilt.code()).isEqualTo(1);
+        assertThat(notBuilt.out()).contains("kernels: not built: CUDA kernels were not built (nvcc was not found when mooncake4j was built);"
+                + " rebuild on a machine with nvcc (CUDA 12.4+) to use the 'mooncake' backend.\n", "gpu.0.kernels: none built\n");
+        assertThat(notBuilt.lines("PROBLEM: ")).containsExactly(
+                "PROBLEM: the CUDA kernels were not built into mooncake4j-cuda -> rebuild on a machine with nvcc (CUDA 12.4+)");
     }
 
     @Test

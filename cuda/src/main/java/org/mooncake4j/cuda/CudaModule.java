@@ -50,11 +50,15 @@ public final class CudaModule implements AutoCloseable {
     public static CudaModule loadKernels(CudaDevice device) {
         byte[] image = readKernelImage(FATBIN_RESOURCE);
         if (!coversComputeCapability(device.computeCapabilityMajor(), device.computeCapabilityMinor())) {
-            throw new CudaUnavailableException("The CUDA kernels of mooncake4j were built for "
-                    + String.join(", ", kernelArchitectures()) + ", which do not cover " + device
-                    + "; rebuild mooncake4j-cuda with nvcc targeting compute capability " + device.computeCapability() + ".");
+            throw new CudaUnavailableException(notCoveredMessage(kernelArchitectures(), device.toString(), device.computeCapability()));
         }
         return load(device, image);
+    }
+
+    /** Why the kernels built for {@code architectures} cannot run on {@code device} (of {@code computeCapability}), and what to do. */
+    static String notCoveredMessage(List<String> architectures, String device, String computeCapability) {
+        return "The CUDA kernels of mooncake4j were built for " + String.join(", ", architectures) + ", which do not cover " + device
+                + "; rebuild mooncake4j-cuda with nvcc targeting compute capability " + computeCapability + ".";
     }
 
     /** Loads a fatbin, cubin or PTX image on {@code device}. */

@@ -160,7 +160,49 @@ public final class CudaSmoke {
                 reduceBf16(8, 4099, 1);
             });
             guarded(tag + "timed_flag_wait", this::flagWait);
+            guarded(tag + "sharing", this::sharing);
             guarded(tag + "bandwidth", this::bandwidth);
+        }
+
+        /**
+         * What a buffer that other processes map must be: a plain ({@code cuMemAlloc}) buffer has no
+         * shareable handle and says so; {@code allocateShareable} gives one (a fabric handle where the
+         * device and an IMEX channel allow it, else a POSIX file descriptor, the fallback logged); a
+         * fabric handle on a device without fabric support is refused with the reason.
+         */
+        void sharing() {
+            try (DeviceBuffer plain = DeviceBuffer.allocate(device, MIB)) {
+                String expected = "exportHandle() needs a VIRTUAL buffer, this one is ALLOCATED";
+                String got;
+                try {
+                    got = "exportHandle() returned " + plain.exportHandle();
+                } catch (IllegalStateException e) {
+                    got = e.getMessage();
+                }
+                report(tag + "sharing: plain buffer has no shareable handle", expected.equals(got), got);
+            }
+            if (!device.supportsVirtualMemory()) {
+                skip(tag + "sharing: allocateShareable", device + " has no virtual memory management");
+                return;
+            }
+            try (DeviceBuffer shared = DeviceBuffer.allocateShareable(device, MIB)) {
+                ShareableHandle handle = shared.exportHandle();
+                boolean refusedFabric = device.supportsFabricHandles() && shared.handleType() != ShareableHandleType.FABRIC;
+                report(tag + "sharing: allocateShareable", shared.kind() == DeviceBuffer.Kind.VIRTUAL, shared.kind() + " buffer with a "
+                        + shared.handleType() + " handle (" + handle + ")" + (refusedFabric ? "; the device supports fabric handles but"
+                        + " refused a fabric allocation (logged above): no IMEX channel, so other nodes cannot map it" : ""));
+            }
+            if (!device.supportsFabricHandles()) {
+                String expected = device + " does not support fabric handles (multi-node NVLink)";
+                String got;
+                try {
+                    DeviceBuffer.allocateShareable(device, MIB, ShareableHandleType.FABRIC).close();
+                    got = "a fabric allocation succeeded";
+                } catch (IllegalStateException e) {
+                    got = e.getMessage();
+                }
+                report(tag + "sharing: fabric handle refused", expected.equals(got), got);
+            }
         }
 
         void memset() {

@@ -50,6 +50,15 @@ class CudaModuleTest {
     }
 
     @Test
+    void kernelsThatDoNotCoverTheGpuSayWhichArchitecturesWereBuiltAndWhatToBuild() {
+        List<String> archs = List.of("sm_90", "sm_100", "compute_90");
+        assertThat(CudaModule.covers(archs, 8, 0)).isFalse();
+        assertThat(CudaModule.notCoveredMessage(archs, "cuda:0 (NVIDIA A100-SXM4-80GB, compute capability 8.0)", "8.0"))
+                .isEqualTo("The CUDA kernels of mooncake4j were built for sm_90, sm_100, compute_90, which do not cover cuda:0"
+                        + " (NVIDIA A100-SXM4-80GB, compute capability 8.0); rebuild mooncake4j-cuda with nvcc targeting compute capability 8.0.");
+    }
+
+    @Test
     void machineCodeRunsOnLaterMinorVersionsOfItsMajorOnly() {
         List<String> archs = List.of("sm_90", "sm_100");
         assertThat(CudaModule.covers(archs, 9, 0)).isTrue();

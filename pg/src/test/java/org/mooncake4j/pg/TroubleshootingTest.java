@@ -104,6 +104,9 @@ class TroubleshootingTest {
         assertThatThrownBy(() -> builder(0, 2, new MooncakeBackendOptions(mask(2, 2), false, 4)).init())
                 .isInstanceOf(IllegalArgumentException.class)
                 .hasMessage("activeRanks must be sized to max_world_size when max_world_size is set");
+        assertThatThrownBy(() -> builder(0, 2, new MooncakeBackendOptions(mask(3, 3))).init())
+                .isInstanceOf(IllegalArgumentException.class)
+                .hasMessage("activeRanks has 3 entries but world_size is 2; size it to world_size (or to max_world_size when that is set)");
     }
 
     // ---- get_world_size() is smaller than max_world_size ---------------------------------------
@@ -151,6 +154,15 @@ class TroubleshootingTest {
                 .isInstanceOf(IllegalArgumentException.class)
                 .hasMessage("max_world_size mismatch: rank 1 was started with max_world_size 3 but group 'world' has 2."
                         + " Every rank, joining ranks included, must use the same max_world_size.");
+    }
+
+    @Test
+    void mismatchedWorldSizeIsRefusedAtInit() {
+        healthy(1, 2);
+        assertThatThrownBy(() -> init(1, 2, new MooncakeBackendOptions(mask(2, 2), false, 2)))
+                .isInstanceOf(IllegalArgumentException.class)
+                .hasMessage("world_size mismatch: rank 1 was started with world_size 2 but group 'world' has 1."
+                        + " Every rank must use the same world_size.");
     }
 
     @Test
@@ -285,7 +297,8 @@ class TroubleshootingTest {
         Tensor onGpu = Tensor.wrapDevice(0x1000, 0, DType.INT32, 1);
         assertThatThrownBy(() -> builder(0, 1, new MooncakeBackendOptions(onGpu)).backend("mooncake").init())
                 .isInstanceOf(IllegalStateException.class)
-                .hasMessageStartingWith("backend 'mooncake' cannot start on rank 0 (cuda:0): The NVIDIA driver library libcuda.so.1 was not found")
-                .hasMessageContaining("use backend 'mooncake-cpu' or run on a GPU host");
+                .hasMessage("backend 'mooncake' cannot start on rank 0 (cuda:0): The NVIDIA driver library libcuda.so.1 was not found:"
+                        + " this host has no NVIDIA driver, so the 'mooncake' (CUDA) backend cannot run here; use backend 'mooncake-cpu'"
+                        + " or run on a GPU host.");
     }
 }

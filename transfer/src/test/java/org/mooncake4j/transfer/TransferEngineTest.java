@@ -218,12 +218,17 @@ class TransferEngineTest {
 
         assertThatThrownBy(() -> a.openSegment("refused", seconds(5)))
                 .isInstanceOf(TransferException.class)
-                .hasMessageContaining("connection refused by " + address + " (segment refused). The peer must advertise an address reachable"
-                        + " from here: set its host IP with Mooncake.setHostIp/MOONCAKE_HOST_IP to a non-loopback address; check firewalls.");
+                .hasMessage("Failed to connect to engine refused-gone for segment refused: connection refused by " + address + " (segment refused)."
+                        + " The peer must advertise an address reachable from here: set its host IP with Mooncake.setHostIp/MOONCAKE_HOST_IP"
+                        + " to a non-loopback address; check firewalls.");
 
         // the stale descriptor of the dead engine does not block a new registration of the name
         TransferEngine heir = engine("refused-heir", TransportChoice.TCP);
-        heir.registerSegment("refused", 8192);
+        try (LogCapture log = LogCapture.start(true)) {
+            heir.registerSegment("refused", 8192);
+            assertThat(log.text()).contains("Engine refused-heir: replacing the stale descriptor of segment refused left by engine refused-gone (pid "
+                    + ProcessHandle.current().pid() + " at " + address + "), which is gone");
+        }
         assertThat(a.openSegment("refused", seconds(5)).size()).isEqualTo(8192);
     }
 
@@ -232,9 +237,9 @@ class TransferEngineTest {
         TransferEngine a = engine("bind-a", TransportChoice.AUTO);
         assertThatThrownBy(() -> TransferEngine.builder().store(store).name("bind-b").hostIp(a.hostIp()).port(a.port()).start())
                 .isInstanceOf(TransferException.class)
-                .hasMessageContaining("bind address already in use")
-                .hasMessageContaining(a.hostIp() + ":" + a.port())
-                .hasMessageContaining("Choose another port");
+                .hasMessage("Transfer engine bind-b cannot listen on " + a.hostIp() + ":" + a.port() + ": bind address already in use (port "
+                        + a.port() + " is taken by another process or engine). Choose another port, or port 0 to let the system pick a free"
+                        + " one, or stop the process that holds it (ss -ltnp 'sport = :" + a.port() + "').");
     }
 
     @Test
@@ -242,8 +247,9 @@ class TransferEngineTest {
         org.junit.jupiter.api.Assumptions.assumeTrue(System.getenv("MOONCAKE_HOST_IP") == null, "MOONCAKE_HOST_IP overrides the filter");
         assertThatThrownBy(() -> TransferEngine.builder().store(store).name("filter").deviceFilter(List.of("nosuchnic0")).start())
                 .isInstanceOf(TransferException.class)
-                .hasMessageStartingWith("No matched device found: no interface named in the device filter [nosuchnic0]")
-                .hasMessageContaining("MOONCAKE_HOST_IP");
+                .hasMessageStartingWith("No matched device found: no interface named in the device filter [nosuchnic0] is up with an IPv4"
+                        + " address (up here: ")
+                .hasMessageEndingWith("). Fix the filter (Mooncake.setDeviceFilter) or set the host IP with Mooncake.setHostIp/MOONCAKE_HOST_IP.");
     }
 
     @Test
@@ -253,8 +259,9 @@ class TransferEngineTest {
         a.registerSegment("dup", 4096);
         assertThatThrownBy(() -> a.registerSegment("dup", 4096)).hasMessageContaining("already registered by this engine");
         assertThatThrownBy(() -> b.registerSegment("dup", 4096))
-                .hasMessageContaining("Segment dup is already registered by engine dup-a")
-                .hasMessageContaining("which is running");
+                .hasMessage("Segment dup is already registered by engine dup-a (pid " + ProcessHandle.current().pid() + " at " + a.hostIp() + ":"
+                        + a.port() + "), which is running: segment names must be unique in the metadata store memory:. Choose another name,"
+                        + " or close that segment first.");
     }
 
     @ParameterizedTest
@@ -385,7 +392,10 @@ class TransferEngineTest {
         store.set(TransferEngine.SEGMENT_KEY_PREFIX + "far", elsewhere.encode());
         assertThat(auto.preferredTransport("far")).startsWith("tcp: to 10.255.0.1:1234").contains("another host");
         assertThat(shm.preferredTransport("far")).startsWith("none: Transport shm is forced").contains("shm only reaches peers on the same host");
-        assertThatThrownBy(() -> shm.openSegment("far", seconds(1))).hasMessageContaining("shm only reaches peers on the same host");
+        assertThatThrownBy(() -> shm.openSegment("far", seconds(1)))
+                .hasMessage("Transport shm is forced (TransferEngine.builder().transport(SHM)) but segment far of engine far lives on host"
+                        + " otherhost/boot (10.255.0.1), not on this host (" + HostNetwork.hostId() + "): shm only reaches peers on the same"
+                        + " host. Use transport auto or tcp.");
     }
 
     @Test

@@ -92,6 +92,22 @@ class TroubleshootingTransferTest {
         }
     }
 
+    /** "The mapping of local_server_name to connectable_name changed": the address of a segment now belongs to another engine. */
+    @Test
+    void descriptorWhoseAddressNowBelongsToAnotherEngineIsStale() {
+        TransferEngine now = engine("stale-now");
+        String where = now.hostIp() + ":" + now.port();
+        SegmentDescriptor d = new SegmentDescriptor("stale-gone", "instance-gone", now.hostIp(), now.port(), "otherhost/boot",
+                "/dev/shm/none", 4096, 1, 1);
+        store.set(TransferEngine.SEGMENT_KEY_PREFIX + "stale", d.encode());
+        TransferEngine a = engine("stale-a");
+        assertThatThrownBy(() -> a.openSegment("stale", Deadline.afterMillis(3000)))
+                .isInstanceOf(TransferException.class)
+                .hasMessageStartingWith("Segment stale was registered by engine stale-gone (instance instance-gone) at " + where
+                        + ", but the engine there now is stale-now (instance ")
+                .hasMessageEndingWith("): the descriptor is stale (stale-gone has exited). Wait for its replacement to register stale again.");
+    }
+
     /** A firewall that drops packets: a listener whose accept queue is full drops further connection requests the same way. */
     @Test
     void peerThatDoesNotAnswerFailsAtTheDeadlineWithTheAddress() throws Exception {

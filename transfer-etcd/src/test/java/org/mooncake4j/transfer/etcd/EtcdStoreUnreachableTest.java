@@ -42,4 +42,24 @@ class EtcdStoreUnreachableTest {
             assertThat((System.nanoTime() - start) / 1_000_000).isGreaterThanOrEqualTo(295).isLessThan(800);
         }
     }
+
+    /** An HTTP proxy or another service on etcd's port: something answers, but not etcd's gRPC API. */
+    @Test
+    void somethingOtherThanEtcdOnThePortIsNamed() throws Exception {
+        io.grpc.Server other = io.grpc.netty.NettyServerBuilder.forAddress(new java.net.InetSocketAddress("127.0.0.1", 0)).build().start();
+        try {
+            String uri = "etcd://127.0.0.1:" + other.getPort() + "/job";
+            try (MetadataStore s = MetadataStores.open(URI.create(uri), Duration.ofSeconds(2))) {
+                assertThatThrownBy(() -> s.get("k"))
+                        .isInstanceOf(StoreException.class)
+                        .hasMessageStartingWith("Error from etcd client: cannot reach etcd at " + uri + ": get of key 'k': the server that answered"
+                                + " is not an etcd v3 client endpoint (an HTTP proxy, or another service on that port?): ")
+                        .hasMessageEndingWith(". Start etcd listening on an address peers can reach (e.g. etcd --listen-client-urls"
+                                + " http://0.0.0.0:2379 --advertise-client-urls http://<this-host-ip>:2379), verify with curl http://127.0.0.1:"
+                                + other.getPort() + "/version, and that no gRPC proxy is configured for this JVM (GRPC_PROXY_EXP, -Dhttps.proxyHost).");
+            }
+        } finally {
+            other.shutdownNow();
+        }
+    }
 }

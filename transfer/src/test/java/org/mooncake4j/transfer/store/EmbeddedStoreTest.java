@@ -106,10 +106,9 @@ class EmbeddedStoreTest extends MetadataStoreContract {
         int port = servers.getFirst().port();
         assertThatThrownBy(() -> EmbeddedStoreServer.start("127.0.0.1", port))
                 .isInstanceOf(StoreException.class)
-                .hasMessageContaining("127.0.0.1:" + port)
-                .hasMessageContaining("bind address already in use")
-                .hasMessageContaining("Choose another port")
-                .hasMessageContaining("stop the process using port " + port);
+                .hasMessage("Cannot start the metadata store on 127.0.0.1:" + port + ": bind address already in use (port " + port + ")."
+                        + " Choose another port (port 0 picks a free one) or stop the process using port " + port
+                        + " (find it with: ss -ltnp 'sport = :" + port + "').");
     }
 
     @Test
@@ -198,7 +197,21 @@ class EmbeddedStoreTest extends MetadataStoreContract {
         try (ServerSocket listener = mute("HTTP/1.1 400 Bad Request\r\n\r\n".getBytes(StandardCharsets.US_ASCII))) {
             assertThatThrownBy(() -> EmbeddedStore.connect("127.0.0.1", listener.getLocalPort(), Duration.ofSeconds(5)))
                     .isInstanceOf(StoreException.class)
-                    .hasMessageContaining("tcp://127.0.0.1:" + listener.getLocalPort() + " answered, but it is not a mooncake4j metadata store");
+                    .hasMessage("The server at tcp://127.0.0.1:" + listener.getLocalPort() + " answered, but it is not a mooncake4j metadata store."
+                            + " Check the address and port (an etcd server needs an etcd://host:port/prefix URI), and that no HTTP proxy or"
+                            + " firewall intercepts the connection.");
+        }
+    }
+
+    /** Processes of different mooncake4j versions: the store speaks another protocol version. */
+    @Test
+    void storeOfAnotherVersionIsNamed() throws Exception {
+        ByteBuffer answer = ByteBuffer.allocate(8).putInt(StoreWire.MAGIC).putInt(StoreWire.VERSION + 1);
+        try (ServerSocket listener = mute(answer.array())) {
+            assertThatThrownBy(() -> EmbeddedStore.connect("127.0.0.1", listener.getLocalPort(), Duration.ofSeconds(5)))
+                    .isInstanceOf(StoreException.class)
+                    .hasMessage("The metadata store at tcp://127.0.0.1:" + listener.getLocalPort() + " speaks protocol version "
+                            + (StoreWire.VERSION + 1) + ", this client " + StoreWire.VERSION + ": run the same mooncake4j version everywhere.");
         }
     }
 
