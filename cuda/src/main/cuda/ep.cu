@@ -22,20 +22,21 @@
 //                       FP8 the block then quantizes the token once into a private message buffer: per
 //                       128 channels scale = amax / 448 (1 when all zero), value = e4m3(x / scale)
 //                       rounded to nearest even, saturating at 448 (bit-identical to
-//                       HostEpPath.quantizeRow). Last, all threads of the block store the message into
-//                       staging (e % L, this rank, i) of every rank r it goes to, 16 bytes a thread at a
-//                       time (header built in registers, body from the message buffer or from x). The
+//                       HostEpPath.quantizeRow). Last, the block's threads load the message 16 bytes at
+//                       a time (from the message buffer, or from x for bf16) and store each 16 bytes into
+//                       staging (e % L, this rank, i) of every rank r the token goes to (the header's
+//                       top-k slot set per destination). The
 //                       last block to finish (a fenced block counter) stores the per-expert counts into
 //                       every active rank's counts[this rank], records the ranks sent to (sent_to[seq &
 //                       1]) and release-stores seq into its dispatch word of every active rank.
 //   ep_dispatch_recv    every block first agrees on the arrived sources (wait_decide below), then the
-//                       grid copies the arrived rows, one warp per row: the rows of expert j are the
+//                       grid copies the arrived rows, two warps per row: the rows of expert j are the
 //                       arrived sources' rows in rank order, each source's rows in token order. Rows go
 //                       to recvX (and recvScales); each row's source and token go to row_src_token, and
 //                       the (expert, source) counts to `used`, for the combine. Counts outside [0, M]
 //                       or a row of another dispatch are reported in the host-mapped error words.
 // Combine (sequence number seq):
-//   ep_combine_send     one warp per received row: stores the expert output row into combineRecv
+//   ep_combine_send     four warps per received row: store the expert output row into combineRecv
 //                       (global expert, token) of the source rank, when that rank is active; the last
 //                       block then release-stores seq into the combine word of this rank in every
 //                       active rank's buffer.
@@ -142,6 +143,14 @@ __device__ __forceinline__ void warp_copy(uint8_t* dst, const uint8_t* src, uint
     } else {
         for (uint64_t b = lane; b < bytes; b += 32) dst[b] = __ldcg(src + b);
     }
+}
+
+// Part `part` of `parts` of a copy of `bytes` (16-byte aligned parts), by the lanes of one warp.
+__device__ __forceinline__ void warp_copy_part(uint8_t* dst, const uint8_t* src, uint64_t bytes, int part, int parts, int lane) {
+    const uint64_t chunk = ((bytes + parts - 1) / parts + 15) & ~15ull;
+    const uint64_t begin = part * chunk;
+    if (begin >= bytes) return;
+    warp_copy(dst + begin, src + begin, min(chunk, bytes - begin), lane);
 }
 
 // The last block of a launch to get here returns true (after every block's stores are fenced); it
@@ -377,6 +386,7 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     using namespace mooncake4j::ep;
     constexpr int kSlots = 64;
     __shared__ int s_row[kSlots];
+    __shared__ uint4* s_dst[kSlots];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int64_t E = static_cast<int64_t>(R) * L;
     const int blocks = H / kScaleChannels;
@@ -402,28 +412,41 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                     i = row_index(topk, t, K, e, lane);
                     if (lane == 0) atomicAdd(send_count + e, 1);
                 }
-                if (lane == 0) s_row[kk] = i;
+                if (lane == 0) {
+                    s_row[kk] = i;
+                    if (i >= 0) {
+                        const int r = static_cast<int>(e / L), j = static_cast<int>(e % L);
+                        s_dst[kk] = reinterpret_cast<uint4*>(base_of(heaps, r, ep_base) + staging_off
+                                                              + ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes);
+                    }
+                }
             }
             __syncthreads();   // the slots' rows and the quantized message are complete
-            for (int kk = 0; kk < kn; ++kk) {
-                const int i = s_row[kk];
-                if (i < 0) continue;
-                const int k = k0 + kk;
-                const int64_t e = sel[k];
-                const int r = static_cast<int>(e / L), j = static_cast<int>(e % L);
-                uint8_t* msg = base_of(heaps, r, ep_base) + staging_off + ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes;
-                uint4* dst = reinterpret_cast<uint4*>(msg);
-                uint4 header = seq_bits;
-                header.x = static_cast<uint32_t>(t);
-                header.y = static_cast<uint32_t>(k);
-                if (fp8) {
-                    const uint4* src = reinterpret_cast<const uint4*>(q);
-                    for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) dst[v] = v == 0 ? header : src[v];
-                } else if (vec_x) {
-                    const uint4* src = reinterpret_cast<const uint4*>(row);
-                    for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) dst[v] = v == 0 ? header : __ldg(src + v - 1);
-                } else {
-                    if (threadIdx.x == 0) dst[0] = header;
+            if (fp8 || vec_x) {
+                // each 16 bytes of the message are loaded once and stored to every destination
+                const uint4* src = fp8 ? reinterpret_cast<const uint4*>(q) : reinterpret_cast<const uint4*>(row) - 1;
+                for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) {
+                    uint4 val = seq_bits;
+                    if (v != 0) val = fp8 ? src[v] : __ldg(src + v);
+                    for (int kk = 0; kk < kn; ++kk) {
+                        if (s_row[kk] < 0) continue;
+                        if (v == 0) {
+                            val.x = static_cast<uint32_t>(t);
+                            val.y = static_cast<uint32_t>(k0 + kk);
+                        }
+                        s_dst[kk][v] = val;
+                    }
+                }
+            } else {
+                for (int kk = 0; kk < kn; ++kk) {
+                    if (s_row[kk] < 0) continue;
+                    uint8_t* msg = reinterpret_cast<uint8_t*>(s_dst[kk]);
+                    if (threadIdx.x == 0) {
+                        uint4 header = seq_bits;
+                        header.x = static_cast<uint32_t>(t);
+                        header.y = static_cast<uint32_t>(k0 + kk);
+                        s_dst[kk][0] = header;
+                    }
                     const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
                     for (uint64_t b = threadIdx.x; b < 2ull * H; b += blockDim.x) msg[kHeader + b] = src[b];
                 }
@@ -489,21 +512,25 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
     const uint64_t data_bytes = fp8 ? static_cast<uint64_t>(H) : 2ull * H;
     const int blocks = H / kScaleChannels;
     const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
-    for (int g = blockIdx.x * nwarps + (threadIdx.x >> 5); g < total; g += gridDim.x * nwarps) {
+    constexpr int kParts = 2;   // warps per row
+    for (int64_t task = blockIdx.x * nwarps + (threadIdx.x >> 5); task < static_cast<int64_t>(total) * kParts;
+         task += static_cast<int64_t>(gridDim.x) * nwarps) {
+        const int g = static_cast<int>(task / kParts), part = static_cast<int>(task % kParts);
         const Row at = row_of(cnt, off, R, L, g);
         const uint8_t* msg = own + staging_off + ((static_cast<uint64_t>(at.j) * R + at.src) * M + at.i) * msg_bytes;
         const uint4 header = __ldcg(reinterpret_cast<const uint4*>(msg));
         const uint64_t row_seq = header.z | (static_cast<uint64_t>(header.w) << 32);
         if (row_seq != seq) {
-            if (lane == 0) {
+            if (lane == 0 && part == 0) {
                 error[1] = (static_cast<uint64_t>(at.src) << 48) | (static_cast<uint64_t>(at.i) << 24) | (row_seq & 0xffffffull);
                 store_release_sys(error, 2ull);
             }
             continue;
         }
         const uint64_t row = at.j * expert_rows + at.p;
+        warp_copy_part(own + recv_x_off + row * data_bytes, msg + kHeader, data_bytes, part, kParts, lane);
+        if (part != 0) continue;
         if (lane == 0) row_src_token[row] = at.src * M + static_cast<int>(header.x);
-        warp_copy(own + recv_x_off + row * data_bytes, msg + kHeader, data_bytes, lane);
         if (fp8) {
             const float* s_in = reinterpret_cast<const float*>(msg + kHeader + H);
             float* s_out = reinterpret_cast<float*>(own + scales_off) + row * blocks;
@@ -531,14 +558,17 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
     const int nwarps = blockDim.x >> 5;
     const int total = off[L];
     const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
-    for (int g = blockIdx.x * nwarps + (threadIdx.x >> 5); g < total; g += gridDim.x * nwarps) {
+    constexpr int kParts = 4;   // warps per row
+    for (int64_t task = blockIdx.x * nwarps + (threadIdx.x >> 5); task < static_cast<int64_t>(total) * kParts;
+         task += static_cast<int64_t>(gridDim.x) * nwarps) {
+        const int g = static_cast<int>(task / kParts), part = static_cast<int>(task % kParts);
         const Row at = row_of(cnt, off, R, L, g);
         if (active[at.src] == 0) continue;
         const uint64_t row = at.j * expert_rows + at.p;
         const int token = __ldcg(row_src_token + row) - at.src * M;
         const uint64_t expert = static_cast<uint64_t>(rank) * L + at.j;
         uint8_t* dst = base_of(heaps, at.src, ep_base) + combine_recv_off + (expert * M + token) * 2ull * H;
-        warp_copy(dst, reinterpret_cast<const uint8_t*>(y + row * H), 2ull * H, lane);
+        warp_copy_part(dst, reinterpret_cast<const uint8_t*>(y + row * H), 2ull * H, part, kParts, lane);
     }
     if (!last_block(block_counter)) return;
     for (int r = threadIdx.x; r < R; r += blockDim.x) {

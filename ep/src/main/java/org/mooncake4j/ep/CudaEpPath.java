@@ -133,7 +133,6 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
             st = PinnedHostMemory.allocate(device, WAIT_STATUS + 2L * 8 * 2 * STATUS_SLOTS);
             st.segment().fill((byte) 0);
             h = SymmetricHeap.create(device, rank, numRanks, heapBytes, exchange);
-            exchange.forgetLastRound();
             // zero this rank's signal words before any peer can signal into them (the barrier below)
             try (Arena arena = Arena.ofConfined()) {
                 long bytes = EpLayout.signalBytes(numRanks);
@@ -151,6 +150,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         this.status = st;
         this.heap = h;
         group.barrier();
+        // only now has every rank read the exchange's last round (deleting this rank's key right after
+        // create() left a slower rank waiting for it until the timeout)
+        exchange.forgetLastRound();
     }
 
     /** The membership token handles are checked against. */
@@ -214,7 +216,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(op.seq())
                 .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counters() + 8);
         org.mooncake4j.cuda.CudaEvent[] pe = profileStart(2);
-        combineSend.launch(stream, device.multiprocessorCount(), 1, 1, THREADS, 1, 1, rowTableBytes(lay), a);
+        combineSend.launch(stream, 2 * device.multiprocessorCount(), 1, 1, THREADS, 1, 1, rowTableBytes(lay), a);
         profileEnd(pe);
         ticketQueued = false;
     }

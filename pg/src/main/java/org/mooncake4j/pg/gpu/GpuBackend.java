@@ -67,6 +67,8 @@ public final class GpuBackend implements AutoCloseable {
     private long heapEpoch = -1;
     private int[] heapMembers = new int[0];
     private DeviceBuffer backup;
+    /** The exchange of the current heap, whose last round is deleted when the next heap is built or on close. */
+    private StoreExchange lastExchange;
     /** Where the current in-place operation's input came from (put back from {@link #savedCopy} on a redo). */
     private long savedPtr;
     private long savedBytes;
@@ -244,7 +246,10 @@ public final class GpuBackend implements AutoCloseable {
         }
         heapEpoch = c.epoch();
         heapMembers = m;
-        ex.forgetLastRound();
+        // the last round's key stays until the next heap is built (or close): deleting it now could
+        // leave a slower member waiting for it until the timeout; the one before it goes now
+        if (lastExchange != null) lastExchange.forgetLastRound();
+        lastExchange = ex;
         LOG.info("gpu heap group={} rank={} epoch={} device={} members={} bytes={} sharing={} built in {} ms", group, rank, c.epoch(),
                 device.ordinal(), java.util.Arrays.toString(m), heapBytes, heap.sharing().name().toLowerCase(Locale.ROOT),
                 (System.nanoTime() - t0) / 1_000_000);
