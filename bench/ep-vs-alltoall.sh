@@ -27,55 +27,19 @@ if [[ $# -ne 1 || ! -d "$1" ]]; then
   echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cli, mooncake4j-ep and mooncake4j-cuda jars and their dependencies)" >&2
   exit 2
 fi
-jars=$(cd "$1" && pwd)
-here=$(cd "$(dirname "$0")" && pwd)
-root=$(cd "$here/.." && pwd)
-java=${JAVA:-/tmp/jre25/bin/java}
-limit=${TIMEOUT_S:-900}
-for j in mooncake4j-cli mooncake4j-ep mooncake4j-cuda mooncake4j-core picocli; do
-  if ! compgen -G "$jars/$j-*.jar" > /dev/null; then
-    echo "missing $j-*.jar in $jars" >&2
-    exit 2
-  fi
-done
-if [[ ! -x "$java" ]]; then
-  echo "no Java runtime at $java (set JAVA=..., or unpack one: tar xJf .device/jre25.tar.xz -C /tmp)" >&2
-  exit 2
-fi
-baselines=${TORCH_BASELINES:-.device/torch_baselines.py}
-if [[ ! -f "$baselines" && -f "$root/$baselines" ]]; then baselines="$root/$baselines"; fi
-baselines=$(cd "$(dirname "$baselines")" 2>/dev/null && echo "$PWD/$(basename "$baselines")")
-
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-out=${OUT:-$(mktemp -d)}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
-if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
-else
-  mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
-fi
-ngpu=${#visible[@]}
+source "$(dirname "$0")/gpu-common.sh"
+gpu_setup "$1" 900 mooncake4j-cli mooncake4j-ep mooncake4j-cuda mooncake4j-core picocli
+gpu_out
+baselines=$(torch_script "${TORCH_BASELINES:-.device/torch_baselines.py}")
 echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); torch baselines: $baselines; results: $out"
 if [[ $ngpu -lt 2 ]]; then
   echo "FAIL the EP benchmark needs 2+ GPUs, this host shows $ngpu"
   exit 1
 fi
-worlds=${WORLDS:-$( (echo 2; echo "$ngpu") | sort -un | tr '\n' ' ')}
-
-status=0
-summary=()
-note() {  # note NAME RC
-  local verdict=PASSED
-  if [[ $2 -eq 124 || $2 -eq 137 ]]; then verdict="TIMED OUT after ${limit}s"; elif [[ $2 -ne 0 ]]; then verdict="FAILED (exit $2)"; fi
-  [[ $2 -ne 0 ]] && status=1
-  summary+=("$1: $verdict")
-}
 
 for n in $worlds; do
   if [[ $n -gt $ngpu ]]; then summary+=("epbench ws$n: SKIPPED (only $ngpu GPUs)"); continue; fi
-  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
+  gpus=$(gpus_of "$n")
   echo "=== mooncake4j epbench --device cuda: $n processes on GPUs $gpus"
   CUDA_VISIBLE_DEVICES=$gpus timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -XX:+UseSerialGC -cp "$jars/*" \
     org.mooncake4j.cli.Main epbench --device cuda -g "$n" --tokens 128 --hidden 7168 --topk 8 --experts 288 --fp8 \
@@ -83,18 +47,7 @@ for n in $worlds; do
   note "epbench ws$n" "${PIPESTATUS[0]}"
 done
 
-if command -v torchrun > /dev/null; then torchrun=(torchrun); else torchrun=(python3 -m torch.distributed.run); fi
-for n in $worlds; do
-  [[ $n -le $ngpu ]] || continue
-  if [[ ! -f "$baselines" ]]; then summary+=("all_to_all ws$n: SKIPPED (no torch_baselines.py at ${TORCH_BASELINES:-.device/torch_baselines.py})"); continue; fi
-  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
-  echo "=== all_to_all baseline (torch_baselines.py): $n processes on GPUs $gpus"
-  (cd "$out" && CUDA_VISIBLE_DEVICES=$gpus OUT=$out timeout --kill-after=10 "$limit" "${torchrun[@]}" --nproc-per-node="$n" \
-    "$baselines" > "$out/torch_baselines_ws$n.log" 2>&1)
-  rc=$?
-  note "all_to_all ws$n" "$rc"
-  [[ $rc -eq 0 ]] || tail -20 "$out/torch_baselines_ws$n.log"
-done
+run_torch all_to_all "$baselines"
 
 for n in $worlds; do
   ours="$out/epbench_ws$n.json"
@@ -125,6 +78,4 @@ print("  ratio = baseline us / (our dispatch + combine us) = %.3f" % (b / ours_u
 EOF
 done
 
-echo "=== summary (results in $out)"
-printf '%s\n' "${summary[@]}"
-exit $status
+gpu_summary "results in $out"

@@ -27,29 +27,11 @@ if [[ $# -ne 1 || ! -d "$1" ]]; then
   echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cuda, mooncake4j-core, slf4j-api and slf4j-simple jars)" >&2
   exit 2
 fi
-jars=$(cd "$1" && pwd)
-java=${JAVA:-/tmp/jre25/bin/java}
-limit=${TIMEOUT_S:-300}
-for j in mooncake4j-cuda mooncake4j-core slf4j-api slf4j-simple; do
-  if ! compgen -G "$jars/$j-*.jar" > /dev/null; then
-    echo "missing $j-*.jar in $jars" >&2
-    exit 2
-  fi
-done
-if [[ ! -x "$java" ]]; then
-  echo "no Java runtime at $java (set JAVA=...)" >&2
-  exit 2
-fi
+source "$(dirname "$0")/../bench/gpu-common.sh"
+gpu_setup "$1" 300 mooncake4j-cuda mooncake4j-core slf4j-api slf4j-simple
 classpath="$jars/*"
 logs=${OUT:-$(mktemp -d)}/gpu-smoke
 mkdir -p "$logs"
-
-if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
-else
-  mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
-fi
-ngpu=${#visible[@]}
 echo "java: $java; class path: $classpath; GPUs: $ngpu (${visible[*]:-none}); logs: $logs"
 if [[ $ngpu -eq 0 ]]; then
   echo "FAIL no GPU visible (nvidia-smi found none and CUDA_VISIBLE_DEVICES is unset)"
@@ -59,15 +41,6 @@ fi
 smoke() {
   timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$classpath" \
     org.mooncake4j.cuda.CudaSmoke "$@"
-}
-
-status=0
-summary=()
-note() {  # note NAME RC
-  local verdict=PASSED
-  if [[ $2 -eq 124 || $2 -eq 137 ]]; then verdict="TIMED OUT after ${limit}s"; elif [[ $2 -ne 0 ]]; then verdict="FAILED (exit $2)"; fi
-  [[ $2 -ne 0 ]] && status=1
-  summary+=("$1: $verdict")
 }
 
 echo "=== 1 GPU (CUDA_VISIBLE_DEVICES=${visible[0]})"
@@ -98,6 +71,4 @@ else
   summary+=("ipc: SKIPPED (needs 2+ GPUs)")
 fi
 
-echo "=== summary"
-printf '%s\n' "${summary[@]}"
-exit $status
+gpu_summary

@@ -27,51 +27,20 @@ if [[ $# -ne 1 || ! -d "$1" ]]; then
   echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-ep, -pg, -cuda, -core, -transfer and slf4j-api jars)" >&2
   exit 2
 fi
-jars=$(cd "$1" && pwd)
-java=${JAVA:-/tmp/jre25/bin/java}
-limit=${TIMEOUT_S:-600}
-for j in mooncake4j-ep mooncake4j-pg mooncake4j-cuda mooncake4j-core mooncake4j-transfer slf4j-api; do
-  if ! compgen -G "$jars/$j-*.jar" > /dev/null; then
-    echo "missing $j-*.jar in $jars" >&2
-    exit 2
-  fi
-done
-if [[ ! -x "$java" ]]; then
-  echo "no Java runtime at $java (set JAVA=..., or unpack one: tar xJf .device/jre25.tar.xz -C /tmp)" >&2
-  exit 2
-fi
-export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
-out=${OUT:-$(mktemp -d)}
-mkdir -p "$out"
-out=$(cd "$out" && pwd)
-
-if [[ -n "${CUDA_VISIBLE_DEVICES:-}" ]]; then
-  IFS=, read -r -a visible <<< "$CUDA_VISIBLE_DEVICES"
-else
-  mapfile -t visible < <(nvidia-smi --query-gpu=index --format=csv,noheader 2>/dev/null)
-fi
-ngpu=${#visible[@]}
+source "$(dirname "$0")/../bench/gpu-common.sh"
+gpu_setup "$1" 600 mooncake4j-ep mooncake4j-pg mooncake4j-cuda mooncake4j-core mooncake4j-transfer slf4j-api
+gpu_out
 echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); results: $out"
 if [[ $ngpu -lt 2 ]]; then
   echo "FAIL EpBuffer's CUDA path needs 2+ GPUs, this host shows $ngpu"
   exit 1
 fi
-worlds=${WORLDS:-$( (echo 2; echo "$ngpu") | sort -un | tr '\n' ' ')}
 modes=${MODES:-check fail timing}
 port=${PORT_BASE:-29600}
 
-status=0
-summary=()
-note() {  # note NAME RC
-  local verdict=PASSED
-  if [[ $2 -eq 124 || $2 -eq 137 ]]; then verdict="TIMED OUT after ${limit}s"; elif [[ $2 -ne 0 ]]; then verdict="FAILED (exit $2)"; fi
-  [[ $2 -ne 0 ]] && status=1
-  summary+=("$1: $verdict")
-}
-
 for n in $worlds; do
   if [[ $n -gt $ngpu ]]; then summary+=("ws$n: SKIPPED (only $ngpu GPUs)"); continue; fi
-  gpus=$(IFS=,; echo "${visible[*]:0:$n}")
+  gpus=$(gpus_of "$n")
   logs="$out/ws$n"
   mkdir -p "$logs"
   for mode in $modes; do
@@ -98,6 +67,4 @@ for n in $worlds; do
   done
 done
 
-echo "=== summary (results in $out)"
-printf '%s\n' "${summary[@]}"
-exit $status
+gpu_summary "results in $out"

@@ -318,26 +318,30 @@ __device__ uint32_t wait_decide(const uint8_t* own, int first_line, int R, int* 
     return s_mask;
 }
 
-// off[j] = rows of local experts before j (off[L] = all rows), from cnt[j * R + s]. Warp 0 scans;
-// the caller synchronizes the block afterwards.
+// off[j] = rows of local experts before j (off[L] = all rows), from cnt[j * R + s] that the block's
+// threads have just written. Every thread of the block calls it; warp 0 scans; the block is
+// synchronized before and after.
 __device__ void expert_offsets(const int* cnt, int R, int L, int* off) {
-    if (threadIdx.x >= 32) return;
-    const int lane = threadIdx.x;
-    int carry = 0;
-    if (lane == 0) off[0] = 0;
-    for (int base = 0; base < L; base += 32) {
-        const int j = base + lane;
-        int v = 0;
-        if (j < L) {
-            for (int s = 0; s < R; ++s) v += cnt[j * R + s];
+    __syncthreads();
+    if (threadIdx.x < 32) {
+        const int lane = threadIdx.x;
+        int carry = 0;
+        if (lane == 0) off[0] = 0;
+        for (int base = 0; base < L; base += 32) {
+            const int j = base + lane;
+            int v = 0;
+            if (j < L) {
+                for (int s = 0; s < R; ++s) v += cnt[j * R + s];
+            }
+            for (int o = 1; o < 32; o <<= 1) {
+                const int u = __shfl_up_sync(0xffffffffu, v, o);
+                if (lane >= o) v += u;
+            }
+            if (j < L) off[j + 1] = carry + v;
+            carry += __shfl_sync(0xffffffffu, v, 31);
         }
-        for (int o = 1; o < 32; o <<= 1) {
-            const int u = __shfl_up_sync(0xffffffffu, v, o);
-            if (lane >= o) v += u;
-        }
-        if (j < L) off[j + 1] = carry + v;
-        carry += __shfl_sync(0xffffffffu, v, 31);
     }
+    __syncthreads();
 }
 
 // The local expert j with off[j] <= g < off[j + 1] (g < off[L]).
@@ -371,6 +375,17 @@ __device__ __forceinline__ Row row_of(const int* cnt, const int* off, int R, int
     r.src = s;
     r.i = r.p - base;
     return r;
+}
+
+// Calls f(row, part, lane) for every part (< kParts) of every row (< total) of the row table, one warp
+// per (row, part), spread over the grid.
+template <int kParts, typename F>
+__device__ __forceinline__ void for_each_row_part(const int* cnt, const int* off, int R, int L, F f) {
+    const int nwarps = blockDim.x >> 5;
+    const int64_t tasks = static_cast<int64_t>(off[L]) * kParts;
+    for (int64_t task = blockIdx.x * nwarps + (threadIdx.x >> 5); task < tasks; task += static_cast<int64_t>(gridDim.x) * nwarps) {
+        f(row_of(cnt, off, R, L, static_cast<int>(task / kParts)), static_cast<int>(task % kParts), threadIdx.x & 31);
+    }
 }
 
 }  // namespace ep
@@ -500,23 +515,15 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
         cnt[q] = c;
         if (blockIdx.x == 0) used[q] = c;
     }
-    __syncthreads();
     expert_offsets(cnt, R, L, off);
-    __syncthreads();
     if (blockIdx.x == 0) {
         for (int j = threadIdx.x; j < L; j += blockDim.x) reinterpret_cast<int*>(own + recv_count_off)[j] = off[j + 1] - off[j];
     }
-    const int lane = threadIdx.x & 31;
-    const int nwarps = blockDim.x >> 5;
-    const int total = off[L];
     const uint64_t data_bytes = fp8 ? static_cast<uint64_t>(H) : 2ull * H;
     const int blocks = H / kScaleChannels;
     const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
     constexpr int kParts = 2;   // warps per row
-    for (int64_t task = blockIdx.x * nwarps + (threadIdx.x >> 5); task < static_cast<int64_t>(total) * kParts;
-         task += static_cast<int64_t>(gridDim.x) * nwarps) {
-        const int g = static_cast<int>(task / kParts), part = static_cast<int>(task % kParts);
-        const Row at = row_of(cnt, off, R, L, g);
+    for_each_row_part<kParts>(cnt, off, R, L, [&](const Row& at, int part, int lane) {
         const uint8_t* msg = own + staging_off + ((static_cast<uint64_t>(at.j) * R + at.src) * M + at.i) * msg_bytes;
         const uint4 header = __ldcg(reinterpret_cast<const uint4*>(msg));
         const uint64_t row_seq = header.z | (static_cast<uint64_t>(header.w) << 32);
@@ -525,18 +532,18 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
                 error[1] = (static_cast<uint64_t>(at.src) << 48) | (static_cast<uint64_t>(at.i) << 24) | (row_seq & 0xffffffull);
                 store_release_sys(error, 2ull);
             }
-            continue;
+            return;
         }
         const uint64_t row = at.j * expert_rows + at.p;
         warp_copy_part(own + recv_x_off + row * data_bytes, msg + kHeader, data_bytes, part, kParts, lane);
-        if (part != 0) continue;
+        if (part != 0) return;
         if (lane == 0) row_src_token[row] = at.src * M + static_cast<int>(header.x);
         if (fp8) {
             const float* s_in = reinterpret_cast<const float*>(msg + kHeader + H);
             float* s_out = reinterpret_cast<float*>(own + scales_off) + row * blocks;
             for (int b = lane; b < blocks; b += 32) s_out[b] = __ldcg(s_in + b);
         }
-    }
+    });
     finish_ticket(block_counter, done_word, ticket);
 }
 
@@ -551,25 +558,17 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
     int* cnt = smem;
     int* off = smem + L * R;
     for (int q = threadIdx.x; q < L * R; q += blockDim.x) cnt[q] = __ldcg(used + q);
-    __syncthreads();
     expert_offsets(cnt, R, L, off);
-    __syncthreads();
-    const int lane = threadIdx.x & 31;
-    const int nwarps = blockDim.x >> 5;
-    const int total = off[L];
     const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
     constexpr int kParts = 4;   // warps per row
-    for (int64_t task = blockIdx.x * nwarps + (threadIdx.x >> 5); task < static_cast<int64_t>(total) * kParts;
-         task += static_cast<int64_t>(gridDim.x) * nwarps) {
-        const int g = static_cast<int>(task / kParts), part = static_cast<int>(task % kParts);
-        const Row at = row_of(cnt, off, R, L, g);
-        if (active[at.src] == 0) continue;
+    for_each_row_part<kParts>(cnt, off, R, L, [&](const Row& at, int part, int lane) {
+        if (active[at.src] == 0) return;
         const uint64_t row = at.j * expert_rows + at.p;
         const int token = __ldcg(row_src_token + row) - at.src * M;
         const uint64_t expert = static_cast<uint64_t>(rank) * L + at.j;
         uint8_t* dst = base_of(heaps, at.src, ep_base) + combine_recv_off + (expert * M + token) * 2ull * H;
         warp_copy_part(dst, reinterpret_cast<const uint8_t*>(y + row * H), 2ull * H, part, kParts, lane);
-    }
+    });
     if (!last_block(block_counter)) return;
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
         if (active[r] != 0) {

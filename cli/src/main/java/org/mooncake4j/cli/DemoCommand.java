@@ -58,17 +58,9 @@ final class DemoCommand implements Callable<Integer> {
         long end = System.nanoTime() + Duration.ofSeconds(timeoutS).toNanos();
         List<String> jvm = new ArrayList<>(PgBenchCommand.WORKER_JVM_OPTIONS);
         jvm.addAll(DEMO_JVM_OPTIONS);
-        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
-            WorkerLauncher.Outcome outcome = WorkerLauncher.builder(DemoWorker.class.getName())
-                    .jvmOptions(jvm)
-                    .nprocPerNode(ranks)
-                    .rendezvous(rdzv)
-                    .jobTimeout(Duration.ofSeconds(timeoutS))
-                    .sink(WorkerLauncher.LineSink.console(true))
-                    .build()
-                    .run();
-            if (!outcome.succeeded()) return outcome.exitCode();
-        }
+        WorkerLauncher.Outcome outcome = WorkerLauncher.runLocal(DemoWorker.class.getName(), ranks, b -> b.jvmOptions(jvm)
+                .jobTimeout(Duration.ofSeconds(timeoutS)).sink(WorkerLauncher.LineSink.console(true)));
+        if (!outcome.succeeded()) return outcome.exitCode();
         long left = end - System.nanoTime();
         if (left < Duration.ofSeconds(1).toNanos()) {
             System.err.println("[mooncake4j]: the demo's time limit of " + timeoutS + " s passed before the fault-tolerance phase could start");
@@ -92,29 +84,23 @@ final class DemoCommand implements Callable<Integer> {
     private int moePhase(List<String> jvm, Duration limit) {
         AtomicBoolean passed = new AtomicBoolean();
         WorkerLauncher.LineSink console = WorkerLauncher.LineSink.console(true);
-        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
-            System.out.println();
-            WorkerLauncher.Outcome outcome = WorkerLauncher.builder(MoeExample.class.getName())
-                    .jvmOptions(jvm)
-                    .nprocPerNode(ranks)
-                    .rendezvous(rdzv)
-                    .environment(Map.of("MOONCAKE_TIMEOUT_MS", Long.toString(FAULT_GROUP_TIMEOUT.toMillis())))
-                    .jobTimeout(limit)
-                    .sink(new WorkerLauncher.LineSink() {
-                        @Override
-                        public void workerLine(int rank, boolean stderr, String line) {
-                            if (line.startsWith("RESULT ")) return;
-                            console.workerLine(rank, stderr, line);
-                            if (rank == 0 && !stderr && line.startsWith(MoeExample.PASSED)) passed.set(true);
-                        }
+        System.out.println();
+        WorkerLauncher.Outcome outcome = WorkerLauncher.runLocal(MoeExample.class.getName(), ranks, b -> b
+                .jvmOptions(jvm)
+                .environment(Map.of("MOONCAKE_TIMEOUT_MS", Long.toString(FAULT_GROUP_TIMEOUT.toMillis())))
+                .jobTimeout(limit)
+                .sink(new WorkerLauncher.LineSink() {
+                    @Override
+                    public void workerLine(int rank, boolean stderr, String line) {
+                        if (line.startsWith("RESULT ")) return;
+                        console.workerLine(rank, stderr, line);
+                        if (rank == 0 && !stderr && line.startsWith(MoeExample.PASSED)) passed.set(true);
+                    }
 
-                        @Override
-                        public void launcherLine(String line) { console.launcherLine(line); }
-                    })
-                    .build()
-                    .run();
-            if (!outcome.succeeded()) return outcome.exitCode();
-        }
+                    @Override
+                    public void launcherLine(String line) { console.launcherLine(line); }
+                }));
+        if (!outcome.succeeded()) return outcome.exitCode();
         if (!passed.get()) {
             System.err.println("[mooncake4j]: the MoE phase did not pass (rank 0's checks above)");
             return 1;
@@ -126,13 +112,11 @@ final class DemoCommand implements Callable<Integer> {
     private int faultPhase(List<String> jvm, Duration limit) throws IOException {
         int victim = Math.min(2, ranks - 1);
         Path events = Files.createTempFile("mooncake4j-demo-", ".events");
-        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
+        try {
             System.out.println();
             FaultDriver driver = new FaultDriver(victim, events, WorkerLauncher.LineSink.console(true));
-            WorkerLauncher.Outcome outcome = WorkerLauncher.builder(FaultDemoWorker.class.getName())
+            WorkerLauncher.Outcome outcome = WorkerLauncher.runLocal(FaultDemoWorker.class.getName(), ranks, b -> b
                     .jvmOptions(jvm)
-                    .nprocPerNode(ranks)
-                    .rendezvous(rdzv)
                     .environment(Map.of("MOONCAKE_TIMEOUT_MS", Long.toString(FAULT_GROUP_TIMEOUT.toMillis()),
                             Elastic.JOIN_TIMEOUT_ENV, Long.toString(FAULT_JOIN_WAIT.toMillis()),
                             FaultDemoWorker.EVENTS_ENV, events.toString(),
@@ -141,9 +125,7 @@ final class DemoCommand implements Callable<Integer> {
                     .jobTimeout(limit)
                     .stopGrace(Duration.ofSeconds(2))
                     .sink(driver)
-                    .events(driver)
-                    .build()
-                    .run();
+                    .events(driver));
             if (!outcome.succeeded()) return outcome.exitCode();
             if (!driver.passed()) {
                 System.err.println("[mooncake4j]: the fault-tolerance phase did not pass (rank 0's verdict above)");

@@ -1,9 +1,7 @@
 package org.mooncake4j.cli;
 
 import java.io.IOException;
-import java.nio.file.Files;
 import java.nio.file.Path;
-import java.time.Duration;
 import java.util.ArrayList;
 import java.util.List;
 import java.util.concurrent.Callable;
@@ -38,15 +36,7 @@ final class EpBenchCommand implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         options.validate();
-        Path results = json != null ? json.toAbsolutePath() : Files.createTempFile("epbench-", ".json");
-        try {
-            WorkerLauncher.Outcome outcome = PgBenchCommand.runWorkers(EpBenchWorker.class, options.toArgs(), results, options.ranks, timeoutS,
-                    jvmArgs);
-            if (!outcome.succeeded()) return outcome.exitCode();
-            if (json != null) System.out.println("# results written to " + json);
-            return 0;
-        } finally {
-            if (json == null) Files.deleteIfExists(results);
-        }
+        return PgBenchCommand.runBench(EpBenchWorker.class, options.toArgs(), json, "epbench-", options.ranks, timeoutS, jvmArgs,
+                results -> {});
     }
 }

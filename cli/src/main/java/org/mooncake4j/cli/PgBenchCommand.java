@@ -43,17 +43,33 @@ final class PgBenchCommand implements Callable<Integer> {
     @Override
     public Integer call() throws IOException {
         options.validate();
-        Path results = json != null ? json.toAbsolutePath() : Files.createTempFile("pgbench-", ".json");
+        return runBench(PgBenchWorker.class, options.toArgs(), json, "pgbench-", options.ranks, timeoutS, jvmArgs, results -> {
+            if (plot == null) return;
+            List<BenchResults.Point> points = BenchResults.readPoints(results, null);
+            String label = "mooncake4j " + options.backend + " " + options.collective.label() + ", " + options.ranks + " ranks";
+            BandwidthChart.write(plot, "pgbench " + options.collective.label() + " (" + options.dtype().torchName() + ", "
+                    + options.ranks + " ranks)", BandwidthChart.Metric.BUSBW, List.of(new BandwidthChart.Series(label, points)));
+            System.out.println("# chart written to " + plot);
+        });
+    }
+
+    /** What a benchmark command does with its results file after the workers succeeded. */
+    interface ResultsStep {
+        void accept(Path results) throws IOException;
+    }
+
+    /**
+     * Runs the workers ({@link #runWorkers}) with rank 0's results going to {@code json}, or to a
+     * temporary file (named {@code tempPrefix}...) deleted afterwards, then {@code after} on them;
+     * returns the command's exit status.
+     */
+    static int runBench(Class<?> worker, List<String> args, Path json, String tempPrefix, int ranks, long timeoutS, List<String> jvmArgs,
+                        ResultsStep after) throws IOException {
+        Path results = json != null ? json.toAbsolutePath() : Files.createTempFile(tempPrefix, ".json");
         try {
-            WorkerLauncher.Outcome outcome = runWorkers(PgBenchWorker.class, options.toArgs(), results, options.ranks, timeoutS, jvmArgs);
+            WorkerLauncher.Outcome outcome = runWorkers(worker, args, results, ranks, timeoutS, jvmArgs);
             if (!outcome.succeeded()) return outcome.exitCode();
-            if (plot != null) {
-                List<BenchResults.Point> points = BenchResults.readPoints(results, null);
-                String label = "mooncake4j " + options.backend + " " + options.collective.label() + ", " + options.ranks + " ranks";
-                BandwidthChart.write(plot, "pgbench " + options.collective.label() + " (" + options.dtype().torchName() + ", "
-                        + options.ranks + " ranks)", BandwidthChart.Metric.BUSBW, List.of(new BandwidthChart.Series(label, points)));
-                System.out.println("# chart written to " + plot);
-            }
+            after.accept(results);
             if (json != null) System.out.println("# results written to " + json);
             return 0;
         } finally {
@@ -72,16 +88,7 @@ final class PgBenchCommand implements Callable<Integer> {
         workerArgs.add(results.toString());
         List<String> jvm = new ArrayList<>(WORKER_JVM_OPTIONS);
         jvm.addAll(jvmArgs);
-        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
-            return WorkerLauncher.builder(worker.getName())
-                    .jvmOptions(jvm)
-                    .args(workerArgs)
-                    .nprocPerNode(ranks)
-                    .rendezvous(rdzv)
-                    .jobTimeout(Duration.ofSeconds(timeoutS))
-                    .sink(WorkerLauncher.LineSink.console(true))
-                    .build()
-                    .run();
-        }
+        return WorkerLauncher.runLocal(worker.getName(), ranks, b -> b.jvmOptions(jvm).args(workerArgs)
+                .jobTimeout(Duration.ofSeconds(timeoutS)).sink(WorkerLauncher.LineSink.console(true)));
     }
 }

@@ -151,6 +151,18 @@ public final class WorkerLauncher {
     /** A launcher of {@code mainClass} with this JVM's binary and class path, one worker, on one node. */
     public static Builder builder(String mainClass) { return new Builder(mainClass); }
 
+    /**
+     * Runs {@code ranks} workers of {@code mainClass} on this host around a host-local rendezvous (an
+     * embedded store, closed afterwards), with the rest of the launch set by {@code configure}.
+     */
+    public static Outcome runLocal(String mainClass, int ranks, java.util.function.Consumer<Builder> configure) {
+        try (Rendezvous rdzv = Rendezvous.hostLocal()) {
+            Builder b = builder(mainClass).nprocPerNode(ranks).rendezvous(rdzv);
+            configure.accept(b);
+            return b.build().run();
+        }
+    }
+
     /** The java binary of this JVM, so workers run on the same JDK. */
     static String currentJava() {
         return ProcessHandle.current().info().command()

@@ -633,16 +633,20 @@ public final class CollectiveBench {
         if (rank == 0) {
             String table = table(world, device.toString(), heap, rows);
             System.out.print(table);
-            try {
-                Files.createDirectories(cfg.out());
-                Files.writeString(cfg.out().resolve("mooncake_allreduce_ws" + world + ".json"),
-                        json(world, device.name(), heap.sharing().name(), rows));
-                Files.writeString(cfg.out().resolve("mooncake_allreduce_ws" + world + ".txt"), table);
-            } catch (IOException e) {
-                throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
-            }
+            writeResults("mooncake_allreduce_ws" + world, table, json(world, device.name(), heap.sharing().name(), rows));
         }
         timingMore(sizes);
+    }
+
+    /** Writes {@code stem}.txt (the table) and {@code stem}.json into the results folder. */
+    private void writeResults(String stem, String table, String json) {
+        try {
+            Files.createDirectories(cfg.out());
+            Files.writeString(cfg.out().resolve(stem + ".json"), json);
+            Files.writeString(cfg.out().resolve(stem + ".txt"), table);
+        } catch (IOException e) {
+            throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
+        }
     }
 
     /** The collectives of the second timing table, as the JSON and torch_nccl_more.py name them. */
@@ -689,14 +693,7 @@ public final class CollectiveBench {
         if (rank == 0) {
             String table = moreTable(world, device.toString(), heap, rows);
             System.out.print(table);
-            try {
-                Files.createDirectories(cfg.out());
-                Files.writeString(cfg.out().resolve("mooncake_more_ws" + world + ".json"),
-                        moreJson(world, device.name(), heap.sharing().name(), rows));
-                Files.writeString(cfg.out().resolve("mooncake_more_ws" + world + ".txt"), table);
-            } catch (IOException e) {
-                throw new UncheckedIOException("cannot write the results to " + cfg.out(), e);
-            }
+            writeResults("mooncake_more_ws" + world, table, moreJson(world, device.name(), heap.sharing().name(), rows));
         }
     }
 

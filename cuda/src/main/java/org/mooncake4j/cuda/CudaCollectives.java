@@ -488,12 +488,18 @@ public final class CudaCollectives implements AutoCloseable {
         }
     }
 
-    static void checkAllGather(long src, long dst, long bytesPerRank, int worldSize, int rank, long timeoutNanos) {
+    /** The checks every collective of equal blocks per rank shares; false when there is nothing to move. */
+    private static boolean checkBlocks(long src, long dst, long bytesPerRank, int worldSize, long timeoutNanos) {
         if (bytesPerRank < 0) throw new IllegalArgumentException("bytes per rank must not be negative, got " + bytesPerRank);
         checkTimeout(timeoutNanos);
-        if (bytesPerRank == 0) return;
+        if (bytesPerRank == 0) return false;
         if (bytesPerRank > Long.MAX_VALUE / worldSize) throw new IllegalArgumentException("bytes per rank " + bytesPerRank + " is too large");
         if (src == 0 || dst == 0) throw new IllegalArgumentException("src and dst must be device pointers, got null");
+        return true;
+    }
+
+    static void checkAllGather(long src, long dst, long bytesPerRank, int worldSize, int rank, long timeoutNanos) {
+        if (!checkBlocks(src, dst, bytesPerRank, worldSize, timeoutNanos)) return;
         long total = bytesPerRank * worldSize;
         long slot = dst + rank * bytesPerRank;
         if (src != slot && src < dst + total && dst < src + bytesPerRank) {
@@ -525,11 +531,7 @@ public final class CudaCollectives implements AutoCloseable {
     }
 
     static void checkAllToAll(long src, long dst, long bytesPerRank, int worldSize, long timeoutNanos) {
-        if (bytesPerRank < 0) throw new IllegalArgumentException("bytes per rank must not be negative, got " + bytesPerRank);
-        checkTimeout(timeoutNanos);
-        if (bytesPerRank == 0) return;
-        if (bytesPerRank > Long.MAX_VALUE / worldSize) throw new IllegalArgumentException("bytes per rank " + bytesPerRank + " is too large");
-        if (src == 0 || dst == 0) throw new IllegalArgumentException("src and dst must be device pointers, got null");
+        if (!checkBlocks(src, dst, bytesPerRank, worldSize, timeoutNanos)) return;
         long total = bytesPerRank * worldSize;
         if (src < dst + total && dst < src + total) {
             throw new IllegalArgumentException("src [0x" + Long.toHexString(src) + ", +" + total + ") and dst [0x"

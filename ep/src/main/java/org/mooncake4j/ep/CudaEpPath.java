@@ -1,6 +1,5 @@
 package org.mooncake4j.ep;
 
-import java.lang.foreign.Arena;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
@@ -12,6 +11,7 @@ import java.util.concurrent.locks.LockSupport;
 import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
 import org.mooncake4j.cuda.CudaDevice;
+import org.mooncake4j.cuda.CudaEvent;
 import org.mooncake4j.cuda.CudaFunction;
 import org.mooncake4j.cuda.CudaModule;
 import org.mooncake4j.cuda.CudaStream;
@@ -47,6 +47,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     static final int STATUS_SLOTS = 16;
     /** Dynamic shared memory a block may use without opting in. */
     static final int MAX_SHARED_BYTES = 48 * 1024;
+    /** The four kernels, in the order of their block counters and of {@link #profileReport()}. */
+    static final int K_DISPATCH_SEND = 0, K_DISPATCH_RECEIVE = 1, K_COMBINE_SEND = 2, K_COMBINE_RECEIVE = 3;
     private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
     // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
     // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}
@@ -70,9 +72,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     /** Whether the last kernel queued stores {@link #ticket} into the done word when it finishes. */
     private boolean ticketQueued;
     private boolean closed;
-    /** With -Dmooncake4j.ep.profile=true: an event before and after every kernel of the four phases. */
-    private final List<org.mooncake4j.cuda.CudaEvent[]> profile = Boolean.getBoolean("mooncake4j.ep.profile") ? new ArrayList<>() : null;
-    private final List<Integer> profileKind = new ArrayList<>();
+    /** With -Dmooncake4j.ep.profile=true: the kernels queued since the last {@link #profileReport()}. */
+    private final List<Sample> profile = Boolean.getBoolean("mooncake4j.ep.profile") ? new ArrayList<>() : null;
 
     /**
      * Offsets into the private scratch buffer for a shape: four block counters (one per kernel), the two
@@ -101,6 +102,12 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         }
 
         private static long align(long v) { return (v + 255) / 256 * 256; }
+
+        /** The block counter of one kernel (one of the four {@code K_} kinds). */
+        long counter(int kernel) { return counters + 4L * kernel; }
+
+        /** The decision word of a receive kernel: 0 for the dispatch, 1 for the combine. */
+        long decision(int kind) { return decisions + 8L * kind; }
     }
 
     /**
@@ -134,12 +141,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
             st.segment().fill((byte) 0);
             h = SymmetricHeap.create(device, rank, numRanks, heapBytes, exchange);
             // zero this rank's signal words before any peer can signal into them (the barrier below)
-            try (Arena arena = Arena.ofConfined()) {
-                long bytes = EpLayout.signalBytes(numRanks);
-                MemorySegment zeros = arena.allocate(bytes, 64);
-                s.copyHostToDevice(zeros, h.pointer(rank) + epBase, bytes);
-                s.synchronize();
-            }
+            s.fill(h.pointer(rank) + epBase, (byte) 0, EpLayout.signalBytes(numRanks));
         } catch (RuntimeException e) {
             if (h != null) h.close();
             if (st != null) st.close();
@@ -149,6 +151,12 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         this.stream = s;
         this.status = st;
         this.heap = h;
+        try {
+            await(mark(), 0, "EpBuffer setup");
+        } catch (RuntimeException e) {
+            close();
+            throw e;
+        }
         group.barrier();
         // only now has every rank read the exchange's last round (deleting this rank's key right after
         // create() left a slower rank waiting for it until the timeout)
@@ -182,12 +190,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.topkIdx().devicePointer()).ptr(op.activeRanks().devicePointer())
                 .ptr(heap.pointerTable()).u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(h.numTokens).i32(h.topK)
                 .i32(lay.hidden()).i32(lay.maxTokens()).i32(h.fp8 ? 1 : 0).u64(h.seq).u64(lay.counts()).u64(lay.staging())
-                .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counters())
+                .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counter(K_DISPATCH_SEND))
                 .ptr(base + at.messages());
-        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(0);
-        dispatchSend.launch(stream, blocks, THREADS, a);
-        profileEnd(pe);
-        ticketQueued = false;
+        launch(K_DISPATCH_SEND, dispatchSend, blocks, 0, a, false);
     }
 
     @Override
@@ -199,12 +204,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(op.activeRanks().devicePointer()).ptr(base + at.used()).ptr(base + at.rowSrcToken())
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).i32(h.fp8 ? 1 : 0).u64(h.seq)
                 .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
-                .ptr(status.devicePointer() + ERROR).ptr(base + at.decisions()).u64(waitNanos(op.timeoutUs(), groupTimeout))
-                .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counters() + 4).ptr(status.devicePointer()).u64(t);
-        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(1);
-        dispatchRecv.launch(stream, device.multiprocessorCount(), 1, 1, THREADS, 1, 1, rowTableBytes(lay), a);
-        profileEnd(pe);
-        ticketQueued = true;
+                .ptr(status.devicePointer() + ERROR).ptr(base + at.decision(0)).u64(waitNanos(op.timeoutUs(), groupTimeout))
+                .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counter(K_DISPATCH_RECEIVE)).ptr(status.devicePointer()).u64(t);
+        launch(K_DISPATCH_RECEIVE, dispatchRecv, device.multiprocessorCount(), rowTableBytes(lay), a, true);
     }
 
     @Override
@@ -214,11 +216,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         long base = scratch.pointer();
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.activeRanks().devicePointer()).ptr(heap.pointerTable())
                 .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(op.seq())
-                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counters() + 8);
-        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(2);
-        combineSend.launch(stream, 2 * device.multiprocessorCount(), 1, 1, THREADS, 1, 1, rowTableBytes(lay), a);
-        profileEnd(pe);
-        ticketQueued = false;
+                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counter(K_COMBINE_SEND));
+        launch(K_COMBINE_SEND, combineSend, 2 * device.multiprocessorCount(), rowTableBytes(lay), a, false);
     }
 
     @Override
@@ -233,46 +232,51 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         KernelArgs a = KernelArgs.begin().ptr(address(0)).ptr(op.topkIdx().devicePointer()).ptr(op.topkWeights().devicePointer())
                 .ptr(op.activeRanks().devicePointer()).ptr(sentTo).ptr(op.out().devicePointer()).i32(h.numTokens).i32(h.topK)
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv()).u64(op.seq())
-                .ptr(base + at.decisions() + 8).u64(waitNanos(op.timeoutUs(), groupTimeout))
-                .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counters() + 12).ptr(status.devicePointer()).u64(t);
-        org.mooncake4j.cuda.CudaEvent[] pe = profileStart(3);
-        combineRecv.launch(stream, blocks, THREADS, a);
-        profileEnd(pe);
-        ticketQueued = true;
+                .ptr(base + at.decision(1)).u64(waitNanos(op.timeoutUs(), groupTimeout))
+                .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counter(K_COMBINE_RECEIVE)).ptr(status.devicePointer()).u64(t);
+        launch(K_COMBINE_RECEIVE, combineRecv, blocks, 0, a, true);
     }
 
-    private org.mooncake4j.cuda.CudaEvent[] profileStart(int kind) {
-        if (profile == null) return null;
-        org.mooncake4j.cuda.CudaEvent[] pair = {org.mooncake4j.cuda.CudaEvent.create(device, true), org.mooncake4j.cuda.CudaEvent.create(device, true)};
-        pair[0].record(stream);
-        profile.add(pair);
-        profileKind.add(kind);
-        return pair;
+    /**
+     * Queues one of the four kernels ({@code kind}) with {@link #THREADS} threads a block; a receive
+     * kernel ({@code carriesTicket}) stores {@link #ticket} into the done word as it finishes. With
+     * profiling on, events are recorded around it.
+     */
+    private void launch(int kind, CudaFunction f, int blocks, int sharedBytes, KernelArgs a, boolean carriesTicket) {
+        CudaEvent before = null, after = null;
+        if (profile != null) {
+            before = CudaEvent.create(device, true);
+            after = CudaEvent.create(device, true);
+            before.record(stream);
+        }
+        f.launch(stream, blocks, 1, 1, THREADS, 1, 1, sharedBytes, a);
+        if (profile != null) {
+            after.record(stream);
+            profile.add(new Sample(kind, before, after));
+        }
+        ticketQueued = carriesTicket;
     }
 
-    private void profileEnd(org.mooncake4j.cuda.CudaEvent[] pair) {
-        if (pair != null) pair[1].record(stream);
-    }
+    /** One profiled kernel: its kind and the events recorded before and after it. */
+    private record Sample(int kind, CudaEvent before, CudaEvent after) {}
 
     /**
      * With profiling on: the mean microseconds from the event before to the event after each kind of
      * kernel (dispatch send, dispatch receive, combine send, combine receive) since the last call, after
-     * the stream finished; then forgets them. Null without profiling.
+     * the stream finished (a bounded wait); then forgets them. Null without profiling.
      */
     synchronized double[] profileReport() {
         if (profile == null) return null;
-        stream.synchronize();
+        await(mark(), 0, "EpBuffer kernel profile");
         double[] sum = new double[4];
         int[] count = new int[4];
-        for (int i = 0; i < profile.size(); i++) {
-            org.mooncake4j.cuda.CudaEvent[] pair = profile.get(i);
-            sum[profileKind.get(i)] += 1000.0 * org.mooncake4j.cuda.CudaEvent.elapsedMillis(pair[0], pair[1]);
-            count[profileKind.get(i)]++;
-            pair[0].close();
-            pair[1].close();
+        for (Sample p : profile) {
+            sum[p.kind()] += 1000.0 * CudaEvent.elapsedMillis(p.before(), p.after());
+            count[p.kind()]++;
+            p.before().close();
+            p.after().close();
         }
         profile.clear();
-        profileKind.clear();
         for (int k = 0; k < 4; k++) sum[k] = count[k] == 0 ? 0 : sum[k] / count[k];
         return sum;
     }
@@ -393,10 +397,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
             scratch = null;
         }
         DeviceBuffer b = DeviceBuffer.allocate(device, need.bytes());
-        try (Arena arena = Arena.ofConfined()) {
-            MemorySegment zeros = arena.allocate(need.bytes(), 64);
-            stream.copyHostToDevice(zeros, b.pointer(), need.bytes());
-            stream.synchronize();
+        try {
+            stream.fill(b.pointer(), (byte) 0, need.bytes()); // ordered before the kernels that use it
         } catch (RuntimeException e) {
             b.close();
             throw e;

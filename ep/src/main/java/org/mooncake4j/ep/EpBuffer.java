@@ -379,15 +379,7 @@ public final class EpBuffer implements AutoCloseable {
      */
     private Staged stage(Runnable send, Runnable receive, CompletableFuture<Void> received, boolean async, boolean withHook,
                          AtomicBoolean hookStarted) {
-        Runnable receiveTracked = () -> {
-            try {
-                receive.run();
-                received.complete(null);
-            } catch (RuntimeException | Error e) {
-                received.completeExceptionally(e);
-                throw e;
-            }
-        };
+        Runnable receiveTracked = () -> runTracked(receive, received);
         Runnable work = () -> {
             try {
                 send.run();
@@ -449,17 +441,22 @@ public final class EpBuffer implements AutoCloseable {
                 join(received);
                 return;
             }
-            try {
-                receive.run();
-                received.complete(null);
-            } catch (RuntimeException | Error e) {
-                received.completeExceptionally(e);
-                throw e;
-            }
+            runTracked(receive, received);
             c.await(c.mark(), timeoutUs, what);
             check.run();
         };
         return new Staged(event, hook);
+    }
+
+    /** Runs {@code receive} and completes {@code received} with its outcome (rethrowing a failure). */
+    private static void runTracked(Runnable receive, CompletableFuture<Void> received) {
+        try {
+            receive.run();
+            received.complete(null);
+        } catch (RuntimeException | Error e) {
+            received.completeExceptionally(e);
+            throw e;
+        }
     }
 
     private static void join(CompletableFuture<Void> f) {

@@ -71,15 +71,9 @@ final class EpReference {
 
     /** The value an expert sees for channel c of token t of {@code in}: the bf16 value, or the dequantized fp8 one. */
     static float[] seen(Inputs in, int t, boolean fp8) {
+        if (fp8) return FloatFormats.throughE4m3Blocks(in.x(), t * H, H);
         float[] v = new float[H];
-        if (fp8) {
-            byte[] q = new byte[H];
-            float[] s = new float[H / 128];
-            quantize(in.x(), t * H, q, s);
-            for (int c = 0; c < H; c++) v[c] = FloatFormats.e4m3ToFloat(q[c]) * s[c / 128];
-        } else {
-            for (int c = 0; c < H; c++) v[c] = FloatFormats.bf16ToFloat(in.x()[t * H + c]);
-        }
+        for (int c = 0; c < H; c++) v[c] = FloatFormats.bf16ToFloat(in.x()[t * H + c]);
         return v;
     }
 

@@ -72,4 +72,18 @@ public final class FloatFormats {
             for (int c = b * 128; c < b * 128 + 128; c++) q[c] = floatToE4m3(bf16ToFloat(x[offset + c]) / scale);
         }
     }
+
+    /**
+     * The values {@code hidden} bf16 elements of {@code x} at {@code offset} take through the FP8 path
+     * ({@link #quantizeE4m3Blocks}, then e4m3 value times its block's scale): what a receiver of an FP8
+     * dispatch sees.
+     */
+    public static float[] throughE4m3Blocks(short[] x, int offset, int hidden) {
+        byte[] q = new byte[hidden];
+        float[] scales = new float[hidden / 128];
+        quantizeE4m3Blocks(x, offset, hidden, q, scales);
+        float[] v = new float[hidden];
+        for (int c = 0; c < hidden; c++) v[c] = e4m3ToFloat(q[c]) * scales[c / 128];
+        return v;
+    }
 }

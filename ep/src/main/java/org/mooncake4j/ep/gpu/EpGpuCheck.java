@@ -136,21 +136,11 @@ public final class EpGpuCheck {
         return onDevice(t);
     }
 
-    static void quantize(short[] x, int off, byte[] q, float[] scales) {
-        FloatFormats.quantizeE4m3Blocks(x, off, H, q, scales);
-    }
-
     /** What an expert sees of token t: the bf16 values, or the dequantized fp8 ones. */
     static float[] seen(Inputs in, int t, boolean fp8) {
+        if (fp8) return FloatFormats.throughE4m3Blocks(in.x(), t * H, H);
         float[] v = new float[H];
-        if (fp8) {
-            byte[] q = new byte[H];
-            float[] s = new float[H / 128];
-            quantize(in.x(), t * H, q, s);
-            for (int c = 0; c < H; c++) v[c] = FloatFormats.e4m3ToFloat(q[c]) * s[c / 128];
-        } else {
-            for (int c = 0; c < H; c++) v[c] = FloatFormats.bf16ToFloat(in.x()[t * H + c]);
-        }
+        for (int c = 0; c < H; c++) v[c] = FloatFormats.bf16ToFloat(in.x()[t * H + c]);
         return v;
     }
 
@@ -234,7 +224,7 @@ public final class EpGpuCheck {
                     if (fp8) {
                         byte[] q = new byte[H];
                         float[] s8 = new float[H / 128];
-                        quantize(in.x(), t * H, q, s8);
+                        FloatFormats.quantizeE4m3Blocks(in.x(), t * H, H, q, s8);
                         byte[] gq = rx.asSlice(row * H, H).toArray(ValueLayout.JAVA_BYTE);
                         float[] gs = new float[H / 128];
                         MemorySegment.copy(sc, ValueLayout.JAVA_FLOAT_UNALIGNED, row * 4L * (H / 128), gs, 0, gs.length);

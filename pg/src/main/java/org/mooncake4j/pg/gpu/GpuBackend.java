@@ -69,6 +69,8 @@ public final class GpuBackend implements AutoCloseable {
     private DeviceBuffer backup;
     /** The exchange of the current heap, whose last round is deleted when the next heap is built or on close. */
     private StoreExchange lastExchange;
+    /** The collectives' ticket when the current operation began: it queued a kernel when the ticket moved. */
+    private long ticketAtStart;
     /** Where the current in-place operation's input came from (put back from {@link #savedCopy} on a redo). */
     private long savedPtr;
     private long savedBytes;
@@ -145,20 +147,19 @@ public final class GpuBackend implements AutoCloseable {
      */
     public void allReduce(CollectiveContext c, long ptr, long count, DType dtype, ReduceOp op) {
         if (c.size() == 1 || count == 0) {
-            finish(c, null, 0);
+            finish(c, null);
             return;
         }
         long bytes = count * dtype.byteSize();
         CudaCollectives k = collectives(c);
         long copy = backup(ptr, bytes);
-        long ticket = k.lastTicket();
         k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos, CudaCollectives.Algorithm.AUTO, copy);
         savedPtr = ptr;
         savedBytes = bytes;
         savedCopy = copy;
         c.backup().saveWith(restoreInput);
         if (op == ReduceOp.AVG) k.divide(ptr, count, dtype, c.size(), stream);
-        finish(c, k, ticket);
+        finish(c, k);
     }
 
     /**
@@ -167,26 +168,23 @@ public final class GpuBackend implements AutoCloseable {
      */
     public void allGather(CollectiveContext c, long src, long dst, long bytesPerRank) {
         CudaCollectives k = collectives(c);
-        long ticket = k.lastTicket();
         k.allGather(src, dst, bytesPerRank, stream, kernelTimeoutNanos);
-        finish(c, k, ticket);
+        finish(c, k);
     }
 
     /** Reduce-scatter (SUM, or AVG) of {@code countPerRank} elements per rank; every rank among the members. */
     public void reduceScatter(CollectiveContext c, long src, long dst, long countPerRank, DType dtype, ReduceOp op) {
         CudaCollectives k = collectives(c);
-        long ticket = k.lastTicket();
         k.reduceScatter(src, dst, countPerRank, dtype, stream, kernelTimeoutNanos);
         if (op == ReduceOp.AVG) k.divide(dst, countPerRank, dtype, c.size(), stream);
-        finish(c, k, ticket);
+        finish(c, k);
     }
 
     /** All-to-all of equal blocks of {@code bytesPerRank}; every rank among the members. */
     public void allToAll(CollectiveContext c, long src, long dst, long bytesPerRank) {
         CudaCollectives k = collectives(c);
-        long ticket = k.lastTicket();
         k.allToAll(src, dst, bytesPerRank, stream, kernelTimeoutNanos);
-        finish(c, k, ticket);
+        finish(c, k);
     }
 
     /** Puts the input of the last in-place all-reduce back (queued on the stream, before the redo's kernel). */
@@ -220,8 +218,15 @@ public final class GpuBackend implements AutoCloseable {
         return backup.pointer() + (ptr & 15);
     }
 
-    /** The collectives of the heap over {@code c}'s members, built (collectively) on the first use in an epoch. */
+    /** The collectives for an operation over {@code c}'s members (see {@link #heapFor}); marks where the operation's kernels begin. */
     private CudaCollectives collectives(CollectiveContext c) {
+        CudaCollectives k = heapFor(c);
+        ticketAtStart = k.lastTicket();
+        return k;
+    }
+
+    /** The collectives of the heap over {@code c}'s members, built (collectively) on the first use in an epoch. */
+    private CudaCollectives heapFor(CollectiveContext c) {
         if (closed) throw new IllegalStateException("the GPU side of group '" + group + "' is closed");
         if (coll != null && heapEpoch == c.epoch() && java.util.Arrays.equals(heapMembers, c.members())) return coll;
         // the last kernel on the old heap has stored its completion words, but may not have retired yet
@@ -258,13 +263,13 @@ public final class GpuBackend implements AutoCloseable {
 
     /**
      * Waits (with a deadline) until the queued work is done: the completion words of {@code k}'s last
-     * kernel when this operation queued one ({@code k}'s ticket moved past {@code ticketBefore}), else
+     * kernel when this operation queued one ({@code k}'s ticket moved past {@link #ticketAtStart}), else
      * an event. A kernel that timed out waiting for peers becomes a {@link Channels.WaitFailure} and the
      * heap is dropped (it is rebuilt for the next epoch).
      */
-    private void finish(CollectiveContext c, CudaCollectives k, long ticketBefore) {
+    private void finish(CollectiveContext c, CudaCollectives k) {
         long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
-        if (k != null && k.lastTicket() != ticketBefore) awaitKernel(k, limit);
+        if (k != null && k.lastTicket() != ticketAtStart) awaitKernel(k, limit);
         else awaitStream(limit);
         if (k == null) return;
         try {
@@ -342,9 +347,9 @@ public final class GpuBackend implements AutoCloseable {
         if (closed) return;
         closed = true;
         try {
-            stream.synchronize();
+            awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
         } catch (RuntimeException ignored) {
-            // the context may already be unusable; free what can be freed
+            // the GPU did not finish in time, or the context is already unusable; free what can be freed
         }
         closeHeap();
         if (backup != null) backup.close();
