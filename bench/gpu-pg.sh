@@ -8,10 +8,12 @@
 #                             GpuCheckWorker grid (every collective x dtype x op x size on device
 #                             tensors, checked; 1 GiB all_reduce; async), kill (the last rank exits
 #                             abruptly as the others enter an all_reduce) and hang (it sleeps past the
-#                             timeout and must be fenced)
+#                             timeout and must be fenced), stop (it is stopped with SIGSTOP mid
+#                             all_reduce loop, continued later, and must be fenced); MODES picks some
 #   gpu-pg.sh bench JAR_DIR   pgbench --backend mooncake --device cuda (all_reduce 8 B..1 GiB,
 #                             all_gather, reduce_scatter, alltoall 1 MiB..1 GiB) and, in the same run,
-#                             NCCL through torch_baselines.py and torch_nccl_more.py, then ratio tables
+#                             NCCL through torch_baselines.py and torch_nccl_more.py, then ratio tables;
+#                             MORE_COLLECTIVES="" times all_reduce only
 #
 # Output under $OUT (default a new temporary folder). Exit status 0 when every check passed.
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0); mooncake4j never creates multicast objects.
@@ -36,7 +38,7 @@ status=0
 
 if [[ $mode == check ]]; then
   for n in $worlds; do
-    for m in grid kill hang; do
+    for m in ${MODES:-grid kill hang stop}; do
       log="$out/check_${m}_ws$n.log"
       extra=""; [[ $m == grid ]] && extra="--big"
       t=${MOONCAKE_TIMEOUT_MS:-5000}; [[ $m == grid ]] && t=60000
@@ -45,7 +47,7 @@ if [[ $mode == check ]]; then
         "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" org.mooncake4j.cli.Main run --nproc-per-node "$n" --timeout-s "${TIMEOUT_S:-300}" \
         org.mooncake4j.cli.GpuCheckWorker $m $extra > "$log" 2>&1
       rc=$?
-      grep -E "FAIL|SUMMARY|exits abruptly|stops responding|finished over|fenced|within the bound|dropped ranks|activeRanks|grid finished|Exception" "$log" | head -40
+      grep -E "FAIL|SUMMARY|exits abruptly|stops responding|finished over|fenced|within the bound|dropped ranks|stopped|agree|activeRanks|grid finished|Exception" "$log" | head -40
       echo "passes: $(grep -c 'PASS ' "$log")  failures: $(grep -c 'FAIL ' "$log")  exit: $rc"
       [[ $rc -eq 0 ]] && ! grep -q 'FAIL ' "$log" || status=1
     done
@@ -57,17 +59,20 @@ tb=${TORCH_BASELINES:-$root/.device/torch_baselines.py}
 more=${TORCH_NCCL_MORE:-$root/bench/torch_nccl_more.py}
 for n in $worlds; do
   echo "=== pgbench --backend mooncake on $n GPUs ==="
-  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 8 -e 1G -f 4 -w 5 -n 20 -c 0 \
-      --json "$out/mooncake_all_reduce_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_all_reduce_ws$n.txt" | tail -20
+  # small messages: 1000 timed calls per size (as many as the noise of a ~15 us call needs); large: 20
+  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 8 -e 512K -f 4 -w 200 -n 1000 -c 0 \
+      --json "$out/mooncake_all_reduce_small_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_all_reduce_small_ws$n.txt" | tail -10
+  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 2M -e 1G -f 4 -w 5 -n 20 -c 0 \
+      --json "$out/mooncake_all_reduce_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_all_reduce_ws$n.txt" | tail -10
   # the full-tensor sizes of torch_nccl_more.py: 4^k x 8 B per rank x N
   lo=1M; hi=1G; [[ $((n % 4)) -eq 0 ]] && { lo=2M; hi=2G; }
-  for c in all_gather reduce_scatter alltoall; do
+  for c in ${MORE_COLLECTIVES-all_gather reduce_scatter alltoall}; do
     MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" --collective $c -b $lo -e $hi -f 4 -w 3 -n 10 -c 0 \
         --json "$out/mooncake_${c}_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_${c}_ws$n.txt" | tail -8
   done
   echo "=== NCCL (torch) on $n GPUs ==="
   (cd "$out" && OUT="$out" timeout 400 torchrun --nproc-per-node="$n" "$tb" > "torch_baselines_ws$n.log" 2>&1) || status=1
-  if [[ -f "$more" ]]; then
+  if [[ -f "$more" && -n "${MORE_COLLECTIVES-x}" ]]; then
     (cd "$out" && OUT="$out" timeout 400 torchrun --nproc-per-node="$n" "$more" > "torch_nccl_more_ws$n.log" 2>&1) || status=1
   fi
   python3 "$root/bench/gpu_pg_ratios.py" "$out" "$n" | tee "$out/ratios_ws$n.txt"

@@ -16,6 +16,9 @@ pairs = [("all_reduce", tb.get("nccl_allreduce")), ("all_gather", more.get("nccl
          ("reduce_scatter", more.get("nccl_reducescatter")), ("alltoall", more.get("nccl_alltoall"))]
 for coll, nccl in pairs:
     ours = load(f"mooncake_{coll}_ws{n}.json")
+    small = load(f"mooncake_{coll}_small_ws{n}.json")   # gpu-pg.sh times small all_reduces separately
+    if ours and small:
+        ours = dict(ours, rows=small["rows"] + [r for r in ours["rows"] if r["bytes"] not in {s["bytes"] for s in small["rows"]}])
     if not ours or not nccl:
         print(f"# {coll} on {n} GPUs: missing {'ours' if not ours else 'NCCL'} results")
         continue

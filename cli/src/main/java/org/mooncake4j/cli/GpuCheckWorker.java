@@ -27,6 +27,11 @@ import org.mooncake4j.pg.Work;
  *     working (the next all-reduce on a heap rebuilt over the survivors);</li>
  * <li>{@code hang}: the last rank sleeps past the timeout instead; the survivors finish without it
  *     and it is fenced: its next operation fails with {@link RankRemovedException}.</li>
+ * <li>{@code stop}: every rank runs all-reduces in a loop and the last rank's whole process is
+ *     stopped with SIGSTOP in the middle of them (by a child shell it starts, which sends SIGCONT
+ *     past three timeouts); the survivors finish the operation in flight over themselves, agree and
+ *     report it dropped, and go on; the stopped rank, once continued, is fenced: the operation it
+ *     was in (or its next one) fails with {@link RankRemovedException}.</li>
  * </ul>
  * Every rank prints {@code PASS}/{@code FAIL} lines; the exit status is 1 when anything failed.
  */
@@ -45,7 +50,8 @@ public final class GpuCheckWorker {
                 case "grid" -> grid(g, dev, args.length > 1 && args[1].equals("--big"));
                 case "kill" -> kill(g, dev);
                 case "hang" -> hang(g, dev);
-                default -> throw new IllegalArgumentException("mode " + mode + ": use grid, kill or hang");
+                case "stop" -> stop(g, dev);
+                default -> throw new IllegalArgumentException("mode " + mode + ": use grid, kill, hang or stop");
             }
             System.out.printf(Locale.ROOT, "SUMMARY rank %d mode %s: %d passed, %d failed%n", g.rank(), mode, passes, failures);
             code = failures == 0 ? 0 : 1;
@@ -210,6 +216,73 @@ public final class GpuCheckWorker {
         survive(g, dev, n, victim, "hung");
         // stay alive until the victim has woken and been refused (its fencing needs the store only)
         Thread.sleep(3 * g.timeout().toMillis() + 4000);
+    }
+
+    private static void stop(ProcessGroup g, Device dev) throws Exception {
+        int n = g.size();
+        int victim = n - 1;
+        long stoppedMs = 3 * g.timeout().toMillis() + 2000;
+        long loopEnd = System.nanoTime() + (stoppedMs + 4 * g.timeout().toMillis()) * 1_000_000L;
+        g.barrier();
+        if (g.rank() == victim) {
+            long pid = ProcessHandle.current().pid();
+            System.out.println("rank " + victim + " (pid " + pid + ") is stopped with SIGSTOP in 300 ms, mid all_reduce loop, and continued "
+                    + stoppedMs + " ms later");
+            System.out.flush();
+            new ProcessBuilder("sh", "-c", "sleep 0.3; kill -STOP " + pid + "; sleep " + stoppedMs / 1000.0 + "; kill -CONT " + pid)
+                    .inheritIO().start();
+        }
+        int[] survivors = Arrays.copyOf(range(n), n - 1);
+        int before = 0;
+        try (Tensor t = filled(dev, g.rank())) {
+            while (System.nanoTime() < loopEnd) {
+                try {
+                    g.allReduce(t, ReduceOp.SUM);
+                } catch (RankRemovedException e) {
+                    report(g.rank() == victim, "rank " + g.rank() + " is fenced after SIGCONT: "
+                            + e.getMessage().substring(0, Math.min(120, e.getMessage().length())) + "...");
+                    return;
+                }
+                int[] dropped = g.lastDroppedRanks();
+                if (dropped.length > 0) {
+                    // redone over the survivors (stopped before its data arrived), or committed as computed over all
+                    // ranks (stopped in the sync step, with every member's data in): either, but the same everywhere
+                    boolean overSurvivors = wrongSum(t, survivors) == 0;
+                    boolean overAll = wrongSum(t, range(n)) == 0;
+                    report(g.rank() != victim && Arrays.equals(dropped, new int[] {victim}) && (overSurvivors || overAll),
+                            "all_reduce #" + (before + 1) + " with rank " + victim + " stopped: dropped " + Arrays.toString(dropped)
+                            + ", result " + (overSurvivors ? "redone over " + Arrays.toString(survivors)
+                            : overAll ? "committed as computed over all " + n + " ranks" : "WRONG"));
+                    float code = overSurvivors ? 1f : overAll ? 2f : 3f;
+                    try (Tensor in = Tensor.of(new float[] {code}).to(dev); Tensor out = Tensor.zeros(DType.FLOAT32, dev, n)) {
+                        g.allGatherIntoTensor(out, in);
+                        float[] got = out.toFloatArray();
+                        boolean same = true;
+                        for (int r : survivors) same &= got[r] == code;
+                        report(same, "the survivors agree on that outcome: " + Arrays.toString(got) + " (1 redone, 2 committed)");
+                    }
+                    int[] mask = g.activeRanks().toIntArray();
+                    report(mask[victim] == 0, "GPU-resident activeRanks after the stop: " + Arrays.toString(mask));
+                    break;
+                }
+                if (before == 0 && wrongSum(t, range(n)) != 0) report(false, "first all_reduce over all ranks is wrong");
+                before++;
+                try (Tensor fresh = filled(dev, g.rank())) {
+                    t.copyFrom(fresh);
+                }
+            }
+        }
+        if (g.rank() == victim) {
+            report(false, "the stopped rank was never fenced: " + before + " all_reduces accepted");
+            return;
+        }
+        report(before > 0, before + " all_reduces over all " + n + " ranks before the stop took effect");
+        try (Tensor t = filled(dev, g.rank())) {
+            g.allReduce(t, ReduceOp.SUM);
+            report(wrongSum(t, survivors) == 0, "next all_reduce over the survivors (epoch " + g.epoch() + ")");
+        }
+        // stay alive until the stopped rank has been continued and refused (its fencing needs the store)
+        Thread.sleep(Math.max(0, (loopEnd - System.nanoTime()) / 1_000_000L));
     }
 
     private static void survive(ProcessGroup g, Device dev, int n, int victim, String how) {

@@ -70,6 +70,8 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  * Every check prints {@code PASS}, {@code FAIL} or {@code SKIP}; the exit status is 1 when a check of
  * this rank failed. Other settings: {@code HEAP_MIB} (257: two banks of 128 MiB), {@code SHARING}
  * (auto, shareable, ipc), {@code MOONCAKE_TWOSHOT} (auto, pull, push: the variant of AUTO), {@code CHECK_MAX_MIB} (1024), {@code TIME_MAX_MIB} (512),
+ * {@code TIME_MIN_BYTES} (8: the smallest all-reduce timed), {@code TIME_MORE} (1; 0 skips the all_gather / reduce_scatter /
+ * all_to_all table),
  * {@code ONESHOT_MAX_BYTES} (the default of {@link CudaCollectives}), {@code EXCHANGE_TIMEOUT_S}
  * (180), {@code CHECK_TIMEOUT_MS} (60000), {@code FAULT_TIMEOUT_MS} (2000).
  */
@@ -87,7 +89,7 @@ public final class CollectiveBench {
     /** The settings, from the environment. */
     record Config(int rank, int worldSize, Path rdv, Path out, long heapBytes, SymmetricHeap.Sharing sharing,
                   Set<String> phases, long checkMaxBytes, long timeMaxBytes, long oneShotMaxBytes, Duration exchangeTimeout,
-                  long checkTimeoutNanos, long faultTimeoutNanos) {
+                  long checkTimeoutNanos, long faultTimeoutNanos, long timeMinBytes, boolean timeMore) {
 
         static Config fromEnv(Map<String, String> env) {
             int rank = integer(env, "RANK", null);
@@ -116,7 +118,8 @@ public final class CollectiveBench {
                     integer(env, "HEAP_MIB", 257) * MIB, sharing, phases, integer(env, "CHECK_MAX_MIB", 1024) * MIB,
                     integer(env, "TIME_MAX_MIB", 512) * MIB, Long.parseLong(env.getOrDefault("ONESHOT_MAX_BYTES", "-1")),
                     Duration.ofSeconds(integer(env, "EXCHANGE_TIMEOUT_S", 180)),
-                    integer(env, "CHECK_TIMEOUT_MS", 60_000) * 1_000_000L, integer(env, "FAULT_TIMEOUT_MS", 2_000) * 1_000_000L);
+                    integer(env, "CHECK_TIMEOUT_MS", 60_000) * 1_000_000L, integer(env, "FAULT_TIMEOUT_MS", 2_000) * 1_000_000L,
+                    Long.parseLong(env.getOrDefault("TIME_MIN_BYTES", "8")), !"0".equals(env.getOrDefault("TIME_MORE", "1")));
         }
 
         private static int integer(Map<String, String> env, String name, Integer fallback) {
@@ -591,7 +594,8 @@ public final class CollectiveBench {
     }
 
     private void timing() {
-        List<Long> sizes = timedSizes(cfg.timeMaxBytes());
+        List<Long> sizes = new ArrayList<>(timedSizes(cfg.timeMaxBytes()));
+        sizes.removeIf(b -> b < cfg.timeMinBytes() && b != sizes.getLast());
         long maxCount = sizes.getLast() / 4;
         parallel(maxCount, i -> up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(0x7157, rank, i)));
         stream.copyHostToDevice(up, src.pointer(), maxCount * 4);
@@ -635,7 +639,7 @@ public final class CollectiveBench {
             System.out.print(table);
             writeResults("mooncake_allreduce_ws" + world, table, json(world, device.name(), heap.sharing().name(), rows));
         }
-        timingMore(sizes);
+        if (cfg.timeMore()) timingMore(sizes);
     }
 
     /** Writes {@code stem}.txt (the table) and {@code stem}.json into the results folder. */

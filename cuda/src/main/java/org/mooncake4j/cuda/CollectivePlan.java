@@ -16,6 +16,29 @@ final class CollectivePlan {
     static final int PIPELINE_CHUNKS = 4;
     /** ... of at least this many bytes each (fewer chunks for smaller messages), at most one bank. */
     static final long MIN_PIPELINE_CHUNK_BYTES = 4L << 20;
+    /**
+     * The two-shot all-reduce's own chunking and grid, tunable per run through the environment (every
+     * rank must see the same values, like NCCL's variables): MOONCAKE_CUDA_AR_CHUNKS pipeline chunks
+     * (default {@link #PIPELINE_CHUNKS}), MOONCAKE_CUDA_AR_MIN_CHUNK_KIB (default 4096) and
+     * MOONCAKE_CUDA_AR_MAX_BLOCKS (default 0: the heap's limit, one block per SM; at most
+     * {@link SymmetricHeap.Layout#MAX_BLOCKS}, the rows of arrival flags).
+     */
+    static final int AR_CHUNKS = tunable("MOONCAKE_CUDA_AR_CHUNKS", PIPELINE_CHUNKS, 1, 256);
+    static final long AR_MIN_CHUNK_BYTES = (long) tunable("MOONCAKE_CUDA_AR_MIN_CHUNK_KIB", (int) (MIN_PIPELINE_CHUNK_BYTES >> 10), 16, 1 << 20) << 10;
+    static final int AR_MAX_BLOCKS = tunable("MOONCAKE_CUDA_AR_MAX_BLOCKS", 0, 1, SymmetricHeap.Layout.MAX_BLOCKS);
+
+    /** An integer setting from the environment, {@code fallback} when unset; out of [min, max] is an error. */
+    static int tunable(String name, int fallback, int min, int max) {
+        String v = System.getenv(name);
+        if (v == null || v.isBlank()) return fallback;
+        try {
+            int x = Integer.parseInt(v.trim());
+            if (x >= min && x <= max) return x;
+        } catch (NumberFormatException ignored) {
+            // reported below
+        }
+        throw new IllegalArgumentException(name + "=" + v + ": must be an integer from " + min + " to " + max + " (unset for " + fallback + ")");
+    }
 
     private CollectivePlan() {}
 
@@ -55,14 +78,14 @@ final class CollectivePlan {
     static long twoShotChunkElements(long count, int elementBytes, long bankBytes) {
         int v = vectorElements(elementBytes);
         long bankElements = bankBytes / elementBytes / v * v;
-        long target = Math.max(MIN_PIPELINE_CHUNK_BYTES / elementBytes, ceilDiv(count, PIPELINE_CHUNKS));
+        long target = Math.max(AR_MIN_CHUNK_BYTES / elementBytes, ceilDiv(count, AR_CHUNKS));
         return Math.min(roundUp(target, v), bankElements);
     }
 
     /** Blocks of a two-shot all-reduce: enough for one part of the first chunk. */
     static int twoShotBlocks(long count, long chunkElements, int elementBytes, int worldSize, int limit) {
         long len = Math.min(count, chunkElements);
-        return blocksFor(partElements(len, worldSize, vectorElements(elementBytes)) * elementBytes, limit);
+        return blocksFor(partElements(len, worldSize, vectorElements(elementBytes)) * elementBytes, AR_MAX_BLOCKS > 0 ? AR_MAX_BLOCKS : limit);
     }
 
     /** Elements per part of a chunk of {@code len} cut into {@code worldSize} parts of whole vectors (device: ch.part). */
@@ -105,7 +128,7 @@ final class CollectivePlan {
      */
     static long pushChunkElements(long count, int elementBytes, long bankBytes, int worldSize) {
         int v = vectorElements(elementBytes);
-        long target = Math.max(MIN_PIPELINE_CHUNK_BYTES / elementBytes, ceilDiv(count, PIPELINE_CHUNKS));
+        long target = Math.max(AR_MIN_CHUNK_BYTES / elementBytes, ceilDiv(count, AR_CHUNKS));
         return Math.min(roundUp(target, v), pushMaxPartElements(elementBytes, bankBytes, worldSize) * worldSize);
     }
 

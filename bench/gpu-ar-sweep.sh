@@ -1,0 +1,49 @@
+#!/usr/bin/env bash
+# Tuning sweep of the two-shot (push) all-reduce on a GPU host: CollectiveBench's timing phase
+# (kernels back to back, CUDA events, max over ranks) for large messages under several settings of
+# MOONCAKE_CUDA_AR_CHUNKS / MOONCAKE_CUDA_AR_MIN_CHUNK_KIB / MOONCAKE_CUDA_AR_MAX_BLOCKS.
+#
+#   gpu-ar-sweep.sh JAR_DIR
+#
+# CONFIGS: space-separated CHUNKS:MIN_CHUNK_KIB:MAX_BLOCKS triples, 0 blocks = the default (one per SM);
+# default "4:4096:0 8:1024:0 16:1024:0 4:4096:64 8:1024:64 8:1024:256". WORLDS (default "2 <all GPUs>"),
+# TIME_MIN_BYTES (default 32 MiB), TIME_MAX_MIB (default 512). Prints, per world and setting, the
+# all-reduce table rows (size, chosen algorithm, microseconds, busbw of every variant).
+set -uo pipefail
+if [[ $# -ne 1 || ! -d "$1" ]]; then
+  echo "usage: $0 JAR_DIR" >&2
+  exit 2
+fi
+root=$(cd "$(dirname "$0")/.." && pwd)
+source "$root/bench/gpu-common.sh"
+gpu_setup "$1" 300 mooncake4j-cuda mooncake4j-core
+gpu_out
+configs=${CONFIGS:-"4:4096:0 8:1024:0 16:1024:0 4:4096:64 8:1024:64 8:1024:256"}
+for n in $worlds; do
+  [[ $n -le $ngpu ]] || continue
+  gpus=$(gpus_of "$n")
+  for cfg in $configs; do
+    IFS=: read -r chunks minkib blocks <<< "$cfg"
+    logs="$out/ws$n-$chunks-$minkib-$blocks"
+    mkdir -p "$logs"
+    rdv=$(mktemp -d)
+    pids=()
+    for ((r = 0; r < n; r++)); do
+      env CUDA_VISIBLE_DEVICES="$gpus" RANK=$r WORLD_SIZE=$n RDV_DIR="$rdv" OUT="$logs" PHASES=time TIME_MORE=0 \
+        TIME_MIN_BYTES="${TIME_MIN_BYTES:-33554432}" TIME_MAX_MIB="${TIME_MAX_MIB:-512}" \
+        MOONCAKE_CUDA_AR_CHUNKS="$chunks" MOONCAKE_CUDA_AR_MIN_CHUNK_KIB="$minkib" \
+        $( [[ $blocks -gt 0 ]] && echo MOONCAKE_CUDA_AR_MAX_BLOCKS="$blocks" ) \
+        timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
+        org.mooncake4j.cuda.CollectiveBench > "$logs/rank$r.log" 2>&1 &
+      pids+=($!)
+    done
+    for ((r = 0; r < n; r++)); do
+      wait "${pids[$r]}"
+      note "ws$n $cfg rank $r" $?
+    done
+    echo "=== $n GPUs, chunks $chunks, min chunk $minkib KiB, max blocks ${blocks/#0/default}"
+    grep -E '^ *[0-9]+ ' "$logs/mooncake_allreduce_ws$n.txt" 2>/dev/null || grep -E 'FAIL|Exception' "$logs/rank0.log" | head -5
+    rm -rf "$rdv"
+  done
+done
+gpu_summary "all-reduce sweep"
