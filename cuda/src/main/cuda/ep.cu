@@ -61,6 +61,15 @@
 // Expert ids outside [0, E) are skipped like -1 (the host does not read device tensors back to check).
 // Sequence words only grow, so a write from an earlier round is never taken for the current one.
 // Peer data is read with ld.global.cg (L2) after the acquire.
+//
+// Deduplicated dispatch (dedup = 1, chosen by the host when L >= 2 and 16 * L <= msg_bytes): a token
+// that selects several experts of one rank crosses NVLink once for that rank. Everything stays inside
+// the staging messages that source s owns in every destination (rows (j, s, *)), like the plain
+// layout: the sender stores the whole message (header {t, 0, seq} and data) once into its payload
+// slot (s, t) = staging row (L - 1, s, t), and only the 16-byte header {t, top-k slot, seq} of each
+// row (j, s, i) into a table at staging row (0, s, 0): entry j * M + i (L * M * 16 bytes, which fit in
+// the M messages of that block). The receiver takes the token from the row's header and the data from
+// the payload slot, and checks the sequence number (and token) of both.
 #include <cuda_bf16.h>
 
 #include "common.cuh"
@@ -355,6 +364,15 @@ __device__ __forceinline__ int expert_of(const int* off, int L, int g) {
     return lo;
 }
 
+// Deduplicated dispatch: byte offsets within staging of row (j, src, i)'s header and of payload slot (src, t).
+__device__ __forceinline__ uint64_t header_offset(int src, int j, int i, int M, uint64_t msg_bytes) {
+    return static_cast<uint64_t>(src) * M * msg_bytes + (static_cast<uint64_t>(j) * M + i) * kHeader;
+}
+
+__device__ __forceinline__ uint64_t payload_offset(int src, int t, int R, int L, int M, uint64_t msg_bytes) {
+    return ((static_cast<uint64_t>(L - 1) * R + src) * M + t) * msg_bytes;
+}
+
 struct Row {
     int j;     // local expert
     int p;     // packed row within the expert's block
@@ -396,12 +414,16 @@ extern "C" __global__ void __launch_bounds__(512)
 ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, const uint64_t* heaps, uint64_t ep_base,
                  int rank, int R, int L, int N, int K, int H, int M, int fp8, uint64_t seq, uint64_t counts_off,
                  uint64_t staging_off, uint64_t msg_bytes, int* send_count, int* sent_to, uint32_t* block_counter,
-                 uint8_t* qbuf) {
+                 uint8_t* qbuf, int dedup) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     constexpr int kSlots = 64;
+    constexpr int kRanks = 32;
     __shared__ int s_row[kSlots];
     __shared__ uint4* s_dst[kSlots];
+    __shared__ int s_use[kRanks];        // dedup: the ranks this token goes to ...
+    __shared__ uint4* s_pay[kRanks];     // ... and its payload slot (this rank, t) in each of them, packed
+    __shared__ int s_ranks;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int64_t E = static_cast<int64_t>(R) * L;
     const int blocks = H / kScaleChannels;
@@ -419,6 +441,8 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
         }
         for (int k0 = 0; k0 < K; k0 += kSlots) {
             const int kn = min(kSlots, K - k0);
+            if (dedup && threadIdx.x < kRanks) s_use[threadIdx.x] = 0;
+            __syncthreads();
             for (int kk = warp; kk < kn; kk += nwarps) {
                 const int k = k0 + kk;
                 const int64_t e = sel[k];
@@ -432,12 +456,54 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                     if (i >= 0) {
                         const int r = static_cast<int>(e / L), j = static_cast<int>(e % L);
                         s_dst[kk] = reinterpret_cast<uint4*>(base_of(heaps, r, ep_base) + staging_off
-                                                              + ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes);
+                                                              + (dedup ? header_offset(rank, j, i, M, msg_bytes)
+                                                                       : ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes));
+                        if (dedup) s_use[r] = 1;
                     }
                 }
             }
             __syncthreads();   // the slots' rows and the quantized message are complete
-            if (fp8 || vec_x) {
+            if (dedup) {
+                // the message once per destination rank (its payload slot), then each row's 16-byte header
+                if (threadIdx.x == 0) {
+                    int n = 0;
+                    for (int r = 0; r < R; ++r) {
+                        if (s_use[r] == 0) continue;
+                        s_pay[n++] = reinterpret_cast<uint4*>(base_of(heaps, r, ep_base) + staging_off
+                                                              + payload_offset(rank, t, R, L, M, msg_bytes));
+                    }
+                    s_ranks = n;
+                }
+                __syncthreads();
+                const int nr = s_ranks;
+                if (fp8 || vec_x) {
+                    const uint4* src = fp8 ? reinterpret_cast<const uint4*>(q) : reinterpret_cast<const uint4*>(row) - 1;
+                    for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) {
+                        uint4 val = seq_bits;
+                        if (v != 0) val = fp8 ? src[v] : __ldg(src + v);
+                        else val.x = static_cast<uint32_t>(t);
+                        for (int d = 0; d < nr; ++d) s_pay[d][v] = val;
+                    }
+                } else {
+                    for (int d = 0; d < nr; ++d) {
+                        uint8_t* msg = reinterpret_cast<uint8_t*>(s_pay[d]);
+                        if (threadIdx.x == 0) {
+                            uint4 header = seq_bits;
+                            header.x = static_cast<uint32_t>(t);
+                            s_pay[d][0] = header;
+                        }
+                        const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
+                        for (uint64_t b = threadIdx.x; b < 2ull * H; b += blockDim.x) msg[kHeader + b] = src[b];
+                    }
+                }
+                for (int kk = threadIdx.x; kk < kn; kk += blockDim.x) {
+                    if (s_row[kk] < 0) continue;
+                    uint4 header = seq_bits;
+                    header.x = static_cast<uint32_t>(t);
+                    header.y = static_cast<uint32_t>(k0 + kk);
+                    s_dst[kk][0] = header;
+                }
+            } else if (fp8 || vec_x) {
                 // each 16 bytes of the message are loaded once and stored to every destination
                 const uint4* src = fp8 ? reinterpret_cast<const uint4*>(q) : reinterpret_cast<const uint4*>(row) - 1;
                 for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) {
@@ -494,7 +560,7 @@ extern "C" __global__ void __launch_bounds__(512)
 ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
                  uint64_t seq, uint64_t counts_off, uint64_t recv_count_off, uint64_t staging_off, uint64_t msg_bytes,
                  uint64_t recv_x_off, uint64_t scales_off, uint64_t* error, unsigned long long* decision, uint64_t timeout_ns,
-                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket) {
+                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket, int dedup) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     extern __shared__ int smem[];
@@ -524,9 +590,20 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
     const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
     constexpr int kParts = 2;   // warps per row
     for_each_row_part<kParts>(cnt, off, R, L, [&](const Row& at, int part, int lane) {
-        const uint8_t* msg = own + staging_off + ((static_cast<uint64_t>(at.j) * R + at.src) * M + at.i) * msg_bytes;
+        const uint8_t* msg = own + staging_off + (dedup ? header_offset(at.src, at.j, at.i, M, msg_bytes)
+                                                        : ((static_cast<uint64_t>(at.j) * R + at.src) * M + at.i) * msg_bytes);
         const uint4 header = __ldcg(reinterpret_cast<const uint4*>(msg));
-        const uint64_t row_seq = header.z | (static_cast<uint64_t>(header.w) << 32);
+        uint64_t row_seq = header.z | (static_cast<uint64_t>(header.w) << 32);
+        if (dedup && row_seq == seq) {
+            // the row's header names the token; its data is in the source's payload slot for that token
+            if (header.x >= static_cast<uint32_t>(M)) {
+                row_seq = ~0ull;
+            } else {
+                msg = own + staging_off + payload_offset(at.src, static_cast<int>(header.x), R, L, M, msg_bytes);
+                const uint4 slot = __ldcg(reinterpret_cast<const uint4*>(msg));
+                row_seq = slot.x == header.x ? (slot.z | (static_cast<uint64_t>(slot.w) << 32)) : ~0ull;
+            }
+        }
         if (row_seq != seq) {
             if (lane == 0 && part == 0) {
                 error[1] = (static_cast<uint64_t>(at.src) << 48) | (static_cast<uint64_t>(at.i) << 24) | (row_seq & 0xffffffull);

@@ -69,7 +69,7 @@ final class EpBenchOptions {
     boolean cuda() { return device.trim().equalsIgnoreCase("cuda"); }
 
     /** The device of a rank's tensors: the CPU, or {@code cuda:localRank}. */
-    Device device(int localRank) { return cuda() ? Device.cuda(localRank) : Device.CPU; }
+    Device device(int localRank) { return cuda() ? Device.cuda(org.mooncake4j.cuda.CudaDevice.ordinalForLocalRank(localRank)) : Device.CPU; }
 
     /** Bytes one valid (token, expert) selection moves in dispatch: DeepEP's FP8 count {@code hidden + hidden/128*4 + 16}, or {@code 2*hidden + 16} in bf16 (the row plus its 16-byte header). */
     long dispatchBytesPerSelection() { return fp8 ? hidden + hidden / 128 * 4L + 16 : 2L * hidden + 16; }

@@ -84,6 +84,21 @@ class BenchCollectiveTest {
         b.close();
     }
 
+    @Test
+    void aFloat16ProductBeyondItsRangeIsExpectedToBeInfinite() {
+        int n = 8;
+        var b = BenchCollective.Buffers.allocate(BenchCollective.ALL_REDUCE.layout(3, n), DType.FLOAT16);
+        var setup = new BenchCollective.Setup(0, n, DType.FLOAT16, ReduceOp.PRODUCT, 0);
+        // over 8 ranks: 8! = 40320 fits float16 (largest finite 65504); 8!·2^8 and 8!·3^8 do not
+        b.in().setDouble(0, 40320);
+        b.in().setDouble(1, Double.POSITIVE_INFINITY);
+        b.in().setDouble(2, Double.POSITIVE_INFINITY);
+        assertThat(BenchCollective.ALL_REDUCE.countWrong(b, setup)).isZero();
+        b.in().setDouble(1, 65504); // a saturated value instead of the overflow is wrong
+        assertThat(BenchCollective.ALL_REDUCE.countWrong(b, setup)).isEqualTo(1);
+        b.close();
+    }
+
     /** Routes every rank's filled input as all_to_all would, then checks each rank's output. */
     @Test
     void allToAllCheckCatchesAPartFromTheWrongRank() {

@@ -64,6 +64,27 @@ public final class CudaDevice {
     /** The number of CUDA devices this process sees; 0 when the driver is present but sees none. */
     public static int count() { return devices().length; }
 
+    /**
+     * The device ordinal of the worker with local rank {@code localRank}: {@code localRank} itself, or
+     * {@code localRank} modulo the visible devices when there are more local ranks than devices (several
+     * ranks then share a GPU, which the symmetric heaps allow: a test setup, e.g. 8 ranks on 4 GPUs).
+     * Without a driver or device it returns {@code localRank} unchanged (opening it then says why).
+     */
+    public static int ordinalForLocalRank(int localRank) {
+        int n;
+        try {
+            n = count();
+        } catch (RuntimeException e) {
+            return localRank;
+        }
+        return ordinalFor(localRank, n);
+    }
+
+    /** {@link #ordinalForLocalRank} with {@code visible} devices. */
+    static int ordinalFor(int localRank, int visible) {
+        return visible > 0 && localRank >= visible ? localRank % visible : localRank;
+    }
+
     /** Every visible device, by ordinal. */
     public static List<CudaDevice> all() { return List.of(devices()); }
 

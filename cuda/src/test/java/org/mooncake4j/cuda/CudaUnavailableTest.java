@@ -22,6 +22,17 @@ class CudaUnavailableTest {
         assertThat(CudaDriver.MISSING_LIBRARY_MESSAGE).isEqualTo(MESSAGE);
     }
 
+    /** More local ranks than GPUs share them round robin (8 ranks on 4 GPUs: 4-7 on 0-3); without a driver the rank is kept. */
+    @Test
+    void localRanksBeyondTheVisibleDevicesShareThemRoundRobin() {
+        assertThat(CudaDevice.ordinalFor(2, 4)).isEqualTo(2);
+        assertThat(CudaDevice.ordinalFor(5, 4)).isEqualTo(1);
+        assertThat(CudaDevice.ordinalFor(7, 4)).isEqualTo(3);
+        assertThat(CudaDevice.ordinalFor(3, 0)).isEqualTo(3);
+        assumeFalse(CudaDriver.libraryPresent(), "this host has libcuda.so.1");
+        assertThat(CudaDevice.ordinalForLocalRank(6)).isEqualTo(6);
+    }
+
     @Test
     void deviceQueriesFailWithTheMissingDriverMessage() {
         assumeFalse(CudaDriver.libraryPresent(), "this host has libcuda.so.1");

@@ -191,7 +191,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .ptr(heap.pointerTable()).u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(h.numTokens).i32(h.topK)
                 .i32(lay.hidden()).i32(lay.maxTokens()).i32(h.fp8 ? 1 : 0).u64(h.seq).u64(lay.counts()).u64(lay.staging())
                 .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counter(K_DISPATCH_SEND))
-                .ptr(base + at.messages());
+                .ptr(base + at.messages()).i32(dedup(lay) ? 1 : 0);
         launch(K_DISPATCH_SEND, dispatchSend, blocks, 0, a, false);
     }
 
@@ -205,7 +205,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).i32(h.fp8 ? 1 : 0).u64(h.seq)
                 .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
                 .ptr(status.devicePointer() + ERROR).ptr(base + at.decision(0)).u64(waitNanos(op.timeoutUs(), groupTimeout))
-                .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counter(K_DISPATCH_RECEIVE)).ptr(status.devicePointer()).u64(t);
+                .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counter(K_DISPATCH_RECEIVE)).ptr(status.devicePointer()).u64(t)
+                .i32(dedup(lay) ? 1 : 0);
         launch(K_DISPATCH_RECEIVE, dispatchRecv, device.multiprocessorCount(), rowTableBytes(lay), a, true);
     }
 
@@ -279,6 +280,19 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         profile.clear();
         for (int k = 0; k < 4; k++) sum[k] = count[k] == 0 ? 0 : sum[k] / count[k];
         return sum;
+    }
+
+    /** With -Dmooncake4j.ep.dedup=false every dispatched row crosses NVLink on its own (for comparisons). */
+    private static final boolean DEDUP = !"false".equals(System.getProperty("mooncake4j.ep.dedup"));
+
+    /**
+     * Whether a dispatch of this shape sends each token once per destination rank (see "Deduplicated
+     * dispatch" in ep.cu): it needs two local experts or more (the payload slots and the header table
+     * lie in different blocks of the source's staging messages) and a header table of 16 bytes per
+     * local expert and token that fits in one block of M messages.
+     */
+    static boolean dedup(EpLayout lay) {
+        return DEDUP && lay.localExperts() >= 2 && 16L * lay.localExperts() <= lay.messageBytes();
     }
 
     /** Dynamic shared memory of the row-table kernels: the (expert, source) counts and the expert offsets. */

@@ -12,7 +12,9 @@ package org.mooncake4j.ep;
  * recvCount          int32 [L]          the dispatch result recvCount
  * staging            [L][R][M] messages of align16(16 + 2H) bytes: header (int32 token, int32 topk slot,
  *                    int64 dispatch seq), then H bf16 or H e4m3 bytes + ceil(H/128) fp32 scales;
- *                    written by source s into block (j, s)
+ *                    written by source s into block (j, s); the CUDA path's deduplicated dispatch uses
+ *                    source s's blocks (0, s) for a 16-byte header per row and (L - 1, s) for one
+ *                    message per token (CudaEpPath.dedup, ep.cu)
  * recvX              [L][R*M] rows of 2H bytes (bf16) or H bytes (fp8): the packed dispatch result
  * recvScales         fp32 [L][R*M][ceil(H/128)]
  * combineSend        bf16 [L][R*M][H]   nextCombineBuffer(handle)

@@ -73,6 +73,28 @@ class CudaEpPathTest {
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("numExperts 16384 is too many for the CUDA path");
     }
 
+    /**
+     * The deduplicated dispatch keeps its header table (16 bytes per local expert and token) in block
+     * (0, s) of a source's staging rows and its payload slots in block (L - 1, s): it needs two local
+     * experts and a table that fits M messages; otherwise every row carries its own message.
+     */
+    @Test
+    void theDeduplicatedDispatchIsUsedWhereItsTablesFitTheSourcesStagingRows() {
+        assertThat(CudaEpPath.dedup(EpLayout.of(128, 7168, 4, 288))).isTrue();
+        assertThat(CudaEpPath.dedup(EpLayout.of(128, 7168, 8, 288))).isTrue();
+        assertThat(CudaEpPath.dedup(EpLayout.of(128, 7168, 4, 4))).as("one local expert").isFalse();
+        EpLayout narrow = EpLayout.of(8, 128, 2, 64); // message 16 + 256 = 272 bytes: 17 local experts at most
+        assertThat(narrow.messageBytes()).isEqualTo(272);
+        assertThat(CudaEpPath.dedup(narrow)).as("32 local experts need 512-byte table rows").isFalse();
+        assertThat(CudaEpPath.dedup(EpLayout.of(8, 128, 2, 34))).as("17 local experts").isTrue();
+        // the two blocks of source s and the rows of every other source are disjoint
+        EpLayout lay = EpLayout.of(128, 7168, 4, 288);
+        long block = lay.maxTokens() * lay.messageBytes();
+        long headers = 16L * lay.localExperts() * lay.maxTokens();
+        assertThat(headers).isLessThanOrEqualTo(block);
+        assertThat(lay.stagingRow(lay.localExperts() - 1, 1, 0) - lay.stagingRow(0, 1, 0)).isGreaterThanOrEqualTo(block);
+    }
+
     /** The kernels' layout assumptions: message rows, fp8 data and scales on 16-byte boundaries for hidden % 128 == 0. */
     @Test
     void theEpLayoutKeepsTheKernelsVectorAccessesAligned() {

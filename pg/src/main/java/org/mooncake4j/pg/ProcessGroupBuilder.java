@@ -74,7 +74,7 @@ public final class ProcessGroupBuilder {
         }
         MooncakeBackendOptions opts = options != null ? options
                 : new MooncakeBackendOptions(Tensor.ones(DType.INT32, b.equals(ProcessGroup.BACKEND_CUDA)
-                        ? Device.cuda(envIntOr("LOCAL_RANK", 0)) : Device.CPU, n));
+                        ? Device.cuda(org.mooncake4j.cuda.CudaDevice.ordinalForLocalRank(envIntOr("LOCAL_RANK", 0))) : Device.CPU, n));
         int slots = validate(b, opts, n);
         if (r < 0 || r >= slots) throw new IllegalArgumentException("rank " + r + " is out of range [0, " + slots + ")");
         Duration t = timeout != null ? timeout : Duration.ofMillis(Long.parseLong(env("MOONCAKE_TIMEOUT_MS", "60000")));

@@ -53,7 +53,7 @@ public final class EpGpuCheck {
         this.n = pg.worldSize();
         this.numExperts = 288 / n * n;
         this.local = numExperts / n;
-        this.dev = Device.cuda(localRank);
+        this.dev = Device.cuda(org.mooncake4j.cuda.CudaDevice.ordinalForLocalRank(localRank));
     }
 
     public static void main(String[] args) {
