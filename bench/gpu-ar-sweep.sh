@@ -21,29 +21,15 @@ gpu_out
 configs=${CONFIGS:-"4:4096:0 8:1024:0 16:1024:0 4:4096:64 8:1024:64 8:1024:256"}
 for n in $worlds; do
   [[ $n -le $ngpu ]] || continue
-  gpus=$(gpus_of "$n")
   for cfg in $configs; do
     IFS=: read -r chunks minkib blocks <<< "$cfg"
     logs="$out/ws$n-$chunks-$minkib-$blocks"
-    mkdir -p "$logs"
-    rdv=$(mktemp -d)
-    pids=()
-    for ((r = 0; r < n; r++)); do
-      env CUDA_VISIBLE_DEVICES="$gpus" RANK=$r WORLD_SIZE=$n RDV_DIR="$rdv" OUT="$logs" PHASES=time TIME_MORE=0 \
-        TIME_MIN_BYTES="${TIME_MIN_BYTES:-33554432}" TIME_MAX_MIB="${TIME_MAX_MIB:-512}" \
-        MOONCAKE_CUDA_AR_CHUNKS="$chunks" MOONCAKE_CUDA_AR_MIN_CHUNK_KIB="$minkib" \
-        $( [[ $blocks -gt 0 ]] && echo MOONCAKE_CUDA_AR_MAX_BLOCKS="$blocks" ) \
-        timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
-        org.mooncake4j.cuda.CollectiveBench > "$logs/rank$r.log" 2>&1 &
-      pids+=($!)
-    done
-    for ((r = 0; r < n; r++)); do
-      wait "${pids[$r]}"
-      note "ws$n $cfg rank $r" $?
-    done
+    extra=(PHASES=time TIME_MORE=0 TIME_MIN_BYTES="${TIME_MIN_BYTES:-33554432}" TIME_MAX_MIB="${TIME_MAX_MIB:-512}"
+           MOONCAKE_CUDA_AR_CHUNKS="$chunks" MOONCAKE_CUDA_AR_MIN_CHUNK_KIB="$minkib")
+    [[ $blocks -gt 0 ]] && extra+=(MOONCAKE_CUDA_AR_MAX_BLOCKS="$blocks")
+    collective_bench "$n" "$logs" "ws$n $cfg" "${extra[@]}"
     echo "=== $n GPUs, chunks $chunks, min chunk $minkib KiB, max blocks ${blocks/#0/default}"
     grep -E '^ *[0-9]+ ' "$logs/mooncake_allreduce_ws$n.txt" 2>/dev/null || grep -E 'FAIL|Exception' "$logs/rank0.log" | head -5
-    rm -rf "$rdv"
   done
 done
 gpu_summary "all-reduce sweep"

@@ -86,3 +86,24 @@ run_torch() {  # run_torch NAME SCRIPT: torchrun SCRIPT on each world size of $w
     [[ $rc -eq 0 ]] || tail -20 "$out/${base}_ws$n.log"
   done
 }
+
+collective_bench() {  # collective_bench N LOGS NAME [VAR=VALUE...]: N CollectiveBench ranks on the first N GPUs with
+  # the extra environment, logs in LOGS/rank<r>.log; waits for all and records "NAME rank <r>" with note
+  local n=$1 logs=$2 name=$3 gpus rdv r
+  shift 3
+  gpus=$(gpus_of "$n")
+  rdv=$(mktemp -d)
+  mkdir -p "$logs"
+  local -a pids=()
+  for ((r = 0; r < n; r++)); do
+    env CUDA_VISIBLE_DEVICES="$gpus" RANK=$r WORLD_SIZE="$n" RDV_DIR="$rdv" OUT="$logs" "$@" \
+      timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
+      org.mooncake4j.cuda.CollectiveBench > "$logs/rank$r.log" 2>&1 &
+    pids+=($!)
+  done
+  for ((r = 0; r < n; r++)); do
+    wait "${pids[$r]}"
+    note "$name rank $r" $?
+  done
+  rm -rf "$rdv"
+}

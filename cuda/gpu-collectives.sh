@@ -49,25 +49,10 @@ fi
 
 for n in $worlds; do
   if [[ $n -gt $ngpu ]]; then summary+=("mooncake ws$n: SKIPPED (only $ngpu GPUs)"); continue; fi
-  gpus=$(gpus_of "$n")
   logs="$out/ws$n"
-  mkdir -p "$logs"
-  rdv=$(mktemp -d)
-  echo "=== mooncake CollectiveBench: $n processes on GPUs $gpus"
-  pids=()
-  for ((r = 0; r < n; r++)); do
-    CUDA_VISIBLE_DEVICES=$gpus RANK=$r WORLD_SIZE=$n RDV_DIR=$rdv OUT=$logs \
-      timeout --kill-after=10 "$limit" "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" \
-      org.mooncake4j.cuda.CollectiveBench > "$logs/rank$r.log" 2>&1 &
-    pids+=($!)
-  done
-  for ((r = 0; r < n; r++)); do
-    wait "${pids[$r]}"
-    rc=$?
-    note "mooncake ws$n rank $r" "$rc"
-  done
+  echo "=== mooncake CollectiveBench: $n processes on GPUs $(gpus_of "$n")"
+  collective_bench "$n" "$logs" "mooncake ws$n"
   for ((r = 0; r < n; r++)); do sed "s/^/[ws$n rank $r] /" "$logs/rank$r.log"; done
-  rm -rf "$rdv"
 done
 
 run_torch NCCL "$baselines"

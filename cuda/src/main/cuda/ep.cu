@@ -418,12 +418,12 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     constexpr int kSlots = 64;
-    constexpr int kRanks = 32;
-    __shared__ int s_row[kSlots];
-    __shared__ uint4* s_dst[kSlots];
-    __shared__ int s_use[kRanks];        // dedup: the ranks this token goes to ...
-    __shared__ uint4* s_pay[kRanks];     // ... and its payload slot (this rank, t) in each of them, packed
-    __shared__ int s_ranks;
+    __shared__ int s_row[kSlots];        // per top-k slot: its row i at the destination (-1: not sent) ...
+    __shared__ int s_rank[kSlots];       // ... the destination rank ...
+    __shared__ uint4* s_dst[kSlots];     // ... and where its message (dedup: its header) goes
+    __shared__ uint4* s_msg[kSlots];     // the messages to store: per row, or (dedup) per destination rank ...
+    __shared__ uint32_t s_slot[kSlots];  // ... with the top-k slot of their header (0 for a payload slot)
+    __shared__ int s_msgs;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int64_t E = static_cast<int64_t>(R) * L;
     const int blocks = H / kScaleChannels;
@@ -441,8 +441,6 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
         }
         for (int k0 = 0; k0 < K; k0 += kSlots) {
             const int kn = min(kSlots, K - k0);
-            if (dedup && threadIdx.x < kRanks) s_use[threadIdx.x] = 0;
-            __syncthreads();
             for (int kk = warp; kk < kn; kk += nwarps) {
                 const int k = k0 + kk;
                 const int64_t e = sel[k];
@@ -455,81 +453,58 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                     s_row[kk] = i;
                     if (i >= 0) {
                         const int r = static_cast<int>(e / L), j = static_cast<int>(e % L);
+                        s_rank[kk] = r;
                         s_dst[kk] = reinterpret_cast<uint4*>(base_of(heaps, r, ep_base) + staging_off
                                                               + (dedup ? header_offset(rank, j, i, M, msg_bytes)
                                                                        : ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes));
-                        if (dedup) s_use[r] = 1;
                     }
                 }
             }
             __syncthreads();   // the slots' rows and the quantized message are complete
-            if (dedup) {
-                // the message once per destination rank (its payload slot), then each row's 16-byte header
-                if (threadIdx.x == 0) {
-                    int n = 0;
-                    for (int r = 0; r < R; ++r) {
-                        if (s_use[r] == 0) continue;
-                        s_pay[n++] = reinterpret_cast<uint4*>(base_of(heaps, r, ep_base) + staging_off
-                                                              + payload_offset(rank, t, R, L, M, msg_bytes));
-                    }
-                    s_ranks = n;
-                }
-                __syncthreads();
-                const int nr = s_ranks;
-                if (fp8 || vec_x) {
-                    const uint4* src = fp8 ? reinterpret_cast<const uint4*>(q) : reinterpret_cast<const uint4*>(row) - 1;
-                    for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) {
-                        uint4 val = seq_bits;
-                        if (v != 0) val = fp8 ? src[v] : __ldg(src + v);
-                        else val.x = static_cast<uint32_t>(t);
-                        for (int d = 0; d < nr; ++d) s_pay[d][v] = val;
-                    }
-                } else {
-                    for (int d = 0; d < nr; ++d) {
-                        uint8_t* msg = reinterpret_cast<uint8_t*>(s_pay[d]);
-                        if (threadIdx.x == 0) {
-                            uint4 header = seq_bits;
-                            header.x = static_cast<uint32_t>(t);
-                            s_pay[d][0] = header;
-                        }
-                        const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
-                        for (uint64_t b = threadIdx.x; b < 2ull * H; b += blockDim.x) msg[kHeader + b] = src[b];
-                    }
-                }
-                for (int kk = threadIdx.x; kk < kn; kk += blockDim.x) {
+            // the messages: one per row, or (dedup) one per destination rank into its payload slot
+            if (threadIdx.x == 0) {
+                int n = 0;
+                uint32_t ranks = 0;   // dedup: the destination ranks listed so far (R <= 8)
+                for (int kk = 0; kk < kn; ++kk) {
                     if (s_row[kk] < 0) continue;
-                    uint4 header = seq_bits;
-                    header.x = static_cast<uint32_t>(t);
-                    header.y = static_cast<uint32_t>(k0 + kk);
-                    s_dst[kk][0] = header;
+                    if (!dedup) {
+                        s_msg[n] = s_dst[kk];
+                        s_slot[n++] = static_cast<uint32_t>(k0 + kk);
+                    } else if (((ranks >> s_rank[kk]) & 1u) == 0) {
+                        ranks |= 1u << s_rank[kk];
+                        s_msg[n] = reinterpret_cast<uint4*>(base_of(heaps, s_rank[kk], ep_base) + staging_off
+                                                            + payload_offset(rank, t, R, L, M, msg_bytes));
+                        s_slot[n++] = 0;
+                    }
                 }
-            } else if (fp8 || vec_x) {
+                s_msgs = n;
+            }
+            __syncthreads();
+            const int nm = s_msgs;
+            if (fp8 || vec_x) {
                 // each 16 bytes of the message are loaded once and stored to every destination
                 const uint4* src = fp8 ? reinterpret_cast<const uint4*>(q) : reinterpret_cast<const uint4*>(row) - 1;
                 for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) {
                     uint4 val = seq_bits;
                     if (v != 0) val = fp8 ? src[v] : __ldg(src + v);
-                    for (int kk = 0; kk < kn; ++kk) {
-                        if (s_row[kk] < 0) continue;
-                        if (v == 0) {
-                            val.x = static_cast<uint32_t>(t);
-                            val.y = static_cast<uint32_t>(k0 + kk);
-                        }
-                        s_dst[kk][v] = val;
+                    else val.x = static_cast<uint32_t>(t);
+                    for (int d = 0; d < nm; ++d) {
+                        if (v == 0) val.y = s_slot[d];
+                        s_msg[d][v] = val;
                     }
                 }
             } else {
-                for (int kk = 0; kk < kn; ++kk) {
-                    if (s_row[kk] < 0) continue;
-                    uint8_t* msg = reinterpret_cast<uint8_t*>(s_dst[kk]);
-                    if (threadIdx.x == 0) {
-                        uint4 header = seq_bits;
-                        header.x = static_cast<uint32_t>(t);
-                        header.y = static_cast<uint32_t>(k0 + kk);
-                        s_dst[kk][0] = header;
-                    }
+                for (int d = 0; d < nm; ++d) {
+                    if (threadIdx.x == 0) s_msg[d][0] = make_uint4(static_cast<uint32_t>(t), s_slot[d], seq_bits.z, seq_bits.w);
+                    uint8_t* msg = reinterpret_cast<uint8_t*>(s_msg[d]);
                     const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
                     for (uint64_t b = threadIdx.x; b < 2ull * H; b += blockDim.x) msg[kHeader + b] = src[b];
+                }
+            }
+            if (dedup) {
+                // and each row's 16-byte header, which names the token
+                for (int kk = threadIdx.x; kk < kn; kk += blockDim.x) {
+                    if (s_row[kk] >= 0) s_dst[kk][0] = make_uint4(static_cast<uint32_t>(t), static_cast<uint32_t>(k0 + kk), seq_bits.z, seq_bits.w);
                 }
             }
             __syncthreads();   // before s_row and the message buffer are reused

@@ -594,8 +594,7 @@ public final class CollectiveBench {
     }
 
     private void timing() {
-        List<Long> sizes = new ArrayList<>(timedSizes(cfg.timeMaxBytes()));
-        sizes.removeIf(b -> b < cfg.timeMinBytes() && b != sizes.getLast());
+        List<Long> sizes = timedSizes(cfg.timeMinBytes(), cfg.timeMaxBytes());
         long maxCount = sizes.getLast() / 4;
         parallel(maxCount, i -> up.setAtIndex(ValueLayout.JAVA_FLOAT, i, f32Value(0x7157, rank, i)));
         stream.copyHostToDevice(up, src.pointer(), maxCount * 4);
@@ -871,13 +870,19 @@ public final class CollectiveBench {
     static byte byteValue(long seed, int rank, long i) { return (byte) (mix(seed, rank, i) >>> 56); }
 
     /** The sizes torch_baselines.py times NCCL all_reduce at (float32, 8 B .. 512 MiB by 4x), up to {@code maxBytes}. */
-    static List<Long> timedSizes(long maxBytes) {
+    static List<Long> timedSizes(long maxBytes) { return timedSizes(0, maxBytes); }
+
+    /** The sizes of torch_baselines.py (8 B, 32 B, ... 1 GiB) from {@code minBytes} (TIME_MIN_BYTES) to {@code maxBytes} (TIME_MAX_MIB). */
+    static List<Long> timedSizes(long minBytes, long maxBytes) {
         List<Long> sizes = new ArrayList<>();
         for (int p = 3; p < 31; p += 2) {
             long bytes = 4 * Math.max(1, (1L << p) / 4);
-            if (bytes <= maxBytes) sizes.add(bytes);
+            if (bytes >= minBytes && bytes <= maxBytes) sizes.add(bytes);
         }
-        if (sizes.isEmpty()) throw new IllegalArgumentException("TIME_MAX_MIB leaves no size to time (the smallest is 8 bytes)");
+        if (sizes.isEmpty()) {
+            throw new IllegalArgumentException("TIME_MIN_BYTES=" + minBytes + " and TIME_MAX_MIB leave no size to time (the sizes are 8 B, 32 B,"
+                    + " ... x4 up to 512 MiB); lower TIME_MIN_BYTES or raise TIME_MAX_MIB");
+        }
         return sizes;
     }
 

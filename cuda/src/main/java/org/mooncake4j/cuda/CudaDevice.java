@@ -74,8 +74,8 @@ public final class CudaDevice {
         int n;
         try {
             n = count();
-        } catch (RuntimeException e) {
-            return localRank;
+        } catch (CudaUnavailableException | CudaException e) {
+            return localRank; // opening the device reports the same problem with its context
         }
         return ordinalFor(localRank, n);
     }

@@ -60,6 +60,9 @@ class CollectiveBenchTest {
         for (int i = 1; i < sizes.size(); i++) assertThat(sizes.get(i)).isEqualTo(4 * sizes.get(i - 1));
         assertThat(CollectiveBench.timedSizes(MIB)).hasSize(9).endsWith(512 * 1024L);
         assertThatThrownBy(() -> CollectiveBench.timedSizes(4)).isInstanceOf(IllegalArgumentException.class);
+        assertThat(CollectiveBench.timedSizes(32 * MIB, 512 * MIB)).containsExactly(32 * MIB, 128 * MIB, 512 * MIB);
+        assertThatThrownBy(() -> CollectiveBench.timedSizes(600 * MIB, 512 * MIB)).isInstanceOf(IllegalArgumentException.class)
+                .hasMessageContaining("lower TIME_MIN_BYTES");
     }
 
     @Test

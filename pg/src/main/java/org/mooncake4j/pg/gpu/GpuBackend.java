@@ -352,6 +352,12 @@ public final class GpuBackend implements AutoCloseable {
             // the GPU did not finish in time, or the context is already unusable; free what can be freed
         }
         closeHeap();
+        try {
+            // every member used the heap after reading this round, so its key can go
+            if (lastExchange != null) lastExchange.forgetLastRound();
+        } catch (RuntimeException e) {
+            LOG.debug("group={} rank={}: could not delete the last heap exchange key at close: {}", group, rank, e.toString());
+        }
         if (backup != null) backup.close();
         done.close();
         stream.close();
