@@ -151,17 +151,17 @@ public final class EpBuffer implements AutoCloseable {
      * The stream the CUDA path queues its kernels on (to order other work after them, or to time them
      * with events); null on the CPU path.
      */
+    public org.mooncake4j.cuda.CudaStream cudaStream() {
+        CudaEpPath c = cuda;
+        return c == null ? null : c.stream();
+    }
+
     /**
      * With {@code -Dmooncake4j.ep.profile=true} on the CUDA path: the mean microseconds of the dispatch
      * send, dispatch receive, combine send and combine receive kernels (each from an event queued just
      * before it to one just after) since the last call; null otherwise. For benchmarks.
      */
     public double[] kernelProfile() { return cuda == null ? null : cuda.profileReport(); }
-
-    public org.mooncake4j.cuda.CudaStream cudaStream() {
-        CudaEpPath c = cuda;
-        return c == null ? null : c.stream();
-    }
 
     private int numRanks() { return group.worldSize(); }
 
