@@ -141,6 +141,12 @@ enum BenchCollective {
             return new Buffers(in, l.inPlace() ? in : Tensor.zeros(dtype, Device.CPU, l.outCount()));
         }
 
+        /** Buffers in {@code g}'s registered memory ({@link ProcessGroup#allocate}), zero-filled. */
+        static Buffers allocateRegistered(ProcessGroup g, Layout l, DType dtype) {
+            Tensor in = g.allocate(dtype, l.inCount());
+            return new Buffers(in, l.inPlace() ? in : g.allocate(dtype, l.outCount()));
+        }
+
         /** Device copies of these buffers (same layout) on {@code device}. */
         Buffers to(Device device) {
             Tensor i = in.to(device);

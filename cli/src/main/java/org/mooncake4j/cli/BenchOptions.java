@@ -59,6 +59,11 @@ final class BenchOptions {
     @Option(names = {"-r", "--root"}, paramLabel = "RANK", defaultValue = "0", description = "Root rank of rooted collectives (default: ${DEFAULT-VALUE})")
     int root;
 
+    @Option(names = {"-R", "--register"}, paramLabel = "0|1", defaultValue = "1",
+            description = "1: host buffers are registered memory (ProcessGroup.allocate), which large all-reduces between processes of one host"
+                    + " read in place; 0: ordinary tensors (default: ${DEFAULT-VALUE})")
+    int register;
+
     /** Checks every flag and their combination; the message says which flag is wrong and what it accepts. */
     void validate() {
         if (ranks < 1) throw new IllegalArgumentException("-g/--ranks must be at least 1, got " + ranks);
@@ -68,6 +73,7 @@ final class BenchOptions {
         if (iters < 1) throw new IllegalArgumentException("-n/--iters must be at least 1, got " + iters);
         if (warmup < 0) throw new IllegalArgumentException("-w/--warmup must not be negative, got " + warmup);
         if (check != 0 && check != 1) throw new IllegalArgumentException("-c/--check takes 0 or 1, got " + check);
+        if (register != 0 && register != 1) throw new IllegalArgumentException("-R/--register takes 0 or 1, got " + register);
         if (root < 0 || root >= ranks) throw new IllegalArgumentException("-r/--root " + root + " is not a rank of 0.." + (ranks - 1));
         if (dtype() == DType.BOOL) throw new IllegalArgumentException("-d bool cannot be benchmarked: pick a numeric dtype such as float32");
         ReduceOp reduceOp = op();
@@ -133,6 +139,7 @@ final class BenchOptions {
         add(a, "--dtype", dtype);
         add(a, "--op", op);
         add(a, "--root", root);
+        add(a, "--register", register);
         return a;
     }
 

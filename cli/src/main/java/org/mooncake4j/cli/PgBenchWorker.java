@@ -52,14 +52,14 @@ public final class PgBenchWorker {
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
             if (rank == 0) printPreamble(o, n);
-            warmUpCompiler(g, c, dtype, setup, n, dev);
+            warmUpCompiler(g, o, c, dtype, setup, n, dev);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
             for (long size : o.sizes()) {
                 BenchCollective.Layout layout = c.layout(Math.max(1, size / dtype.byteSize()), n);
                 long wrong = -1;
                 double us;
-                try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype);
+                try (BenchCollective.Buffers b = buffers(g, o, layout, dtype, dev);
                      BenchCollective.Buffers d = dev.isCpu() ? b : b.to(dev)) {
                     if (o.check == 1) {
                         c.fill(b, setup);
@@ -105,11 +105,11 @@ public final class PgBenchWorker {
      * the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls;
      * native baselines such as Gloo need no such warm-up). Every rank runs the same counts.
      */
-    private static void warmUpCompiler(ProcessGroup g, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev) {
-        long[][] plan = {{64, 3000}, {256 * 1024, 100}};
+    private static void warmUpCompiler(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev) {
+        long[][] plan = {{64, 3000}, {256 * 1024, 100}, {4 << 20, 20}};
         for (long[] p : plan) {
             BenchCollective.Layout layout = c.layout(Math.max(1, p[0] / dtype.byteSize()), n);
-            try (BenchCollective.Buffers b = BenchCollective.Buffers.allocate(layout, dtype);
+            try (BenchCollective.Buffers b = buffers(g, o, layout, dtype, dev);
                  BenchCollective.Buffers d = dev.isCpu() ? b : b.to(dev)) {
                 c.fill(b, setup);
                 if (d != b) d.copyFrom(b);
@@ -119,11 +119,17 @@ public final class PgBenchWorker {
         g.barrier();
     }
 
+    /** Host buffers: registered memory with {@code -R 1} on a host backend, else ordinary tensors (copied to the device for backend mooncake). */
+    private static BenchCollective.Buffers buffers(ProcessGroup g, BenchOptions o, BenchCollective.Layout layout, DType dtype, Device dev) {
+        return o.register == 1 && dev.isCpu() ? BenchCollective.Buffers.allocateRegistered(g, layout, dtype) : BenchCollective.Buffers.allocate(layout, dtype);
+    }
+
     private static void printPreamble(BenchOptions o, int n) {
         System.out.printf(Locale.ROOT, "# pgbench (mooncake4j %s): %s, backend %s, device %s, %d ranks%n",
                 Main.version(), o.collective.label(), o.backend, o.device, n);
         System.out.printf(Locale.ROOT, "# minBytes %d maxBytes %d step: %d(factor) warmup iters: %d iters: %d validation: %d dtype: %s%n",
                 o.minBytes, o.maxBytes, o.stepFactor, o.warmup, o.iters, o.check, o.dtype().torchName());
+        if (o.device.equals("cpu")) System.out.println("# buffers: " + (o.register == 1 ? "registered (ProcessGroup.allocate)" : "ordinary tensors"));
         System.out.println("#");
         System.out.println(ResultTable.HEADER);
     }

@@ -31,6 +31,8 @@ public final class Tensor implements AutoCloseable {
     private final long devicePointer;   // CUDA tensors
     private final Arena arena;          // non-null when this tensor owns host memory
     private boolean ownsDevice;
+    /** Releases host memory this tensor was handed with {@link #wrap(MemorySegment, AutoCloseable, DType, long...)}. */
+    private AutoCloseable owner;
 
     private Tensor(DType dtype, Device device, long[] shape, MemorySegment host, long devicePointer, Arena arena,
                    boolean ownsDevice) {
@@ -113,6 +115,16 @@ public final class Tensor implements AutoCloseable {
                     + dtype.torchName() + " tensor of shape " + Arrays.toString(shape) + " (" + bytes + " bytes)");
         }
         return new Tensor(dtype, Device.CPU, shape.clone(), hostMemory.asSlice(0, bytes), 0, null, false);
+    }
+
+    /**
+     * A tensor over host memory that {@code owner} releases when the tensor is closed (for example a
+     * segment registered with a transfer engine, which peers on the host read in place).
+     */
+    public static Tensor wrap(MemorySegment hostMemory, AutoCloseable owner, DType dtype, long... shape) {
+        Tensor t = wrap(hostMemory, dtype, shape);
+        t.owner = java.util.Objects.requireNonNull(owner, "owner");
+        return t;
     }
 
     /** A tensor over device memory the caller owns (e.g. from another library); never freed here. */
@@ -355,6 +367,17 @@ public final class Tensor implements AutoCloseable {
     @Override
     public void close() {
         if (arena != null && arena.scope().isAlive()) arena.close();
+        AutoCloseable o = owner;
+        if (o != null) {
+            owner = null;
+            try {
+                o.close();
+            } catch (RuntimeException e) {
+                throw e;
+            } catch (Exception e) {
+                throw new IllegalStateException("releasing the memory of " + this + " failed: " + e.getMessage(), e);
+            }
+        }
         if (ownsDevice) {
             ownsDevice = false;
             DeviceMemory.find(device.type()).free(device, devicePointer);

@@ -10,6 +10,7 @@ import org.mooncake4j.pg.collective.Channels;
 import org.mooncake4j.pg.collective.CollectiveContext;
 import org.mooncake4j.pg.collective.GroupLayout;
 import org.mooncake4j.pg.collective.PointToPoint;
+import org.mooncake4j.pg.collective.SharedMemory;
 import org.mooncake4j.pg.membership.GroupState;
 import org.mooncake4j.transfer.LocalSegment;
 import org.mooncake4j.transfer.RemoteSegment;
@@ -40,7 +41,7 @@ final class EpochPlane implements AutoCloseable {
     boolean fileUnlinked;
 
     private EpochPlane(TransferEngine engine, GroupState state, LocalSegment segment, RemoteSegment[] peers, Channels channels, Backup backup,
-                       CollectiveContext.SyncFailureHandler onSyncFailure) {
+                       CollectiveContext.SyncFailureHandler onSyncFailure, SharedMemory shared) {
         this.engine = engine;
         this.peers = peers;
         this.state = state;
@@ -48,7 +49,7 @@ final class EpochPlane implements AutoCloseable {
         this.members = state.members();
         this.segment = segment;
         this.channels = channels;
-        this.ctx = new CollectiveContext(channels, backup, onSyncFailure);
+        this.ctx = new CollectiveContext(channels, backup, onSyncFailure, shared);
         this.p2p = new PointToPoint(channels);
     }
 
@@ -62,7 +63,7 @@ final class EpochPlane implements AutoCloseable {
      */
     static EpochPlane build(TransferEngine engine, MetadataStore store, String prefix, String segPrefix, int rank,
                             GroupState state, GroupLayout layout, Deadline deadline, BooleanSupplier interrupted,
-                            Backup backup, CollectiveContext.SyncFailureHandler onSyncFailure) {
+                            Backup backup, CollectiveContext.SyncFailureHandler onSyncFailure, SharedMemory shared) {
         long epoch = state.epoch();
         String name = segPrefix + ".e" + epoch;
         LocalSegment seg = engine.registerSegment(name, layout.segmentBytes());
@@ -90,7 +91,8 @@ final class EpochPlane implements AutoCloseable {
                 }
                 if (!peers[p].alive()) throw new Channels.WaitFailure(p, false);
             }
-            return new EpochPlane(engine, state, seg, peers, new Channels(layout, seg.memory(), rank, peers, interrupted), backup, onSyncFailure);
+            return new EpochPlane(engine, state, seg, peers, new Channels(layout, seg.memory(), rank, peers, interrupted), backup, onSyncFailure,
+                    shared);
         } catch (RuntimeException e) {
             seg.close();
             throw e;
@@ -117,6 +119,7 @@ final class EpochPlane implements AutoCloseable {
     @Override
     public void close() {
         channels.abort();
+        ctx.close();
         segment.close();
         for (RemoteSegment p : peers) if (p != null) engine.closeSegment(p.name());
     }

@@ -1,6 +1,7 @@
 package org.mooncake4j.pg;
 
 import java.util.concurrent.atomic.AtomicInteger;
+import org.mooncake4j.pg.collective.SharedMemory;
 import org.mooncake4j.transfer.TransferEngine;
 import org.mooncake4j.transfer.store.EmbeddedStoreServer;
 import org.mooncake4j.transfer.store.MetadataStore;
@@ -17,6 +18,7 @@ final class GroupRuntime {
     private final EmbeddedStoreServer hostedStore;
     private final String nonce;
     private final AtomicInteger refs = new AtomicInteger(1);
+    private final SharedMemory shared;
 
     GroupRuntime(MetadataStore store, boolean ownsStore, TransferEngine engine, EmbeddedStoreServer hostedStore, String nonce) {
         this.store = store;
@@ -24,7 +26,11 @@ final class GroupRuntime {
         this.engine = engine;
         this.hostedStore = hostedStore;
         this.nonce = nonce;
+        this.shared = new SharedMemory(engine);
     }
+
+    /** This process's registered memory ({@code ProcessGroup.allocate}, all-reduce scratches). */
+    SharedMemory shared() { return shared; }
 
     MetadataStore store() { return store; }
 
@@ -40,6 +46,7 @@ final class GroupRuntime {
 
     void release() {
         if (refs.decrementAndGet() != 0) return;
+        shared.close();
         Mooncake.releaseEngine(engine);
         if (ownsStore) store.close();
         if (hostedStore != null) hostedStore.close();

@@ -167,7 +167,7 @@ public final class ProcessGroup implements AutoCloseable {
     private EpochPlane buildPlane(GroupState s, Deadline deadline) {
         long e = s.epoch();
         return EpochPlane.build(engine, store, keyPrefix(), "pg." + name.replace('/', '.') + ".r" + rank + "." + runtime.nonce(), rank,
-                s, layout, deadline, () -> agreement.changedSince(e), backup, this::onSyncFailure);
+                s, layout, deadline, () -> agreement.changedSince(e), backup, this::onSyncFailure, gpu == null ? runtime.shared() : null);
     }
 
     // ---- creation ----------------------------------------------------------------------------
@@ -299,6 +299,29 @@ public final class ProcessGroup implements AutoCloseable {
 
     /** The GPU device this rank's group uses (backend mooncake), or -1. */
     public int cudaDevice() { return gpu == null ? -1 : gpu.device().ordinal(); }
+
+    /**
+     * A CPU tensor in memory registered with this process's transfer engine (shared memory the other
+     * processes on the host map), zero-filled: the host-memory counterpart of NCCL's registered user
+     * buffers. A large {@link #allReduce} whose every member passes such a tensor, all on one host,
+     * reads the peers' data in place instead of copying it through the staging buffers (see
+     * docs/DESIGN.md, "Registered memory"); with ordinary tensors every collective works the same,
+     * only slower for large all-reduces. {@link Tensor#close()} unregisters the memory; what is still
+     * open when the last group of this process closes is released then.
+     */
+    public Tensor allocate(DType dtype, long... shape) {
+        java.util.Objects.requireNonNull(dtype, "dtype");
+        long bytes = 1;
+        for (long d : shape) {
+            if (d < 0) throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
+            bytes = Math.multiplyExact(bytes, d);
+        }
+        bytes = Math.multiplyExact(bytes, (long) dtype.byteSize());
+        if (closed) throw new IllegalStateException("process group " + name + " is closed: allocate registered memory while it is open");
+        org.mooncake4j.pg.collective.SharedMemory mem = runtime.shared();
+        org.mooncake4j.pg.collective.SharedMemory.Region r = mem.allocate(bytes);
+        return Tensor.wrap(r.memory().asSlice(0, bytes), () -> mem.free(r), dtype, shape);
+    }
 
     // ---- collectives -------------------------------------------------------------------------
 

@@ -49,9 +49,12 @@ public final class PgWorker {
                 case "subgroups" -> w.subgroups();
                 case "badinput" -> w.badInput();
                 case "killloop" -> w.killLoop();
+                case "registered" -> w.registered();
+                case "killregistered" -> w.killRegistered();
                 default -> throw new IllegalArgumentException(scenario);
             }
             System.out.println("RESULT checks=" + w.checks);
+            System.out.println("RESULT inplace=" + org.mooncake4j.pg.collective.AllReduce.inPlaceRuns());
             System.out.println("RESULT crc=" + Long.toHexString(w.crc.getValue()));
             pg.barrier();
             pg.close();
@@ -451,4 +454,104 @@ public final class PgWorker {
         digest(pg.activeRanks());
     }
 
+    /** A registered tensor holding {@link Expected#input} of this rank. */
+    private Tensor registeredInput(DType dt, ReduceOp op, long seed, long count) {
+        Tensor t = pg.allocate(dt, count);
+        try (Tensor in = Expected.input(dt, op, rank, seed, count)) {
+            t.copyFrom(in);
+        }
+        return t;
+    }
+
+    /**
+     * Large all-reduces over registered memory (read in place): dtypes x ops x sizes around the
+     * thresholds, the same tensor reused (alternating scratches), a subgroup, and a mix of registered
+     * and ordinary tensors (every rank falls back to the staged algorithm).
+     */
+    private void registered() {
+        long[] counts = {20_000, 262_147, 1_000_003, 5_000_011};
+        DType[] dts = {DType.FLOAT32, DType.BFLOAT16, DType.INT64, DType.FLOAT64};
+        ReduceOp[] ops = {ReduceOp.SUM, ReduceOp.MAX, ReduceOp.AVG, ReduceOp.PRODUCT};
+        long seed = 300;
+        for (long count : counts) {
+            for (int k = 0; k < dts.length; k++) {
+                DType dt = dts[k];
+                ReduceOp op = ops[(k + (int) (count % 4)) % ops.length];
+                if (dt == DType.INT64 && op == ReduceOp.AVG) op = ReduceOp.BXOR;
+                seed++;
+                try (Tensor t = registeredInput(dt, op, seed, count)) {
+                    pg.allReduce(t, op);
+                    checkReduced("registered all_reduce " + count + " " + dt.torchName() + " " + op, dt, op, t, seed, count, 0, allRanks());
+                }
+            }
+        }
+        // one tensor, many operations: the scratches alternate; every result must be the new one
+        try (Tensor t = pg.allocate(DType.FLOAT32, 3_000_001)) {
+            for (int it = 0; it < 6; it++) {
+                float base = (rank + 1) * (it + 1);
+                t.segment().fill((byte) 0);
+                for (long i = 0; i < t.numel(); i += 999_983) t.setDouble(i, base);
+                t.setDouble(t.numel() - 1, base);
+                pg.allReduce(t, ReduceOp.SUM);
+                double want = (it + 1) * n * (n + 1) / 2.0;
+                for (long i = 0; i < t.numel(); i += 999_983) if (t.getDouble(i) != want) fail("reused tensor, op " + it + " element " + i + ": " + t.getDouble(i) + " != " + want);
+                if (t.getDouble(t.numel() - 1) != want || t.getDouble(1) != 0) fail("reused tensor, op " + it + ": last " + t.getDouble(t.numel() - 1) + " second " + t.getDouble(1));
+                checks++;
+            }
+        }
+        // rank 0 passes an ordinary tensor: all ranks take the staged algorithm and still agree
+        seed++;
+        try (Tensor t = rank == 0 ? Expected.input(DType.FLOAT32, ReduceOp.SUM, rank, seed, 1_000_003) : registeredInput(DType.FLOAT32, ReduceOp.SUM, seed, 1_000_003)) {
+            pg.allReduce(t, ReduceOp.SUM);
+            checkReduced("mixed registered/ordinary all_reduce", DType.FLOAT32, ReduceOp.SUM, t, seed, 1_000_003, 0, allRanks());
+        }
+        // a subgroup of the even ranks uses its own scratch
+        int[] evens = java.util.stream.IntStream.range(0, n).filter(r -> r % 2 == 0).toArray();
+        ProcessGroup sub = pg.newGroup(evens);
+        if (sub != null) {
+            seed++;
+            try (Tensor t = registeredInput(DType.FLOAT32, ReduceOp.SUM, seed, 777_777)) {
+                sub.allReduce(t, ReduceOp.SUM);
+                checkReduced("subgroup registered all_reduce", DType.FLOAT32, ReduceOp.SUM, t, seed, 777_777, 0, evens, false);
+            }
+            sub.close();
+        }
+    }
+
+    /** Like {@link #killLoop} with 1 MiB all-reduces over a registered tensor: a peer dies mid-operation. */
+    private void killRegistered() {
+        System.out.println("READY");
+        long iter = 0, after = -1;
+        int[] mask = pg.activeRanks().toIntArray();
+        long count = 262_144;
+        try (Tensor t = pg.allocate(DType.FLOAT32, count)) {
+            while (after < 30) {
+                float v = (rank + 1) * (float) (iter % 7 + 1);
+                for (long i = 0; i < count; i += 4099) t.setDouble(i, v);
+                t.setDouble(count - 1, v);
+                pg.allReduce(t, ReduceOp.SUM);
+                int[] now = pg.activeRanks().toIntArray();
+                int[] covered = pg.lastLocalSuccess() ? mask : now;
+                float want = 0;
+                for (int r = 0; r < covered.length; r++) if (covered[r] != 0) want += (r + 1) * (float) (iter % 7 + 1);
+                for (long i = 0; i < count; i += 4099) {
+                    if (t.getDouble(i) != want) fail("iteration " + iter + " element " + i + " got " + t.getDouble(i) + " want " + want + " mask " + Arrays.toString(covered));
+                }
+                if (t.getDouble(count - 1) != want) fail("iteration " + iter + " last element got " + t.getDouble(count - 1) + " want " + want);
+                checks++;
+                if (pg.lastDroppedRanks().length > 0) {
+                    System.out.println("RESULT completedAtNanos=" + System.nanoTime());
+                    System.out.println("RESULT dropped=" + Arrays.toString(pg.lastDroppedRanks()));
+                    System.out.println("RESULT epoch=" + pg.epoch());
+                    after = 0;
+                }
+                if (after >= 0) after++;
+                mask = now;
+                iter++;
+                if (iter % 50 == 0) System.out.println("ITER " + iter);
+            }
+        }
+        System.out.println("RESULT mask=" + Arrays.toString(pg.activeRanks().toIntArray()));
+        digest(pg.activeRanks());
+    }
 }

@@ -47,4 +47,13 @@ public interface RemoteSegment {
 
     /** False once the peer's engine is known to be gone (its connection closed, or a transfer failed). */
     boolean alive();
+
+    /**
+     * The peer's memory mapped into this process, for loads and stores in place (shm), or null when
+     * the segment is reached over the network (tcp). The view stays valid until the engine unmaps the
+     * segment ({@link TransferEngine#closeSegment}, engine close, or a re-open after the peer failed);
+     * access after that throws {@link IllegalStateException}. Accesses through it carry no ordering:
+     * pair them with {@link #publish} and flag waits, as the writes do.
+     */
+    default MemorySegment mapping() { return null; }
 }

@@ -46,15 +46,21 @@ public final class Waiter {
      * after the scheduler's time slices of other processes.
      */
     public static boolean spareCores() {
-        int cores = Runtime.getRuntime().availableProcessors();
+        return Runtime.getRuntime().availableProcessors() >= 2 * busyProcesses();
+    }
+
+    /** This host's cores per busy process of the job (see {@link #spareCores}), at least 1. */
+    public static int coresPerProcess() {
+        return Math.max(1, Runtime.getRuntime().availableProcessors() / busyProcesses());
+    }
+
+    private static int busyProcesses() {
         String local = System.getenv("LOCAL_WORLD_SIZE") != null ? System.getenv("LOCAL_WORLD_SIZE") : System.getenv("WORLD_SIZE");
-        int busy;
         try {
-            busy = local == null ? 1 : Integer.parseInt(local.trim());
+            return local == null ? 1 : Math.max(1, Integer.parseInt(local.trim()));
         } catch (NumberFormatException e) {
-            busy = 1;
+            return 1;
         }
-        return cores >= 2 * busy;
     }
 
     /** Reads the word with acquire semantics. */

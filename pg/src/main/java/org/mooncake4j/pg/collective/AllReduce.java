@@ -9,19 +9,26 @@ import org.mooncake4j.pg.ReduceOp;
  * reduces all of them itself, one round trip). Large messages: reduce-scatter then all-gather in
  * blocks of one chunk per peer, so each rank reduces only its 1/n share and the staging banks bound
  * memory, not the message size. Either way each element is combined in rank order by exactly one
- * code path, so every rank ends with bitwise-identical bytes.
+ * code path, so every rank ends with bitwise-identical bytes. Large messages in registered memory
+ * between processes of one host are reduced in place instead ({@link RegisteredAllReduce}).
  */
 public final class AllReduce {
     /** Messages up to this many bytes (and one chunk) use the one-shot algorithm. */
     public static final long ONE_SHOT_MAX = Long.getLong("mooncake4j.allreduce.oneShotMax", 64 * 1024);
 
+    private static final java.util.concurrent.atomic.AtomicLong IN_PLACE = new java.util.concurrent.atomic.AtomicLong();
+
     private AllReduce() {}
+
+    /** All-reduces this process ran over registered memory read in place (for tests and diagnostics). */
+    public static long inPlaceRuns() { return IN_PLACE.get(); }
 
     public static void run(CollectiveContext c, DType dtype, ReduceOp op, MemorySegment data, long count) {
         int n = c.size();
         if (n == 1) return; // reducing one contribution (AVG divides by 1) leaves it unchanged
         long bytes = count * dtype.byteSize();
         if (bytes <= Math.min(ONE_SHOT_MAX, c.payload)) oneShot(c, dtype, op, data, count);
+        else if (c.registered != null && c.registered.applicable() && c.registered.run(dtype, op, data, count)) IN_PLACE.incrementAndGet();
         else reduceScatterAllGather(c, dtype, op, data, count);
     }
 

@@ -34,6 +34,9 @@ public final class Channels {
     private final MemorySegment[][] headerScratch;
     private final MemorySegment[][][] slots;
     private final BooleanSupplier[] peerGone;
+    private final MemorySegment[] descViews;
+    private final BooleanSupplier[] descOrChunk;
+    private static final int LANE_COLL_INDEX = GroupLayout.LANE_COLL;
     private final BooleanSupplier interrupted;
     private volatile boolean aborted;
 
@@ -54,6 +57,9 @@ public final class Channels {
         headerScratch = new MemorySegment[2][n];
         slots = new MemorySegment[2][n][2];
         peerGone = new BooleanSupplier[n];
+        descViews = new MemorySegment[n];
+        descOrChunk = new BooleanSupplier[n];
+        for (int p = 0; p < n; p++) descViews[p] = local.asSlice(layout.descBody(p), GroupLayout.LINE);
         java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofAuto();
         for (int lane = 0; lane < 2; lane++) {
             for (int p = 0; p < n; p++) {
@@ -64,6 +70,7 @@ public final class Channels {
         for (int p = 0; p < n; p++) {
             final int peer = p;
             peerGone[p] = () -> aborted || this.interrupted.getAsBoolean() || this.peers[peer] == null || !this.peers[peer].alive();
+            descOrChunk[p] = () -> peerGone[peer].getAsBoolean() || chunkWaiting(peer);
         }
     }
 
@@ -153,6 +160,44 @@ public final class Channels {
             throw new WaitFailure(src, !peerGone[src].getAsBoolean());
         }
     }
+
+    /**
+     * Writes {@code body} (at most one 64-byte line; null for none) into {@code dst}'s description
+     * line for this rank, then publishes {@code value} in its description word.
+     */
+    public void describe(int dst, long value, MemorySegment body, Deadline deadline) {
+        try {
+            if (body != null) peers[dst].write(layout.descBody(rank), body, 0, body.byteSize(), deadline);
+            peers[dst].publish(layout.descFlag(rank), value, deadline);
+        } catch (RuntimeException e) {
+            throw new WaitFailure(dst, false, e);
+        }
+    }
+
+    /**
+     * Waits until {@code src}'s description word reaches {@code value} and returns its description
+     * line (a view into this rank's segment). Returns null, without waiting further, when {@code src}
+     * puts a collective chunk into this rank's inbox instead: it runs another algorithm (the ranks'
+     * sizes differ); {@link #take} then returns that chunk.
+     */
+    public MemorySegment awaitDescription(int src, long value, Deadline deadline) {
+        if (!Waiter.awaitAtLeast(local, layout.descFlag(src), value, deadline, descOrChunk[src])
+                && Waiter.load(local, layout.descFlag(src)) - value < 0) {
+            if (chunkWaiting(src)) return null;
+            throw new WaitFailure(src, !peerGone[src].getAsBoolean());
+        }
+        return descViews[src];
+    }
+
+    private boolean chunkWaiting(int src) {
+        return Waiter.load(local, layout.dataFlag(LANE_COLL_INDEX, src)) > received[LANE_COLL_INDEX][src];
+    }
+
+    /** Peer {@code p}'s segment for this group mapped into this process (shm), or null (tcp, or not a member). */
+    public MemorySegment peerMapping(int p) { return peers[p] == null ? null : peers[p].mapping(); }
+
+    /** The engine that registered peer {@code p}'s segment. */
+    public String peerEngine(int p) { return peers[p].engineName(); }
 
     /** A wait on one peer ended without its chunk or credit: it is gone, or the deadline passed. */
     public static final class WaitFailure extends RuntimeException {

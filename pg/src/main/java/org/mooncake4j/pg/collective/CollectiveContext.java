@@ -14,7 +14,7 @@ import org.mooncake4j.pg.membership.FailureAgreement;
  * <p>Owned by the group's operation thread: one collective at a time uses it, so it is not
  * thread-safe and allocates nothing per operation.
  */
-public final class CollectiveContext {
+public final class CollectiveContext implements AutoCloseable {
     final Channels ch;
     final int rank;
     final long payload;
@@ -34,6 +34,8 @@ public final class CollectiveContext {
     /** Where this rank is in the current operation, for a failure report. */
     FailureAgreement.Phase phase = FailureAgreement.Phase.IDLE;
     final Backup backup;
+    /** Large all-reduces over registered memory (null when the group has no {@link SharedMemory}). */
+    final RegisteredAllReduce registered;
     private final SyncFailureHandler onSyncFailure;
 
     /**
@@ -45,7 +47,10 @@ public final class CollectiveContext {
         void handle(CollectiveContext c, Channels.WaitFailure failure);
     }
 
-    public CollectiveContext(Channels ch, Backup backup, SyncFailureHandler onSyncFailure) {
+    public CollectiveContext(Channels ch, Backup backup, SyncFailureHandler onSyncFailure) { this(ch, backup, onSyncFailure, null); }
+
+    /** @param shared this process's registered memory, read in place by large all-reduces (may be null) */
+    public CollectiveContext(Channels ch, Backup backup, SyncFailureHandler onSyncFailure, SharedMemory shared) {
         this.ch = ch;
         this.backup = backup;
         this.onSyncFailure = onSyncFailure;
@@ -63,6 +68,13 @@ public final class CollectiveContext {
         recvOn = new boolean[n];
         redSrc = new MemorySegment[n];
         redOff = new long[n];
+        registered = shared == null ? null : new RegisteredAllReduce(this, shared, n);
+    }
+
+    /** Releases the registered-memory scratch and stripe threads. */
+    @Override
+    public void close() {
+        if (registered != null) registered.close();
     }
 
     /** Starts an operation: clears the piece tables. */

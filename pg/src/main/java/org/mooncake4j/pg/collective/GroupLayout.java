@@ -10,6 +10,8 @@ package org.mooncake4j.pg.collective;
  *   COLL_ACK[d]   chunks rank d has consumed from its inbox-from-me     (written by d)
  *   P2P_DATA[s], P2P_ACK[d]: the same for the point-to-point lane
  *   SYNC[s]       the last operation rank s holds the complete result of  (written by s)
+ *   DESC[s]       the last operation rank s described its registered buffers for (written by s)
+ *   DESC_BODY[s]  that description: {@link RegisteredAllReduce} words          (written by s)
  * inboxes: for each source s, two banks of {@code slotBytes} per lane (double buffering)
  * slot: a 64-byte {@link ChunkHeader} then payload
  * </pre>
@@ -33,7 +35,11 @@ public record GroupLayout(int slots, long slotBytes) {
 
     long syncFlag(int src) { return (4L * slots + src) * LINE; }
 
-    long flagsEnd() { return align(5L * slots * LINE, 4096); }
+    long descFlag(int src) { return (5L * slots + src) * LINE; }
+
+    long descBody(int src) { return (6L * slots + src) * LINE; }
+
+    long flagsEnd() { return align(7L * slots * LINE, 4096); }
 
     long inbox(int lane, int src, int bank) { return flagsEnd() + (((long) lane * slots + src) * 2 + bank) * slotBytes; }
 

@@ -74,6 +74,8 @@ public final class ShmRemoteSegment implements AsyncRemoteSegment, AutoCloseable
 
     @Override public boolean alive() { return link.alive(); }
 
+    @Override public MemorySegment mapping() { return memory; }
+
     /** The mapped file. */
     public Path file() { return file; }
 

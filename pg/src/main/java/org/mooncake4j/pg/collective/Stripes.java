@@ -1,0 +1,107 @@
+package org.mooncake4j.pg.collective;
+
+import java.util.concurrent.atomic.AtomicInteger;
+import java.util.concurrent.locks.LockSupport;
+
+/**
+ * A few threads of this process that split one memory-bound loop (a reduction or a copy of a large
+ * message) into stripes, so that one rank is not held to one core's copy speed on a host with cores
+ * to spare. The caller runs stripe 0 itself; worker {@code k} runs stripe {@code k}. Nothing is
+ * allocated per run; idle workers park.
+ *
+ * <p>Used by one operation thread at a time.
+ */
+final class Stripes implements AutoCloseable {
+    /** One striped loop: does part {@code stripe} of {@code stripes}. */
+    interface Task {
+        void run(int stripe, int stripes);
+    }
+
+    /** Stripes per rank for large messages: {@code mooncake4j.cpu.threads}, else cores per local rank, at most 4. */
+    static int configuredThreads() {
+        String s = System.getProperty("mooncake4j.cpu.threads", System.getenv("MOONCAKE_CPU_THREADS"));
+        if (s != null && !s.isBlank()) {
+            try {
+                int t = Integer.parseInt(s.trim());
+                if (t >= 1 && t <= 64) return t;
+            } catch (NumberFormatException e) {
+                // fall through to the error
+            }
+            throw new IllegalArgumentException("MOONCAKE_CPU_THREADS must be a whole number from 1 to 64, got '" + s
+                    + "'; unset it for the default (cores per local rank, at most 4)");
+        }
+        return Math.max(1, Math.min(4, org.mooncake4j.core.internal.Waiter.coresPerProcess()));
+    }
+
+    private final Thread[] workers;
+    private volatile Task task;
+    private volatile int stripes;
+    private volatile long generation;
+    private volatile boolean closed;
+    private volatile Thread caller;
+    private volatile Throwable failure;
+    private final AtomicInteger pending = new AtomicInteger();
+
+    Stripes(int threads, String name) {
+        workers = new Thread[Math.max(0, threads - 1)];
+        for (int k = 0; k < workers.length; k++) {
+            final int stripe = k + 1;
+            workers[k] = Thread.ofPlatform().daemon().name(name + "-" + stripe).start(() -> loop(stripe));
+        }
+    }
+
+    int threads() { return workers.length + 1; }
+
+    /** Runs {@code t} as {@code n <= threads()} stripes and returns when all are done; rethrows a stripe's failure. */
+    void run(Task t, int n) {
+        if (n <= 1 || workers.length == 0) {
+            t.run(0, 1);
+            return;
+        }
+        n = Math.min(n, threads());
+        task = t;
+        stripes = n;
+        failure = null;
+        caller = Thread.currentThread();
+        pending.set(n - 1);
+        generation = generation + 1;
+        for (int k = 0; k < n - 1; k++) LockSupport.unpark(workers[k]);
+        try {
+            t.run(0, n);
+        } finally {
+            int spins = 0;
+            while (pending.get() != 0) {
+                if (++spins < 20_000) Thread.onSpinWait();
+                else LockSupport.parkNanos(this, 50_000);
+            }
+        }
+        Throwable f = failure;
+        if (f instanceof RuntimeException r) throw r;
+        if (f instanceof Error e) throw e;
+    }
+
+    private void loop(int stripe) {
+        long seen = 0;
+        while (!closed) {
+            long g = generation;
+            if (g == seen) {
+                LockSupport.park(this);
+                continue;
+            }
+            seen = g;
+            if (stripe >= stripes) continue;
+            try {
+                task.run(stripe, stripes);
+            } catch (Throwable e) {
+                failure = e;
+            }
+            if (pending.decrementAndGet() == 0) LockSupport.unpark(caller);
+        }
+    }
+
+    @Override
+    public void close() {
+        closed = true;
+        for (Thread w : workers) LockSupport.unpark(w);
+    }
+}
