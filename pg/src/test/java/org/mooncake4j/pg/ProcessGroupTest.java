@@ -88,9 +88,9 @@ class ProcessGroupTest {
     void largeAllReducesOverRegisteredMemoryAreReadInPlaceAndExact(int n) throws Exception {
         List<ProcessCluster.Result> results = runRanks(n, Map.of(), Duration.ofMinutes(4), "registered");
         assertAgree(results, 23);
-        // 15 dtype/op/size cases over 64 KiB and 6 reuses read in place (bf16 at 20000 elements is one-shot; the mixed case falls back); rank 0 also ran the subgroup's
+        // 15 dtype/op/size cases over 64 KiB and 6 reuses read in place (bf16 at 20000 elements is one-shot; the mixed case falls back); with 3 or more ranks the even ranks also ran the subgroup's
         for (ProcessCluster.Result r : results) {
-            assertThat(Long.parseLong(r.results().get("inplace"))).as("in-place all-reduces on rank %d", r.rank()).isEqualTo(r.rank() == 0 && n > 2 ? 22 : 21);
+            assertThat(Long.parseLong(r.results().get("inplace"))).as("in-place all-reduces on rank %d", r.rank()).isEqualTo(r.rank() % 2 == 0 && n > 2 ? 22 : 21);
         }
     }
 
