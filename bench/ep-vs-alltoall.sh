@@ -23,12 +23,8 @@
 # NVLink multicast stays off (NCCL_NVLS_ENABLE=0 and friends).
 set -uo pipefail
 
-if [[ $# -ne 1 || ! -d "$1" ]]; then
-  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cli, mooncake4j-ep and mooncake4j-cuda jars and their dependencies)" >&2
-  exit 2
-fi
 source "$(dirname "$0")/gpu-common.sh"
-gpu_setup "$1" 900 mooncake4j-cli mooncake4j-ep mooncake4j-cuda mooncake4j-core picocli
+gpu_setup $# "${1:-}" 900 mooncake4j-cli mooncake4j-ep mooncake4j-cuda mooncake4j-core picocli
 gpu_out
 baselines=$(torch_script "${TORCH_BASELINES:-.device/torch_baselines.py}")
 echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); torch baselines: $baselines; results: $out"

@@ -10,13 +10,9 @@
 # TIME_MIN_BYTES (default 32 MiB), TIME_MAX_MIB (default 512). Prints, per world and setting, the
 # all-reduce table rows (size, chosen algorithm, microseconds, busbw of every variant).
 set -uo pipefail
-if [[ $# -ne 1 || ! -d "$1" ]]; then
-  echo "usage: $0 JAR_DIR" >&2
-  exit 2
-fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/gpu-common.sh"
-gpu_setup "$1" 300 mooncake4j-cuda mooncake4j-core
+gpu_setup $# "${1:-}" 300 mooncake4j-cuda mooncake4j-core
 gpu_out
 configs=${CONFIGS:-"4:4096:0 8:1024:0 16:1024:0 4:4096:64 8:1024:64 8:1024:256"}
 for n in $worlds; do

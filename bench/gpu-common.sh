@@ -2,7 +2,8 @@
 # bench/ep-vs-alltoall.sh): sourced, not run. The hosts have only the NVIDIA driver, a Java 25 runtime
 # (bench/stage-device.sh builds one) and PyTorch.
 #
-# After `gpu_setup JAR_DIR DEFAULT_TIMEOUT_S JAR_PREFIX...` a script has:
+# A script calls `gpu_setup $# "${1:-}" DEFAULT_TIMEOUT_S JAR_PREFIX...` with its own arguments (one:
+# JAR_DIR; anything else prints the usage and exits 2). Afterwards it has:
 #   jars      the absolute JAR_DIR (class path "$jars/*"), checked to hold every JAR_PREFIX-*.jar
 #   java      $JAVA or /tmp/jre25/bin/java, checked to be executable
 #   limit     $TIMEOUT_S or DEFAULT_TIMEOUT_S: seconds each process may run
@@ -11,10 +12,14 @@
 #   status    0 until `note` records a failure; summary: the lines `gpu_summary` prints
 # NVLink multicast stays off for every process (NCCL_NVLS_ENABLE=0 and friends). Usage errors exit 2.
 
-gpu_setup() {  # gpu_setup JAR_DIR DEFAULT_TIMEOUT_S JAR_PREFIX...
-  local dir=$1 j
-  limit=${TIMEOUT_S:-$2}
-  shift 2
+gpu_setup() {  # gpu_setup ARGC JAR_DIR DEFAULT_TIMEOUT_S JAR_PREFIX...
+  local argc=$1 dir=$2 j
+  limit=${TIMEOUT_S:-$3}
+  shift 3
+  if [[ $argc -ne 1 || ! -d "$dir" ]]; then
+    echo "usage: $0 JAR_DIR   (a folder with the $* jars and their dependencies)" >&2
+    exit 2
+  fi
   jars=$(cd "$dir" && pwd)
   for j in "$@"; do
     if ! compgen -G "$jars/$j-*.jar" > /dev/null; then

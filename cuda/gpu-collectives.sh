@@ -31,13 +31,9 @@
 # multicast objects.
 set -uo pipefail
 
-if [[ $# -ne 1 || ! -d "$1" ]]; then
-  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cuda, mooncake4j-core and slf4j-api jars)" >&2
-  exit 2
-fi
 root=$(cd "$(dirname "$0")/.." && pwd)
 source "$root/bench/gpu-common.sh"
-gpu_setup "$1" 900 mooncake4j-cuda mooncake4j-core slf4j-api
+gpu_setup $# "${1:-}" 900 mooncake4j-cuda mooncake4j-core slf4j-api
 gpu_out
 baselines=$(torch_script "${TORCH_BASELINES:-.device/torch_baselines.py}")
 more=$(torch_script "${TORCH_NCCL_MORE:-bench/torch_nccl_more.py}")

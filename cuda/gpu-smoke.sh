@@ -23,12 +23,8 @@
 # Environment: JAVA (default /tmp/jre25/bin/java), TIMEOUT_S (per process, default 300).
 set -uo pipefail
 
-if [[ $# -ne 1 || ! -d "$1" ]]; then
-  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-cuda, mooncake4j-core, slf4j-api and slf4j-simple jars)" >&2
-  exit 2
-fi
 source "$(dirname "$0")/../bench/gpu-common.sh"
-gpu_setup "$1" 300 mooncake4j-cuda mooncake4j-core slf4j-api slf4j-simple
+gpu_setup $# "${1:-}" 300 mooncake4j-cuda mooncake4j-core slf4j-api slf4j-simple
 classpath="$jars/*"
 logs=${OUT:-$(mktemp -d)}/gpu-smoke
 mkdir -p "$logs"

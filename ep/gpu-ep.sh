@@ -23,12 +23,8 @@
 # MASTER_ADDR (default 127.0.0.1), PORT_BASE (default 29600).
 set -uo pipefail
 
-if [[ $# -ne 1 || ! -d "$1" ]]; then
-  echo "usage: $0 JAR_DIR   (a folder with the mooncake4j-ep, -pg, -cuda, -core, -transfer and slf4j-api jars)" >&2
-  exit 2
-fi
 source "$(dirname "$0")/../bench/gpu-common.sh"
-gpu_setup "$1" 600 mooncake4j-ep mooncake4j-pg mooncake4j-cuda mooncake4j-core mooncake4j-transfer slf4j-api
+gpu_setup $# "${1:-}" 600 mooncake4j-ep mooncake4j-pg mooncake4j-cuda mooncake4j-core mooncake4j-transfer slf4j-api
 gpu_out
 echo "java: $java; class path: $jars/*; GPUs: $ngpu (${visible[*]:-none}); results: $out"
 if [[ $ngpu -lt 2 ]]; then

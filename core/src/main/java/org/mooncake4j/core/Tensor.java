@@ -55,11 +55,16 @@ public final class Tensor implements AutoCloseable {
         return n;
     }
 
+    /** Bytes of a contiguous {@code dtype} tensor of {@code shape}; rejects negative dimensions and overflow. */
+    public static long bytesFor(DType dtype, long... shape) {
+        return Math.multiplyExact(numel(shape), (long) dtype.byteSize());
+    }
+
     // ---- factories -------------------------------------------------------------------------
 
     /** Uninitialized memory on {@code device} (host memory is zeroed by the allocator). */
     public static Tensor empty(DType dtype, Device device, long... shape) {
-        long bytes = Math.multiplyExact(numel(shape), (long) dtype.byteSize());
+        long bytes = bytesFor(dtype, shape);
         if (device.isCpu()) {
             Arena a = Arena.ofShared();
             MemorySegment seg = a.allocate(Math.max(bytes, 1), 64).asSlice(0, bytes);
@@ -109,7 +114,7 @@ public final class Tensor implements AutoCloseable {
 
     /** A tensor over host memory the caller owns and keeps alive; {@link #close()} leaves it alone. */
     public static Tensor wrap(MemorySegment hostMemory, DType dtype, long... shape) {
-        long bytes = Math.multiplyExact(numel(shape), (long) dtype.byteSize());
+        long bytes = bytesFor(dtype, shape);
         if (hostMemory.byteSize() < bytes) {
             throw new IllegalArgumentException("memory of " + hostMemory.byteSize() + " bytes is too small for a "
                     + dtype.torchName() + " tensor of shape " + Arrays.toString(shape) + " (" + bytes + " bytes)");

@@ -27,17 +27,8 @@ final class CollectivePlan {
     static final long AR_MIN_CHUNK_BYTES = (long) tunable("MOONCAKE_CUDA_AR_MIN_CHUNK_KIB", (int) (MIN_PIPELINE_CHUNK_BYTES >> 10), 16, 1 << 20) << 10;
     static final int AR_MAX_BLOCKS = tunable("MOONCAKE_CUDA_AR_MAX_BLOCKS", 0, 1, SymmetricHeap.Layout.MAX_BLOCKS);
 
-    /** An integer setting from the environment, {@code fallback} when unset; out of [min, max] is an error. */
-    static int tunable(String name, int fallback, int min, int max) {
-        String v = System.getenv(name);
-        if (v == null || v.isBlank()) return fallback;
-        try {
-            int x = Integer.parseInt(v.trim());
-            if (x >= min && x <= max) return x;
-        } catch (NumberFormatException ignored) {
-            // reported below
-        }
-        throw new IllegalArgumentException(name + "=" + v + ": must be an integer from " + min + " to " + max + " (unset for " + fallback + ")");
+    private static int tunable(String name, int fallback, int min, int max) {
+        return org.mooncake4j.core.internal.Settings.integer(name, fallback, min, max, String.valueOf(fallback));
     }
 
     private CollectivePlan() {}

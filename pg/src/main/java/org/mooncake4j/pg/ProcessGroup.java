@@ -307,16 +307,12 @@ public final class ProcessGroup implements AutoCloseable {
      * reads the peers' data in place instead of copying it through the staging buffers (see
      * docs/DESIGN.md, "Registered memory"); with ordinary tensors every collective works the same,
      * only slower for large all-reduces. {@link Tensor#close()} unregisters the memory; what is still
-     * open when the last group of this process closes is released then.
+     * open when the last group of this process closes is released then. The other processes keep their
+     * mapping of a released tensor until their engine closes, so allocate long-lived buffers (as for
+     * NCCL registration), not one per call.
      */
     public Tensor allocate(DType dtype, long... shape) {
-        java.util.Objects.requireNonNull(dtype, "dtype");
-        long bytes = 1;
-        for (long d : shape) {
-            if (d < 0) throw new IllegalArgumentException("negative dimension in shape " + Arrays.toString(shape));
-            bytes = Math.multiplyExact(bytes, d);
-        }
-        bytes = Math.multiplyExact(bytes, (long) dtype.byteSize());
+        long bytes = Tensor.bytesFor(java.util.Objects.requireNonNull(dtype, "dtype"), shape);
         if (closed) throw new IllegalStateException("process group " + name + " is closed: allocate registered memory while it is open");
         org.mooncake4j.pg.collective.SharedMemory mem = runtime.shared();
         org.mooncake4j.pg.collective.SharedMemory.Region r = mem.allocate(bytes);

@@ -432,18 +432,11 @@ public final class PgWorker {
                 pg.allReduce(t, ReduceOp.SUM);
                 int[] now = pg.activeRanks().toIntArray();
                 int[] covered = pg.lastLocalSuccess() ? mask : now;
-                float want = 0;
-                for (int r = 0; r < covered.length; r++) if (covered[r] != 0) want += r + 1;
+                float want = rankSum(covered);
                 float[] got = t.toFloatArray();
                 if (got[0] != want || got[1] != 2 * want) fail("iteration " + iter + " got " + Arrays.toString(got) + " want " + want + " mask " + Arrays.toString(covered));
                 checks++;
-                if (pg.lastDroppedRanks().length > 0) {
-                    System.out.println("RESULT completedAtNanos=" + System.nanoTime());
-                    System.out.println("RESULT dropped=" + Arrays.toString(pg.lastDroppedRanks()));
-                    System.out.println("RESULT covered=" + pg.lastLocalSuccess());
-                    System.out.println("RESULT epoch=" + pg.epoch());
-                    after = 0;
-                }
+                if (reportedDrop()) after = 0;
                 if (after >= 0) after++;
                 mask = now;
                 iter++;
@@ -531,20 +524,13 @@ public final class PgWorker {
                 t.setDouble(count - 1, v);
                 pg.allReduce(t, ReduceOp.SUM);
                 int[] now = pg.activeRanks().toIntArray();
-                int[] covered = pg.lastLocalSuccess() ? mask : now;
-                float want = 0;
-                for (int r = 0; r < covered.length; r++) if (covered[r] != 0) want += (r + 1) * (float) (iter % 7 + 1);
+                float want = rankSum(pg.lastLocalSuccess() ? mask : now) * (float) (iter % 7 + 1);
                 for (long i = 0; i < count; i += 4099) {
-                    if (t.getDouble(i) != want) fail("iteration " + iter + " element " + i + " got " + t.getDouble(i) + " want " + want + " mask " + Arrays.toString(covered));
+                    if (t.getDouble(i) != want) fail("iteration " + iter + " element " + i + " got " + t.getDouble(i) + " want " + want + " mask " + Arrays.toString(mask) + " -> " + Arrays.toString(now));
                 }
                 if (t.getDouble(count - 1) != want) fail("iteration " + iter + " last element got " + t.getDouble(count - 1) + " want " + want);
                 checks++;
-                if (pg.lastDroppedRanks().length > 0) {
-                    System.out.println("RESULT completedAtNanos=" + System.nanoTime());
-                    System.out.println("RESULT dropped=" + Arrays.toString(pg.lastDroppedRanks()));
-                    System.out.println("RESULT epoch=" + pg.epoch());
-                    after = 0;
-                }
+                if (reportedDrop()) after = 0;
                 if (after >= 0) after++;
                 mask = now;
                 iter++;
@@ -553,5 +539,21 @@ public final class PgWorker {
         }
         System.out.println("RESULT mask=" + Arrays.toString(pg.activeRanks().toIntArray()));
         digest(pg.activeRanks());
+    }
+    /** 1 + 2 + ... over the ranks set in {@code mask}: what the kill loops' all-reduce sums to. */
+    private static float rankSum(int[] mask) {
+        float sum = 0;
+        for (int r = 0; r < mask.length; r++) if (mask[r] != 0) sum += r + 1;
+        return sum;
+    }
+
+    /** After an operation that dropped ranks, prints when, which, and the new epoch for the kill tests; true if it did. */
+    private boolean reportedDrop() {
+        if (pg.lastDroppedRanks().length == 0) return false;
+        System.out.println("RESULT completedAtNanos=" + System.nanoTime());
+        System.out.println("RESULT dropped=" + Arrays.toString(pg.lastDroppedRanks()));
+        System.out.println("RESULT covered=" + pg.lastLocalSuccess());
+        System.out.println("RESULT epoch=" + pg.epoch());
+        return true;
     }
 }

@@ -36,7 +36,6 @@ public final class Channels {
     private final BooleanSupplier[] peerGone;
     private final MemorySegment[] descViews;
     private final BooleanSupplier[] descOrChunk;
-    private static final int LANE_COLL_INDEX = GroupLayout.LANE_COLL;
     private final BooleanSupplier interrupted;
     private volatile boolean aborted;
 
@@ -126,39 +125,24 @@ public final class Channels {
      */
     public MemorySegment take(int lane, int src, Deadline deadline) {
         long seq = received[lane][src] + 1;
-        if (!Waiter.awaitAtLeast(local, layout.dataFlag(lane, src), seq, deadline, peerGone[src])) {
-            // a chunk that arrived just before the peer died is still good
-            if (Waiter.load(local, layout.dataFlag(lane, src)) - seq < 0) throw new WaitFailure(src, !peerGone[src].getAsBoolean());
-        }
+        if (!reached(layout.dataFlag(lane, src), seq, deadline, peerGone[src])) throw new WaitFailure(src, !peerGone[src].getAsBoolean());
         received[lane][src] = seq;
         return slots[lane][src][(int) ((seq - 1) & 1)];
     }
 
     /** Returns the bank of the last chunk taken from {@code src} to it. */
     public void release(int lane, int src, Deadline deadline) {
-        RemoteSegment peer = peers[src];
-        try {
-            peer.publish(layout.ackFlag(lane, rank), received[lane][src], deadline);
-        } catch (RuntimeException e) {
-            throw new WaitFailure(src, false, e);
-        }
+        publish(src, layout.ackFlag(lane, rank), received[lane][src], null, deadline);
     }
 
     /** Tells {@code dst} that this rank holds the complete result of operation {@code opSeq}. */
     public void signalSync(int dst, long opSeq, Deadline deadline) {
-        try {
-            peers[dst].publish(layout.syncFlag(rank), opSeq, deadline);
-        } catch (RuntimeException e) {
-            throw new WaitFailure(dst, false, e);
-        }
+        publish(dst, layout.syncFlag(rank), opSeq, null, deadline);
     }
 
     /** Waits until {@code src} holds the complete result of operation {@code opSeq}. */
     public void awaitSync(int src, long opSeq, Deadline deadline) {
-        if (!Waiter.awaitAtLeast(local, layout.syncFlag(src), opSeq, deadline, peerGone[src])
-                && Waiter.load(local, layout.syncFlag(src)) - opSeq < 0) {
-            throw new WaitFailure(src, !peerGone[src].getAsBoolean());
-        }
+        if (!reached(layout.syncFlag(src), opSeq, deadline, peerGone[src])) throw new WaitFailure(src, !peerGone[src].getAsBoolean());
     }
 
     /**
@@ -166,12 +150,7 @@ public final class Channels {
      * line for this rank, then publishes {@code value} in its description word.
      */
     public void describe(int dst, long value, MemorySegment body, Deadline deadline) {
-        try {
-            if (body != null) peers[dst].write(layout.descBody(rank), body, 0, body.byteSize(), deadline);
-            peers[dst].publish(layout.descFlag(rank), value, deadline);
-        } catch (RuntimeException e) {
-            throw new WaitFailure(dst, false, e);
-        }
+        publish(dst, layout.descFlag(rank), value, body, deadline);
     }
 
     /**
@@ -181,16 +160,31 @@ public final class Channels {
      * sizes differ); {@link #take} then returns that chunk.
      */
     public MemorySegment awaitDescription(int src, long value, Deadline deadline) {
-        if (!Waiter.awaitAtLeast(local, layout.descFlag(src), value, deadline, descOrChunk[src])
-                && Waiter.load(local, layout.descFlag(src)) - value < 0) {
-            if (chunkWaiting(src)) return null;
-            throw new WaitFailure(src, !peerGone[src].getAsBoolean());
-        }
-        return descViews[src];
+        if (reached(layout.descFlag(src), value, deadline, descOrChunk[src])) return descViews[src];
+        if (chunkWaiting(src)) return null;
+        throw new WaitFailure(src, !peerGone[src].getAsBoolean());
     }
 
     private boolean chunkWaiting(int src) {
-        return Waiter.load(local, layout.dataFlag(LANE_COLL_INDEX, src)) > received[LANE_COLL_INDEX][src];
+        return Waiter.load(local, layout.dataFlag(GroupLayout.LANE_COLL, src)) > received[GroupLayout.LANE_COLL][src];
+    }
+
+    /**
+     * Waits until this rank's word at {@code offset} reaches {@code target}. A word that got there
+     * just before its writer died or {@code stop} fired still counts (the data it announces is good).
+     */
+    private boolean reached(long offset, long target, Deadline deadline, BooleanSupplier stop) {
+        return Waiter.awaitAtLeast(local, offset, target, deadline, stop) || Waiter.load(local, offset) - target >= 0;
+    }
+
+    /** Writes {@code body} (if any) at this rank's description line in {@code dst}, then publishes {@code value} at {@code offset} there. */
+    private void publish(int dst, long offset, long value, MemorySegment body, Deadline deadline) {
+        try {
+            if (body != null) peers[dst].write(layout.descBody(rank), body, 0, body.byteSize(), deadline);
+            peers[dst].publish(offset, value, deadline);
+        } catch (RuntimeException e) {
+            throw new WaitFailure(dst, false, e);
+        }
     }
 
     /** Peer {@code p}'s segment for this group mapped into this process (shm), or null (tcp, or not a member). */

@@ -38,7 +38,7 @@ import org.mooncake4j.pg.ReduceOp;
  * <p>Owned by one group context (its operation thread); allocates only when a scratch grows or a
  * peer's region is first seen.
  */
-final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
+final class RegisteredAllReduce implements AutoCloseable {
     private static final ValueLayout.OfLong LONG = ValueLayout.JAVA_LONG;
     /** Description words. */
     private static final int D_OPCODE = 0, D_INPUT = 1, D_INPUT_OFF = 2, D_BYTES = 3, D_SCRATCH = 4, D_SCRATCH_OFF = 5, D_KIND = 6;
@@ -52,7 +52,7 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
     private final CollectiveContext c;
     private final SharedMemory shared;
     private final MemorySegment body;
-    private final MemorySegment[] src, scr;
+    private final MemorySegment[] src, scr, desc;
     private final long[] srcOff, scrOff;
     private final long[][] stripeOff;
     private final long[][] cacheId;
@@ -60,8 +60,8 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
     private final int[] cacheNext;
     private SharedMemory.Region scratch;
     private Stripes stripes;
+    private final Stripes.Task reduceTask = this::reduceStripe, gatherTask = this::gatherStripe;
     // the operation the stripes work on
-    private boolean gathering;
     private DType dtype;
     private ReduceOp op;
     private int n, me, es;
@@ -74,6 +74,7 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
         this.body = java.lang.foreign.Arena.ofAuto().allocate(GroupLayout.LINE, 64);
         src = new MemorySegment[slots];
         scr = new MemorySegment[slots];
+        desc = new MemorySegment[slots];
         srcOff = new long[slots];
         scrOff = new long[slots];
         int threads = Stripes.configuredThreads();
@@ -104,8 +105,8 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
         int es = dtype.byteSize();
         long bytes = count * es;
         long half = align(AllReduce.partLen(count, n, 0) * es, 64);
-        SharedMemory.Region in = shared.find(data);
-        boolean mine = in != null && allMapped();
+        SharedMemory.Region in = shared.find(data); // every peer is mapped: the caller checked applicable()
+        boolean mine = in != null;
         if (mine) ensureScratch(2 * half);
         long parity = (c.opSeq & 1) * half;
         body.set(LONG, 8L * D_OPCODE, c.op.ordinal());
@@ -125,6 +126,7 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
             if (d == null) throw otherAlgorithm(p, bytes);
             check(p, d, dtype, op, bytes);
             if (d.get(LONG, 8L * D_INPUT) < 0) all = false;
+            desc[i] = d;
         }
         if (!all) return false;
         for (int i = 0; i < n; i++) {
@@ -136,7 +138,7 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
                 scrOff[i] = parity;
                 continue;
             }
-            MemorySegment d = c.ch.awaitDescription(p, described, c.deadline);
+            MemorySegment d = desc[i];
             src[i] = peerRegion(p, d.get(LONG, 8L * D_INPUT));
             srcOff[i] = d.get(LONG, 8L * D_INPUT_OFF);
             scr[i] = peerRegion(p, d.get(LONG, 8L * D_SCRATCH));
@@ -154,32 +156,30 @@ final class RegisteredAllReduce implements Stripes.Task, AutoCloseable {
         this.es = es;
         this.count = count;
         this.data = data;
-        gathering = false;
         long myBytes = AllReduce.partLen(count, n, me) * es;
-        stripes().run(this, stripesFor(myBytes));
+        stripes().run(reduceTask, stripesFor(myBytes));
         for (int p : m) if (p != c.rank) c.ch.describe(p, reduced, null, c.deadline);
         for (int p : m) {
             if (p != c.rank && c.ch.awaitDescription(p, reduced, c.deadline) == null) throw otherAlgorithm(p, bytes);
         }
         // every part is complete in shared memory: the tensor may now be overwritten
-        gathering = true;
-        stripes().run(this, stripesFor(bytes / n));
+        stripes().run(gatherTask, stripesFor(bytes / n));
         this.data = null;
         return true;
     }
 
-    /** One stripe of the reduction (my part, from every member's tensor) or of the gather (every part into my tensor). */
-    @Override
-    public void run(int stripe, int stripes) {
-        if (!gathering) {
-            long len = AllReduce.partLen(count, n, me);
-            long s0 = AllReduce.partStart(len, stripes, stripe), sl = AllReduce.partLen(len, stripes, stripe);
-            long base = (AllReduce.partStart(count, n, me) + s0) * es;
-            long[] off = stripeOff[stripe];
-            for (int i = 0; i < n; i++) off[i] = srcOff[i] + base;
-            Reduction.reduce(dtype, op, src, off, n, scr[me], scrOff[me] + s0 * es, sl);
-            return;
-        }
+    /** One stripe of the reduction of my part, read from every member's tensor, into my scratch. */
+    private void reduceStripe(int stripe, int stripes) {
+        long len = AllReduce.partLen(count, n, me);
+        long s0 = AllReduce.partStart(len, stripes, stripe), sl = AllReduce.partLen(len, stripes, stripe);
+        long base = (AllReduce.partStart(count, n, me) + s0) * es;
+        long[] off = stripeOff[stripe];
+        for (int i = 0; i < n; i++) off[i] = srcOff[i] + base;
+        Reduction.reduce(dtype, op, src, off, n, scr[me], scrOff[me] + s0 * es, sl);
+    }
+
+    /** One stripe of the gather: the same slice of every member's part, from its scratch into my tensor. */
+    private void gatherStripe(int stripe, int stripes) {
         for (int j = 0; j < n; j++) {
             long len = AllReduce.partLen(count, n, j);
             long s0 = AllReduce.partStart(len, stripes, stripe), sl = AllReduce.partLen(len, stripes, stripe);

@@ -17,25 +17,18 @@ final class Stripes implements AutoCloseable {
         void run(int stripe, int stripes);
     }
 
-    /** Stripes per rank for large messages: {@code mooncake4j.cpu.threads}, else cores per local rank, at most 4. */
+    /** Stripes per rank for large messages: {@code MOONCAKE_CPU_THREADS}, else cores per local rank, at most 4. */
     static int configuredThreads() {
-        String s = System.getProperty("mooncake4j.cpu.threads", System.getenv("MOONCAKE_CPU_THREADS"));
-        if (s != null && !s.isBlank()) {
-            try {
-                int t = Integer.parseInt(s.trim());
-                if (t >= 1 && t <= 64) return t;
-            } catch (NumberFormatException e) {
-                // fall through to the error
-            }
-            throw new IllegalArgumentException("MOONCAKE_CPU_THREADS must be a whole number from 1 to 64, got '" + s
-                    + "'; unset it for the default (cores per local rank, at most 4)");
-        }
-        return Math.max(1, Math.min(4, org.mooncake4j.core.internal.Waiter.coresPerProcess()));
+        int cores = Math.max(1, Math.min(4, org.mooncake4j.core.internal.Waiter.coresPerProcess()));
+        return org.mooncake4j.core.internal.Settings.integer("MOONCAKE_CPU_THREADS", cores, 1, 64, "cores per local rank, at most 4: " + cores);
     }
 
     private final Thread[] workers;
     private volatile Task task;
-    private volatile int stripes;
+    /**
+     * The run number times 256 plus its stripe count, in one word: a worker that wakes late reads a
+     * run's count together with the run itself, never a newer run's count with an older run.
+     */
     private volatile long generation;
     private volatile boolean closed;
     private volatile Thread caller;
@@ -60,11 +53,10 @@ final class Stripes implements AutoCloseable {
         }
         n = Math.min(n, threads());
         task = t;
-        stripes = n;
         failure = null;
         caller = Thread.currentThread();
         pending.set(n - 1);
-        generation = generation + 1;
+        generation = ((generation >>> 8) + 1) << 8 | n;
         for (int k = 0; k < n - 1; k++) LockSupport.unpark(workers[k]);
         try {
             t.run(0, n);
@@ -89,6 +81,7 @@ final class Stripes implements AutoCloseable {
                 continue;
             }
             seen = g;
+            int stripes = (int) (g & 0xff);
             if (stripe >= stripes) continue;
             try {
                 task.run(stripe, stripes);
