@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # mooncake4j's CPU all_reduce (backend mooncake-cpu) against PyTorch's Gloo, side by side on this
 # machine: for 2 and 4 ranks, `mooncake4j pgbench` and bench/gloo_allreduce.py run the same sizes
-# (-b 8 -e 64M -f 4, float32, SUM) with the same timing method; `mooncake4j plot` draws busbw of
+# (default -b 8 -e 64M -f 4, float32, SUM) with the same timing method; `mooncake4j plot` draws busbw of
 # all four series into cpu-allreduce-vs-gloo.png and prints, per size, the time ratio gloo/ours
 # and the busbw ratio ours/gloo (above 1: mooncake-cpu is faster).
 #
-# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-e MAX_BYTES] [-g "2 4"]
+# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g "2 4"]
 #   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
 #   Env: PYTHON (a python with torch; default /usr/bin/python3), MOONCAKE4J (the CLI command),
 #   PGBENCH_ARGS (more pgbench flags, e.g. "-R 0" for ordinary instead of registered buffers).
@@ -16,21 +16,25 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 OUT="$ROOT/docs/bench"
 ITERS=20
 WARMUP=5
+MIN_BYTES=8
 MAX_BYTES=64M
+FACTOR=4
 RANKS="2 4"
 PYTHON=${PYTHON:-/usr/bin/python3}
 # the CLI: bin/mooncake4j here; on a host without Maven, e.g. "java -cp 'jars/*' org.mooncake4j.cli.Main"
 CLI=${MOONCAKE4J:-$ROOT/bin/mooncake4j}
 
-while getopts "o:n:w:e:g:h" opt; do
+while getopts "o:n:w:b:e:f:g:h" opt; do
   case "$opt" in
     o) OUT=$OPTARG ;;
     n) ITERS=$OPTARG ;;
     w) WARMUP=$OPTARG ;;
+    b) MIN_BYTES=$OPTARG ;;
     e) MAX_BYTES=$OPTARG ;;
+    f) FACTOR=$OPTARG ;;
     g) RANKS=$OPTARG ;;
     h) sed -n '2,9p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-e MAX_BYTES] [-g \"2 4\"]" >&2; exit 2 ;;
+    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g \"2 4\"]" >&2; exit 2 ;;
   esac
 done
 
@@ -41,7 +45,7 @@ fi
 mkdir -p "$OUT"
 cd "$ROOT"
 
-SIZES=(-b 8 -e "$MAX_BYTES" -f 4 -n "$ITERS" -w "$WARMUP")
+SIZES=(-b "$MIN_BYTES" -e "$MAX_BYTES" -f "$FACTOR" -n "$ITERS" -w "$WARMUP")
 SERIES=()
 for n in $RANKS; do
   echo "=== all_reduce float32 on $n ranks: mooncake-cpu ==="

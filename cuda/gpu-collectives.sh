@@ -26,7 +26,7 @@
 # TORCH_BASELINES (default .device/torch_baselines.py), TORCH_NCCL_MORE (default
 # bench/torch_nccl_more.py of this repository), WORLDS (default "2 <all GPUs>"), and any
 # CollectiveBench setting (PHASES, HEAP_MIB, SHARING, CHECK_MAX_MIB, TIME_MAX_MIB, ONESHOT_MAX_BYTES, ...), and
-# MOONCAKE_TWOSHOT=auto|pull|push (the two-shot variant of the automatic choice; both are checked and timed anyway).
+# MOONCAKE_TWOSHOT=auto|pull|push|pipe (the two-shot variant of the automatic choice; all are checked and timed anyway).
 # NVLink multicast stays off everywhere (NCCL_NVLS_ENABLE=0 and friends); mooncake4j never creates
 # multicast objects.
 set -uo pipefail
@@ -70,19 +70,20 @@ mine = json.load(open(sys.argv[1]))
 detail = {int(d["bytes"]): d for d in mine["mooncake_allreduce_detail"]}
 pull = {int(b): bw for b, t, bw in mine.get("mooncake_allreduce_pull", [])}
 push = {int(b): bw for b, t, bw in mine.get("mooncake_allreduce_push", [])}
+pipe = {int(b): bw for b, t, bw in mine.get("mooncake_allreduce_pipe", [])}
 print("# mooncake: CUDA events around 20 iterations, max over ranks; NCCL: torch_baselines.py (host timer, torch.distributed)")
-print("# busbw ratio: the automatic choice (algo) / NCCL; pull, push ratio: each two-shot variant / NCCL")
-print("# %12s %9s %13s %11s %15s %13s %12s %11s %11s %7s %14s" % ("size(B)", "algo", "mooncake(us)", "NCCL(us)",
-      "mooncake busbw", "NCCL busbw", "busbw ratio", "pull ratio", "push ratio", "faster", "NCCL/ours time"))
+print("# busbw ratio: the automatic choice (algo) / NCCL; pull, push, pipe ratio: each two-shot variant / NCCL")
+print("# %12s %9s %13s %11s %15s %13s %12s %11s %11s %11s %7s %14s" % ("size(B)", "algo", "mooncake(us)", "NCCL(us)",
+      "mooncake busbw", "NCCL busbw", "busbw ratio", "pull ratio", "push ratio", "pipe ratio", "faster", "NCCL/ours time"))
 nan = float("nan")
 def r(x, y):
     return x / y if x and y else nan
 for b in sorted(set(ours) & set(nccl)):
     (t, bw), (tn, bwn) = ours[b], nccl[b]
     d = detail.get(b, {})
-    print("  %12d %9s %13.2f %11.2f %15.2f %13.2f %12.3f %11.3f %11.3f %7s %14.3f" % (b, d.get("algorithm", "?"),
+    print("  %12d %9s %13.2f %11.2f %15.2f %13.2f %12.3f %11.3f %11.3f %11.3f %7s %14.3f" % (b, d.get("algorithm", "?"),
           t if t is not None else nan, tn, bw if bw is not None else nan, bwn, r(bw, bwn), r(pull.get(b), bwn),
-          r(push.get(b), bwn), d.get("faster_two_shot", "?"), r(tn, t)))
+          r(push.get(b), bwn), r(pipe.get(b), bwn), d.get("faster_two_shot", "?"), r(tn, t)))
 EOF
 done
 

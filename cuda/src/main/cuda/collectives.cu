@@ -392,7 +392,7 @@ __device__ __forceinline__ uint64_t part_size(uint64_t len, uint64_t part_len, i
 // can give up, and the output (= the input, in place) is written only after it.
 
 template <typename T, int NR>
-__device__ void allreduce_oneshot(const T* in, T* out, T* backup, uint64_t count, const Comm& c) {
+__device__ void allreduce_oneshot(const T* in, T* out, T* backup, uint64_t count, uint64_t /* chunk: unused */, const Comm& c) {
     constexpr int V = VecMath<T>::kElems;
     const Range r = block_range(count, round_up(ceil_div(count, gridDim.x), V));
     T* own = reinterpret_cast<T*>(bank(c, heap_of<NR>(c, c.rank), 0));
@@ -635,30 +635,25 @@ __device__ void push_scatter(const T* in, T* backup, const Comm& c, const Chunki
     }
 }
 
-// Part `rank`, slice of this block: the sum in rank order of the own input and the receive slots,
-// written to the output and to gather slot `rank` of every peer; the own input also to the backup.
+// result[i] = mine[i] + recv[q * recv_stride + i] (q != rank), summed in rank order (the own input at
+// position `rank`), for i < n; the sum also goes to every peer's heap at byte offset `to` (NVLink
+// stores), and keep[i] = mine[i] when keep is not null. recv is this rank's own heap (local loads).
+// vec: mine, result, keep and recv are 16-byte aligned.
 template <typename T, int NR>
-__device__ void push_reduce(const T* in, T* out, T* backup, const Comm& c, const Chunking& ch, uint64_t k, bool vec) {
+__device__ void reduce_push(const T* mine, T* result, T* keep, const T* recv, uint64_t recv_stride, uint64_t to, uint64_t n,
+                            bool vec, const Comm& c, uint32_t tid, uint32_t nthreads) {
     using M = VecMath<T>;
-    const Range r = block_range(part_size(ch.len, ch.part, c.rank), ch.slice);
-    const uint64_t at = ch.base + c.rank * ch.part + r.lo;
-    const T* mine = in + at;
-    T* result = out + at;
-    T* keep = backup == nullptr ? nullptr : backup + at;
-    const T* recv = reinterpret_cast<const T*>(heap_of<NR>(c, c.rank) + push_slot_offset<T>(c, k, ch, 0)) + r.lo;
-    const uint64_t to = push_slot_offset<T>(c, k, ch, NR + c.rank) + r.lo * sizeof(T);   // in every peer's heap
-    const uint64_t n = r.size();
     const uint64_t nvec = vec ? n / M::kElems : 0;
-    for (uint64_t v = threadIdx.x; v < nvec; v += blockDim.x) {
+    for (uint64_t v = tid; v < nvec; v += nthreads) {
         uint4 raw[NR];
 #pragma unroll
         for (int q = 0; q < NR; ++q) {
-            raw[q] = load_cg(reinterpret_cast<const uint4*>(q == c.rank ? mine : recv + q * ch.part) + v);
+            raw[q] = load_cg(reinterpret_cast<const uint4*>(q == c.rank ? mine : recv + q * recv_stride) + v);
         }
         if (keep != nullptr) {
 #pragma unroll
             for (int q = 0; q < NR; ++q) {
-                if (q == c.rank) reinterpret_cast<uint4*>(keep)[v] = raw[q];
+                if (q == c.rank) __stcs(reinterpret_cast<uint4*>(keep) + v, raw[q]);
             }
         }
         float acc[8];
@@ -668,20 +663,35 @@ __device__ void push_reduce(const T* in, T* out, T* backup, const Comm& c, const
         const uint4 sum = M::pack(acc);
 #pragma unroll
         for (int q = 0; q < NR; ++q) {
-            reinterpret_cast<uint4*>(q == c.rank ? reinterpret_cast<uint8_t*>(result) : c.heap[q] + to)[v] = sum;
+            if (q == c.rank) {
+                __stcs(reinterpret_cast<uint4*>(result) + v, sum);
+            } else {
+                reinterpret_cast<uint4*>(c.heap[q] + to)[v] = sum;
+            }
         }
     }
-    for (uint64_t i = nvec * M::kElems + threadIdx.x; i < n; i += blockDim.x) {
+    for (uint64_t i = nvec * M::kElems + tid; i < n; i += nthreads) {
         if (keep != nullptr) keep[i] = load_cg(mine + i);
         float acc = M::to_float(load_cg((c.rank == 0 ? mine : recv) + i));
 #pragma unroll
-        for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg((q == c.rank ? mine : recv + q * ch.part) + i));
+        for (int q = 1; q < NR; ++q) acc += M::to_float(load_cg((q == c.rank ? mine : recv + q * recv_stride) + i));
         const T sum = M::from_float(acc);
 #pragma unroll
         for (int q = 0; q < NR; ++q) {
             reinterpret_cast<T*>(q == c.rank ? reinterpret_cast<uint8_t*>(result) : c.heap[q] + to)[i] = sum;
         }
     }
+}
+
+// Part `rank`, slice of this block: the sum in rank order of the own input and the receive slots,
+// written to the output and to gather slot `rank` of every peer; the own input also to the backup.
+template <typename T, int NR>
+__device__ void push_reduce(const T* in, T* out, T* backup, const Comm& c, const Chunking& ch, uint64_t k, bool vec) {
+    const Range r = block_range(part_size(ch.len, ch.part, c.rank), ch.slice);
+    const uint64_t at = ch.base + c.rank * ch.part + r.lo;
+    const T* recv = reinterpret_cast<const T*>(heap_of<NR>(c, c.rank) + push_slot_offset<T>(c, k, ch, 0)) + r.lo;
+    reduce_push<T, NR>(in + at, out + at, backup == nullptr ? nullptr : backup + at, recv, ch.part,
+                       push_slot_offset<T>(c, k, ch, NR + c.rank) + r.lo * sizeof(T), r.size(), vec, c, threadIdx.x, blockDim.x);
 }
 
 template <typename T, int NR>
@@ -724,6 +734,257 @@ __device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t 
             push_copy_out<T, NR>(out, c, ch, k, threadIdx.x, blockDim.x);
         }
     }
+}
+
+// ---- pipelined push all-reduce ----------------------------------------------------------------
+// The traffic of the push two-shot variant (every NVLink access a store, 2(n-1)/n of the message out
+// of every rank) without its per-chunk barriers: every block runs its own pipeline over its slice of
+// the message in small steps, split between two warp groups that never wait for each other, only for
+// the peers' flags of the data they touch next:
+//   scatter group  step s: stores the tiles of parts j != rank into rank j's receive tile `rank`, raises R(s)
+//   reduce group   step i: waits R(i) of every peer, sums its own input's part `rank` and the receive
+//                  tiles in rank order, stores the sum into its own output and into every peer's
+//                  gather tile `rank`, raises G(i), waits G(i-1) of every peer and copies the gather
+//                  tiles of step i-1 into the output
+// so the links carry scatter and reduce stores at once.
+//
+// Geometry (CollectivePlan.pipe*): part q = [q * part, (q + 1) * part) of the message (whole vectors;
+// the last parts may be shorter or empty); block b owns [b * slice, (b + 1) * slice) of every part,
+// cut into `steps` tiles of `tile` elements (the same number of steps in every block). The kernel
+// uses one bank of every heap, bank (chunk_seq_base & 1), in which block b owns kPipeSlots slots, each
+// of NR receive tiles (tile q: rank q's tile of part `owner`) and NR gather tiles (tile q: rank q's
+// reduced tile of part q); step s uses slot s % kPipeSlots.
+//
+// Flags (row b of the flag area; value epoch_base + s + 1 for step s, so they only grow):
+//   R[b][q] (entry q)             rank q stored its step-s tiles into this rank's receive tiles
+//   G[b][q] (entry kMaxRanks + q) rank q stored its reduced step-s tile into this rank's gather tile
+// raised with a release after a barrier of the group, awaited with an acquire, per block index:
+// block b only ever touches block b's slots.
+// Slot reuse (kPipeSlots = 4): scatter(s) overwrites peer j's receive tiles of step s-4 after G(s-4)
+// of j, raised after j reduced them; reduce(i) overwrites j's gather tile of step i-4 after this group
+// waited G(i-2) of j (in step i-1), which j raised after its copy-out(i-4) (in its step i-3). Within a
+// rank, copy-out(s) overwrites (in place) input that scatter(s) read, only after G(s) of every peer,
+// which they raised after R(s) of this rank, raised after scatter(s). Across kernels (one bank per
+// kernel, counted as one chunk) the argument of the banked variants holds: the next kernel uses the
+// other bank.
+//
+// Backup: scatter(s) backs up the tiles of parts j != rank, reduce(s) the tile of part `rank`, from
+// the loads they make; an element is overwritten only after its step's backup (see above). When a
+// wait fails, the group stops and raises the abort word so that the other one stops too; then the
+// block backs up part `rank` of the steps not reduced and the other parts of the steps not scattered,
+// which nothing has overwritten.
+//
+// Blame: a rank that never starts the kernel is the only one named missing. A rank that dies in the
+// middle can leave live ranks blocked behind it (a scatter waits for the peers' reductions), and their
+// flags stop too, so a timeout may name those as well; the process group's agreement, in which every
+// live rank takes part, settles who is gone.
+constexpr int kPipeSlots = 4;          // CollectivePlan.PIPE_SLOTS
+constexpr int kPipeRecv = 0;
+constexpr int kPipeGather = 1;
+
+struct PipeGeometry {
+    uint64_t part;   // elements per part (whole vectors)
+    uint64_t slice;  // elements per block within a part (whole vectors)
+    uint64_t tile;   // elements per step within a slice (whole vectors)
+    uint64_t steps;  // steps of every block
+};
+
+template <typename T, int NR>
+__device__ __forceinline__ PipeGeometry pipe_geometry(uint64_t count, uint64_t tile) {
+    constexpr int V = VecMath<T>::kElems;
+    PipeGeometry g;
+    g.part = round_up(ceil_div(count, NR), V);
+    g.slice = round_up(ceil_div(g.part, gridDim.x), V);
+    g.tile = tile;
+    g.steps = ceil_div(g.slice, tile);
+    return g;
+}
+
+// Elements [lo, hi) of part q (from the part's start) that this block handles from step `from` to
+// step `to` (exclusive).
+__device__ __forceinline__ Range pipe_steps(const PipeGeometry& g, uint64_t count, int q, uint64_t from, uint64_t to) {
+    const uint64_t start = q * g.part;
+    const uint64_t len = start >= count ? 0 : min_u64(g.part, count - start);
+    const uint64_t end = min_u64(blockIdx.x * g.slice + g.slice, len);
+    // to >= from, so hi >= lo
+    return Range{min_u64(blockIdx.x * g.slice + from * g.tile, end), min_u64(blockIdx.x * g.slice + to * g.tile, end)};
+}
+
+__device__ __forceinline__ Range pipe_tile(const PipeGeometry& g, uint64_t count, int q, uint64_t s) {
+    return pipe_steps(g, count, q, s, s + 1);
+}
+
+// Byte offset, in every rank's heap, of tile q of kind (receive or gather) of step s of this block.
+template <typename T, int NR>
+__device__ __forceinline__ uint64_t pipe_tile_offset(const Comm& c, const PipeGeometry& g, uint64_t s, int kind, int q) {
+    const uint64_t tiles = (static_cast<uint64_t>(blockIdx.x) * kPipeSlots + s % kPipeSlots) * 2 * NR + kind * NR + q;
+    return c.data_offset + (c.chunk_seq_base & 1) * c.bank_bytes + tiles * g.tile * sizeof(T);
+}
+
+// What the two groups of a block share.
+struct PipeShared {
+    int failed;           // a wait of either group failed: both stop
+    uint32_t missing;     // ranks that did not arrive in time
+    uint64_t scattered;   // steps [0, scattered) are scattered (parts j != rank backed up)
+    uint64_t reduced;     // steps [0, reduced) are reduced (part `rank` backed up and overwritten)
+};
+
+__device__ __forceinline__ void group_barrier(int id, int threads) {
+    asm volatile("bar.sync %0, %1;" : : "r"(id), "r"(threads) : "memory");
+}
+
+// One group's meeting point: after a barrier of the group (its stores are done), thread gt < NR
+// raises flag `kind` of this block in peer gt to `raise` (0: none), then waits until peer gt raised
+// this rank's flag `kind_wait` to `target` (0: no wait); a barrier again. False (uniformly for the
+// group) once a wait of either group failed; a timed-out wait also raises the abort word at once, so
+// that the other group's waits end too.
+template <int NR>
+__device__ bool pipe_sync(const Comm& c, PipeShared& sh, int bar, int threads, int gt, int kind, uint64_t raise,
+                          int kind_wait, uint64_t target) {
+    group_barrier(bar, threads);
+    if (gt < NR && gt != c.rank) {
+        uint8_t* own = heap_of<NR>(c, c.rank);
+        if (raise != 0) store_release_sys(flag_slot(heap_of<NR>(c, gt), blockIdx.x, kind * kMaxRanks + c.rank), raise);
+        if (target != 0) {
+            const WaitResult state =
+                wait_flag(flag_slot(own, blockIdx.x, kind_wait * kMaxRanks + gt), target, c.timeout_ns, abort_word(own));
+            if (state != kArrived) {
+                if (state == kTimedOut) {
+                    atomicOr(&sh.missing, 1u << gt);
+                    atomicOr(abort_word(own), 1u << gt);
+                }
+                atomicExch(&sh.failed, 1);
+            }
+        }
+    }
+    group_barrier(bar, threads);
+    return atomicAdd(&sh.failed, 0) == 0;
+}
+
+template <typename T, int NR>
+__device__ void pipe_scatter(const T* in, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count, uint64_t s,
+                             bool vec, uint32_t tid, uint32_t nthreads) {
+    constexpr int V = VecMath<T>::kElems;
+    const uint64_t to = pipe_tile_offset<T, NR>(c, g, s, kPipeRecv, c.rank);   // in rank j's heap
+    uint64_t at[NR];
+    uint32_t n[NR];
+    uint32_t longest = 0;
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        const Range r = pipe_tile(g, count, j, s);
+        at[j] = j * g.part + r.lo;
+        n[j] = j == c.rank ? 0u : static_cast<uint32_t>(r.size());
+        longest = n[j] > longest ? n[j] : longest;
+    }
+    const uint32_t nvec = vec ? longest / V : 0;
+    for (uint32_t v = tid; v < nvec; v += nthreads) {
+        uint4 x[NR];
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            if ((v + 1) * V <= n[j]) x[j] = load_cg(reinterpret_cast<const uint4*>(in + at[j]) + v);
+        }
+#pragma unroll
+        for (int j = 0; j < NR; ++j) {
+            if ((v + 1) * V <= n[j]) {
+                reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
+                if (backup != nullptr) __stcs(reinterpret_cast<uint4*>(backup + at[j]) + v, x[j]);
+            }
+        }
+    }
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        for (uint32_t i = (vec ? n[j] / V * V : 0) + tid; i < n[j]; i += nthreads) {
+            const T x = load_cg(in + at[j] + i);
+            reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
+            if (backup != nullptr) backup[at[j] + i] = x;
+        }
+    }
+}
+
+template <typename T, int NR>
+__device__ void pipe_copy_out(T* out, const Comm& c, const PipeGeometry& g, uint64_t count, uint64_t s, uint32_t tid,
+                              uint32_t nthreads) {
+    const uint8_t* own = heap_of<NR>(c, c.rank);
+#pragma unroll
+    for (int q = 0; q < NR; ++q) {
+        if (q == c.rank) continue;
+        const Range r = pipe_tile(g, count, q, s);
+        copy_span(reinterpret_cast<uint8_t*>(out + q * g.part + r.lo), own + pipe_tile_offset<T, NR>(c, g, s, kPipeGather, q),
+                  r.size() * sizeof(T), tid, nthreads);
+    }
+}
+
+// Copies this block's tiles of steps [from, steps) of part q to the backup (all threads of the block).
+template <typename T, int NR>
+__device__ void pipe_backup_steps(const T* in, T* backup, const PipeGeometry& g, uint64_t count, int q, uint64_t from) {
+    const Range r = pipe_steps(g, count, q, from, g.steps);
+    const uint64_t at = q * g.part + r.lo;
+    copy_span(reinterpret_cast<uint8_t*>(backup + at), reinterpret_cast<const uint8_t*>(in + at), r.size() * sizeof(T),
+              threadIdx.x, blockDim.x);
+}
+
+template <typename T, int NR>
+__device__ void pipe_scatter_group(const T* in, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count, bool vec,
+                                   PipeShared& sh, uint32_t gt, uint32_t threads) {
+    const uint64_t e = c.epoch_base;
+    for (uint64_t s = 0; s < g.steps; ++s) {
+        pipe_scatter<T, NR>(in, backup, c, g, count, s, vec, gt, threads);
+        // raise R(s); before scatter(s + 1) overwrites the receive tiles of step s + 1 - kPipeSlots,
+        // wait until every peer has reduced that step
+        const uint64_t reuse = s + 1 >= kPipeSlots && s + 1 < g.steps ? e + s + 2 - kPipeSlots : 0;
+        const bool ok = pipe_sync<NR>(c, sh, 1, threads, gt, kPipeRecv, e + s + 1, kPipeGather, reuse);
+        if (gt == 0) sh.scattered = s + 1;   // read after the block's last barrier, when every thread is done
+        if (!ok) return;
+    }
+}
+
+template <typename T, int NR>
+__device__ void pipe_reduce_group(const T* in, T* out, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count,
+                                  bool vec, PipeShared& sh, uint32_t gt, uint32_t threads) {
+    const uint64_t e = c.epoch_base;
+    const uint8_t* own = heap_of<NR>(c, c.rank);
+    for (uint64_t i = 0; i < g.steps; ++i) {
+        if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeRecv, 0, kPipeRecv, e + i + 1)) return;
+        const Range r = pipe_tile(g, count, c.rank, i);
+        const uint64_t at = c.rank * g.part + r.lo;
+        const T* recv = reinterpret_cast<const T*>(own + pipe_tile_offset<T, NR>(c, g, i, kPipeRecv, 0));
+        reduce_push<T, NR>(in + at, out + at, backup == nullptr ? nullptr : backup + at, recv, g.tile,
+                           pipe_tile_offset<T, NR>(c, g, i, kPipeGather, c.rank), r.size(), vec, c, gt, threads);
+        if (gt == 0) sh.reduced = i + 1;
+        if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeGather, e + i + 1, kPipeGather, i >= 1 ? e + i : 0)) return;
+        if (i >= 1) pipe_copy_out<T, NR>(out, c, g, count, i - 1, gt, threads);
+    }
+    if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeGather, 0, kPipeGather, e + g.steps)) return;
+    pipe_copy_out<T, NR>(out, c, g, count, g.steps - 1, gt, threads);
+}
+
+// The first half of the block's warps scatter, the second half reduce (blockDim.x a multiple of 64).
+template <typename T, int NR>
+__device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, uint64_t tile, const Comm& c) {
+    __shared__ PipeShared sh;
+    const PipeGeometry g = pipe_geometry<T, NR>(count, tile);
+    const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out)
+                     && (backup == nullptr || mooncake4j::aligned16(backup));
+    if (threadIdx.x == 0) {
+        sh.failed = 0;
+        sh.missing = 0;
+        sh.scattered = 0;
+        sh.reduced = 0;
+    }
+    __syncthreads();
+    const uint32_t half = blockDim.x / 2;
+    if (threadIdx.x < half) {
+        pipe_scatter_group<T, NR>(in, backup, c, g, count, vec, sh, threadIdx.x, half);
+    } else {
+        pipe_reduce_group<T, NR>(in, out, backup, c, g, count, vec, sh, threadIdx.x - half, half);
+    }
+    __syncthreads();
+    if (sh.failed == 0) return;
+    if (backup != nullptr) {
+#pragma unroll
+        for (int q = 0; q < NR; ++q) pipe_backup_steps<T, NR>(in, backup, g, count, q, q == c.rank ? sh.reduced : sh.scattered);
+    }
+    if (threadIdx.x == 0 && sh.missing != 0) report_timeout(c, heap_of<NR>(c, c.rank), sh.missing);
 }
 
 // ---- reduce-scatter, push ------------------------------------------------------------------------
@@ -1037,50 +1298,25 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
     }                                       \
     mooncake4j::collectives::signal_done(done, ticket)
 
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_oneshot_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    (void)chunk;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<float, NR>(in, out, backup, count, comm)));
-}
+// The float32 and bfloat16 entry points NAME_f32 and NAME_bf16 of all-reduce FN(in, out, backup, count,
+// chunk, comm) (the one-shot ignores chunk).
+#define MOONCAKE4J_ALLREDUCE_KERNELS(NAME, FN)                                                                         \
+    extern "C" __global__ void __launch_bounds__(512, 1)                                                              \
+        NAME##_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) { \
+        MOONCAKE4J_COMM;                                                                                              \
+        MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::FN<float, NR>(in, out, backup, count, chunk, comm)));          \
+    }                                                                                                                 \
+    extern "C" __global__ void __launch_bounds__(512, 1)                                                              \
+        NAME##_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count, uint64_t chunk, \
+                    MOONCAKE4J_COMM_PARAMS) {                                                                         \
+        MOONCAKE4J_COMM;                                                                                              \
+        MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::FN<__nv_bfloat16, NR>(in, out, backup, count, chunk, comm)));  \
+    }
 
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_oneshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count, uint64_t chunk,
-                       MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    (void)chunk;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_oneshot<__nv_bfloat16, NR>(in, out, backup, count, comm)));
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::allreduce_twoshot<float, NR>(in, out, backup, count, chunk, comm)));
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count, uint64_t chunk,
-                       MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::allreduce_twoshot<__nv_bfloat16, NR>(in, out, backup, count, chunk, comm)));
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_push_f32(const float* in, float* out, float* backup, uint64_t count, uint64_t chunk,
-                           MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::allreduce_twoshot_push<float, NR>(in, out, backup, count, chunk, comm)));
-}
-
-extern "C" __global__ void __launch_bounds__(512, 1)
-allreduce_twoshot_push_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, __nv_bfloat16* backup, uint64_t count,
-                            uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
-    MOONCAKE4J_COMM;
-    MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::allreduce_twoshot_push<__nv_bfloat16, NR>(in, out, backup, count, chunk, comm)));
-}
+MOONCAKE4J_ALLREDUCE_KERNELS(allreduce_oneshot, allreduce_oneshot)
+MOONCAKE4J_ALLREDUCE_KERNELS(allreduce_twoshot, allreduce_twoshot)
+MOONCAKE4J_ALLREDUCE_KERNELS(allreduce_twoshot_push, allreduce_twoshot_push)
+MOONCAKE4J_ALLREDUCE_KERNELS(allreduce_pipe, allreduce_pipe)
 
 extern "C" __global__ void __launch_bounds__(512, 1)
 allgather_bytes(const uint8_t* in, uint8_t* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
@@ -1126,6 +1362,7 @@ scale_bf16(__nv_bfloat16* x, uint64_t count, float divisor, uint64_t* done, uint
     mooncake4j::collectives::signal_done(done, ticket);
 }
 
+#undef MOONCAKE4J_ALLREDUCE_KERNELS
 #undef MOONCAKE4J_FOR_WORLD
 #undef MOONCAKE4J_COMM
 #undef MOONCAKE4J_COMM_PARAMS

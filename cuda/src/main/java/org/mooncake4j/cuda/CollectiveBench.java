@@ -38,8 +38,8 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  * {@code RDV_DIR} (a fresh, empty directory shared by all of them). Phases ({@code PHASES}, default
  * {@code check,time,fault}):
  * <ul>
- * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and both two-shot variants,
- *     pull and push; odd sizes,
+ * <li>check: all_reduce float32 and bfloat16 (automatic, forced one-shot and the three two-shot variants,
+ *     pull, push and pipe; odd sizes,
  *     misaligned and in-place buffers; up to 1 GiB; in place with the kernel's backup of the input,
  *     as the process group runs it, the backup checked bitwise, also misaligned to the input),
  *     all_gather (1 byte to 1 GiB of output; odd sizes and alignments, in place),
@@ -52,10 +52,10 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  *     ({@link CudaCollectives#lastKernelDone()});</li>
  * <li>time: all_reduce float32 of 8 B .. 512 MiB (factor 4, the sizes of torch_baselines.py), 5
  *     warm-up and 20 timed iterations between CUDA events, the maximum over ranks: the automatic
- *     choice, one-shot (up to one bank) and both two-shot variants at every size; rank 0 prints an
+ *     choice, one-shot (up to one bank) and the three two-shot variants at every size; rank 0 prints an
  *     nccl-tests-like table and writes {@code OUT/mooncake_allreduce_ws<n>.json}, with the fields
  *     torch_baselines.py writes for NCCL ({@code [bytes, time_us, busbw_GBps]} rows), the same rows
- *     for pull and push, and which two-shot variant was faster per size; then all_gather,
+ *     for pull, push and pipe, and which two-shot variant was fastest per size; then all_gather,
  *     reduce_scatter (float32 sum) and all_to_all with a per-rank piece of each of those sizes (the
  *     full tensor: world size times that, the bytes of the rows, as torch_nccl_more.py counts them),
  *     busbw = algbw * (n-1)/n, into {@code OUT/mooncake_more_ws<n>.json} ({@code mooncake_allgather},
@@ -262,7 +262,7 @@ public final class CollectiveBench {
         DType bf16 = DType.BFLOAT16;
         Algorithm auto = Algorithm.AUTO;
         Algorithm one = Algorithm.ONE_SHOT;
-        List<Algorithm> twoShots = List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH);
+        List<Algorithm> twoShots = List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE);
 
         for (long n : new long[] {1, 2, 3, 1001, 4099, th / 4 - 4, th / 4 + 4, MIB + 5, 16 * MIB + 3, maxF32 - 3, maxF32}) {
             allReduceCheck(f32, n, auto, 0, 0, false);
@@ -604,10 +604,11 @@ public final class CollectiveBench {
             coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.ONE_SHOT);
             coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PULL);
             coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PUSH);
+            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PIPE);
         }
         coll.synchronize(stream);
         long bank = heap.layout().bankBytes();
-        double[] times = new double[sizes.size() * TIMES];  // per size: auto, one-shot, pull, push (NaN: not run)
+        double[] times = new double[sizes.size() * TIMES];  // per size: auto, one-shot, pull, push, pipe (NaN: not run)
         Arrays.fill(times, Double.NaN);
         try (CudaEvent start = CudaEvent.create(device, true); CudaEvent end = CudaEvent.create(device, true)) {
             for (int s = 0; s < sizes.size(); s++) {
@@ -618,7 +619,7 @@ public final class CollectiveBench {
                 double auto = time(start, end, count, Algorithm.AUTO);
                 times[TIMES * s] = auto;
                 times[TIMES * s + column(chosen)] = auto;
-                for (Algorithm a : List.of(Algorithm.ONE_SHOT, Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH)) {
+                for (Algorithm a : List.of(Algorithm.ONE_SHOT, Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE)) {
                     if (a == chosen || (a == Algorithm.ONE_SHOT && bytes > bank)) continue;
                     times[TIMES * s + column(a)] = time(start, end, count, a);
                 }
@@ -629,7 +630,7 @@ public final class CollectiveBench {
         for (int s = 0; s < sizes.size(); s++) {
             long bytes = sizes.get(s);
             rows.add(new Row(bytes, bytes / 4, label(coll.algorithmFor(bytes)), max[TIMES * s], max[TIMES * s + 1],
-                    max[TIMES * s + 2], max[TIMES * s + 3]));
+                    max[TIMES * s + 2], max[TIMES * s + 3], max[TIMES * s + 4]));
         }
         report("rank " + rank + " timing", true, sizes.size() + " sizes timed, " + WARMUP + " warm-up + " + ITERATIONS
                 + " iterations each");
@@ -700,14 +701,15 @@ public final class CollectiveBench {
         }
     }
 
-    private static final int TIMES = 4;
+    private static final int TIMES = 5;
 
-    /** The column of an algorithm's time in a row of {@link #TIMES}: 1 one-shot, 2 pull, 3 push. */
+    /** The column of an algorithm's time in a row of {@link #TIMES}: 1 one-shot, 2 pull, 3 push, 4 pipe. */
     private static int column(Algorithm a) {
         return switch (a) {
             case ONE_SHOT -> 1;
             case TWO_SHOT_PULL -> 2;
             case TWO_SHOT_PUSH -> 3;
+            case TWO_SHOT_PIPE -> 4;
             default -> throw new IllegalArgumentException("not a concrete algorithm: " + a);
         };
     }
@@ -718,6 +720,7 @@ public final class CollectiveBench {
             case ONE_SHOT -> "one-shot";
             case TWO_SHOT_PULL -> "pull";
             case TWO_SHOT_PUSH -> "push";
+            case TWO_SHOT_PIPE -> "pipe";
             default -> a.name().toLowerCase(Locale.ROOT);
         };
     }
@@ -773,7 +776,7 @@ public final class CollectiveBench {
         record Case(String name, CudaCollectives coll, Algorithm algorithm, long count) {}
         List<Case> cases = new ArrayList<>();
         cases.add(new Case("one-shot", coll, Algorithm.ONE_SHOT, FAULT_COUNT));
-        for (Algorithm a : List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH)) {
+        for (Algorithm a : List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE)) {
             SymmetricHeap h = SymmetricHeap.create(device, rank, world, FAULT_HEAP_BYTES, exchange, cfg.sharing());
             cases.add(new Case("two-shot " + label(a), CudaCollectives.create(h, kernels), a, FAULT_TWO_SHOT_COUNT));
         }
@@ -890,9 +893,10 @@ public final class CollectiveBench {
 
     /**
      * One timed size: the automatic choice's time, and each algorithm's (NaN: not run): one-shot and the
-     * two-shot variants pull and push. Times in microseconds.
+     * two-shot variants pull, push and pipe. Times in microseconds.
      */
-    record Row(long bytes, long count, String algorithm, double timeUs, double oneShotUs, double pullUs, double pushUs) {
+    record Row(long bytes, long count, String algorithm, double timeUs, double oneShotUs, double pullUs, double pushUs,
+               double pipeUs) {
         /** GB/s of message: bytes / time. */
         double algbw() { return algbw(timeUs); }
 
@@ -903,9 +907,10 @@ public final class CollectiveBench {
 
         double busbw(double us, int worldSize) { return algbw(us) * 2 * (worldSize - 1) / worldSize; }
 
-        /** The faster two-shot variant ("pull" or "push"), or "-" when either was not timed. */
+        /** The fastest two-shot variant ("pull", "push" or "pipe"), or "-" when any of them was not timed. */
         String fasterTwoShot() {
-            if (Double.isNaN(pullUs) || Double.isNaN(pushUs)) return "-";
+            if (Double.isNaN(pullUs) || Double.isNaN(pushUs) || Double.isNaN(pipeUs)) return "-";
+            if (pipeUs < pushUs && pipeUs < pullUs) return "pipe";
             return pushUs < pullUs ? "push" : "pull";
         }
     }
@@ -916,13 +921,14 @@ public final class CollectiveBench {
                 heap == null ? "" : ", " + heap.sharing() + " heap, banks of " + heap.layout().bankBytes() / MIB + " MiB"));
         t.append(String.format(Locale.ROOT, "# CUDA events around %d iterations after %d warm-up, maximum over ranks%n",
                 ITERATIONS, WARMUP));
-        t.append(String.format(Locale.ROOT, "# %12s %12s %9s %11s %12s %12s %13s %10s %10s %11s %11s %7s%n", "size(B)", "count",
-                "algo", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "one-shot(us)", "pull(us)", "push(us)", "pull busbw",
-                "push busbw", "faster"));
+        t.append(String.format(Locale.ROOT, "# %12s %12s %9s %11s %12s %12s %13s %10s %10s %10s %11s %11s %11s %7s%n", "size(B)",
+                "count", "algo", "time(us)", "algbw(GB/s)", "busbw(GB/s)", "one-shot(us)", "pull(us)", "push(us)", "pipe(us)",
+                "pull busbw", "push busbw", "pipe busbw", "faster"));
         for (Row r : rows) {
-            t.append(String.format(Locale.ROOT, "  %12d %12d %9s %11.2f %12.2f %12.2f %13s %10s %10s %11s %11s %7s%n", r.bytes(),
-                    r.count(), r.algorithm(), r.timeUs(), r.algbw(), r.busbw(worldSize), us(r.oneShotUs()), us(r.pullUs()),
-                    us(r.pushUs()), us(r.busbw(r.pullUs(), worldSize)), us(r.busbw(r.pushUs(), worldSize)), r.fasterTwoShot()));
+            t.append(String.format(Locale.ROOT, "  %12d %12d %9s %11.2f %12.2f %12.2f %13s %10s %10s %10s %11s %11s %11s %7s%n",
+                    r.bytes(), r.count(), r.algorithm(), r.timeUs(), r.algbw(), r.busbw(worldSize), us(r.oneShotUs()),
+                    us(r.pullUs()), us(r.pushUs()), us(r.pipeUs()), us(r.busbw(r.pullUs(), worldSize)),
+                    us(r.busbw(r.pushUs(), worldSize)), us(r.busbw(r.pipeUs(), worldSize)), r.fasterTwoShot()));
         }
         return t.toString();
     }
@@ -984,7 +990,7 @@ public final class CollectiveBench {
     /**
      * The results as JSON: {@code mooncake_allreduce} has the rows of torch_baselines.py's
      * {@code nccl_allreduce}, {@code [bytes, time_us, busbw_GBps]} (the automatic choice);
-     * {@code mooncake_allreduce_pull} and {@code mooncake_allreduce_push} the same rows for the two
+     * {@code mooncake_allreduce_pull}, {@code mooncake_allreduce_push} and {@code mooncake_allreduce_pipe} the same rows for the three
      * two-shot variants (null where not timed); {@code mooncake_allreduce_detail} adds the algorithm,
      * every algorithm's time and the faster two-shot variant.
      */
@@ -999,11 +1005,15 @@ public final class CollectiveBench {
             j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(r.timeUs())).append(", ")
                     .append(number(r.busbw(worldSize))).append(']');
         }
-        for (String variant : List.of("pull", "push")) {
+        for (String variant : List.of("pull", "push", "pipe")) {
             j.append("], \"mooncake_allreduce_").append(variant).append("\": [");
             for (int i = 0; i < rows.size(); i++) {
                 Row r = rows.get(i);
-                double us = variant.equals("pull") ? r.pullUs() : r.pushUs();
+                double us = switch (variant) {
+                    case "pull" -> r.pullUs();
+                    case "push" -> r.pushUs();
+                    default -> r.pipeUs();
+                };
                 j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(us)).append(", ")
                         .append(number(r.busbw(us, worldSize))).append(']');
             }
@@ -1016,7 +1026,8 @@ public final class CollectiveBench {
                     .append(", \"algbw_GBps\": ").append(number(r.algbw())).append(", \"busbw_GBps\": ")
                     .append(number(r.busbw(worldSize))).append(", \"one_shot_us\": ").append(number(r.oneShotUs()))
                     .append(", \"two_shot_pull_us\": ").append(number(r.pullUs())).append(", \"two_shot_push_us\": ")
-                    .append(number(r.pushUs())).append(", \"faster_two_shot\": ").append(quote(r.fasterTwoShot())).append('}');
+                    .append(number(r.pushUs())).append(", \"two_shot_pipe_us\": ").append(number(r.pipeUs()))
+                    .append(", \"faster_two_shot\": ").append(quote(r.fasterTwoShot())).append('}');
         }
         return j.append("]}\n").toString();
     }

@@ -93,13 +93,15 @@ final class CollectivePlan {
     // ---- two-shot, push variant ----------------------------------------------------------------
 
     /**
-     * Whether {@link CudaCollectives.TwoShotVariant#AUTO} pushes (NVLink stores) rather than pulls (NVLink
-     * loads) a two-shot all-reduce of {@code bytes} among {@code worldSize} ranks. Measured on 4×H200
-     * (CollectiveBench, float32, 2 MiB to 512 MiB): pushing was faster at every size, by 6-17 % at 2
-     * ranks and by 25-45 % at 4 ranks, where pulling fell to 0.64-0.79 of NCCL's bus bandwidth.
+     * The two-shot algorithm that {@link CudaCollectives.TwoShotVariant#AUTO} runs for {@code bytes} among
+     * {@code worldSize} ranks. Measured on 4×H200 (CollectiveBench, float32, 2 MiB to 512 MiB, kernels
+     * back to back): pushing beat pulling at every size, by 6-17 % at 2 ranks and 25-45 % at 4; at 4
+     * ranks the pipelined variant beat pushing by 2-11 % from 2 MiB to 32 MiB and 3 % at 512 MiB
+     * (16 KiB tiles; 128 MiB within 3 % either way), while at 2 ranks, through the process group, the
+     * push variant stayed ahead (fewer peers: its two barriers per chunk cost less).
      */
-    static boolean defaultTwoShotPush(int worldSize, long bytes) {
-        return true;
+    static CudaCollectives.Algorithm defaultTwoShot(int worldSize, long bytes) {
+        return worldSize >= 3 ? CudaCollectives.Algorithm.TWO_SHOT_PIPE : CudaCollectives.Algorithm.TWO_SHOT_PUSH;
     }
 
     /**
@@ -158,6 +160,63 @@ final class CollectivePlan {
                     + " bytes ends past bank " + bank + " (" + layout.bankBytes() + " bytes)");
         }
         return offset;
+    }
+
+    // ---- pipelined push all-reduce ------------------------------------------------------------
+
+    /**
+     * Slots per block of the pipelined all-reduce (device: kPipeSlots): four let the reduce group
+     * store into a peer's gather tiles without a flag of its own for the peer's copy-out (see
+     * collectives.cu).
+     */
+    static final int PIPE_SLOTS = 4;
+    /**
+     * Bytes per tile (one step of one block within one part) of the pipelined all-reduce, tunable per
+     * run with MOONCAKE_CUDA_AR_TILE_KIB (every rank must see the same value; default 16, the fastest of
+     * 4, 8, 12, 16, 32, 64 and 120 KiB on 4×H200 from 32 MiB to 512 MiB); capped so that every block's
+     * slots fit one bank.
+     */
+    static final long PIPE_TILE_BYTES = (long) tunable("MOONCAKE_CUDA_AR_TILE_KIB", 16, 1, 1 << 14) << 10;
+
+    /** Blocks of a pipelined all-reduce: enough for one part, at most the limit (one per SM). */
+    static int pipeBlocks(long count, int elementBytes, int worldSize, int limit) {
+        return blocksFor(partElements(count, worldSize, vectorElements(elementBytes)) * elementBytes,
+                AR_MAX_BLOCKS > 0 ? Math.min(AR_MAX_BLOCKS, limit) : limit);
+    }
+
+    /**
+     * Elements per tile of a pipelined all-reduce of {@code count} over {@code blocks} blocks: {@link
+     * #PIPE_TILE_BYTES}, no more than a block's slice of a part, whole vectors, and small enough that
+     * the {@code blocks * PIPE_SLOTS * 2 * worldSize} tiles fit one bank; 0 when not even one vector
+     * per tile fits (then the kernel cannot run on this heap).
+     */
+    static long pipeTileElements(long count, int elementBytes, int worldSize, int blocks, long bankBytes) {
+        int v = vectorElements(elementBytes);
+        long slice = pipeSliceElements(count, elementBytes, worldSize, blocks);
+        long fit = bankBytes / elementBytes / ((long) blocks * PIPE_SLOTS * 2 * worldSize) / v * v;
+        long want = Math.max(v, PIPE_TILE_BYTES / elementBytes / v * v);
+        return Math.min(Math.min(want, slice), fit);
+    }
+
+    /** Elements of every part that one block handles (device: g.slice). */
+    static long pipeSliceElements(long count, int elementBytes, int worldSize, int blocks) {
+        int v = vectorElements(elementBytes);
+        return roundUp(ceilDiv(partElements(count, worldSize, v), blocks), v);
+    }
+
+    /** Steps of every block (device: g.steps); the kernel raises flags up to epoch + steps. */
+    static long pipeSteps(long count, int elementBytes, int worldSize, int blocks, long tileElements) {
+        return ceilDiv(pipeSliceElements(count, elementBytes, worldSize, blocks), tileElements);
+    }
+
+    /**
+     * Byte offset within every rank's heap of tile {@code q} of kind {@code gather} (false: receive) of
+     * step {@code step} of block {@code block} (device: pipe_tile_offset), in bank {@code bank}.
+     */
+    static long pipeTileOffset(SymmetricHeap.Layout layout, int bank, int worldSize, long tileElements, int elementBytes,
+                               int block, long step, boolean gather, int q) {
+        long tiles = ((long) block * PIPE_SLOTS + step % PIPE_SLOTS) * 2 * worldSize + (gather ? worldSize : 0) + q;
+        return layout.bankOffset(bank) + tiles * tileElements * elementBytes;
     }
 
     // ---- all-gather (push, one slot per source rank, like all-to-all) ---------------------------

@@ -68,17 +68,25 @@ public final class CudaCollectives implements AutoCloseable {
         /** Two-shot, loading peers' data over NVLink. */
         TWO_SHOT_PULL,
         /** Two-shot, storing data into the peers' heaps over NVLink. */
-        TWO_SHOT_PUSH
+        TWO_SHOT_PUSH,
+        /**
+         * Two-shot with the traffic of {@link #TWO_SHOT_PUSH}, but every block pipelines its own slice in
+         * small steps and waits only for the flags of the data it reads next, instead of a barrier of
+         * all ranks per chunk.
+         */
+        TWO_SHOT_PIPE
     }
 
     /** Which two-shot all-reduce {@link Algorithm#TWO_SHOT} (and AUTO, above the one-shot limit) runs. */
     public enum TwoShotVariant {
-        /** Per world size and message size ({@code CollectivePlan.defaultTwoShotPush}). */
+        /** Per world size and message size ({@code CollectivePlan.defaultTwoShot}). */
         AUTO,
         /** {@link Algorithm#TWO_SHOT_PULL}. */
         PULL,
         /** {@link Algorithm#TWO_SHOT_PUSH}. */
-        PUSH;
+        PUSH,
+        /** {@link Algorithm#TWO_SHOT_PIPE}. */
+        PIPE;
 
         /** {@code pull}, {@code push} or {@code auto} (any case; null or blank: auto). */
         public static TwoShotVariant parse(String setting) {
@@ -87,7 +95,8 @@ public final class CudaCollectives implements AutoCloseable {
                 case "auto" -> AUTO;
                 case "pull" -> PULL;
                 case "push" -> PUSH;
-                default -> throw new IllegalArgumentException("two-shot variant '" + setting + "': use pull, push or auto ("
+                case "pipe" -> PIPE;
+                default -> throw new IllegalArgumentException("two-shot variant '" + setting + "': use pull, push, pipe or auto ("
                         + TWO_SHOT_PROPERTY + " / " + TWO_SHOT_ENV + ")");
             };
         }
@@ -95,7 +104,7 @@ public final class CudaCollectives implements AutoCloseable {
 
     /** The system property that sets the initial {@link #twoShotVariant()}; it wins over {@link #TWO_SHOT_ENV}. */
     public static final String TWO_SHOT_PROPERTY = "mooncake.twoshot";
-    /** The environment variable that sets the initial {@link #twoShotVariant()}: pull, push or auto. */
+    /** The environment variable that sets the initial {@link #twoShotVariant()}: pull, push, pipe or auto. */
     public static final String TWO_SHOT_ENV = "MOONCAKE_TWOSHOT";
 
     /** The longest timeout an operation takes. */
@@ -118,6 +127,8 @@ public final class CudaCollectives implements AutoCloseable {
     private final CudaFunction twoShotBf16;
     private final CudaFunction pushF32;
     private final CudaFunction pushBf16;
+    private final CudaFunction pipeF32;
+    private final CudaFunction pipeBf16;
     private final CudaFunction allGatherBytes;
     private final CudaFunction reduceScatterF32;
     private final CudaFunction reduceScatterBf16;
@@ -151,6 +162,8 @@ public final class CudaCollectives implements AutoCloseable {
         this.twoShotBf16 = kernels.function("allreduce_twoshot_bf16");
         this.pushF32 = kernels.function("allreduce_twoshot_push_f32");
         this.pushBf16 = kernels.function("allreduce_twoshot_push_bf16");
+        this.pipeF32 = kernels.function("allreduce_pipe_f32");
+        this.pipeBf16 = kernels.function("allreduce_pipe_bf16");
         this.allGatherBytes = kernels.function("allgather_bytes");
         this.reduceScatterF32 = kernels.function("reducescatter_f32");
         this.reduceScatterBf16 = kernels.function("reducescatter_bf16");
@@ -230,12 +243,12 @@ public final class CudaCollectives implements AutoCloseable {
     }
 
     static Algorithm resolveTwoShot(TwoShotVariant variant, int worldSize, long bytes) {
-        boolean push = switch (variant) {
-            case PULL -> false;
-            case PUSH -> true;
-            case AUTO -> CollectivePlan.defaultTwoShotPush(worldSize, bytes);
+        return switch (variant) {
+            case PULL -> Algorithm.TWO_SHOT_PULL;
+            case PUSH -> Algorithm.TWO_SHOT_PUSH;
+            case PIPE -> Algorithm.TWO_SHOT_PIPE;
+            case AUTO -> CollectivePlan.defaultTwoShot(worldSize, bytes);
         };
-        return push ? Algorithm.TWO_SHOT_PUSH : Algorithm.TWO_SHOT_PULL;
     }
 
     /** {@link #allReduce(long, long, long, DType, CudaStream, long, Algorithm)} with {@link Algorithm#AUTO}. */
@@ -279,7 +292,9 @@ public final class CudaCollectives implements AutoCloseable {
         if (a == Algorithm.ONE_SHOT) {
             launch(f32 ? oneShotF32 : oneShotBf16, stream, CollectivePlan.oneShotBlocks(count, es, blocksLimit), src, dst,
                     backup, count, 0, 1, 1, timeoutNanos);
-        } else if (a == Algorithm.TWO_SHOT_PUSH) {
+        } else if (a == Algorithm.TWO_SHOT_PIPE && pipe(f32, src, dst, backup, count, es, stream, timeoutNanos)) {
+            return;
+        } else if (a == Algorithm.TWO_SHOT_PUSH || a == Algorithm.TWO_SHOT_PIPE) {
             long chunk = CollectivePlan.pushChunkElements(count, es, bankBytes, worldSize);
             long chunks = CollectivePlan.ceilDiv(count, chunk);
             launch(f32 ? pushF32 : pushBf16, stream, CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit),
@@ -291,6 +306,19 @@ public final class CudaCollectives implements AutoCloseable {
                     CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit), src, dst, backup, count, chunk,
                     2 * chunks, chunks, timeoutNanos);
         }
+    }
+
+    /**
+     * Launches the pipelined all-reduce; false (nothing queued) when its tiles do not fit this heap's
+     * bank, for the push variant to run instead.
+     */
+    private boolean pipe(boolean f32, long src, long dst, long backup, long count, int es, CudaStream stream, long timeoutNanos) {
+        int blocks = CollectivePlan.pipeBlocks(count, es, worldSize, blocksLimit);
+        long tile = CollectivePlan.pipeTileElements(count, es, worldSize, blocks, bankBytes);
+        if (tile <= 0) return false;
+        long steps = CollectivePlan.pipeSteps(count, es, worldSize, blocks, tile);
+        launch(f32 ? pipeF32 : pipeBf16, stream, blocks, src, dst, backup, count, tile, steps + 1, 1, timeoutNanos);
+        return true;
     }
 
     /**

@@ -92,24 +92,33 @@ class CollectiveBenchTest {
     @Test
     void jsonHasTheRowsOfTorchBaselinesAndTheDetail() {
         List<CollectiveBench.Row> rows = List.of(
-                new CollectiveBench.Row(8, 2, "one-shot", 10.0, 10.0, 20.0, 30.0),
-                new CollectiveBench.Row(512 * MIB, 128 * MIB, "push", 2000.0, Double.NaN, 2500.0, 2000.0));
+                new CollectiveBench.Row(8, 2, "one-shot", 10.0, 10.0, 20.0, 30.0, 40.0),
+                new CollectiveBench.Row(512 * MIB, 128 * MIB, "push", 2000.0, Double.NaN, 2500.0, 2000.0, 2100.0),
+                new CollectiveBench.Row(32 * MIB, 8 * MIB, "pipe", 150.0, Double.NaN, 300.0, 200.0, 150.0));
         String json = CollectiveBench.json(4, "NVIDIA H200", "SHAREABLE", rows);
         // busbw = bytes / time * 2(n-1)/n: 8 B in 10 us = 0.0008 GB/s, * 1.5 = 0.0012
         assertThat(json).startsWith("{\"world\": 4, \"device\": \"NVIDIA H200\", \"heap\": \"SHAREABLE\", \"dtype\": \"float32\"")
-                .contains("\"mooncake_allreduce\": [[8, 10.0000, 0.0012], [536870912, 2000.0000, 402.6532]]")
-                .contains("\"mooncake_allreduce_pull\": [[8, 20.0000, 0.0006], [536870912, 2500.0000, 322.1225]]")
-                .contains("\"mooncake_allreduce_push\": [[8, 30.0000, 0.0004], [536870912, 2000.0000, 402.6532]]")
+                .contains("\"mooncake_allreduce\": [[8, 10.0000, 0.0012], [536870912, 2000.0000, 402.6532], [33554432, 150.0000,"
+                        + " 335.5443]]")
+                .contains("\"mooncake_allreduce_pull\": [[8, 20.0000, 0.0006], [536870912, 2500.0000, 322.1225], [33554432, 300.0000,"
+                        + " 167.7722]]")
+                .contains("\"mooncake_allreduce_push\": [[8, 30.0000, 0.0004], [536870912, 2000.0000, 402.6532], [33554432, 200.0000,"
+                        + " 251.6582]]")
+                .contains("\"mooncake_allreduce_pipe\": [[8, 40.0000, 0.0003], [536870912, 2100.0000, 383.4792], [33554432, 150.0000,"
+                        + " 335.5443]]")
                 .contains("{\"bytes\": 8, \"count\": 2, \"algorithm\": \"one-shot\", \"time_us\": 10.0000, \"algbw_GBps\": 0.0008,"
                         + " \"busbw_GBps\": 0.0012, \"one_shot_us\": 10.0000, \"two_shot_pull_us\": 20.0000,"
-                        + " \"two_shot_push_us\": 30.0000, \"faster_two_shot\": \"pull\"}")
+                        + " \"two_shot_push_us\": 30.0000, \"two_shot_pipe_us\": 40.0000, \"faster_two_shot\": \"pull\"}")
                 .contains("\"one_shot_us\": null")
-                .contains("\"faster_two_shot\": \"push\"}")
+                .contains("\"two_shot_pipe_us\": 2100.0000, \"faster_two_shot\": \"push\"}")
+                .contains("\"two_shot_pipe_us\": 150.0000, \"faster_two_shot\": \"pipe\"}")
                 .endsWith("]}\n");
         assertThat(rows.get(1).algbw()).isCloseTo(268.435456, org.assertj.core.data.Offset.offset(1e-9));
         assertThat(rows.get(1).busbw(2)).isEqualTo(rows.get(1).algbw());
         assertThat(rows.get(1).busbw(1)).isZero();
-        assertThat(new CollectiveBench.Row(8, 2, "one-shot", 1, 1, Double.NaN, 2).fasterTwoShot()).isEqualTo("-");
+        assertThat(new CollectiveBench.Row(8, 2, "one-shot", 1, 1, Double.NaN, 2, 3).fasterTwoShot()).isEqualTo("-");
+        assertThat(new CollectiveBench.Row(8, 2, "one-shot", 1, 1, 4, 2, Double.NaN).fasterTwoShot()).isEqualTo("-");
+        assertThat(CollectiveBench.label(CudaCollectives.Algorithm.TWO_SHOT_PIPE)).isEqualTo("pipe");
         assertThat(CollectiveBench.label(CudaCollectives.Algorithm.TWO_SHOT_PUSH)).isEqualTo("push");
         assertThat(CollectiveBench.label(CudaCollectives.Algorithm.TWO_SHOT_PULL)).isEqualTo("pull");
         assertThat(CollectiveBench.label(CudaCollectives.Algorithm.ONE_SHOT)).isEqualTo("one-shot");
@@ -142,11 +151,11 @@ class CollectiveBenchTest {
     @Test
     void tableLooksLikeNcclTests() {
         String t = CollectiveBench.table(2, "cuda:0 (NVIDIA H200)", null, List.of(new CollectiveBench.Row(1024, 256, "one-shot", 7.5,
-                7.5, Double.NaN, 9.0)));
+                7.5, Double.NaN, 9.0, 8.0)));
         assertThat(t).contains("# mooncake all_reduce (sum, float32), 2 ranks on cuda:0 (NVIDIA H200)")
                 .contains("size(B)").contains("busbw(GB/s)")
-                .contains("pull(us)").contains("push busbw").contains("faster")
-                .containsPattern("\\s+1024\\s+256\\s+one-shot\\s+7\\.50\\s+0\\.14\\s+0\\.14\\s+7\\.50\\s+-\\s+9\\.00\\s+-\\s+0\\.11\\s+-");
+                .contains("pull(us)").contains("push busbw").contains("pipe busbw").contains("faster")
+                .containsPattern("\\s+1024\\s+256\\s+one-shot\\s+7\\.50\\s+0\\.14\\s+0\\.14\\s+7\\.50\\s+-\\s+9\\.00\\s+8\\.00\\s+-\\s+0\\.11\\s+0\\.13\\s+-");
         assertThat(CollectiveBench.human(1L << 30)).isEqualTo("1.00 GiB");
         assertThat(CollectiveBench.human(1001)).isEqualTo("1001 B");
     }

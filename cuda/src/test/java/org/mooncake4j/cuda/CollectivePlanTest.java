@@ -315,6 +315,93 @@ class CollectivePlanTest {
         }
     }
 
+    /**
+     * The pipelined all-reduce's geometry, as the device computes it: the tiles of every block, step and
+     * part cover every element of the message exactly once, and every block's slots (receive and gather
+     * tiles of every rank) lie in one bank without overlapping another block's or each other.
+     */
+    @Test
+    void pipeTilesCoverTheMessageOnceAndTheSlotsFitOneBank() {
+        SplittableRandom random = new SplittableRandom(31);
+        long[][] fixed = {{1, 4, 2, 132}, {1001, 4, 4, 132}, {8 * MIB, 4, 4, 132}, {8 * MIB + 3, 2, 8, 132}, {65_541, 4, 3, 7},
+                {4 * MIB + 5, 2, 4, 132}, {3 * MIB + 5, 4, 4, 132}};
+        for (int trial = 0; trial < fixed.length + 40; trial++) {
+            long count;
+            int es;
+            int world;
+            int limit;
+            if (trial < fixed.length) {
+                count = fixed[trial][0];
+                es = (int) fixed[trial][1];
+                world = (int) fixed[trial][2];
+                limit = (int) fixed[trial][3];
+            } else {
+                count = random.nextLong(1, 6 * MIB);
+                es = random.nextBoolean() ? 4 : 2;
+                world = random.nextInt(2, 9);
+                limit = random.nextInt(1, 133);
+            }
+            SymmetricHeap.Layout layout = SymmetricHeap.Layout.of(257 * MIB);
+            String what = "n=" + count + ", " + es + "-byte elements, " + world + " ranks, limit " + limit;
+            int blocks = CollectivePlan.pipeBlocks(count, es, world, limit);
+            assertThat(blocks).as(what).isBetween(1, limit);
+            long tile = CollectivePlan.pipeTileElements(count, es, world, blocks, layout.bankBytes());
+            int v = CollectivePlan.vectorElements(es);
+            assertThat(tile).as(what).isPositive().isLessThanOrEqualTo(Math.max(v, CollectivePlan.PIPE_TILE_BYTES / es));
+            assertThat(tile % v).as(what).isZero();
+            long steps = CollectivePlan.pipeSteps(count, es, world, blocks, tile);
+            long part = CollectivePlan.partElements(count, world, v);
+            long slice = CollectivePlan.pipeSliceElements(count, es, world, blocks);
+            assertThat(slice % v).isZero();
+            // coverage: device pipe_steps(g, count, q, s, s + 1) for every block, part and step
+            long covered = 0;
+            for (int q = 0; q < world; q++) {
+                long len = CollectivePlan.partSize(count, part, q);
+                long next = 0;   // tiles come in order of block, then step
+                for (int b = 0; b < blocks; b++) {
+                    for (long st = 0; st < steps; st++) {
+                        long end = Math.min((long) b * slice + slice, len);
+                        long lo = Math.min((long) b * slice + st * tile, end);
+                        long hi = Math.min((long) b * slice + (st + 1) * tile, end);
+                        if (hi > lo) {
+                            assertThat(lo).as(what + ": part %d block %d step %d", q, b, st).isEqualTo(next);
+                            assertThat(hi - lo).isLessThanOrEqualTo(tile);
+                            next = hi;
+                        }
+                    }
+                }
+                assertThat(next).as(what + ": part %d covered", q).isEqualTo(len);
+                covered += next;
+            }
+            assertThat(covered).as(what).isEqualTo(count);
+            // slots: every tile inside bank 1, the last block's last tile at most at the bank's end
+            for (int bank = 0; bank < 2; bank++) {
+                long first = CollectivePlan.pipeTileOffset(layout, bank, world, tile, es, 0, 0, false, 0);
+                long last = CollectivePlan.pipeTileOffset(layout, bank, world, tile, es, blocks - 1, CollectivePlan.PIPE_SLOTS - 1, true,
+                        world - 1);
+                assertThat(first).isEqualTo(layout.bankOffset(bank));
+                assertThat(last + tile * es).as(what).isLessThanOrEqualTo(layout.bankOffset(bank) + layout.bankBytes());
+            }
+            // distinct (block, slot, kind, rank) -> disjoint tiles: offsets step by exactly one tile
+            long prev = -1;
+            for (int b = 0; b < Math.min(blocks, 3); b++) {
+                for (int slot = 0; slot < CollectivePlan.PIPE_SLOTS; slot++) {
+                    for (int kind = 0; kind < 2; kind++) {
+                        for (int q = 0; q < world; q++) {
+                            long o = CollectivePlan.pipeTileOffset(layout, 0, world, tile, es, b, slot + CollectivePlan.PIPE_SLOTS * 5L,
+                                    kind == 1, q);
+                            if (prev >= 0) assertThat(o - prev).isEqualTo(tile * es);
+                            prev = o;
+                        }
+                    }
+                }
+            }
+        }
+        assertThat(CollectivePlan.pipeBlocks(512 * MIB, 4, 4, 132)).isEqualTo(132);
+        // a bank too small for one vector per tile: no pipe on that heap
+        assertThat(CollectivePlan.pipeTileElements(MIB, 4, 8, 132, 4096)).isZero();
+    }
+
     @Test
     void pushSlotsNameTheirWriters() {
         // receive slot s of rank j: written by rank s; gather slot world + q: written by reducer q
@@ -472,9 +559,10 @@ class CollectivePlanTest {
     }
 
     @Test
-    void twoShotVariantDefaultsToPushFromThreeRanks() {
-        assertThat(CollectivePlan.defaultTwoShotPush(2, 512 * MIB)).isTrue();
-        assertThat(CollectivePlan.defaultTwoShotPush(4, 32 * MIB)).isTrue();
-        assertThat(CollectivePlan.defaultTwoShotPush(8, 2 * MIB)).isTrue();
+    void twoShotVariantIsPushAtTwoRanksAndPipelinedFromThree() {
+        assertThat(CollectivePlan.defaultTwoShot(2, 512 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PUSH);
+        assertThat(CollectivePlan.defaultTwoShot(4, 32 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
+        assertThat(CollectivePlan.defaultTwoShot(3, 2 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
+        assertThat(CollectivePlan.defaultTwoShot(8, 2 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
     }
 }

@@ -190,7 +190,8 @@ class CudaCollectivesTest {
         if (CudaModule.class.getResource(CudaModule.FATBIN_RESOURCE) == null) return;
         String image = new String(CudaModule.readKernelImage(CudaModule.FATBIN_RESOURCE), StandardCharsets.ISO_8859_1);
         for (String k : List.of("allreduce_oneshot_f32", "allreduce_oneshot_bf16", "allreduce_twoshot_f32",
-                "allreduce_twoshot_bf16", "allreduce_twoshot_push_f32", "allreduce_twoshot_push_bf16", "allgather_bytes",
+                "allreduce_twoshot_bf16", "allreduce_twoshot_push_f32", "allreduce_twoshot_push_bf16", "allreduce_pipe_f32",
+                "allreduce_pipe_bf16", "allgather_bytes",
                 "reducescatter_f32", "reducescatter_bf16", "alltoall_bytes", "scale_f32", "scale_bf16")) {
             assertThat(image).as("kernel %s in kernels.fatbin", k).contains(k);
         }
@@ -203,10 +204,12 @@ class CudaCollectivesTest {
         assertThat(CudaCollectives.defaultTwoShotVariant("pull", "push")).isEqualTo(CudaCollectives.TwoShotVariant.PULL);
         assertThat(CudaCollectives.defaultTwoShotVariant(" ", " auto ")).isEqualTo(CudaCollectives.TwoShotVariant.AUTO);
         assertThatThrownBy(() -> CudaCollectives.TwoShotVariant.parse("both")).isInstanceOf(IllegalArgumentException.class)
-                .hasMessageContaining("pull, push or auto").hasMessageContaining(CudaCollectives.TWO_SHOT_ENV);
+                .hasMessageContaining("pull, push, pipe or auto").hasMessageContaining(CudaCollectives.TWO_SHOT_ENV);
         assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.PULL, 4, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PULL);
         assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.PUSH, 2, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PUSH);
-        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.AUTO, 4, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PUSH);
+        assertThat(CudaCollectives.TwoShotVariant.parse(" Pipe ")).isEqualTo(CudaCollectives.TwoShotVariant.PIPE);
+        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.PIPE, 4, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PIPE);
+        assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.AUTO, 4, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PIPE);
         assertThat(CudaCollectives.resolveTwoShot(CudaCollectives.TwoShotVariant.AUTO, 2, 64 << 20)).isEqualTo(Algorithm.TWO_SHOT_PUSH);
         // both variants take any size
         CudaCollectives.checkAllReduce(A, B, BANK, DType.FLOAT32, MS, Algorithm.TWO_SHOT_PUSH, BANK);
