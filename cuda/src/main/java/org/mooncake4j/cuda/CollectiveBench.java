@@ -61,8 +61,8 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  *     busbw = algbw * (n-1)/n, into {@code OUT/mooncake_more_ws<n>.json} ({@code mooncake_allgather},
  *     {@code mooncake_reducescatter}, {@code mooncake_alltoall});</li>
  * <li>fault: rank n-1 exits without calling all_reduce; the others run a one-shot all_reduce (on the
- *     main heap), a two-shot pull and a two-shot push one (each on a small heap of its own, made
- *     before rank n-1 leaves; several pipeline chunks), all in place with a backup; each must fail
+ *     main heap) and a two-shot pull, push and pipe one (each on a small heap of its own, made
+ *     before rank n-1 leaves; several pipeline chunks or steps), all in place with a backup; each must fail
  *     within the timeout plus {@value #FAULT_BOUND_MS} ms with a {@link CollectiveTimeoutException}
  *     naming rank n-1, leave a complete backup of its input (what the group's redo puts back), and
  *     fail at once on the next call.</li>
