@@ -577,62 +577,59 @@ __device__ __forceinline__ uint64_t push_slot_offset(const Comm& c, uint64_t k, 
     return c.data_offset + ((c.chunk_seq_base + k) & 1) * c.bank_bytes + static_cast<uint64_t>(slot) * ch.part * sizeof(T);
 }
 
-// Pointers are recomputed from a few scalars per step (the heap bases are kernel parameters), so that
-// eight ranks' worth of them does not spill. backup (not null): the same elements of it get the values
-// loaded (parts j != rank; push_reduce backs up part `rank`).
+// Stores n[j] elements of part j (src + j * stride; n[rank] = 0) into rank j's heap at byte offset
+// `to`, and into keep + j * stride when keep is not null: one 16-byte vector for every peer per loop
+// step, so each rank's stores go to all peers at once. vec: src, keep and stride are whole vectors
+// (16-byte aligned; the heap slots always are); else element by element. Pointers are recomputed from
+// a few scalars per step (the heap bases are kernel parameters), so that eight ranks' worth of them
+// does not spill.
 template <typename T, int NR>
-__device__ void push_scatter(const T* in, T* backup, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
-                             uint32_t nthreads) {
+__device__ void scatter_parts(const T* src, uint64_t stride, T* keep, const Comm& c, uint64_t to, const uint32_t (&n)[NR],
+                              bool vec, uint32_t tid, uint32_t nthreads) {
     constexpr int V = VecMath<T>::kElems;
-    const uint64_t lo = blockIdx.x * ch.slice;                           // the slice of every part
-    const T* src = in + ch.base + lo;                                    // + j * part for part j
-    T* keep = backup == nullptr ? nullptr : backup + ch.base + lo;       // + j * part for part j
-    const uint64_t to = push_slot_offset<T>(c, k, ch, c.rank) + lo * sizeof(T);   // in rank j's heap
-    uint32_t n[NR];
     uint32_t longest = 0;
 #pragma unroll
-    for (int j = 0; j < NR; ++j) {
-        const Range r = block_range(part_size(ch.len, ch.part, j), ch.slice);
-        n[j] = j == c.rank ? 0u : static_cast<uint32_t>(r.size());
-        longest = n[j] > longest ? n[j] : longest;
-    }
-    if (!mooncake4j::aligned16(in) || (backup != nullptr && !mooncake4j::aligned16(backup))) {
-        // The receive slots are 16-byte aligned; a misaligned input (or backup) goes element by element.
-        for (uint32_t i = tid; i < longest; i += nthreads) {
-#pragma unroll
-            for (int j = 0; j < NR; ++j) {
-                if (i < n[j]) {
-                    const T x = load_cg(src + j * ch.part + i);
-                    reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
-                    if (keep != nullptr) keep[j * ch.part + i] = x;
-                }
-            }
-        }
-        return;
-    }
-    for (uint32_t v = tid; v < longest / V; v += nthreads) {
+    for (int j = 0; j < NR; ++j) longest = n[j] > longest ? n[j] : longest;
+    const uint32_t nvec = vec ? longest / V : 0;
+    for (uint32_t v = tid; v < nvec; v += nthreads) {
         uint4 x[NR];
 #pragma unroll
         for (int j = 0; j < NR; ++j) {
-            if ((v + 1) * V <= n[j]) x[j] = load_cg(reinterpret_cast<const uint4*>(src + j * ch.part) + v);
+            if ((v + 1) * V <= n[j]) x[j] = load_cg(reinterpret_cast<const uint4*>(src + j * stride) + v);
         }
 #pragma unroll
         for (int j = 0; j < NR; ++j) {
             if ((v + 1) * V <= n[j]) {
                 reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
-                if (keep != nullptr) reinterpret_cast<uint4*>(keep + j * ch.part)[v] = x[j];
+                if (keep != nullptr) __stcs(reinterpret_cast<uint4*>(keep + j * stride) + v, x[j]);
             }
         }
     }
     // Tails: only a part's last slice can end inside a vector (parts and slices are whole vectors).
 #pragma unroll
     for (int j = 0; j < NR; ++j) {
-        for (uint32_t i = n[j] / V * V + tid; i < n[j]; i += nthreads) {
-            const T x = load_cg(src + j * ch.part + i);
+        for (uint32_t i = (vec ? n[j] / V * V : 0) + tid; i < n[j]; i += nthreads) {
+            const T x = load_cg(src + j * stride + i);
             reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
-            if (keep != nullptr) keep[j * ch.part + i] = x;
+            if (keep != nullptr) keep[j * stride + i] = x;
         }
     }
+}
+
+// This block's slice of chunk k of every part j != rank -> rank j's receive slot `rank`. backup (not
+// null): the same elements of it get the values loaded (push_reduce backs up part `rank`).
+template <typename T, int NR>
+__device__ void push_scatter(const T* in, T* backup, const Comm& c, const Chunking& ch, uint64_t k, uint32_t tid,
+                             uint32_t nthreads) {
+    const uint64_t lo = ch.base + blockIdx.x * ch.slice;   // the slice of every part, from part 0's start
+    uint32_t n[NR];
+#pragma unroll
+    for (int j = 0; j < NR; ++j) {
+        n[j] = j == c.rank ? 0u : static_cast<uint32_t>(block_range(part_size(ch.len, ch.part, j), ch.slice).size());
+    }
+    const bool vec = mooncake4j::aligned16(in) && (backup == nullptr || mooncake4j::aligned16(backup));
+    scatter_parts<T, NR>(in + lo, ch.part, backup == nullptr ? nullptr : backup + lo, c,
+                         push_slot_offset<T>(c, k, ch, c.rank) + blockIdx.x * ch.slice * sizeof(T), n, vec, tid, nthreads);
 }
 
 // result[i] = mine[i] + recv[q * recv_stride + i] (q != rank), summed in rank order (the own input at
@@ -861,44 +858,17 @@ __device__ bool pipe_sync(const Comm& c, PipeShared& sh, int bar, int threads, i
     return atomicAdd(&sh.failed, 0) == 0;
 }
 
+// This block's tiles of step s of every part j != rank -> rank j's receive tile `rank`, and to the
+// backup when it is not null.
 template <typename T, int NR>
 __device__ void pipe_scatter(const T* in, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count, uint64_t s,
                              bool vec, uint32_t tid, uint32_t nthreads) {
-    constexpr int V = VecMath<T>::kElems;
-    const uint64_t to = pipe_tile_offset<T, NR>(c, g, s, kPipeRecv, c.rank);   // in rank j's heap
-    uint64_t at[NR];
+    const uint64_t lo = blockIdx.x * g.slice + s * g.tile;   // the tile of every part, from part 0's start
     uint32_t n[NR];
-    uint32_t longest = 0;
 #pragma unroll
-    for (int j = 0; j < NR; ++j) {
-        const Range r = pipe_tile(g, count, j, s);
-        at[j] = j * g.part + r.lo;
-        n[j] = j == c.rank ? 0u : static_cast<uint32_t>(r.size());
-        longest = n[j] > longest ? n[j] : longest;
-    }
-    const uint32_t nvec = vec ? longest / V : 0;
-    for (uint32_t v = tid; v < nvec; v += nthreads) {
-        uint4 x[NR];
-#pragma unroll
-        for (int j = 0; j < NR; ++j) {
-            if ((v + 1) * V <= n[j]) x[j] = load_cg(reinterpret_cast<const uint4*>(in + at[j]) + v);
-        }
-#pragma unroll
-        for (int j = 0; j < NR; ++j) {
-            if ((v + 1) * V <= n[j]) {
-                reinterpret_cast<uint4*>(c.heap[j] + to)[v] = x[j];
-                if (backup != nullptr) __stcs(reinterpret_cast<uint4*>(backup + at[j]) + v, x[j]);
-            }
-        }
-    }
-#pragma unroll
-    for (int j = 0; j < NR; ++j) {
-        for (uint32_t i = (vec ? n[j] / V * V : 0) + tid; i < n[j]; i += nthreads) {
-            const T x = load_cg(in + at[j] + i);
-            reinterpret_cast<T*>(c.heap[j] + to)[i] = x;
-            if (backup != nullptr) backup[at[j] + i] = x;
-        }
-    }
+    for (int j = 0; j < NR; ++j) n[j] = j == c.rank ? 0u : static_cast<uint32_t>(pipe_tile(g, count, j, s).size());
+    scatter_parts<T, NR>(in + lo, g.part, backup == nullptr ? nullptr : backup + lo, c,
+                         pipe_tile_offset<T, NR>(c, g, s, kPipeRecv, c.rank), n, vec, tid, nthreads);
 }
 
 template <typename T, int NR>

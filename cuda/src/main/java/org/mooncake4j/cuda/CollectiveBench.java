@@ -262,7 +262,6 @@ public final class CollectiveBench {
         DType bf16 = DType.BFLOAT16;
         Algorithm auto = Algorithm.AUTO;
         Algorithm one = Algorithm.ONE_SHOT;
-        List<Algorithm> twoShots = List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE);
 
         for (long n : new long[] {1, 2, 3, 1001, 4099, th / 4 - 4, th / 4 + 4, MIB + 5, 16 * MIB + 3, maxF32 - 3, maxF32}) {
             allReduceCheck(f32, n, auto, 0, 0, false);
@@ -272,7 +271,7 @@ public final class CollectiveBench {
         allReduceCheck(f32, 4099, one, 0, 0, true);
         allReduceCheck(f32, 1001, one, 0, 0, true, 4);      // aligned input, misaligned backup: byte copies
         allReduceCheck(f32, 65541, one, 0, 0, false, 0);    // out of place with a backup
-        for (Algorithm two : twoShots) {
+        for (Algorithm two : TWO_SHOTS) {
             // the last ones: several pipeline chunks of both banks, up to the largest checked size
             for (long n : new long[] {1, 3, 1001, 65541, 2 * (bank / 4) + 77, 4 * (bank / 4) + 5, maxF32 - 7}) {
                 allReduceCheck(f32, n, two, 0, 0, false);
@@ -288,7 +287,7 @@ public final class CollectiveBench {
         for (long n : new long[] {1, 3, 4097, th / 2 - 8, th / 2 + 8, MIB + 7, maxBf16}) allReduceCheck(bf16, n, auto, 0, 0, false);
         allReduceCheck(bf16, 65543, one, 0, 0, false);
         allReduceCheck(bf16, 65543, one, 2, 2, true);
-        for (Algorithm two : twoShots) {
+        for (Algorithm two : TWO_SHOTS) {
             for (long n : new long[] {5, 65543, 2 * (bank / 2) + 9}) allReduceCheck(bf16, n, two, 0, 0, false);
             allReduceCheck(bf16, MIB + 1, two, 2, 6, false);
             allReduceCheck(bf16, MIB + 9, two, 0, 0, true);
@@ -601,10 +600,7 @@ public final class CollectiveBench {
         stream.synchronize();
         // Compile the launch path before timing: interpreted, the host would be slower than the GPU at small sizes.
         for (int i = 0; i < JIT_WARMUP; i++) {
-            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.ONE_SHOT);
-            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PULL);
-            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PUSH);
-            coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, Algorithm.TWO_SHOT_PIPE);
+            for (Algorithm a : CONCRETE) coll.allReduce(src.pointer(), dst.pointer(), 2, DType.FLOAT32, stream, OP_TIMEOUT_NANOS, a);
         }
         coll.synchronize(stream);
         long bank = heap.layout().bankBytes();
@@ -619,7 +615,7 @@ public final class CollectiveBench {
                 double auto = time(start, end, count, Algorithm.AUTO);
                 times[TIMES * s] = auto;
                 times[TIMES * s + column(chosen)] = auto;
-                for (Algorithm a : List.of(Algorithm.ONE_SHOT, Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE)) {
+                for (Algorithm a : CONCRETE) {
                     if (a == chosen || (a == Algorithm.ONE_SHOT && bytes > bank)) continue;
                     times[TIMES * s + column(a)] = time(start, end, count, a);
                 }
@@ -701,7 +697,12 @@ public final class CollectiveBench {
         }
     }
 
-    private static final int TIMES = 5;
+    /** The two-shot variants, each checked, timed and fault-tested. */
+    private static final List<Algorithm> TWO_SHOTS = List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE);
+    /** Every algorithm with a column of its own ({@link #column}). */
+    private static final List<Algorithm> CONCRETE = List.of(Algorithm.ONE_SHOT, Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH,
+            Algorithm.TWO_SHOT_PIPE);
+    private static final int TIMES = 1 + CONCRETE.size();
 
     /** The column of an algorithm's time in a row of {@link #TIMES}: 1 one-shot, 2 pull, 3 push, 4 pipe. */
     private static int column(Algorithm a) {
@@ -776,7 +777,7 @@ public final class CollectiveBench {
         record Case(String name, CudaCollectives coll, Algorithm algorithm, long count) {}
         List<Case> cases = new ArrayList<>();
         cases.add(new Case("one-shot", coll, Algorithm.ONE_SHOT, FAULT_COUNT));
-        for (Algorithm a : List.of(Algorithm.TWO_SHOT_PULL, Algorithm.TWO_SHOT_PUSH, Algorithm.TWO_SHOT_PIPE)) {
+        for (Algorithm a : TWO_SHOTS) {
             SymmetricHeap h = SymmetricHeap.create(device, rank, world, FAULT_HEAP_BYTES, exchange, cfg.sharing());
             cases.add(new Case("two-shot " + label(a), CudaCollectives.create(h, kernels), a, FAULT_TWO_SHOT_COUNT));
         }

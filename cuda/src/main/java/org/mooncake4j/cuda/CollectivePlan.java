@@ -73,10 +73,15 @@ final class CollectivePlan {
         return Math.min(roundUp(target, v), bankElements);
     }
 
-    /** Blocks of a two-shot all-reduce: enough for one part of the first chunk. */
+    /**
+     * Blocks of a two-shot all-reduce (every variant): enough for one part of the first chunk (the
+     * pipelined variant: chunkElements = count), at most MOONCAKE_CUDA_AR_MAX_BLOCKS and never more
+     * than {@code limit} (one per SM: all blocks must be resident at once).
+     */
     static int twoShotBlocks(long count, long chunkElements, int elementBytes, int worldSize, int limit) {
         long len = Math.min(count, chunkElements);
-        return blocksFor(partElements(len, worldSize, vectorElements(elementBytes)) * elementBytes, AR_MAX_BLOCKS > 0 ? AR_MAX_BLOCKS : limit);
+        return blocksFor(partElements(len, worldSize, vectorElements(elementBytes)) * elementBytes,
+                AR_MAX_BLOCKS > 0 ? Math.min(AR_MAX_BLOCKS, limit) : limit);
     }
 
     /** Elements per part of a chunk of {@code len} cut into {@code worldSize} parts of whole vectors (device: ch.part). */
@@ -177,12 +182,6 @@ final class CollectivePlan {
      * slots fit one bank.
      */
     static final long PIPE_TILE_BYTES = (long) tunable("MOONCAKE_CUDA_AR_TILE_KIB", 16, 1, 1 << 14) << 10;
-
-    /** Blocks of a pipelined all-reduce: enough for one part, at most the limit (one per SM). */
-    static int pipeBlocks(long count, int elementBytes, int worldSize, int limit) {
-        return blocksFor(partElements(count, worldSize, vectorElements(elementBytes)) * elementBytes,
-                AR_MAX_BLOCKS > 0 ? Math.min(AR_MAX_BLOCKS, limit) : limit);
-    }
 
     /**
      * Elements per tile of a pipelined all-reduce of {@code count} over {@code blocks} blocks: {@link

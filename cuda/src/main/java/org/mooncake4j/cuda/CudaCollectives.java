@@ -14,9 +14,11 @@ import org.mooncake4j.core.DType;
  *     at one barrier, and sums every rank's copy itself;</li>
  * <li>two-shot all-reduce: each rank reduces 1/n of the message, then every rank gets the other ranks'
  *     reduced parts; messages larger than a heap bank, and large ones in general, go in pipelined
- *     chunks. Two variants: <em>pull</em> loads the peers' staged copies and reduced parts over
+ *     chunks. Three variants: <em>pull</em> loads the peers' staged copies and reduced parts over
  *     NVLink; <em>push</em> stores each part into its reducer's heap and each reduced part into every
- *     peer's heap, so every NVLink access is a store and every load is local
+ *     peer's heap, so every NVLink access is a store and every load is local; <em>pipe</em> moves
+ *     the bytes of push, but every block pipelines its own slice in small steps and waits only for
+ *     the peers' flags of its next step instead of a barrier per chunk
  *     ({@link TwoShotVariant}, {@value #TWO_SHOT_PROPERTY} / {@value #TWO_SHOT_ENV});</li>
  * <li>all-gather (push): each rank stores its input into every peer's heap (one slot per source
  *     rank), then copies its slots into the output locally; pipelined in chunks, any size and
@@ -88,7 +90,7 @@ public final class CudaCollectives implements AutoCloseable {
         /** {@link Algorithm#TWO_SHOT_PIPE}. */
         PIPE;
 
-        /** {@code pull}, {@code push} or {@code auto} (any case; null or blank: auto). */
+        /** {@code pull}, {@code push}, {@code pipe} or {@code auto} (any case; null or blank: auto). */
         public static TwoShotVariant parse(String setting) {
             if (setting == null || setting.isBlank()) return AUTO;
             return switch (setting.trim().toLowerCase(java.util.Locale.ROOT)) {
@@ -289,12 +291,20 @@ public final class CudaCollectives implements AutoCloseable {
             case TWO_SHOT -> twoShotFor(count * es);
             default -> algorithm;
         };
+        if (a == Algorithm.TWO_SHOT_PIPE) {
+            int blocks = CollectivePlan.twoShotBlocks(count, count, es, worldSize, blocksLimit);
+            long tile = CollectivePlan.pipeTileElements(count, es, worldSize, blocks, bankBytes);
+            if (tile > 0) {
+                long steps = CollectivePlan.pipeSteps(count, es, worldSize, blocks, tile);
+                launch(f32 ? pipeF32 : pipeBf16, stream, blocks, src, dst, backup, count, tile, steps + 1, 1, timeoutNanos);
+                return;
+            }
+            a = Algorithm.TWO_SHOT_PUSH;   // not even one vector per tile fits this heap's bank
+        }
         if (a == Algorithm.ONE_SHOT) {
             launch(f32 ? oneShotF32 : oneShotBf16, stream, CollectivePlan.oneShotBlocks(count, es, blocksLimit), src, dst,
                     backup, count, 0, 1, 1, timeoutNanos);
-        } else if (a == Algorithm.TWO_SHOT_PIPE && pipe(f32, src, dst, backup, count, es, stream, timeoutNanos)) {
-            return;
-        } else if (a == Algorithm.TWO_SHOT_PUSH || a == Algorithm.TWO_SHOT_PIPE) {
+        } else if (a == Algorithm.TWO_SHOT_PUSH) {
             long chunk = CollectivePlan.pushChunkElements(count, es, bankBytes, worldSize);
             long chunks = CollectivePlan.ceilDiv(count, chunk);
             launch(f32 ? pushF32 : pushBf16, stream, CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit),
@@ -306,19 +316,6 @@ public final class CudaCollectives implements AutoCloseable {
                     CollectivePlan.twoShotBlocks(count, chunk, es, worldSize, blocksLimit), src, dst, backup, count, chunk,
                     2 * chunks, chunks, timeoutNanos);
         }
-    }
-
-    /**
-     * Launches the pipelined all-reduce; false (nothing queued) when its tiles do not fit this heap's
-     * bank, for the push variant to run instead.
-     */
-    private boolean pipe(boolean f32, long src, long dst, long backup, long count, int es, CudaStream stream, long timeoutNanos) {
-        int blocks = CollectivePlan.pipeBlocks(count, es, worldSize, blocksLimit);
-        long tile = CollectivePlan.pipeTileElements(count, es, worldSize, blocks, bankBytes);
-        if (tile <= 0) return false;
-        long steps = CollectivePlan.pipeSteps(count, es, worldSize, blocks, tile);
-        launch(f32 ? pipeF32 : pipeBf16, stream, blocks, src, dst, backup, count, tile, steps + 1, 1, timeoutNanos);
-        return true;
     }
 
     /**

@@ -343,7 +343,7 @@ class CollectivePlanTest {
             }
             SymmetricHeap.Layout layout = SymmetricHeap.Layout.of(257 * MIB);
             String what = "n=" + count + ", " + es + "-byte elements, " + world + " ranks, limit " + limit;
-            int blocks = CollectivePlan.pipeBlocks(count, es, world, limit);
+            int blocks = CollectivePlan.twoShotBlocks(count, count, es, world, limit);
             assertThat(blocks).as(what).isBetween(1, limit);
             long tile = CollectivePlan.pipeTileElements(count, es, world, blocks, layout.bankBytes());
             int v = CollectivePlan.vectorElements(es);
@@ -397,7 +397,7 @@ class CollectivePlanTest {
                 }
             }
         }
-        assertThat(CollectivePlan.pipeBlocks(512 * MIB, 4, 4, 132)).isEqualTo(132);
+        assertThat(CollectivePlan.twoShotBlocks(512 * MIB, 512 * MIB, 4, 4, 132)).isEqualTo(132);
         // a bank too small for one vector per tile: no pipe on that heap
         assertThat(CollectivePlan.pipeTileElements(MIB, 4, 8, 132, 4096)).isZero();
     }

@@ -424,24 +424,44 @@ public final class PgWorker {
      * Prints when the membership changed and goes on for 100 more iterations over the survivors.
      */
     private void killLoop() {
+        try (Tensor t = Tensor.of(new float[2])) {
+            loopThroughKill(100, 200, iter -> {
+                t.setDouble(0, rank + 1);
+                t.setDouble(1, 2 * (rank + 1));
+                pg.allReduce(t, ReduceOp.SUM);
+            }, (iter, want, covered) -> {
+                float[] got = t.toFloatArray();
+                if (got[0] != want || got[1] != 2 * want) fail("iteration " + iter + " got " + Arrays.toString(got) + " want " + want + " mask " + Arrays.toString(covered));
+            });
+        }
+    }
+
+    /** One iteration's check of a kill loop: {@code want} is the sum of ranks + 1 over {@code covered}. */
+    private interface KillCheck {
+        void check(long iter, float want, int[] covered);
+    }
+
+    /**
+     * The kill loops: prints READY, then runs {@code reduce} (which all-reduces) and {@code check} with
+     * the sum over the mask the result covers (the old mask when this rank's operation succeeded
+     * locally, else the new one), until {@code stepsAfterDrop} iterations after this rank learnt of a
+     * dropped peer; prints ITER every {@code printEvery} iterations, then the RESULT mask and the digest.
+     */
+    private void loopThroughKill(int stepsAfterDrop, int printEvery, java.util.function.LongConsumer reduce, KillCheck check) {
         System.out.println("READY");
         long iter = 0, after = -1;
         int[] mask = pg.activeRanks().toIntArray();
-        while (after < 100) {
-            try (Tensor t = Tensor.of(new float[] {rank + 1, 2 * (rank + 1)})) {
-                pg.allReduce(t, ReduceOp.SUM);
-                int[] now = pg.activeRanks().toIntArray();
-                int[] covered = pg.lastLocalSuccess() ? mask : now;
-                float want = rankSum(covered);
-                float[] got = t.toFloatArray();
-                if (got[0] != want || got[1] != 2 * want) fail("iteration " + iter + " got " + Arrays.toString(got) + " want " + want + " mask " + Arrays.toString(covered));
-                checks++;
-                if (reportedDrop()) after = 0;
-                if (after >= 0) after++;
-                mask = now;
-                iter++;
-                if (iter % 200 == 0) System.out.println("ITER " + iter);
-            }
+        while (after < stepsAfterDrop) {
+            reduce.accept(iter);
+            int[] now = pg.activeRanks().toIntArray();
+            int[] covered = pg.lastLocalSuccess() ? mask : now;
+            check.check(iter, rankSum(covered), covered);
+            checks++;
+            if (reportedDrop()) after = 0;
+            if (after >= 0) after++;
+            mask = now;
+            iter++;
+            if (iter % printEvery == 0) System.out.println("ITER " + iter);
         }
         System.out.println("RESULT mask=" + Arrays.toString(pg.activeRanks().toIntArray()));
         digest(pg.activeRanks());
@@ -513,33 +533,23 @@ public final class PgWorker {
 
     /** Like {@link #killLoop} with 1 MiB all-reduces over a registered tensor: a peer dies mid-operation. */
     private void killRegistered() {
-        System.out.println("READY");
-        long iter = 0, after = -1;
-        int[] mask = pg.activeRanks().toIntArray();
         long count = 262_144;
         try (Tensor t = pg.allocate(DType.FLOAT32, count)) {
-            while (after < 30) {
+            loopThroughKill(30, 50, iter -> {
                 float v = (rank + 1) * (float) (iter % 7 + 1);
                 for (long i = 0; i < count; i += 4099) t.setDouble(i, v);
                 t.setDouble(count - 1, v);
                 pg.allReduce(t, ReduceOp.SUM);
-                int[] now = pg.activeRanks().toIntArray();
-                float want = rankSum(pg.lastLocalSuccess() ? mask : now) * (float) (iter % 7 + 1);
+            }, (iter, sum, covered) -> {
+                float want = sum * (float) (iter % 7 + 1);
                 for (long i = 0; i < count; i += 4099) {
-                    if (t.getDouble(i) != want) fail("iteration " + iter + " element " + i + " got " + t.getDouble(i) + " want " + want + " mask " + Arrays.toString(mask) + " -> " + Arrays.toString(now));
+                    if (t.getDouble(i) != want) fail("iteration " + iter + " element " + i + " got " + t.getDouble(i) + " want " + want + " mask " + Arrays.toString(covered));
                 }
                 if (t.getDouble(count - 1) != want) fail("iteration " + iter + " last element got " + t.getDouble(count - 1) + " want " + want);
-                checks++;
-                if (reportedDrop()) after = 0;
-                if (after >= 0) after++;
-                mask = now;
-                iter++;
-                if (iter % 50 == 0) System.out.println("ITER " + iter);
-            }
+            });
         }
-        System.out.println("RESULT mask=" + Arrays.toString(pg.activeRanks().toIntArray()));
-        digest(pg.activeRanks());
     }
+
     /** 1 + 2 + ... over the ranks set in {@code mask}: what the kill loops' all-reduce sums to. */
     private static float rankSum(int[] mask) {
         float sum = 0;
