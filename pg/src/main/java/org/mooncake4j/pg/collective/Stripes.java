@@ -34,6 +34,11 @@ final class Stripes implements AutoCloseable {
     private volatile Thread caller;
     private volatile Throwable failure;
     private final AtomicInteger pending = new AtomicInteger();
+    /**
+     * How long the caller waits for the other stripes of a run: they only copy and reduce memory this
+     * process has mapped, so past this a worker thread is stuck (or starved) and nothing can recover.
+     */
+    private static final long STRIPE_DEADLINE_NANOS = 60_000_000_000L;
 
     Stripes(int threads, String name) {
         workers = new Thread[Math.max(0, threads - 1)];
@@ -51,6 +56,10 @@ final class Stripes implements AutoCloseable {
             t.run(0, 1);
             return;
         }
+        if (closed) {
+            throw new IllegalStateException("the stripe threads of this rank are closed (closed with their group, or stuck in an"
+                    + " earlier all-reduce): set MOONCAKE_CPU_THREADS=1 to reduce on the operation thread alone");
+        }
         n = Math.min(n, threads());
         task = t;
         failure = null;
@@ -61,15 +70,31 @@ final class Stripes implements AutoCloseable {
         try {
             t.run(0, n);
         } finally {
-            int spins = 0;
-            while (pending.get() != 0) {
-                if (++spins < 20_000) Thread.onSpinWait();
-                else LockSupport.parkNanos(this, 50_000);
-            }
+            awaitWorkers();
         }
         Throwable f = failure;
         if (f instanceof RuntimeException r) throw r;
         if (f instanceof Error e) throw e;
+    }
+
+    private void awaitWorkers() {
+        int spins = 0;
+        long start = 0;
+        while (pending.get() != 0) {
+            if (++spins < 20_000) {
+                Thread.onSpinWait();
+                continue;
+            }
+            if (start == 0) start = System.nanoTime();
+            if (System.nanoTime() - start > STRIPE_DEADLINE_NANOS) {
+                closed = true;   // a late worker may still run this task: no further run may share it
+                throw new IllegalStateException(pending.get() + " of the " + (threads() - 1) + " stripe threads of this rank ("
+                        + workers[0].getName() + "...) did not finish their part of a large all-reduce within "
+                        + STRIPE_DEADLINE_NANOS / 1_000_000_000L + " s: they are stuck or starved of CPU. Their thread dump shows where;"
+                        + " set MOONCAKE_CPU_THREADS=1 to reduce on the operation thread alone");
+            }
+            LockSupport.parkNanos(this, 50_000);
+        }
     }
 
     private void loop(int stripe) {
