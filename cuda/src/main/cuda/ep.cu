@@ -25,10 +25,16 @@
 //                       HostEpPath.quantizeRow). Last, the block's threads load the message 16 bytes at
 //                       a time (from the message buffer, or from x for bf16) and store each 16 bytes into
 //                       staging (e % L, this rank, i) of every rank r the token goes to (the header's
-//                       top-k slot set per destination). The
-//                       last block to finish (a fenced block counter) stores the per-expert counts into
-//                       every active rank's counts[this rank], records the ranks sent to (sent_to[seq &
-//                       1]) and release-stores seq into its dispatch word of every active rank.
+//                       top-k slot set per destination).
+//                       Table mode (table = 1, when it fits in shared memory: TableLayout below): every
+//                       block first copies the whole top-k table into shared memory as int16 ids with
+//                       the slots that do not send set to -1, and takes the rows from there; the
+//                       message is built in shared memory; block 0 counts the rows per expert and stores
+//                       the counts into every active rank's counts[this rank], and the ranks sent to
+//                       (sent_to[seq & 1]), before its tokens. Otherwise the warps scan the table in
+//                       global memory, count with atomics, and the last block stores the counts and
+//                       sent_to. Either way the last block to finish (a fenced block counter)
+//                       release-stores seq into its dispatch word of every active rank.
 //   ep_dispatch_recv    every block first agrees on the arrived sources (wait_decide below), then the
 //                       grid copies the arrived rows, two warps per row: the rows of expert j are the
 //                       arrived sources' rows in rank order, each source's rows in token order. Rows go
@@ -53,6 +59,9 @@
 // deadline. The deciding block sets the late sources to 0 in activeRanks (device memory) and reports
 // {seq, missing-rank mask} in the host-mapped status slot. No block waits for another block of its
 // grid, so the kernels need no co-residency.
+//
+// Profiling (-Dmooncake4j.ep.profile=true): every kernel also takes a stamps pointer (null otherwise)
+// and adds the %globaltimer time from block 0's start to numbered points (stamp() below).
 //
 // The receive kernels end with the last block release-storing a host ticket into host-mapped memory
 // (when the host passed one); the host polls it with a deadline instead of blocking in the driver.
@@ -139,16 +148,19 @@ __device__ __forceinline__ void warp_copy(uint8_t* dst, const uint8_t* src, uint
         const uint4* s = reinterpret_cast<const uint4*>(src);
         uint4* d = reinterpret_cast<uint4*>(dst);
         const uint64_t n = bytes / 16;
-        uint64_t v = lane;
-        // four loads in flight per lane before their stores
-        for (; v + 96 < n; v += 128) {
-            const uint4 a = __ldcg(s + v), b = __ldcg(s + v + 32), c = __ldcg(s + v + 64), e = __ldcg(s + v + 96);
-            d[v] = a;
-            d[v + 32] = b;
-            d[v + 64] = c;
-            d[v + 96] = e;
+        // up to eight loads in flight per lane before their stores (a row part is one round)
+        constexpr int kInFlight = 8;
+        for (uint64_t v0 = lane; v0 < n; v0 += 32 * kInFlight) {
+            uint4 r[kInFlight];
+#pragma unroll
+            for (int i = 0; i < kInFlight; ++i) {
+                if (v0 + 32 * i < n) r[i] = __ldcg(s + v0 + 32 * i);
+            }
+#pragma unroll
+            for (int i = 0; i < kInFlight; ++i) {
+                if (v0 + 32 * i < n) d[v0 + 32 * i] = r[i];
+            }
         }
-        for (; v < n; v += 32) d[v] = __ldcg(s + v);
     } else {
         for (uint64_t b = lane; b < bytes; b += 32) dst[b] = __ldcg(src + b);
     }
@@ -163,25 +175,50 @@ __device__ __forceinline__ void warp_copy_part(uint8_t* dst, const uint8_t* src,
 }
 
 // The last block of a launch to get here returns true (after every block's stores are fenced); it
-// resets the counter for the next launch. Every thread of every block must call it.
+// resets the counter for the next launch. Every thread of every block must call it. One thread per
+// block fences: the barrier orders the other threads' stores before its fence, which is cumulative,
+// so the block's stores are visible system-wide before its arrival is counted (one system fence per
+// block, not one per warp).
 __device__ bool last_block(uint32_t* counter) {
     __shared__ bool last;
-    __threadfence_system();
     __syncthreads();
     if (threadIdx.x == 0) {
+        __threadfence_system();
         const uint32_t done = atomicAdd(counter, 1u);
         last = done == gridDim.x - 1;
-        if (last) *counter = 0;
+        if (last) {
+            *counter = 0;
+            __threadfence_system();
+        }
     }
     __syncthreads();
-    if (last) __threadfence_system();
     return last;
 }
 
+// Profiling (stamps != null, -Dmooncake4j.ep.profile=true): per kernel kind, stamps[0] = when block 0
+// started the latest launch, stamps[1] = launches, stamps[2..7] = sums of the time from that start to
+// numbered points of the kernel (%globaltimer ns; CudaEpPath.profileReport names them).
+__device__ __forceinline__ void stamp_begin(uint64_t* stamps) {
+    if (stamps != nullptr && blockIdx.x == 0 && threadIdx.x == 0) {
+        stamps[0] = global_timer_ns();
+        stamps[1] += 1;
+    }
+}
+
+// Point `i` as seen by the calling block (thread 0 adds): call it from block 0, or from the last block.
+__device__ __forceinline__ void stamp(uint64_t* stamps, int i) {
+    if (stamps != nullptr && threadIdx.x == 0) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(stamps + i),
+                  static_cast<unsigned long long>(global_timer_ns() - *reinterpret_cast<volatile uint64_t*>(stamps)));
+    }
+}
+
 // After the kernel's work: the last block release-stores `ticket` into the host-mapped done word.
-__device__ void finish_ticket(uint32_t* counter, uint64_t* done_word, uint64_t ticket) {
+__device__ void finish_ticket(uint32_t* counter, uint64_t* done_word, uint64_t ticket, uint64_t* stamps) {
     if (ticket == 0) return;
-    if (last_block(counter) && threadIdx.x == 0) store_release_sys(done_word, ticket);
+    if (!last_block(counter)) return;
+    stamp(stamps, 5);
+    if (threadIdx.x == 0) store_release_sys(done_word, ticket);
 }
 
 // Whether token row `sel` (K entries) selects e in a slot before k.
@@ -210,31 +247,35 @@ __device__ int row_index(const int64_t* topk, int t, int K, int64_t e, int lane)
     return n;
 }
 
-// Quantizes scale blocks b0 (lanes 0-15) and b0 + 1 (lanes 16-31) of token row x (H bf16) into data
-// (H bytes) and scales (H / 128 floats), 8 channels a lane. Called by all lanes of a warp.
-__device__ void quantize_pair(const uint16_t* x, int blocks, uint8_t* data, float* scales, int b0, int lane, bool vec) {
+// Loads this lane's 8 channels of scale blocks b0 (lanes 0-15) and b0 + 1 (lanes 16-31) of token row x
+// (H bf16) as floats (zeros past the last block). Called by all lanes of a warp.
+__device__ __forceinline__ void load_pair(const uint16_t* x, int blocks, int b0, int lane, bool vec, float v[8]) {
+    const int b = b0 + (lane >> 4);
+    const int c = b * kScaleChannels + (lane & 15) * 8;
+    if (b >= blocks) {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = 0.0f;
+    } else if (vec) {
+        const uint4 raw = *reinterpret_cast<const uint4*>(x + c);
+        const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+        for (int i = 0; i < 4; ++i) {
+            v[2 * i] = bf16_bits_to_float(w[i]);
+            v[2 * i + 1] = bf16_bits_to_float(w[i] >> 16);
+        }
+    } else {
+#pragma unroll
+        for (int i = 0; i < 8; ++i) v[i] = bf16_bits_to_float(x[c + i]);
+    }
+}
+
+// Quantizes the channels load_pair loaded for b0 into data (H bytes) and scales (H / 128 floats), 8
+// channels a lane. Called by all lanes of a warp.
+__device__ void quantize_pair(const float v[8], int blocks, uint8_t* data, float* scales, int b0, int lane, bool vec) {
     const int half = lane >> 4, sub = lane & 15;
     const int b = b0 + half;
     const bool on = b < blocks;
     const int c = b * kScaleChannels + sub * 8;
-    float v[8];
-    if (on) {
-        if (vec) {
-            const uint4 raw = *reinterpret_cast<const uint4*>(x + c);
-            const uint32_t w[4] = {raw.x, raw.y, raw.z, raw.w};
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                v[2 * i] = bf16_bits_to_float(w[i]);
-                v[2 * i + 1] = bf16_bits_to_float(w[i] >> 16);
-            }
-        } else {
-#pragma unroll
-            for (int i = 0; i < 8; ++i) v[i] = bf16_bits_to_float(x[c + i]);
-        }
-    } else {
-#pragma unroll
-        for (int i = 0; i < 8; ++i) v[i] = 0.0f;
-    }
     float amax = 0.0f;
 #pragma unroll
     for (int i = 0; i < 8; ++i) amax = java_max(amax, fabsf(v[i]));
@@ -373,6 +414,36 @@ __device__ __forceinline__ uint64_t payload_offset(int src, int t, int R, int L,
     return ((static_cast<uint64_t>(L - 1) * R + src) * M + t) * msg_bytes;
 }
 
+// Table mode of ep_dispatch_send: its dynamic shared memory holds the top-k table as int16 expert ids
+// [N][K], then the FP8 message being built, then (block 0) int32 row counts [E]. The host sizes it with
+// the same arithmetic (CudaEpPath.sendTableBytes).
+struct TableLayout {
+    uint64_t message;
+    uint64_t counts;
+    uint64_t bytes;
+};
+
+__device__ __forceinline__ TableLayout table_layout(int N, int K, int64_t E, uint64_t msg_bytes) {
+    TableLayout l;
+    l.message = (2ull * N * K + 15) & ~15ull;
+    l.counts = l.message + ((msg_bytes + 15) & ~15ull);
+    l.bytes = l.counts + 4ull * E;
+    return l;
+}
+
+// row_index over the shared top-k table (ids already -1 for slots that do not send). All lanes of a warp.
+__device__ int row_index_table(const int16_t* ids, int t, int K, int16_t e, int lane) {
+    int n = 0;
+    for (int u = lane; u < t; u += 32) {
+        const int16_t* sel = ids + u * K;
+        bool hit = false;
+        for (int q = 0; q < K; ++q) hit |= sel[q] == e;
+        n += hit;
+    }
+    for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
+    return n;
+}
+
 struct Row {
     int j;     // local expert
     int p;     // packed row within the expert's block
@@ -414,10 +485,11 @@ extern "C" __global__ void __launch_bounds__(512)
 ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, const uint64_t* heaps, uint64_t ep_base,
                  int rank, int R, int L, int N, int K, int H, int M, int fp8, uint64_t seq, uint64_t counts_off,
                  uint64_t staging_off, uint64_t msg_bytes, int* send_count, int* sent_to, uint32_t* block_counter,
-                 uint8_t* qbuf, int dedup) {
+                 uint8_t* qbuf, int dedup, int table, uint64_t* stamps) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     constexpr int kSlots = 64;
+    extern __shared__ __align__(16) uint8_t dyn[];   // table mode: see table_layout
     __shared__ int s_row[kSlots];        // per top-k slot: its row i at the destination (-1: not sent) ...
     __shared__ int s_rank[kSlots];       // ... the destination rank ...
     __shared__ uint4* s_dst[kSlots];     // ... and where its message (dedup: its header) goes
@@ -430,24 +502,76 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     const uint64_t units = fp8 ? (kHeader + static_cast<uint64_t>(H) + 4ull * blocks + 15) / 16 : msg_bytes / 16;
     const bool vec_x = aligned16(x) && (H & 7) == 0;
     const uint4 seq_bits = make_uint4(0, 0, static_cast<uint32_t>(seq), static_cast<uint32_t>(seq >> 32));
+    stamp_begin(stamps);
+    const TableLayout tl = table_layout(N, K, E, msg_bytes);
+    int16_t* ids = reinterpret_cast<int16_t*>(dyn);
+    if (table) {
+        // every block reads the whole top-k table once: ids[t][k] = the expert slot k sends to, or -1
+        // (masked, out of range, rank inactive, or selected in an earlier slot of the token)
+        for (int q = threadIdx.x; q < N * K; q += blockDim.x) {
+            const int64_t e = topk[q];
+            ids[q] = static_cast<int16_t>(e >= 0 && e < E && active[e / L] != 0 ? e : -1);
+        }
+        __syncthreads();
+        for (int q0 = 0; q0 < N * K; q0 += blockDim.x) {
+            const int q = q0 + threadIdx.x;
+            bool dup = false;
+            if (q < N * K && ids[q] >= 0) {
+                const int t = q / K;
+                for (int p = t * K; p < q; ++p) dup |= ids[p] == ids[q];
+            }
+            __syncthreads();
+            if (dup) ids[q] = -1;
+            __syncthreads();
+        }
+        __syncthreads();
+        if (blockIdx.x == 0) {
+            // block 0 stores the per-expert row counts and the ranks sent to now, off the kernel's tail
+            // (they are fenced with its data in last_block, before any release below)
+            int* cnt = reinterpret_cast<int*>(dyn + tl.counts);
+            for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
+            __syncthreads();
+            for (int q = threadIdx.x; q < N * K; q += blockDim.x) {
+                if (ids[q] >= 0) atomicAdd(cnt + ids[q], 1);
+            }
+            __syncthreads();
+            for (int64_t e = threadIdx.x; e < E; e += blockDim.x) {
+                const int r = static_cast<int>(e / L);
+                if (active[r] != 0) reinterpret_cast<int*>(base_of(heaps, r, ep_base) + counts_off)[rank * L + e % L] = cnt[e];
+            }
+            for (int r = threadIdx.x; r < R; r += blockDim.x) sent_to[(seq & 1) * R + r] = active[r] != 0;
+        }
+    }
+    if (blockIdx.x == 0) stamp(stamps, 2);
     for (int t = blockIdx.x; t < N; t += gridDim.x) {
         const int64_t* sel = topk + static_cast<int64_t>(t) * K;
         const uint16_t* row = x + static_cast<int64_t>(t) * H;
-        uint8_t* q = qbuf + static_cast<uint64_t>(t) * msg_bytes;
+        uint8_t* q = table ? dyn + tl.message : qbuf + static_cast<uint64_t>(t) * msg_bytes;
         if (fp8) {
-            for (int b0 = 2 * warp; b0 < blocks; b0 += 2 * nwarps) {
-                quantize_pair(row, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
+            // two pairs of scale blocks per warp and round, both loaded before either is quantized
+            for (int b0 = 2 * warp; b0 < blocks; b0 += 4 * nwarps) {
+                float va[8], vb[8];
+                load_pair(row, blocks, b0, lane, vec_x, va);
+                load_pair(row, blocks, b0 + 2 * nwarps, lane, vec_x, vb);
+                quantize_pair(va, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
+                quantize_pair(vb, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0 + 2 * nwarps, lane, vec_x);
             }
         }
         for (int k0 = 0; k0 < K; k0 += kSlots) {
             const int kn = min(kSlots, K - k0);
             for (int kk = warp; kk < kn; kk += nwarps) {
                 const int k = k0 + kk;
-                const int64_t e = sel[k];
+                int64_t e;
                 int i = -1;
-                if (e >= 0 && e < E && !selected_before(sel, k, e) && active[e / L] != 0) {
-                    i = row_index(topk, t, K, e, lane);
-                    if (lane == 0) atomicAdd(send_count + e, 1);
+                if (table) {
+                    e = ids[t * K + k];
+                    if (e >= 0) i = row_index_table(ids, t, K, static_cast<int16_t>(e), lane);
+                } else {
+                    e = sel[k];
+                    if (e >= 0 && e < E && !selected_before(sel, k, e) && active[e / L] != 0) {
+                        i = row_index(topk, t, K, e, lane);
+                        if (lane == 0) atomicAdd(send_count + e, 1);
+                    }
                 }
                 if (lane == 0) {
                     s_row[kk] = i;
@@ -461,6 +585,7 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                 }
             }
             __syncthreads();   // the slots' rows and the quantized message are complete
+            if (blockIdx.x == 0 && t == 0 && k0 == 0) stamp(stamps, 3);
             // the messages: one per row, or (dedup) one per destination rank into its payload slot
             if (threadIdx.x == 0) {
                 int n = 0;
@@ -510,9 +635,11 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
             __syncthreads();   // before s_row and the message buffer are reused
         }
     }
+    if (blockIdx.x == 0) stamp(stamps, 4);
     if (!last_block(block_counter)) return;
+    stamp(stamps, 5);
     int* sent = sent_to + (seq & 1) * R;
-    for (int64_t q = threadIdx.x; q < E; q += blockDim.x) {
+    for (int64_t q = threadIdx.x; q < E && !table; q += blockDim.x) {
         const int r = static_cast<int>(q / L);
         const int c = __ldcg(send_count + q);
         if (active[r] != 0) {
@@ -520,14 +647,18 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
         }
         send_count[q] = 0;
     }
-    for (int r = threadIdx.x; r < R; r += blockDim.x) sent[r] = active[r] != 0;
-    __syncthreads();
-    __threadfence_system();
+    if (!table) {
+        for (int r = threadIdx.x; r < R; r += blockDim.x) sent[r] = active[r] != 0;
+        __syncthreads();
+        if (threadIdx.x == 0) __threadfence_system();   // cumulative over the block's count stores (barrier above)
+        __syncthreads();
+    }
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
         if (active[r] != 0) {
             store_release_sys(reinterpret_cast<uint64_t*>(base_of(heaps, r, ep_base) + static_cast<uint64_t>(rank) * kLine), seq);
         }
     }
+    stamp(stamps, 6);
 }
 
 // Dynamic shared memory: 4 * (L * R + L + 1) bytes.
@@ -535,13 +666,15 @@ extern "C" __global__ void __launch_bounds__(512)
 ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
                  uint64_t seq, uint64_t counts_off, uint64_t recv_count_off, uint64_t staging_off, uint64_t msg_bytes,
                  uint64_t recv_x_off, uint64_t scales_off, uint64_t* error, unsigned long long* decision, uint64_t timeout_ns,
-                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket, int dedup) {
+                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket, int dedup, uint64_t* stamps) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     extern __shared__ int smem[];
     int* cnt = smem;            // [L][R]
     int* off = smem + L * R;    // [L + 1]
+    stamp_begin(stamps);
     const uint32_t mask = wait_decide(own, 0, R, active, nullptr, seq, timeout_ns, decision, wait_status);
+    if (blockIdx.x == 0) stamp(stamps, 2);
     const int* counts = reinterpret_cast<const int*>(own + counts_off);
     for (int q = threadIdx.x; q < L * R; q += blockDim.x) {
         const int j = q / R, s = q % R;
@@ -558,6 +691,7 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
     }
     expert_offsets(cnt, R, L, off);
     if (blockIdx.x == 0) {
+        stamp(stamps, 3);
         for (int j = threadIdx.x; j < L; j += blockDim.x) reinterpret_cast<int*>(own + recv_count_off)[j] = off[j + 1] - off[j];
     }
     const uint64_t data_bytes = fp8 ? static_cast<uint64_t>(H) : 2ull * H;
@@ -596,21 +730,27 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
             for (int b = lane; b < blocks; b += 32) s_out[b] = __ldcg(s_in + b);
         }
     });
-    finish_ticket(block_counter, done_word, ticket);
+    if (blockIdx.x == 0) {
+        __syncthreads();
+        stamp(stamps, 4);
+    }
+    finish_ticket(block_counter, done_word, ticket, stamps);
 }
 
 // y: bf16 [L][R*M][H], the expert outputs in recvX's row order. Dynamic shared memory: 4 * (L * R + L + 1) bytes.
-extern "C" __global__ void __launch_bounds__(512)
+extern "C" __global__ void __launch_bounds__(512, 2)
 ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uint64_t ep_base, int rank, int R, int L,
                 int M, int H, uint64_t seq, const int* used, const int* row_src_token, uint64_t combine_recv_off,
-                uint32_t* block_counter) {
+                uint32_t* block_counter, uint64_t* stamps) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     extern __shared__ int smem[];
     int* cnt = smem;
     int* off = smem + L * R;
+    stamp_begin(stamps);
     for (int q = threadIdx.x; q < L * R; q += blockDim.x) cnt[q] = __ldcg(used + q);
     expert_offsets(cnt, R, L, off);
+    if (blockIdx.x == 0) stamp(stamps, 3);
     const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
     constexpr int kParts = 4;   // warps per row
     for_each_row_part<kParts>(cnt, off, R, L, [&](const Row& at, int part, int lane) {
@@ -621,24 +761,33 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
         uint8_t* dst = base_of(heaps, at.src, ep_base) + combine_recv_off + (expert * M + token) * 2ull * H;
         warp_copy_part(dst, reinterpret_cast<const uint8_t*>(y + row * H), 2ull * H, part, kParts, lane);
     });
+    if (blockIdx.x == 0) {
+        __syncthreads();
+        stamp(stamps, 4);
+    }
     if (!last_block(block_counter)) return;
+    stamp(stamps, 5);
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
         if (active[r] != 0) {
             store_release_sys(reinterpret_cast<uint64_t*>(base_of(heaps, r, ep_base) + static_cast<uint64_t>(R + rank) * kLine), seq);
         }
     }
+    stamp(stamps, 6);
 }
 
-extern "C" __global__ void __launch_bounds__(512)
+extern "C" __global__ void __launch_bounds__(512, 2)
 ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, int* active, const int* sent_to,
                 uint16_t* out, int N, int K, int R, int L, int M, int H, uint64_t combine_recv_off, uint64_t seq,
                 unsigned long long* decision, uint64_t timeout_ns, uint64_t* wait_status, uint32_t* block_counter,
-                uint64_t* done_word, uint64_t ticket) {
+                uint64_t* done_word, uint64_t ticket, uint64_t* stamps) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
+    stamp_begin(stamps);
     const uint32_t mask = wait_decide(own, R, R, active, sent_to, seq, timeout_ns, decision, wait_status);
+    if (blockIdx.x == 0) stamp(stamps, 2);
     const int64_t E = static_cast<int64_t>(R) * L;
     const uint8_t* rows = own + combine_recv_off;
+    constexpr int kBatch = 8;
     if ((H & 7) == 0 && aligned16(out) && aligned16(rows)) {
         const uint64_t h8 = static_cast<uint64_t>(H) / 8;
         for (uint64_t w = thread_index(); w < static_cast<uint64_t>(N) * h8; w += thread_count()) {
@@ -649,16 +798,30 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             float acc[8];
 #pragma unroll
             for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-            for (int k = 0; k < K; ++k) {
-                const int64_t e = sel[k];
-                if (e < 0 || e >= E || ((mask >> (e / L)) & 1u) == 0) continue;
-                const float wk = wt[k];
-                const uint4 raw = __ldcg(reinterpret_cast<const uint4*>(rows + (static_cast<uint64_t>(e) * M + t) * 2ull * H + 2 * c));
-                const uint32_t v[4] = {raw.x, raw.y, raw.z, raw.w};
+            // the rows of up to kBatch slots are loaded before any is summed (one memory latency per
+            // batch instead of one per slot); the sum still runs in slot order
+            for (int k0 = 0; k0 < K; k0 += kBatch) {
+                uint4 raw[kBatch];
+                float wk[kBatch];
+                bool on[kBatch];
 #pragma unroll
-                for (int i = 0; i < 4; ++i) {
-                    acc[2 * i] = __fadd_rn(acc[2 * i], __fmul_rn(wk, bf16_bits_to_float(v[i])));
-                    acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], __fmul_rn(wk, bf16_bits_to_float(v[i] >> 16)));
+                for (int b = 0; b < kBatch; ++b) {
+                    const int k = k0 + b;
+                    const int64_t e = k < K ? sel[k] : -1;
+                    on[b] = e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0;
+                    wk[b] = on[b] ? wt[k] : 0.0f;
+                    raw[b] = on[b] ? __ldcg(reinterpret_cast<const uint4*>(rows + (static_cast<uint64_t>(e) * M + t) * 2ull * H + 2 * c))
+                                   : make_uint4(0, 0, 0, 0);
+                }
+#pragma unroll
+                for (int b = 0; b < kBatch; ++b) {
+                    if (!on[b]) continue;
+                    const uint32_t v[4] = {raw[b].x, raw[b].y, raw[b].z, raw[b].w};
+#pragma unroll
+                    for (int i = 0; i < 4; ++i) {
+                        acc[2 * i] = __fadd_rn(acc[2 * i], __fmul_rn(wk[b], bf16_bits_to_float(v[i])));
+                        acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], __fmul_rn(wk[b], bf16_bits_to_float(v[i] >> 16)));
+                    }
                 }
             }
             uint4 packed;
@@ -683,7 +846,11 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             out[static_cast<uint64_t>(t) * H + c] = static_cast<uint16_t>(float_to_bf16_bits(acc));
         }
     }
-    finish_ticket(block_counter, done_word, ticket);
+    if (blockIdx.x == 0) {
+        __syncthreads();
+        stamp(stamps, 4);
+    }
+    finish_ticket(block_counter, done_word, ticket, stamps);
 }
 
 extern "C" __global__ void ep_host_signal(uint64_t* word, uint64_t value) {

@@ -53,6 +53,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
     // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}
     private static final long ERROR = 8, ERROR_DETAIL = 16, WAIT_STATUS = 64;
+    /** Profiling: per kernel kind, 8 u64 of device memory (see stamp() in ep.cu). */
+    static final int STAMP_WORDS = 8;
 
     final CudaDevice device;
     final Device tensorDevice;
@@ -67,6 +69,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     private final PinnedHostMemory status;
     private final CudaFunction dispatchSend, dispatchRecv, combineSend, combineRecv, hostSignal;
     private DeviceBuffer scratch;
+    /** Profiling only: the kernels' time stamps (see {@link #stamps}). */
+    private DeviceBuffer stampBuffer;
     private Scratch at;
     private long ticket;
     /** Whether the last kernel queued stores {@link #ticket} into the done word when it finishes. */
@@ -192,7 +196,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .i32(lay.hidden()).i32(lay.maxTokens()).i32(h.fp8 ? 1 : 0).u64(h.seq).u64(lay.counts()).u64(lay.staging())
                 .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counter(K_DISPATCH_SEND))
                 .ptr(base + at.messages()).i32(dedup(lay) ? 1 : 0);
-        launch(K_DISPATCH_SEND, dispatchSend, blocks, 0, a, false);
+        int table = sendTableBytes(h.numTokens, h.topK, lay);
+        a.i32(table > 0 ? 1 : 0).ptr(stamps(K_DISPATCH_SEND));
+        launch(K_DISPATCH_SEND, dispatchSend, blocks, table, a, false);
     }
 
     @Override
@@ -206,7 +212,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
                 .ptr(status.devicePointer() + ERROR).ptr(base + at.decision(0)).u64(waitNanos(op.timeoutUs(), groupTimeout))
                 .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counter(K_DISPATCH_RECEIVE)).ptr(status.devicePointer()).u64(t)
-                .i32(dedup(lay) ? 1 : 0);
+                .i32(dedup(lay) ? 1 : 0).ptr(stamps(K_DISPATCH_RECEIVE));
         launch(K_DISPATCH_RECEIVE, dispatchRecv, device.multiprocessorCount(), rowTableBytes(lay), a, true);
     }
 
@@ -217,7 +223,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         long base = scratch.pointer();
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.activeRanks().devicePointer()).ptr(heap.pointerTable())
                 .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(op.seq())
-                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counter(K_COMBINE_SEND));
+                .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counter(K_COMBINE_SEND))
+                .ptr(stamps(K_COMBINE_SEND));
         launch(K_COMBINE_SEND, combineSend, 2 * device.multiprocessorCount(), rowTableBytes(lay), a, false);
     }
 
@@ -234,7 +241,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .ptr(op.activeRanks().devicePointer()).ptr(sentTo).ptr(op.out().devicePointer()).i32(h.numTokens).i32(h.topK)
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv()).u64(op.seq())
                 .ptr(base + at.decision(1)).u64(waitNanos(op.timeoutUs(), groupTimeout))
-                .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counter(K_COMBINE_RECEIVE)).ptr(status.devicePointer()).u64(t);
+                .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counter(K_COMBINE_RECEIVE)).ptr(status.devicePointer()).u64(t)
+                .ptr(stamps(K_COMBINE_RECEIVE));
         launch(K_COMBINE_RECEIVE, combineRecv, blocks, 0, a, true);
     }
 
@@ -258,28 +266,59 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         ticketQueued = carriesTicket;
     }
 
+    /** The device address of a kernel kind's profiling stamps when profiling, else 0 (the kernels skip them). */
+    private long stamps(int kind) {
+        if (profile == null) return 0;
+        if (stampBuffer == null) {
+            stampBuffer = DeviceBuffer.allocate(device, 4L * 8 * STAMP_WORDS);
+            stream.fill(stampBuffer.pointer(), (byte) 0, stampBuffer.size());
+        }
+        return stampBuffer.pointer() + 8L * STAMP_WORDS * kind;
+    }
+
     /** One profiled kernel: its kind and the events recorded before and after it. */
     private record Sample(int kind, CudaEvent before, CudaEvent after) {}
 
     /**
-     * With profiling on: the mean microseconds from the event before to the event after each kind of
-     * kernel (dispatch send, dispatch receive, combine send, combine receive) since the last call, after
-     * the stream finished (a bounded wait); then forgets them. Null without profiling.
+     * With profiling on, since the last call: [0..3] the mean microseconds from the event before to the
+     * event after each kind of kernel (dispatch send, dispatch receive, combine send, combine receive);
+     * then, per kind, 5 values: the mean microseconds from block 0's start to the points 2..6 of that
+     * kernel ({@code stamp} in ep.cu; 0 where the kernel has no such point): dispatch send: prologue
+     * done, first token's rows and message ready, block 0's stores done, last block known, flags
+     * released; dispatch receive: sources arrived, row table ready, block 0's copies done, last block
+     * known; combine send: -, row table ready, block 0's copies done, last block known, flags released;
+     * combine receive: sources arrived, -, block 0's sums done, last block known. Then forgets them.
+     * Null without profiling.
      */
     synchronized double[] profileReport() {
         if (profile == null) return null;
         await(mark(), 0, "EpBuffer kernel profile");
-        double[] sum = new double[4];
+        double[] out = new double[4 + 4 * 5];
         int[] count = new int[4];
         for (Sample p : profile) {
-            sum[p.kind()] += 1000.0 * CudaEvent.elapsedMillis(p.before(), p.after());
+            out[p.kind()] += 1000.0 * CudaEvent.elapsedMillis(p.before(), p.after());
             count[p.kind()]++;
             p.before().close();
             p.after().close();
         }
         profile.clear();
-        for (int k = 0; k < 4; k++) sum[k] = count[k] == 0 ? 0 : sum[k] / count[k];
-        return sum;
+        for (int k = 0; k < 4; k++) out[k] = count[k] == 0 ? 0 : out[k] / count[k];
+        if (stampBuffer != null) {
+            try (java.lang.foreign.Arena arena = java.lang.foreign.Arena.ofConfined()) {
+                MemorySegment host = arena.allocate(stampBuffer.size(), 8);
+                stream.copyDeviceToHost(stampBuffer.pointer(), host, stampBuffer.size());
+                stream.fill(stampBuffer.pointer(), (byte) 0, stampBuffer.size());
+                await(mark(), 0, "EpBuffer kernel profile");
+                for (int k = 0; k < 4; k++) {
+                    long n = host.getAtIndex(ValueLayout.JAVA_LONG, k * STAMP_WORDS + 1);
+                    for (int i = 2; i <= 6; i++) {
+                        long ns = host.getAtIndex(ValueLayout.JAVA_LONG, k * STAMP_WORDS + i);
+                        out[4 + k * 5 + i - 2] = n == 0 ? 0 : ns / 1000.0 / n;
+                    }
+                }
+            }
+        }
+        return out;
     }
 
     /** With -Dmooncake4j.ep.dedup=false every dispatched row crosses NVLink on its own (for comparisons). */
@@ -293,6 +332,23 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      */
     static boolean dedup(EpLayout lay) {
         return DEDUP && lay.localExperts() >= 2 && 16L * lay.localExperts() <= lay.messageBytes();
+    }
+
+    /** With -Dmooncake4j.ep.sendTable=false the dispatch send kernel reads the top-k table from global memory (for comparisons). */
+    private static final boolean SEND_TABLE = !"false".equals(System.getProperty("mooncake4j.ep.sendTable"));
+
+    /**
+     * The dynamic shared memory of the dispatch send kernel's table mode ({@code table_layout} in
+     * ep.cu: the top-k table as int16 expert ids, the message being built, the per-expert counts), or 0
+     * when it does not fit in {@link #MAX_SHARED_BYTES} or the expert ids do not fit in int16: the
+     * kernel then reads the table from global memory and counts with atomics.
+     */
+    static int sendTableBytes(int numTokens, int topK, EpLayout lay) {
+        if (!SEND_TABLE || lay.numExperts() > Short.MAX_VALUE) return 0;
+        long message = (2L * numTokens * topK + 15) & ~15L;
+        long counts = message + ((lay.messageBytes() + 15) & ~15L);
+        long bytes = counts + 4L * lay.numExperts();
+        return bytes <= MAX_SHARED_BYTES ? (int) bytes : 0;
     }
 
     /** Dynamic shared memory of the row-table kernels: the (expert, source) counts and the expert offsets. */
@@ -434,6 +490,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
             await(mark(), 0, "EpBuffer close");
         } finally {
             if (scratch != null) scratch.close();
+            if (stampBuffer != null) stampBuffer.close();
             heap.close();
             status.close();
             stream.close();

@@ -159,7 +159,9 @@ public final class EpBuffer implements AutoCloseable {
     /**
      * With {@code -Dmooncake4j.ep.profile=true} on the CUDA path: the mean microseconds of the dispatch
      * send, dispatch receive, combine send and combine receive kernels (each from an event queued just
-     * before it to one just after) since the last call; null otherwise. For benchmarks.
+     * before it to one just after) since the last call, followed by, per kernel, the mean microseconds
+     * from its block 0's start to five points inside it (see {@code CudaEpPath.profileReport}); null
+     * otherwise. For benchmarks.
      */
     public double[] kernelProfile() { return cuda == null ? null : cuda.profileReport(); }
 

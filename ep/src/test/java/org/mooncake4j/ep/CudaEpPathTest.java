@@ -95,6 +95,24 @@ class CudaEpPathTest {
         assertThat(lay.stagingRow(lay.localExperts() - 1, 1, 0) - lay.stagingRow(0, 1, 0)).isGreaterThanOrEqualTo(block);
     }
 
+    /**
+     * The dispatch send kernel keeps the top-k table (int16 expert ids), the message it builds and the
+     * per-expert counts in shared memory when they fit the 48 KiB a block may use and the ids fit int16;
+     * otherwise it reads the table from global memory (0 bytes).
+     */
+    @Test
+    void theDispatchSendKeepsItsTopkTableInSharedMemoryWhereItFits() {
+        EpLayout lay = EpLayout.of(128, 7168, 4, 288);
+        long message = (lay.messageBytes() + 15) / 16 * 16;
+        assertThat(CudaEpPath.sendTableBytes(128, 8, lay)).isEqualTo(2 * 128 * 8 + message + 4 * 288);
+        assertThat(CudaEpPath.sendTableBytes(3, 3, lay)).as("the table is padded to 16 bytes").isEqualTo(32 + message + 4 * 288);
+        EpLayout big = EpLayout.of(2048, 7168, 4, 288);
+        assertThat(CudaEpPath.sendTableBytes(2048, 8, big)).as("2048 tokens x top-8 = 32 KiB of ids plus a 7.4 KiB message and counts")
+                .isEqualTo(2 * 2048 * 8 + message + 4 * 288);
+        assertThat(CudaEpPath.sendTableBytes(2048, 16, big)).as("64 KiB of ids do not fit").isZero();
+        assertThat(CudaEpPath.sendTableBytes(8, 2, EpLayout.of(8, 128, 2, 40000))).as("expert ids past int16").isZero();
+    }
+
     /** The kernels' layout assumptions: message rows, fp8 data and scales on 16-byte boundaries for hidden % 128 == 0. */
     @Test
     void theEpLayoutKeepsTheKernelsVectorAccessesAligned() {

@@ -411,6 +411,11 @@ public final class EpGpuCheck {
             if (kernels != null) {
                 System.out.printf("NOTE rank %d kernels (us, event before to event after): dispatch send %.1f, dispatch receive %.1f,"
                         + " combine send %.1f, combine receive %.1f%n", rank, kernels[0], kernels[1], kernels[2], kernels[3]);
+                String[] names = {"dispatch send", "dispatch receive", "combine send", "combine receive"};
+                for (int k = 0; k < 4; k++) {
+                    System.out.printf("NOTE rank %d %s: us from block 0's start to points 2..6: %.1f %.1f %.1f %.1f %.1f%n", rank, names[k],
+                            kernels[4 + 5 * k], kernels[5 + 5 * k], kernels[6 + 5 * k], kernels[7 + 5 * k], kernels[8 + 5 * k]);
+                }
             }
             double dUs = dispatchMs * 1000 / iters, cUs = combineMs * 1000 / iters;
             long dBytes = valid * (H + H / 128 * 4L + 16), cBytes = valid * 2L * H;
