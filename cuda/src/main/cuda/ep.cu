@@ -213,6 +213,14 @@ __device__ __forceinline__ void stamp(uint64_t* stamps, int i) {
     }
 }
 
+// Point `i` when every thread of block 0 has reached it (a barrier of block 0, only when profiling:
+// stamps is the same for the whole grid).
+__device__ __forceinline__ void stamp_block0(uint64_t* stamps, int i) {
+    if (stamps == nullptr || blockIdx.x != 0) return;
+    __syncthreads();
+    stamp(stamps, i);
+}
+
 // After the kernel's work: the last block release-stores `ticket` into the host-mapped done word.
 __device__ void finish_ticket(uint32_t* counter, uint64_t* done_word, uint64_t ticket, uint64_t* stamps) {
     if (ticket == 0) return;
@@ -524,7 +532,6 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
             if (dup) ids[q] = -1;
             __syncthreads();
         }
-        __syncthreads();
         if (blockIdx.x == 0) {
             // block 0 stores the per-expert row counts and the ranks sent to now, off the kernel's tail
             // (they are fenced with its data in last_block, before any release below)
@@ -548,13 +555,10 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
         const uint16_t* row = x + static_cast<int64_t>(t) * H;
         uint8_t* q = table ? dyn + tl.message : qbuf + static_cast<uint64_t>(t) * msg_bytes;
         if (fp8) {
-            // two pairs of scale blocks per warp and round, both loaded before either is quantized
-            for (int b0 = 2 * warp; b0 < blocks; b0 += 4 * nwarps) {
-                float va[8], vb[8];
-                load_pair(row, blocks, b0, lane, vec_x, va);
-                load_pair(row, blocks, b0 + 2 * nwarps, lane, vec_x, vb);
-                quantize_pair(va, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
-                quantize_pair(vb, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0 + 2 * nwarps, lane, vec_x);
+            for (int b0 = 2 * warp; b0 < blocks; b0 += 2 * nwarps) {
+                float v[8];
+                load_pair(row, blocks, b0, lane, vec_x, v);
+                quantize_pair(v, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
             }
         }
         for (int k0 = 0; k0 < K; k0 += kSlots) {
@@ -730,10 +734,7 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
             for (int b = lane; b < blocks; b += 32) s_out[b] = __ldcg(s_in + b);
         }
     });
-    if (blockIdx.x == 0) {
-        __syncthreads();
-        stamp(stamps, 4);
-    }
+    stamp_block0(stamps, 4);
     finish_ticket(block_counter, done_word, ticket, stamps);
 }
 
@@ -761,10 +762,7 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
         uint8_t* dst = base_of(heaps, at.src, ep_base) + combine_recv_off + (expert * M + token) * 2ull * H;
         warp_copy_part(dst, reinterpret_cast<const uint8_t*>(y + row * H), 2ull * H, part, kParts, lane);
     });
-    if (blockIdx.x == 0) {
-        __syncthreads();
-        stamp(stamps, 4);
-    }
+    stamp_block0(stamps, 4);
     if (!last_block(block_counter)) return;
     stamp(stamps, 5);
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
@@ -846,10 +844,7 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             out[static_cast<uint64_t>(t) * H + c] = static_cast<uint16_t>(float_to_bf16_bits(acc));
         }
     }
-    if (blockIdx.x == 0) {
-        __syncthreads();
-        stamp(stamps, 4);
-    }
+    stamp_block0(stamps, 4);
     finish_ticket(block_counter, done_word, ticket, stamps);
 }
 

@@ -910,9 +910,22 @@ public final class CollectiveBench {
 
         /** The fastest two-shot variant ("pull", "push" or "pipe"), or "-" when any of them was not timed. */
         String fasterTwoShot() {
-            if (Double.isNaN(pullUs) || Double.isNaN(pushUs) || Double.isNaN(pipeUs)) return "-";
-            if (pipeUs < pushUs && pipeUs < pullUs) return "pipe";
-            return pushUs < pullUs ? "push" : "pull";
+            Algorithm best = null;
+            for (Algorithm a : TWO_SHOTS) {
+                if (Double.isNaN(twoShotUs(a))) return "-";
+                if (best == null || twoShotUs(a) < twoShotUs(best)) best = a;   // a tie keeps the earlier variant
+            }
+            return label(best);
+        }
+
+        /** The time of a two-shot variant (one of {@link #TWO_SHOTS}). */
+        double twoShotUs(Algorithm a) {
+            return switch (a) {
+                case TWO_SHOT_PULL -> pullUs;
+                case TWO_SHOT_PUSH -> pushUs;
+                case TWO_SHOT_PIPE -> pipeUs;
+                default -> throw new IllegalArgumentException("not a two-shot variant: " + a);
+            };
         }
     }
 
@@ -1006,15 +1019,11 @@ public final class CollectiveBench {
             j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(r.timeUs())).append(", ")
                     .append(number(r.busbw(worldSize))).append(']');
         }
-        for (String variant : List.of("pull", "push", "pipe")) {
-            j.append("], \"mooncake_allreduce_").append(variant).append("\": [");
+        for (Algorithm variant : TWO_SHOTS) {
+            j.append("], \"mooncake_allreduce_").append(label(variant)).append("\": [");
             for (int i = 0; i < rows.size(); i++) {
                 Row r = rows.get(i);
-                double us = switch (variant) {
-                    case "pull" -> r.pullUs();
-                    case "push" -> r.pushUs();
-                    default -> r.pipeUs();
-                };
+                double us = r.twoShotUs(variant);
                 j.append(i == 0 ? "" : ", ").append('[').append(r.bytes()).append(", ").append(number(us)).append(", ")
                         .append(number(r.busbw(us, worldSize))).append(']');
             }

@@ -53,8 +53,10 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
     // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}
     private static final long ERROR = 8, ERROR_DETAIL = 16, WAIT_STATUS = 64;
-    /** Profiling: per kernel kind, 8 u64 of device memory (see stamp() in ep.cu). */
+    /** Profiling: per kernel kind, 8 u64 of device memory (see stamp() in ep.cu): start, launches, points 2..6. */
     static final int STAMP_WORDS = 8;
+    /** Profiling: the timed points per kernel kind, 2..6, in {@link #profileReport()}. */
+    static final int STAMP_POINTS = 5;
 
     final CudaDevice device;
     final Device tensorDevice;
@@ -293,7 +295,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     synchronized double[] profileReport() {
         if (profile == null) return null;
         await(mark(), 0, "EpBuffer kernel profile");
-        double[] out = new double[4 + 4 * 5];
+        double[] out = new double[4 + 4 * STAMP_POINTS];
         int[] count = new int[4];
         for (Sample p : profile) {
             out[p.kind()] += 1000.0 * CudaEvent.elapsedMillis(p.before(), p.after());
@@ -311,9 +313,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 await(mark(), 0, "EpBuffer kernel profile");
                 for (int k = 0; k < 4; k++) {
                     long n = host.getAtIndex(ValueLayout.JAVA_LONG, k * STAMP_WORDS + 1);
-                    for (int i = 2; i <= 6; i++) {
-                        long ns = host.getAtIndex(ValueLayout.JAVA_LONG, k * STAMP_WORDS + i);
-                        out[4 + k * 5 + i - 2] = n == 0 ? 0 : ns / 1000.0 / n;
+                    for (int i = 0; i < STAMP_POINTS; i++) {
+                        long ns = host.getAtIndex(ValueLayout.JAVA_LONG, k * STAMP_WORDS + 2 + i);
+                        out[4 + k * STAMP_POINTS + i] = n == 0 ? 0 : ns / 1000.0 / n;
                     }
                 }
             }
