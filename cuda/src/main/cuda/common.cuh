@@ -38,6 +38,15 @@ __device__ __forceinline__ void store_release_sys(uint32_t* p, uint32_t v) {
     asm volatile("st.release.sys.global.u32 [%0], %1;" : : "l"(p), "r"(v) : "memory");
 }
 
+// Programmatic dependent launch: lets the kernel queued after this one as a dependent
+// (CudaFunction.launchDependent) start its blocks once every block of this grid has executed this
+// (or exited), instead of when this grid finishes. A no-op without such a dependent.
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" : : : "memory");
+#endif
+}
+
 __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }

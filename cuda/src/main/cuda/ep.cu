@@ -12,7 +12,12 @@
 //   recvX, recvScales, combineSend (bf16 [L][R*M][H]), combineRecv (bf16 [E][M][H])
 //
 // Two kernels per operation, each a single launch (the host queues them back to back, or the receive
-// later from a hook):
+// later from a hook). Queued back to back, the receive is a programmatic dependent launch of the send
+// (CudaEpPath.dependentLaunch): every send block first executes allow_dependents, so the receive
+// blocks start on the SM room the send leaves (ep_dispatch_recv is built to fit beside a send block)
+// and are already polling when the last sequence word lands, instead of being launched after the send
+// grid has drained. Nothing else changes: a receive kernel reads nothing the send kernel before it
+// writes except through the sequence words.
 //
 // Dispatch (sequence number seq):
 //   ep_dispatch_send    one block per token (grid-stride). The block's warps first work out, for each
@@ -21,8 +26,8 @@
 //                       that selected e (so each source's rows for an expert are in token order). With
 //                       FP8 the block then quantizes the token once into a private message buffer: per
 //                       128 channels scale = amax / 448 (1 when all zero), value = e4m3(x / scale)
-//                       rounded to nearest even, saturating at 448 (bit-identical to
-//                       HostEpPath.quantizeRow). Last, the block's threads load the message 16 bytes at
+//                       rounded to nearest even, saturating at 448, with the hardware conversion
+//                       (bit-identical to HostEpPath.quantizeRow: cuda/e4m3-check.sh). Last, the block's threads load the message 16 bytes at
 //                       a time (from the message buffer, or from x for bf16) and store each 16 bytes into
 //                       staging (e % L, this rank, i) of every rank r the token goes to (the header's
 //                       top-k slot set per destination).
@@ -100,6 +105,12 @@ __device__ __forceinline__ uint64_t load_relaxed_sys(const uint64_t* p) {
     return v;
 }
 
+__device__ __forceinline__ unsigned long long load_relaxed_gpu(const unsigned long long* p) {
+    unsigned long long v;
+    asm volatile("ld.relaxed.gpu.global.u64 %0, [%1];" : "=l"(v) : "l"(p) : "memory");
+    return v;
+}
+
 __device__ __forceinline__ void fence_acq_rel_sys() { asm volatile("fence.acq_rel.sys;" : : : "memory"); }
 
 __device__ __forceinline__ float bf16_bits_to_float(uint32_t b) { return __uint_as_float((b & 0xffffu) << 16); }
@@ -119,27 +130,16 @@ __device__ __forceinline__ float java_max(float a, float b) {
     return a >= b ? a : b;
 }
 
-// FloatFormats.floatToE4m3: nearest even, saturating at +-448, NaN = 0x7f.
-__device__ __forceinline__ uint32_t float_to_e4m3(float f) {
-    if (f != f) return 0x7fu;
-    const uint32_t sign = (__float_as_uint(f) >> 31) ? 0x80u : 0u;
-    const float a = fabsf(f);
-    if (a >= 448.0f) return sign | 0x7eu;
-    if (a < 0x1p-10f) return sign;
-    const int e = static_cast<int>((__float_as_uint(a) >> 23) & 0xff) - 127;   // a >= 2^-10 is normal
-    if (e < -6) {
-        const int m = static_cast<int>(rintf(__fmul_rn(a, 512.0f)));          // exact scaling
-        return sign | static_cast<uint32_t>(m);
-    }
-    const float scaled = __fmul_rn(a, __uint_as_float(static_cast<uint32_t>(127 + 3 - e) << 23));   // a / 2^e * 8, exact
-    int m = static_cast<int>(rintf(scaled)) - 8;
-    int exp = e + 7;
-    if (m == 8) {
-        m = 0;
-        ++exp;
-    }
-    if (exp > 15 || (exp == 15 && m == 7)) return sign | 0x7eu;
-    return sign | static_cast<uint32_t>(exp << 3) | static_cast<uint32_t>(m);
+// Two floats to e4m3 bytes (lo in the low byte) with the hardware conversion: nearest even, saturating
+// at +-448, which is FloatFormats.floatToE4m3 bit for bit (cuda/e4m3-check.sh compares every one of the
+// 2^32 floats); NaN becomes 0x7f like there (the hardware keeps a NaN's sign).
+__device__ __forceinline__ uint32_t e4m3x2(float lo, float hi) {
+    uint16_t r;
+    asm("cvt.rn.satfinite.e4m3x2.f32 %0, %1, %2;" : "=h"(r) : "f"(hi), "f"(lo));
+    uint32_t v = r;
+    if (lo != lo) v = (v & 0xff00u) | 0x7fu;
+    if (hi != hi) v = (v & 0x00ffu) | 0x7f00u;
+    return v;
 }
 
 // Copies `bytes` with the lanes of one warp: 16-byte vectors when both ends allow, else bytes.
@@ -290,17 +290,17 @@ __device__ void quantize_pair(const float v[8], int blocks, uint8_t* data, float
     for (int o = 8; o > 0; o >>= 1) amax = java_max(amax, __shfl_xor_sync(0xffffffffu, amax, o));
     if (!on) return;
     const float scale = amax == 0.0f ? 1.0f : __fdiv_rn(amax, 448.0f);
-    uint32_t q[8];
+    uint32_t q[4];   // byte pairs
 #pragma unroll
-    for (int i = 0; i < 8; ++i) q[i] = float_to_e4m3(__fdiv_rn(v[i], scale));
+    for (int i = 0; i < 4; ++i) q[i] = e4m3x2(__fdiv_rn(v[2 * i], scale), __fdiv_rn(v[2 * i + 1], scale));
     if (vec) {
         uint2 packed;
-        packed.x = q[0] | (q[1] << 8) | (q[2] << 16) | (q[3] << 24);
-        packed.y = q[4] | (q[5] << 8) | (q[6] << 16) | (q[7] << 24);
+        packed.x = q[0] | (q[1] << 16);
+        packed.y = q[2] | (q[3] << 16);
         *reinterpret_cast<uint2*>(data + c) = packed;
     } else {
 #pragma unroll
-        for (int i = 0; i < 8; ++i) data[c + i] = static_cast<uint8_t>(q[i]);
+        for (int i = 0; i < 8; ++i) data[c + i] = static_cast<uint8_t>(q[i / 2] >> (8 * (i & 1)));
     }
     if (sub == 0) scales[b] = scale;
 }
@@ -323,7 +323,7 @@ __device__ uint32_t wait_decide(const uint8_t* own, int first_line, int R, int* 
         bool mine = false;
         for (uint32_t spin = 0;; ++spin) {
             unsigned long long d = 0;
-            if (lane == 0) d = atomicAdd(decision, 0ull);
+            if (lane == 0) d = load_relaxed_gpu(decision);
             d = __shfl_sync(0xffffffffu, d, 0);
             if ((d >> 32) == tag) {
                 mask = static_cast<uint32_t>(d);
@@ -504,6 +504,7 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     __shared__ uint4* s_msg[kSlots];     // the messages to store: per row, or (dedup) per destination rank ...
     __shared__ uint32_t s_slot[kSlots];  // ... with the top-k slot of their header (0 for a payload slot)
     __shared__ int s_msgs;
+    allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int64_t E = static_cast<int64_t>(R) * L;
     const int blocks = H / kScaleChannels;
@@ -665,8 +666,9 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     stamp(stamps, 6);
 }
 
-// Dynamic shared memory: 4 * (L * R + L + 1) bytes.
-extern "C" __global__ void __launch_bounds__(512)
+// Dynamic shared memory: 4 * (L * R + L + 1) bytes. Built for two blocks per SM (64 registers), so a
+// block fits on an SM beside a block of ep_dispatch_send when it starts early (programmatic launch).
+extern "C" __global__ void __launch_bounds__(512, 2)
 ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
                  uint64_t seq, uint64_t counts_off, uint64_t recv_count_off, uint64_t staging_off, uint64_t msg_bytes,
                  uint64_t recv_x_off, uint64_t scales_off, uint64_t* error, unsigned long long* decision, uint64_t timeout_ns,
@@ -748,6 +750,7 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
     extern __shared__ int smem[];
     int* cnt = smem;
     int* off = smem + L * R;
+    allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
     stamp_begin(stamps);
     for (int q = threadIdx.x; q < L * R; q += blockDim.x) cnt[q] = __ldcg(used + q);
     expert_offsets(cnt, R, L, off);

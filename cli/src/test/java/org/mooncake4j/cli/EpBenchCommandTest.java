@@ -58,6 +58,12 @@ class EpBenchCommandTest {
         Map<String, Object> sum = (Map<String, Object>) res.get("dispatch_combine");
         assertThat((Double) sum.get("min_us")).isGreaterThanOrEqualTo((Double) d.get("min_us") + (Double) c.get("min_us") - 1e-9);
         assertThat((Double) sum.get("median_us")).isPositive().isLessThanOrEqualTo(both * 4);
+        // the back-to-back loop times the same calls without the per-iteration barrier (noisy CPU hosts:
+        // only its sign, its bound and its line are checked)
+        double loop = (Double) res.get("loop_us_per_iteration");
+        assertThat(loop).isPositive().isLessThan(5e6);
+        assertThat(stdout).contains(String.format(Locale.ROOT, "%d dispatch + combine calls, one host timer, slowest rank): %.2f us per iteration",
+                ITERS, loop));
         assertThat(stdout).contains(EpBenchWorker.HEADER, fp8.equals("--fp8") ? "FP8 dispatch" : "BF16 dispatch");
     }
 

@@ -35,14 +35,33 @@ public final class CudaFunction {
     /** Queues the kernel on {@code stream}, which must belong to the module's device. */
     public void launch(CudaStream stream, int gridX, int gridY, int gridZ, int blockX, int blockY, int blockZ,
                        int sharedBytes, KernelArgs args) {
-        if (stream.device() != module.device()) {
-            throw new IllegalArgumentException("kernel " + name + " is loaded on " + module.device()
-                    + " but the stream belongs to " + stream.device());
-        }
+        checkStream(stream);
         MemorySegment params = args.pointersForLaunch();
         module.device().makeCurrent();
         CudaDriver.cuLaunchKernel(handle, gridX, gridY, gridZ, blockX, blockY, blockZ, sharedBytes, stream.handle(),
                 params, name);
+    }
+
+    /**
+     * Queues the kernel on {@code stream} as a programmatic dependent of the kernel queued just before it
+     * there (CUDA's programmatic dependent launch, compute capability 9.0+): its blocks may start once
+     * every block of that kernel has executed {@code griddepcontrol.launch_dependents} (or finished),
+     * instead of after that kernel has finished. The kernel must therefore not rely on seeing that
+     * kernel's writes unless it synchronizes with them itself (or executes {@code griddepcontrol.wait}).
+     * Work queued after it still waits for both. Without a kernel just before it, this is {@link #launch}.
+     */
+    public void launchDependent(CudaStream stream, int blocks, int threadsPerBlock, int sharedBytes, KernelArgs args) {
+        checkStream(stream);
+        MemorySegment params = args.pointersForLaunch();
+        module.device().makeCurrent();
+        CudaDriver.cuLaunchKernelProgrammatic(handle, blocks, 1, 1, threadsPerBlock, 1, 1, sharedBytes, stream.handle(), params, name);
+    }
+
+    private void checkStream(CudaStream stream) {
+        if (stream.device() != module.device()) {
+            throw new IllegalArgumentException("kernel " + name + " is loaded on " + module.device()
+                    + " but the stream belongs to " + stream.device());
+        }
     }
 
     /** Allows launches with up to {@code bytes} of dynamic shared memory (beyond the 48 KiB default). */

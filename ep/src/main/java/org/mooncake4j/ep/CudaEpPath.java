@@ -77,6 +77,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     private long ticket;
     /** Whether the last kernel queued stores {@link #ticket} into the done word when it finishes. */
     private boolean ticketQueued;
+    /** The kind of the last kernel queued on the stream (one of the {@code K_} kinds), or -1 after anything else. */
+    private int lastQueued = -1;
     private boolean closed;
     /** With -Dmooncake4j.ep.profile=true: the kernels queued since the last {@link #profileReport()}. */
     private final List<Sample> profile = Boolean.getBoolean("mooncake4j.ep.profile") ? new ArrayList<>() : null;
@@ -260,12 +262,34 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
             after = CudaEvent.create(device, true);
             before.record(stream);
         }
-        f.launch(stream, blocks, 1, 1, THREADS, 1, 1, sharedBytes, a);
+        if (dependentLaunch(lastQueued, kind, profile != null)) {
+            f.launchDependent(stream, blocks, THREADS, sharedBytes, a);
+        } else {
+            f.launch(stream, blocks, 1, 1, THREADS, 1, 1, sharedBytes, a);
+        }
         if (profile != null) {
             after.record(stream);
             profile.add(new Sample(kind, before, after));
         }
         ticketQueued = carriesTicket;
+        lastQueued = kind;
+    }
+
+    /** With -Dmooncake4j.ep.pdl=false every kernel waits for the one before it to finish (for comparisons). */
+    private static final boolean PDL = !"false".equals(System.getProperty("mooncake4j.ep.pdl"));
+
+    /**
+     * Whether a kernel of kind {@code kind} is queued as a programmatic dependent of the kernel just
+     * queued ({@code previous}): a receive kernel right after its own phase's send kernel (the same
+     * call, no hook in between: a hook's receive follows a {@link #mark()}). Its blocks then start
+     * while the send kernel still runs, as soon as every send block has started (ep.cu's
+     * allow_dependents), and wait for the peers' sequence words as before: a receive kernel reads
+     * nothing that the send kernel before it writes except through those words. Not while profiling
+     * (the events between the kernels would separate them).
+     */
+    static boolean dependentLaunch(int previous, int kind, boolean profiling) {
+        if (!PDL || profiling) return false;
+        return (previous == K_DISPATCH_SEND && kind == K_DISPATCH_RECEIVE) || (previous == K_COMBINE_SEND && kind == K_COMBINE_RECEIVE);
     }
 
     /** The device address of a kernel kind's profiling stamps when profiling, else 0 (the kernels skip them). */
@@ -384,25 +408,34 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         }
         long t = ++ticket;
         hostSignal.launch(stream, 1, 1, KernelArgs.begin().ptr(status.devicePointer()).u64(t));
+        lastQueued = -1;
         return t;
     }
 
     /**
-     * Polls until the GPU has reached {@code t}; gives up after the longest device-side wait
-     * ({@code timeoutUs}, or the group's timeout) plus the group's timeout, with an exception.
+     * How long {@link #await} spins before it parks between polls: a dispatch or combine takes tens of
+     * microseconds, and a park lasts 50 us or more (Linux timer slack), longer than the operation.
+     */
+    static final long SPIN_NANOS = 2_000_000;
+
+    /**
+     * Polls until the GPU has reached {@code t} (spinning for {@link #SPIN_NANOS}, then parking); gives
+     * up after the longest device-side wait ({@code timeoutUs}, or the group's timeout) plus the group's
+     * timeout, with an exception.
      */
     void await(long t, long timeoutUs, String what) {
         MemorySegment words = status.segment();
         if ((long) LONG.getVolatile(words, 0L) >= t) return;
         long limit = waitNanos(timeoutUs, groupTimeout) + groupTimeout.toNanos();
         long start = System.nanoTime();
-        for (int spin = 0; (long) LONG.getVolatile(words, 0L) < t; spin++) {
-            if (System.nanoTime() - start > limit) {
+        while ((long) LONG.getVolatile(words, 0L) < t) {
+            long waited = System.nanoTime() - start;
+            if (waited > limit) {
                 throw new IllegalStateException(what + " on rank " + rank + " (" + device + "): the GPU did not finish within "
                         + TimeUnit.NANOSECONDS.toMillis(limit) + " ms although every wait in its kernels is bounded; the GPU or a"
                         + " peer's NVLink mapping may be hung. Check nvidia-smi and the other ranks' logs.");
             }
-            if (spin < 1000) Thread.onSpinWait();
+            if (waited < SPIN_NANOS) Thread.onSpinWait();
             else LockSupport.parkNanos(20_000);
         }
     }
@@ -471,6 +504,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         DeviceBuffer b = DeviceBuffer.allocate(device, need.bytes());
         try {
             stream.fill(b.pointer(), (byte) 0, need.bytes()); // ordered before the kernels that use it
+            lastQueued = -1;
         } catch (RuntimeException e) {
             b.close();
             throw e;

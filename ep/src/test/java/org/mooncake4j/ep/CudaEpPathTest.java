@@ -113,6 +113,25 @@ class CudaEpPathTest {
         assertThat(CudaEpPath.sendTableBytes(8, 2, EpLayout.of(8, 128, 2, 40000))).as("expert ids past int16").isZero();
     }
 
+    /**
+     * A receive kernel starts early (programmatic dependent launch) only right after its own phase's
+     * send kernel: not after the other phase's kernels, not after a mark (a hook's receive), and not
+     * while profiling puts events between the kernels.
+     */
+    @Test
+    void onlyAReceiveQueuedRightAfterItsOwnSendIsLaunchedAsADependent() {
+        int send = CudaEpPath.K_DISPATCH_SEND, recv = CudaEpPath.K_DISPATCH_RECEIVE;
+        int csend = CudaEpPath.K_COMBINE_SEND, crecv = CudaEpPath.K_COMBINE_RECEIVE;
+        assertThat(CudaEpPath.dependentLaunch(send, recv, false)).isTrue();
+        assertThat(CudaEpPath.dependentLaunch(csend, crecv, false)).isTrue();
+        assertThat(CudaEpPath.dependentLaunch(send, recv, true)).as("profiling").isFalse();
+        assertThat(CudaEpPath.dependentLaunch(-1, recv, false)).as("after a mark (hook)").isFalse();
+        assertThat(CudaEpPath.dependentLaunch(csend, recv, false)).isFalse();
+        assertThat(CudaEpPath.dependentLaunch(send, crecv, false)).isFalse();
+        assertThat(CudaEpPath.dependentLaunch(recv, csend, false)).as("a send waits for what came before").isFalse();
+        assertThat(CudaEpPath.dependentLaunch(crecv, send, false)).isFalse();
+    }
+
     /** The kernels' layout assumptions: message rows, fp8 data and scales on 16-byte boundaries for hidden % 128 == 0. */
     @Test
     void theEpLayoutKeepsTheKernelsVectorAccessesAligned() {

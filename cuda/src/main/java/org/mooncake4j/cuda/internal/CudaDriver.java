@@ -153,6 +153,7 @@ public final class CudaDriver {
     private static final MethodHandle cuModuleUnload = bind(fn(ADDRESS), "cuModuleUnload");
     private static final MethodHandle cuLaunchKernel = bind(fn(ADDRESS, JAVA_INT, JAVA_INT, JAVA_INT,
             JAVA_INT, JAVA_INT, JAVA_INT, JAVA_INT, ADDRESS, ADDRESS, ADDRESS), "cuLaunchKernel");
+    private static final MethodHandle cuLaunchKernelEx = bind(fn(ADDRESS, ADDRESS, ADDRESS, ADDRESS), "cuLaunchKernelEx");
     private static final MethodHandle cuFuncSetAttribute =
             bind(fn(ADDRESS, JAVA_INT, JAVA_INT), "cuFuncSetAttribute");
     private static final MethodHandle cuIpcGetMemHandle = bind(fn(ADDRESS, JAVA_LONG), "cuIpcGetMemHandle");
@@ -702,6 +703,53 @@ public final class CudaDriver {
             if (rc != 0) {
                 check(rc, "cuLaunchKernel(" + name + ", grid " + gridX + "x" + gridY + "x" + gridZ + ", block "
                         + blockX + "x" + blockY + "x" + blockZ + ", " + sharedBytes + " bytes shared)");
+            }
+        } catch (Throwable t) {
+            throw unchecked(t);
+        }
+    }
+
+    // CUlaunchConfig (cuda.h): 7 unsigned ints (grid x/y/z, block x/y/z, shared bytes), then at 32 the
+    // stream, at 40 the attribute array, at 48 the attribute count; 56 bytes. One CUlaunchAttribute
+    // follows it at 56: the id (an int) at 0 and the value union (64 bytes) at 8; 72 bytes.
+    private static final long CONFIG_STREAM = 32, CONFIG_ATTRS = 40, CONFIG_NUM_ATTRS = 48, CONFIG_BYTES = 56;
+    private static final long ATTR_ID = 0, ATTR_VALUE = 8, ATTR_BYTES = 72;
+    /** CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION. */
+    static final int CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION = 6;
+    /** Each thread's launch configuration with its one attribute, reused so a launch allocates nothing. */
+    private static final ThreadLocal<MemorySegment> LAUNCH_CONFIG = ThreadLocal.withInitial(() -> {
+        MemorySegment c = Arena.ofAuto().allocate(CONFIG_BYTES + ATTR_BYTES, 8);
+        c.fill((byte) 0);
+        c.set(ADDRESS, CONFIG_ATTRS, c.asSlice(CONFIG_BYTES, ATTR_BYTES));
+        c.set(JAVA_INT, CONFIG_NUM_ATTRS, 1);
+        c.set(JAVA_INT, CONFIG_BYTES + ATTR_ID, CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION);
+        c.set(JAVA_INT, CONFIG_BYTES + ATTR_VALUE, 1);
+        return c;
+    });
+
+    /**
+     * Launches {@code function} on {@code stream} as a programmatic dependent launch
+     * ({@code cuLaunchKernelEx} with {@code CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION}): its
+     * blocks may start once every block of the kernel queued before it has executed
+     * {@code griddepcontrol.launch_dependents} (or finished). Allocates nothing after a thread's first call.
+     */
+    public static void cuLaunchKernelProgrammatic(MemorySegment function, int gridX, int gridY, int gridZ, int blockX,
+                                                  int blockY, int blockZ, int sharedBytes, MemorySegment stream,
+                                                  MemorySegment params, String name) {
+        MemorySegment c = LAUNCH_CONFIG.get();
+        c.set(JAVA_INT, 0, gridX);
+        c.set(JAVA_INT, 4, gridY);
+        c.set(JAVA_INT, 8, gridZ);
+        c.set(JAVA_INT, 12, blockX);
+        c.set(JAVA_INT, 16, blockY);
+        c.set(JAVA_INT, 20, blockZ);
+        c.set(JAVA_INT, 24, sharedBytes);
+        c.set(ADDRESS, CONFIG_STREAM, stream);
+        try {
+            int rc = (int) cuLaunchKernelEx.invokeExact(c, function, params, MemorySegment.NULL);
+            if (rc != 0) {
+                check(rc, "cuLaunchKernelEx(" + name + ", programmatic dependent launch, grid " + gridX + "x" + gridY + "x" + gridZ
+                        + ", block " + blockX + "x" + blockY + "x" + blockZ + ", " + sharedBytes + " bytes shared)");
             }
         } catch (Throwable t) {
             throw unchecked(t);
