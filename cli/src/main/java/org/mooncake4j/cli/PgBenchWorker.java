@@ -1,6 +1,8 @@
 package org.mooncake4j.cli;
 
 import java.io.IOException;
+import java.lang.management.CompilationMXBean;
+import java.lang.management.ManagementFactory;
 import java.nio.file.Path;
 import java.util.ArrayList;
 import java.util.List;
@@ -52,7 +54,7 @@ public final class PgBenchWorker {
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
             if (rank == 0) printPreamble(o, n);
-            warmUpCompiler(g, o, c, dtype, setup, n, dev);
+            warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
             for (long size : o.sizes()) {
@@ -101,12 +103,45 @@ public final class PgBenchWorker {
     }
 
     /**
-     * Runs the collective a few thousand times at a small and a medium size before any timing, so
-     * the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls;
-     * native baselines such as Gloo need no such warm-up). Every rank runs the same counts.
+     * Runs the collective a few thousand times at a small, a medium and a large size before any timing,
+     * so the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls,
+     * on compiler threads that compete with the ranks for cores; native baselines such as Gloo need no
+     * such warm-up), with the run's own bookkeeping in between (the barrier, the float64 MAX of the
+     * time, the int64 SUM of wrong elements): compiled code that never saw them would be thrown away at the
+     * first row (an uncommon trap) and compiled again during the timed rows. Then it repeats rounds of the same sizes until a round compiles nothing on any
+     * rank ({@link CompilationMXBean#getTotalCompilationTime()} unchanged on every rank, agreed with an
+     * all_reduce MAX), at most {@link #MAX_WARMUP_ROUNDS}: on a host with few cores a compilation still
+     * under way would otherwise stall whole rows of the timed sizes. Every rank runs the same counts.
      */
-    private static void warmUpCompiler(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev) {
-        long[][] plan = {{64, 3000}, {256 * 1024, 100}, {4 << 20, 20}};
+    private static void warmUpCompiler(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev,
+                                       Tensor time, Tensor wrongCount) {
+        long[][] first = {{64, 3000}, {256 * 1024, 100}, {4 << 20, 20}};
+        long[][] round = {{64, 1000}, {256 * 1024, 20}, {4 << 20, 4}};
+        warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount);
+        CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
+        if (jit != null && jit.isCompilationTimeMonitoringSupported()) {
+            try (Tensor compiled = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
+                for (int r = 0; r < MAX_WARMUP_ROUNDS; r++) {
+                    long before = jit.getTotalCompilationTime();
+                    warmUp(g, o, c, dtype, setup, n, dev, round, time, wrongCount);
+                    compiled.setLong(0, jit.getTotalCompilationTime() > before ? 1 : 0);
+                    g.allReduce(compiled, ReduceOp.MAX);
+                    if (compiled.getLong(0) == 0) break;
+                }
+            }
+        }
+        g.barrier();
+    }
+
+    /** The most extra warm-up rounds {@link #warmUpCompiler} runs while the JIT is still compiling. */
+    static final int MAX_WARMUP_ROUNDS = 20;
+
+    /**
+     * Runs the collective {@code plan[i][1]} times at {@code plan[i][0]} bytes, for each i, and after
+     * each size the bookkeeping of a timed row (barrier and reductions).
+     */
+    private static void warmUp(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev, long[][] plan,
+                               Tensor time, Tensor wrongCount) {
         for (long[] p : plan) {
             BenchCollective.Layout layout = c.layout(Math.max(1, p[0] / dtype.byteSize()), n);
             try (BenchCollective.Buffers b = buffers(g, o, layout, dtype, dev);
@@ -115,8 +150,14 @@ public final class PgBenchWorker {
                 if (d != b) d.copyFrom(b);
                 for (int i = 0; i < p[1]; i++) c.run(g, d, setup);
             }
+            for (int i = 0; i < 50; i++) {
+                g.allReduce(time, ReduceOp.MAX);
+                g.allReduce(wrongCount, ReduceOp.SUM);
+                g.barrier();
+            }
         }
-        g.barrier();
+        time.setDouble(0, 0);
+        wrongCount.setLong(0, 0);
     }
 
     /** Host buffers: registered memory with {@code -R 1} on a host backend, else ordinary tensors (copied to the device for backend mooncake). */
