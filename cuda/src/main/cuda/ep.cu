@@ -27,10 +27,11 @@
 //                       FP8 the block then quantizes the token once into a private message buffer: per
 //                       128 channels scale = amax / 448 (1 when all zero), value = e4m3(x / scale)
 //                       rounded to nearest even, saturating at 448, with the hardware conversion
-//                       (bit-identical to HostEpPath.quantizeRow: cuda/e4m3-check.sh). Last, the block's threads load the message 16 bytes at
-//                       a time (from the message buffer, or from x for bf16) and store each 16 bytes into
-//                       staging (e % L, this rank, i) of every rank r the token goes to (the header's
-//                       top-k slot set per destination).
+//                       (bit-identical to HostEpPath.quantizeRow: cuda/e4m3-check.sh). Last, the
+//                       block's threads load the message 16 bytes at a time (from the message buffer,
+//                       or from x for bf16) and store each 16 bytes into staging (e % L, this rank, i)
+//                       of every rank r the token goes to (the header's top-k slot set per
+//                       destination).
 //                       Table mode (table = 1, when it fits in shared memory: TableLayout below): every
 //                       block first copies the whole top-k table into shared memory as int16 ids with
 //                       the slots that do not send set to -1, and takes the rows from there; the

@@ -17,7 +17,6 @@ import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
 import org.mooncake4j.core.internal.FloatFormats;
 import org.mooncake4j.cuda.CudaDevice;
-import org.mooncake4j.ep.CombineResult;
 import org.mooncake4j.ep.DispatchResult;
 import org.mooncake4j.ep.EpBuffer;
 import org.mooncake4j.pg.ProcessGroup;
@@ -121,7 +120,16 @@ public final class EpBenchWorker {
 
     /** One dispatch and combine of the back-to-back loop: each call returns when its work is done. */
     private static void dispatchCombine(EpBenchOptions o, EpBuffer buf, Inputs in) {
-        DispatchResult d = buf.dispatch(in.x, in.topkIdx, in.active, o.tokens, o.experts, -1, o.fp8, false, false);
+        combine(buf, in, dispatch(o, buf, in));
+    }
+
+    /** The run's dispatch: {@code timeoutUs = -1}, no async, no hook. */
+    private static DispatchResult dispatch(EpBenchOptions o, EpBuffer buf, Inputs in) {
+        return buf.dispatch(in.x, in.topkIdx, in.active, o.tokens, o.experts, -1, o.fp8, false, false);
+    }
+
+    /** The run's zero-copy combine of {@code d}, on the dispatch's combine buffer; returns when its work is done. */
+    private static void combine(EpBuffer buf, Inputs in, DispatchResult d) {
         Tensor y = buf.nextCombineBuffer(d.handle());
         buf.combine(y, in.topkIdx, in.topkWeights, in.active, -1, d.handle(), true, false, false, in.out).event().currentStreamWait();
     }
@@ -129,12 +137,10 @@ public final class EpBenchWorker {
     /** One dispatch and combine; with {@code times}, their microseconds go to times[i] and times[iters + i]. */
     private static void iteration(EpBenchOptions o, EpBuffer buf, Inputs in, Device device, double[] times, int i) {
         long t0 = System.nanoTime();
-        DispatchResult d = buf.dispatch(in.x, in.topkIdx, in.active, o.tokens, o.experts, -1, o.fp8, false, false);
+        DispatchResult d = dispatch(o, buf, in);
         sync(device);
         long t1 = System.nanoTime();
-        Tensor y = buf.nextCombineBuffer(d.handle());
-        CombineResult c = buf.combine(y, in.topkIdx, in.topkWeights, in.active, -1, d.handle(), true, false, false, in.out);
-        c.event().currentStreamWait();
+        combine(buf, in, d);
         sync(device);
         long t2 = System.nanoTime();
         if (times != null) {

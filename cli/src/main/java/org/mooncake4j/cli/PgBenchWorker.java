@@ -107,9 +107,9 @@ public final class PgBenchWorker {
      * so the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls,
      * on compiler threads that compete with the ranks for cores; native baselines such as Gloo need no
      * such warm-up), with the run's own bookkeeping in between (the barrier, the float64 MAX of the
-     * time, the int64 SUM of wrong elements): compiled code that never saw them would be thrown away at the
-     * first row (an uncommon trap) and compiled again during the timed rows. Then it repeats rounds of the same sizes until a round compiles nothing on any
-     * rank ({@link CompilationMXBean#getTotalCompilationTime()} unchanged on every rank, agreed with an
+     * time, the int64 SUM of wrong elements): compiled code that never saw them would be thrown away
+     * at the first row (an uncommon trap) and compiled again during the timed rows. Then it repeats
+     * rounds of the same sizes until a round compiles nothing on any rank ({@link CompilationMXBean#getTotalCompilationTime()} unchanged on every rank, agreed with an
      * all_reduce MAX), at most {@link #MAX_WARMUP_ROUNDS}: on a host with few cores a compilation still
      * under way would otherwise stall whole rows of the timed sizes. Every rank runs the same counts.
      */

@@ -504,7 +504,6 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         DeviceBuffer b = DeviceBuffer.allocate(device, need.bytes());
         try {
             stream.fill(b.pointer(), (byte) 0, need.bytes()); // ordered before the kernels that use it
-            lastQueued = -1;
         } catch (RuntimeException e) {
             b.close();
             throw e;
