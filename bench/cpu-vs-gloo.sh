@@ -5,8 +5,9 @@
 # all four series into cpu-allreduce-vs-gloo.png and prints, per size, the time ratio gloo/ours
 # and the busbw ratio ours/gloo (above 1: mooncake-cpu is faster).
 #
-# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g "2 4"]
+# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g "2 4"] [-B auto|none]
 #   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
+#   -B: CPU binding for both sides (default auto: with a CPU per rank, each rank's thread gets one of its own).
 #   Env: PYTHON (a python with torch; default /usr/bin/python3), MOONCAKE4J (the CLI command),
 #   PGBENCH_ARGS (more pgbench flags, e.g. "-R 0" for ordinary instead of registered buffers).
 set -euo pipefail
@@ -20,11 +21,12 @@ MIN_BYTES=8
 MAX_BYTES=64M
 FACTOR=4
 RANKS="2 4"
+BIND=auto
 PYTHON=${PYTHON:-/usr/bin/python3}
 # the CLI: bin/mooncake4j here; on a host without Maven, e.g. "java -cp 'jars/*' org.mooncake4j.cli.Main"
 CLI=${MOONCAKE4J:-$ROOT/bin/mooncake4j}
 
-while getopts "o:n:w:b:e:f:g:h" opt; do
+while getopts "o:n:w:b:e:f:g:B:h" opt; do
   case "$opt" in
     o) OUT=$OPTARG ;;
     n) ITERS=$OPTARG ;;
@@ -33,8 +35,9 @@ while getopts "o:n:w:b:e:f:g:h" opt; do
     e) MAX_BYTES=$OPTARG ;;
     f) FACTOR=$OPTARG ;;
     g) RANKS=$OPTARG ;;
-    h) sed -n '2,9p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g \"2 4\"]" >&2; exit 2 ;;
+    B) BIND=$OPTARG ;;
+    h) sed -n '2,11p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g \"2 4\"] [-B auto|none]" >&2; exit 2 ;;
   esac
 done
 
@@ -45,14 +48,28 @@ fi
 mkdir -p "$OUT"
 cd "$ROOT"
 
-SIZES=(-b "$MIN_BYTES" -e "$MAX_BYTES" -f "$FACTOR" -n "$ITERS" -w "$WARMUP")
+# CPU time a hypervisor gave to others while a side ran (the steal column of /proc/stat): on a shared
+# VM it explains a slow row of either side, so each side's share is printed after it.
+cpu_ticks() { awk '/^cpu /{t=0; for (i=2; i<=NF; i++) t+=$i; print $9, t}' /proc/stat 2>/dev/null || echo "0 0"; }
+steal_report() { # $1 $2: steal and total ticks before
+  read -r s1 t1 < <(cpu_ticks)
+  if [ "$((t1 - $2))" -gt 0 ]; then
+    awk -v s="$((s1 - $1))" -v t="$((t1 - $2))" 'BEGIN { printf "# cpu steal during this run: %.1f%% of the CPU time\n", 100 * s / t }'
+  fi
+}
+
+SIZES=(-b "$MIN_BYTES" -e "$MAX_BYTES" -f "$FACTOR" -n "$ITERS" -w "$WARMUP" --cpu-bind "$BIND")
 SERIES=()
 for n in $RANKS; do
   echo "=== all_reduce float32 on $n ranks: mooncake-cpu ==="
+  read -r s0 t0 < <(cpu_ticks)
   $CLI pgbench --collective all_reduce --backend mooncake-cpu --device cpu -d float32 -o sum -c 1 -g "$n" "${SIZES[@]}" ${PGBENCH_ARGS:-} \
     --json "$OUT/mooncake-cpu-allreduce-g$n.json"
+  steal_report "$s0" "$t0"
   echo "=== all_reduce float32 on $n ranks: gloo ==="
+  read -r s0 t0 < <(cpu_ticks)
   "$PYTHON" bench/gloo_allreduce.py -g "$n" -c 1 "${SIZES[@]}" --json "$OUT/gloo-allreduce-g$n.json"
+  steal_report "$s0" "$t0"
   SERIES+=(--series "mooncake-cpu $n ranks=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo $n ranks=$OUT/gloo-allreduce-g$n.json")
 done
 

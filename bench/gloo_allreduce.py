@@ -58,16 +58,33 @@ def table_row(r):
             f"{fmt_time(r['time_us']):>12} {fmt_bw(r['algbw']):>12} {fmt_bw(r['busbw']):>12} {wrong:>7}")
 
 
+def bind_thread(mode, local_rank, local_ranks):
+    """pgbench's --cpu-bind: with auto and a CPU per rank, the calling (main) thread goes to the
+    local_rank-th CPU it may run on; os.sched_setaffinity(0, ...) binds the calling thread only, so
+    Gloo's own threads keep their masks. Returns the preamble's description."""
+    if mode == "none":
+        return "none (--cpu-bind none)"
+    if not hasattr(os, "sched_getaffinity"):
+        return "none (this platform reports no CPU affinity)"
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < local_ranks:
+        return f"none ({local_ranks} ranks on {len(cpus)} CPUs: more ranks than CPUs)"
+    os.sched_setaffinity(0, {cpus[local_rank]})
+    return f"each rank's thread on a CPU of its own (rank i on the i-th of CPUs {cpus})"
+
+
 def worker(args):
     import torch
     import torch.distributed as dist
 
     rank, n = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     dist.init_process_group("gloo", rank=rank, world_size=n, timeout=datetime.timedelta(seconds=args.timeout_s))
+    binding = bind_thread(args.cpu_bind, int(os.environ.get("LOCAL_RANK", rank)), int(os.environ.get("LOCAL_WORLD_SIZE", n)))
     if rank == 0:
         print(f"# gloo_allreduce (torch {torch.__version__}): all_reduce, backend gloo, device cpu, {n} ranks")
         print(f"# minBytes {args.min_bytes} maxBytes {args.max_bytes} step: {args.step_factor}(factor) "
               f"warmup iters: {args.warmup} iters: {args.iters} validation: {args.check} dtype: float32")
+        print(f"# cpu binding: {binding}")
         print("#")
         print(HEADER, flush=True)
     rows, total_wrong = [], 0
@@ -134,7 +151,7 @@ def launch(args, argv):
     port = free_port()
     procs = []
     for rank in range(args.ranks):
-        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.ranks),
+        env = dict(os.environ, RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(args.ranks), LOCAL_WORLD_SIZE=str(args.ranks),
                    MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), OMP_NUM_THREADS="1")
         procs.append(subprocess.Popen([sys.executable, os.path.abspath(__file__), "--worker"] + argv, env=env))
     deadline = time.monotonic() + args.timeout_s
@@ -175,6 +192,8 @@ def main():
     ap.add_argument("-n", "--iters", type=int, default=20, help="timed iterations per size (default 20)")
     ap.add_argument("-w", "--warmup", type=int, default=5, help="untimed iterations per size (default 5)")
     ap.add_argument("-c", "--check", type=int, choices=(0, 1), default=1, help="check one result per size (default 1)")
+    ap.add_argument("--cpu-bind", choices=("auto", "none"), default="auto",
+                    help="auto: with a CPU per rank, bind each rank's main thread to a CPU of its own, as pgbench does (default auto)")
     ap.add_argument("--json", help="write the rows here (rank 0)")
     ap.add_argument("--timeout-s", type=int, default=1800, help="stop after this many seconds (default 1800)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

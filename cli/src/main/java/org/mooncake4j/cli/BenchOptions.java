@@ -64,6 +64,11 @@ final class BenchOptions {
                     + " read in place; 0: ordinary tensors (default: ${DEFAULT-VALUE})")
     int register;
 
+    @Option(names = "--cpu-bind", paramLabel = "auto|none", defaultValue = "auto",
+            description = "auto: when this host has a CPU per rank, bind each rank's benchmark thread to a CPU of its own (rank i to the"
+                    + " i-th CPU it may run on), as MPI launchers do; none: leave placement to the scheduler (default: ${DEFAULT-VALUE})")
+    String cpuBind;
+
     /** Checks every flag and their combination; the message says which flag is wrong and what it accepts. */
     void validate() {
         if (ranks < 1) throw new IllegalArgumentException("-g/--ranks must be at least 1, got " + ranks);
@@ -74,6 +79,7 @@ final class BenchOptions {
         if (warmup < 0) throw new IllegalArgumentException("-w/--warmup must not be negative, got " + warmup);
         if (check != 0 && check != 1) throw new IllegalArgumentException("-c/--check takes 0 or 1, got " + check);
         if (register != 0 && register != 1) throw new IllegalArgumentException("-R/--register takes 0 or 1, got " + register);
+        if (!cpuBind.equals("auto") && !cpuBind.equals("none")) throw new IllegalArgumentException("--cpu-bind takes auto or none, got " + cpuBind);
         if (root < 0 || root >= ranks) throw new IllegalArgumentException("-r/--root " + root + " is not a rank of 0.." + (ranks - 1));
         if (dtype() == DType.BOOL) throw new IllegalArgumentException("-d bool cannot be benchmarked: pick a numeric dtype such as float32");
         ReduceOp reduceOp = op();
@@ -140,6 +146,7 @@ final class BenchOptions {
         add(a, "--op", op);
         add(a, "--root", root);
         add(a, "--register", register);
+        add(a, "--cpu-bind", cpuBind);
         return a;
     }
 

@@ -10,6 +10,7 @@ import java.util.Locale;
 import org.mooncake4j.core.DType;
 import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
+import org.mooncake4j.core.internal.CpuAffinity;
 import org.mooncake4j.pg.ProcessGroup;
 import org.mooncake4j.pg.ReduceOp;
 import picocli.CommandLine;
@@ -19,11 +20,13 @@ import picocli.CommandLine.Option;
 /**
  * One rank of {@code pgbench}, started by {@link PgBenchCommand} through {@link WorkerLauncher}
  * (rank, world size and store come from the environment). For each size it allocates the buffers
- * once, checks one result against the known inputs (with {@code -c 1}), runs the warmup, meets the
- * other ranks at a barrier, times {@code iters} back-to-back operations with
- * {@link System#nanoTime()}, and takes the maximum of the per-iteration time over ranks (an
+ * once, checks one result against the known inputs (with {@code -c 1}), runs the warmup, waits
+ * until the JIT compiles nothing ({@link CompilerQueue}), meets the other ranks at a barrier, times
+ * {@code iters} back-to-back operations with {@link System#nanoTime()}, and takes the maximum of the per-iteration time over ranks (an
  * all_reduce MAX of a float64). Rank 0 prints the nccl-tests table as it goes and writes the result
- * file. Exits with 1 on rank 0 when any element was wrong. Single-threaded.
+ * file. Exits with 1 on rank 0 when any element was wrong. Single-threaded; with
+ * {@code --cpu-bind auto} (the default) that thread is bound to a CPU of its own when the host has
+ * one per rank ({@link #bindThread}).
  */
 public final class PgBenchWorker {
     /** The worker's arguments: the shared benchmark flags plus where rank 0 writes the rows. */
@@ -53,7 +56,10 @@ public final class PgBenchWorker {
             int rank = g.rank();
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
-            if (rank == 0) printPreamble(o, n);
+            int localRank = Integer.parseInt(System.getenv().getOrDefault("LOCAL_RANK", String.valueOf(rank)));
+            int localRanks = Integer.parseInt(System.getenv().getOrDefault("LOCAL_WORLD_SIZE", String.valueOf(n)));
+            String binding = bindThread(o, localRank, localRanks);
+            if (rank == 0) printPreamble(o, n, binding);
             warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
@@ -71,6 +77,7 @@ public final class PgBenchWorker {
                         wrong = c.countWrong(b, setup);
                     }
                     for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
+                    CompilerQueue.awaitIdle(ROW_COMPILER_WAIT_MS);
                     g.barrier();
                     long t0 = System.nanoTime();
                     for (int i = 0; i < o.iters; i++) c.run(g, d, setup);
@@ -133,6 +140,30 @@ public final class PgBenchWorker {
         g.barrier();
     }
 
+    /**
+     * How long each rank waits, after a row's check and warm-up, for the JIT to finish what they made
+     * hot (see {@link CompilerQueue}) before the row is timed.
+     */
+    static final long ROW_COMPILER_WAIT_MS = 5000;
+
+    /**
+     * With {@code --cpu-bind auto} and at least one CPU per rank of this host, binds the calling
+     * thread (the one that runs every benchmarked call) to the {@code localRank}-th CPU it may run
+     * on; the JVM's other threads keep their masks. Ranks that spin-wait on each other then never
+     * share a core: unbound, the scheduler at times stacks two of them on one core for tens of
+     * milliseconds (each just ran, so neither looks worth migrating), and every wait in that time
+     * lasts until the spinner's turn ends. Returns the preamble's description of what was done.
+     */
+    static String bindThread(BenchOptions o, int localRank, int localRanks) {
+        if (o.cpuBind.equals("none")) return "none (--cpu-bind none)";
+        List<Integer> cpus = CpuAffinity.current();
+        if (cpus.isEmpty()) return "none (this platform reports no CPU affinity)";
+        if (cpus.size() < localRanks) return "none (" + localRanks + " ranks on " + cpus.size() + " CPUs: more ranks than CPUs)";
+        int cpu = cpus.get(localRank);
+        if (!CpuAffinity.bindCurrentThread(cpu)) return "none (the kernel refused to bind rank " + localRank + " to CPU " + cpu + ")";
+        return "each rank's thread on a CPU of its own (rank i on the i-th of CPUs " + cpus + ")";
+    }
+
     /** The most extra warm-up rounds {@link #warmUpCompiler} runs while the JIT is still compiling. */
     static final int MAX_WARMUP_ROUNDS = 20;
 
@@ -165,12 +196,13 @@ public final class PgBenchWorker {
         return o.register == 1 && dev.isCpu() ? BenchCollective.Buffers.allocateRegistered(g, layout, dtype) : BenchCollective.Buffers.allocate(layout, dtype);
     }
 
-    private static void printPreamble(BenchOptions o, int n) {
+    private static void printPreamble(BenchOptions o, int n, String binding) {
         System.out.printf(Locale.ROOT, "# pgbench (mooncake4j %s): %s, backend %s, device %s, %d ranks%n",
                 Main.version(), o.collective.label(), o.backend, o.device, n);
         System.out.printf(Locale.ROOT, "# minBytes %d maxBytes %d step: %d(factor) warmup iters: %d iters: %d validation: %d dtype: %s%n",
                 o.minBytes, o.maxBytes, o.stepFactor, o.warmup, o.iters, o.check, o.dtype().torchName());
         if (o.device.equals("cpu")) System.out.println("# buffers: " + (o.register == 1 ? "registered (ProcessGroup.allocate)" : "ordinary tensors"));
+        System.out.println("# cpu binding: " + binding);
         System.out.println("#");
         System.out.println(ResultTable.HEADER);
     }

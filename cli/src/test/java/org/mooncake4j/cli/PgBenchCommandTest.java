@@ -7,9 +7,11 @@ import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
 import java.nio.file.Files;
 import java.nio.file.Path;
+import org.junit.jupiter.api.Test;
 import org.junit.jupiter.api.io.TempDir;
 import org.junit.jupiter.params.ParameterizedTest;
 import org.junit.jupiter.params.provider.ValueSource;
+import org.mooncake4j.core.internal.CpuAffinity;
 
 /** Real multi-process runs: pgbench launches two worker JVMs on the Mooncake CPU backend. */
 class PgBenchCommandTest {
@@ -43,6 +45,9 @@ class PgBenchCommandTest {
         String stdout = (String) r[1];
         assertThat((int) r[0]).as(stdout + r[2]).isZero();
         assertThat(stdout).contains(ResultTable.HEADER, "# Out of bounds values : 0 OK");
+        if (CpuAffinity.current().size() >= 2) {
+            assertThat(stdout).contains("# cpu binding: each rank's thread on a CPU of its own (rank i on the i-th of CPUs " + CpuAffinity.current() + ")");
+        }
         var rows = BenchResults.readRows(json);
         assertThat(rows).extracting(BenchResults.Row::bytes).containsExactly(8L, 128L, 2048L, 32768L, 524288L);
         assertThat(rows).allSatisfy(row -> {
@@ -54,5 +59,15 @@ class PgBenchCommandTest {
             assertThat(stdout).contains(ResultTable.row(row));
         });
         assertThat(Files.size(png)).isGreaterThan(1000);
+    }
+
+    @Test
+    void cpuBindingCanBeTurnedOffAndRejectsOtherValues() {
+        Object[] off = execute("pgbench", "-g", "2", "-b", "8", "-e", "8", "-n", "1", "-w", "0", "--cpu-bind", "none", "--timeout-s", "50");
+        assertThat((int) off[0]).as(off[1] + "" + off[2]).isZero();
+        assertThat((String) off[1]).contains("# cpu binding: none (--cpu-bind none)");
+        Object[] bad = execute("pgbench", "--cpu-bind", "core");
+        assertThat((int) bad[0]).isNotZero();
+        assertThat((String) bad[2]).contains("--cpu-bind takes auto or none, got core");
     }
 }
