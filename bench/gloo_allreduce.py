@@ -59,7 +59,7 @@ def table_row(r):
 
 
 def bind_thread(mode, local_rank, local_ranks):
-    """pgbench's --cpu-bind: with auto and a CPU per rank, the calling (main) thread goes to the
+    """pgbench's --cpu-bind: with auto and one (but fewer than two) CPUs per rank, the calling (main) thread goes to the
     local_rank-th CPU it may run on; os.sched_setaffinity(0, ...) binds the calling thread only, so
     Gloo's own threads keep their masks. Returns the preamble's description."""
     if mode == "none":
@@ -69,6 +69,8 @@ def bind_thread(mode, local_rank, local_ranks):
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < local_ranks:
         return f"none ({local_ranks} ranks on {len(cpus)} CPUs: more ranks than CPUs)"
+    if len(cpus) >= 2 * local_ranks:
+        return f"none ({local_ranks} ranks on {len(cpus)} CPUs: two or more per rank, for its helper threads)"
     os.sched_setaffinity(0, {cpus[local_rank]})
     return f"each rank's thread on a CPU of its own (rank i on the i-th of CPUs {cpus})"
 
@@ -193,7 +195,7 @@ def main():
     ap.add_argument("-w", "--warmup", type=int, default=5, help="untimed iterations per size (default 5)")
     ap.add_argument("-c", "--check", type=int, choices=(0, 1), default=1, help="check one result per size (default 1)")
     ap.add_argument("--cpu-bind", choices=("auto", "none"), default="auto",
-                    help="auto: with a CPU per rank, bind each rank's main thread to a CPU of its own, as pgbench does (default auto)")
+                    help="auto: with one but fewer than two CPUs per rank, bind each rank's main thread to a CPU of its own, as pgbench does (default auto)")
     ap.add_argument("--json", help="write the rows here (rank 0)")
     ap.add_argument("--timeout-s", type=int, default=1800, help="stop after this many seconds (default 1800)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)

@@ -65,8 +65,9 @@ final class BenchOptions {
     int register;
 
     @Option(names = "--cpu-bind", paramLabel = "auto|none", defaultValue = "auto",
-            description = "auto: when this host has a CPU per rank, bind each rank's benchmark thread to a CPU of its own (rank i to the"
-                    + " i-th CPU it may run on), as MPI launchers do; none: leave placement to the scheduler (default: ${DEFAULT-VALUE})")
+            description = "auto: when this host has at least one but fewer than two CPUs per rank, bind each rank's benchmark thread to a"
+                    + " CPU of its own (rank i to the i-th CPU it may run on), as MPI launchers do; none: leave placement to the scheduler"
+                    + " (default: ${DEFAULT-VALUE})")
     String cpuBind;
 
     /** Checks every flag and their combination; the message says which flag is wrong and what it accepts. */

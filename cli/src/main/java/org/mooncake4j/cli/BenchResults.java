@@ -10,6 +10,7 @@ import java.util.ArrayList;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
+import org.mooncake4j.core.internal.CpuAffinity;
 
 /**
  * Benchmark result files: {@code {"machine": {...}, "date": ..., "rows": [row, ...]}}, written by
@@ -59,7 +60,7 @@ final class BenchResults {
         Map<String, Object> doc = new LinkedHashMap<>();
         Map<String, Object> machine = new LinkedHashMap<>();
         machine.put("hostname", hostname());
-        machine.put("cores", Runtime.getRuntime().availableProcessors());
+        machine.put("cores", CpuAffinity.processCpus());
         doc.put("machine", machine);
         doc.put("date", OffsetDateTime.now().format(DateTimeFormatter.ISO_OFFSET_DATE_TIME));
         List<Object> list = new ArrayList<>();

@@ -34,6 +34,7 @@ import java.util.concurrent.Future;
 import java.util.stream.Stream;
 import org.mooncake4j.cli.doctor.CudaProbe;
 import org.mooncake4j.cli.doctor.Report;
+import org.mooncake4j.core.internal.CpuAffinity;
 import org.mooncake4j.pg.collective.GroupLayout;
 import org.mooncake4j.transfer.TransferEngine;
 import org.mooncake4j.transfer.TransportChoice;
@@ -208,7 +209,7 @@ final class DoctorCommand implements Callable<Integer> {
         r.fact("hostname", hostname);
         // the transfer engine compares hostname/boot id to decide whether a peer shares this host's /dev/shm
         r.fact("host-id", hostname + "/" + readFile("/proc/sys/kernel/random/boot_id").orElse("no-boot-id"));
-        r.fact("cpus", Runtime.getRuntime().availableProcessors());
+        r.fact("cpus", CpuAffinity.processCpus());
         if (ManagementFactory.getOperatingSystemMXBean() instanceof com.sun.management.OperatingSystemMXBean os) {
             r.fact("memory", Report.bytes(os.getTotalMemorySize()) + " total, " + Report.bytes(os.getFreeMemorySize()) + " free");
         }

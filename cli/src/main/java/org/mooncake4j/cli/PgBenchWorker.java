@@ -147,18 +147,23 @@ public final class PgBenchWorker {
     static final long ROW_COMPILER_WAIT_MS = 5000;
 
     /**
-     * With {@code --cpu-bind auto} and at least one CPU per rank of this host, binds the calling
-     * thread (the one that runs every benchmarked call) to the {@code localRank}-th CPU it may run
-     * on; the JVM's other threads keep their masks. Ranks that spin-wait on each other then never
-     * share a core: unbound, the scheduler at times stacks two of them on one core for tens of
-     * milliseconds (each just ran, so neither looks worth migrating), and every wait in that time
-     * lasts until the spinner's turn ends. Returns the preamble's description of what was done.
+     * With {@code --cpu-bind auto} on a host with at least one but fewer than two CPUs per rank, binds
+     * the calling thread (the one that runs every benchmarked call) to the {@code localRank}-th CPU it
+     * may run on; the JVM's other threads keep their masks. Ranks that spin-wait on each other then
+     * never share a core: unbound, the scheduler at times stacks two of them on one core for tens of
+     * milliseconds (each just ran, so neither looks worth migrating), and every wait in that time lasts
+     * until the spinner's turn ends. With two or more CPUs per rank there is always an idle one to move
+     * to, and each rank's helper threads ({@code MOONCAKE_CPU_THREADS}, which a bound thread's children
+     * would inherit) need the rest: nothing is bound. Returns the preamble's description.
      */
     static String bindThread(BenchOptions o, int localRank, int localRanks) {
         if (o.cpuBind.equals("none")) return "none (--cpu-bind none)";
         List<Integer> cpus = CpuAffinity.current();
         if (cpus.isEmpty()) return "none (this platform reports no CPU affinity)";
         if (cpus.size() < localRanks) return "none (" + localRanks + " ranks on " + cpus.size() + " CPUs: more ranks than CPUs)";
+        if (cpus.size() >= 2 * localRanks) {
+            return "none (" + localRanks + " ranks on " + cpus.size() + " CPUs: two or more per rank, for its helper threads)";
+        }
         int cpu = cpus.get(localRank);
         if (!CpuAffinity.bindCurrentThread(cpu)) return "none (the kernel refused to bind rank " + localRank + " to CPU " + cpu + ")";
         return "each rank's thread on a CPU of its own (rank i on the i-th of CPUs " + cpus + ")";

@@ -23,11 +23,13 @@ class CpuAffinityTest {
             boolean bound = CpuAffinity.bindCurrentThread(last);
             List<Object> seen = new ArrayList<>(CpuAffinity.current());
             seen.addFirst(bound);
+            seen.add(CpuAffinity.processCpus());
             inThread.set(seen);
         });
         t.start();
         t.join(10_000);
-        assertThat(inThread.get()).isEqualTo(List.of(true, last));
+        assertThat(inThread.get()).as("bound, the thread's mask, and the process's CPU count seen from the bound thread")
+                .isEqualTo(List.of(true, last, before.size()));
         assertThat(CpuAffinity.current()).as("the test thread's own mask").isEqualTo(before);
     }
 

@@ -21,6 +21,7 @@ import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicBoolean;
 import java.util.concurrent.atomic.AtomicLong;
 import org.mooncake4j.core.Deadline;
+import org.mooncake4j.core.internal.CpuAffinity;
 import org.mooncake4j.transfer.auth.GroupToken;
 import org.mooncake4j.transfer.store.MetadataStore;
 import org.mooncake4j.transfer.store.StoreException;
@@ -130,7 +131,7 @@ public final class TransferEngine implements AutoCloseable {
         this.token = GroupToken.resolve(b.tokenSet, b.token);
         if (b.port < 0 || b.port > 65535) throw new IllegalArgumentException("port must be 0..65535, got " + b.port);
         this.server = TcpServer.start(self, hostAddress, b.port, table, this::peerGone, operationTimeout, token);
-        int threads = Math.max(2, Math.min(8, Runtime.getRuntime().availableProcessors()));
+        int threads = Math.max(2, Math.min(8, CpuAffinity.processCpus()));
         this.workers = new ThreadPoolExecutor(threads, threads, 2, TimeUnit.SECONDS, new LinkedBlockingQueue<>(),
                 Thread.ofPlatform().daemon().name("mooncake4j-" + name + "-batch-", 0).factory());
         workers.allowCoreThreadTimeOut(true);

@@ -25,6 +25,8 @@ public final class CpuAffinity {
     private static final int MASK_BYTES = 1024;
     private static final MethodHandle GET;
     private static final MethodHandle SET;
+    /** CPUs the process could use when this class was loaded, before any binding through it. */
+    private static final int UNBOUND_CPUS;
 
     static {
         MethodHandle get = null;
@@ -43,6 +45,16 @@ public final class CpuAffinity {
         }
         GET = get;
         SET = set;
+        UNBOUND_CPUS = Runtime.getRuntime().availableProcessors();
+    }
+
+    /**
+     * The CPUs this process may use, as {@link Runtime#availableProcessors()} counted them before any
+     * thread was bound through this class. Use it for sizing decisions: {@code availableProcessors()}
+     * called on a bound thread counts that thread's mask only.
+     */
+    public static int processCpus() {
+        return Math.max(UNBOUND_CPUS, Runtime.getRuntime().availableProcessors());
     }
 
     private CpuAffinity() {}

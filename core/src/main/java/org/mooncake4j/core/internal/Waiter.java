@@ -45,7 +45,7 @@ public final class Waiter {
 
     /** True when this host has at least one core per busy process of the job (see {@link #spareCores}). */
     public static boolean ownCores() {
-        return Runtime.getRuntime().availableProcessors() >= busyProcesses();
+        return CpuAffinity.processCpus() >= busyProcesses();
     }
 
     /**
@@ -54,12 +54,12 @@ public final class Waiter {
      * after the scheduler's time slices of other processes.
      */
     public static boolean spareCores() {
-        return Runtime.getRuntime().availableProcessors() >= 2 * busyProcesses();
+        return CpuAffinity.processCpus() >= 2 * busyProcesses();
     }
 
     /** This host's cores per busy process of the job (see {@link #spareCores}), at least 1. */
     public static int coresPerProcess() {
-        return Math.max(1, Runtime.getRuntime().availableProcessors() / busyProcesses());
+        return Math.max(1, CpuAffinity.processCpus() / busyProcesses());
     }
 
     private static int busyProcesses() {

@@ -5,6 +5,7 @@ import java.lang.foreign.ValueLayout;
 import java.util.Objects;
 import java.util.concurrent.atomic.AtomicReferenceArray;
 import org.mooncake4j.core.DType;
+import org.mooncake4j.core.internal.CpuAffinity;
 import org.mooncake4j.core.internal.FloatFormats;
 import org.mooncake4j.pg.ReduceOp;
 
@@ -814,7 +815,7 @@ public final class Reduction {
      */
     private static final int SPREAD = 16;
     /** A power of two, at least twice the processor count (and at least 8). */
-    private static final int SLOTS = Integer.highestOneBit(Math.max(4, 2 * Runtime.getRuntime().availableProcessors() - 1)) << 1;
+    private static final int SLOTS = Integer.highestOneBit(Math.max(4, 2 * CpuAffinity.processCpus() - 1)) << 1;
     private static final int PROBES = 4;
     private static final AtomicReferenceArray<Scratch> POOL = new AtomicReferenceArray<>(SLOTS * SPREAD);
 
