@@ -20,13 +20,15 @@ import picocli.CommandLine.Option;
 /**
  * One rank of {@code pgbench}, started by {@link PgBenchCommand} through {@link WorkerLauncher}
  * (rank, world size and store come from the environment). For each size it allocates the buffers
- * once, checks one result against the known inputs (with {@code -c 1}), runs the warmup, waits
- * until the JIT compiles nothing ({@link CompilerQueue}), meets the other ranks at a barrier, times
- * {@code iters} back-to-back operations with {@link System#nanoTime()}, and takes the maximum of the per-iteration time over ranks (an
- * all_reduce MAX of a float64). Rank 0 prints the nccl-tests table as it goes and writes the result
- * file. Exits with 1 on rank 0 when any element was wrong. Single-threaded; with
- * {@code --cpu-bind auto} (the default) that thread is bound to a CPU of its own when the host has
- * one per rank ({@link #bindThread}).
+ * once, checks one result against the known inputs (with {@code -c 1}), waits until the JIT
+ * compiles nothing ({@link CompilerQueue}), runs the warmup (which also wakes the cores that the
+ * wait let idle: a first call after an idle spell paid 1-3 ms on a 2-vCPU VM), meets the other
+ * ranks at a barrier, times {@code iters} back-to-back operations with {@link System#nanoTime()},
+ * and takes the maximum of the per-iteration time over ranks (an all_reduce MAX of a float64).
+ * Rank 0 prints the nccl-tests table as it goes and writes the result file. Exits with 1 on rank 0
+ * when any element was wrong. Single-threaded; with {@code --cpu-bind auto} (the default) that
+ * thread is bound to a CPU of its own when the host has one but fewer than two per rank
+ * ({@link #bindThread}).
  */
 public final class PgBenchWorker {
     /** The worker's arguments: the shared benchmark flags plus where rank 0 writes the rows. */
@@ -76,8 +78,8 @@ public final class PgBenchWorker {
                         if (d != b) b.copyFrom(d);
                         wrong = c.countWrong(b, setup);
                     }
-                    for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
                     CompilerQueue.awaitIdle(ROW_COMPILER_WAIT_MS);
+                    for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
                     g.barrier();
                     long t0 = System.nanoTime();
                     for (int i = 0; i < o.iters; i++) c.run(g, d, setup);
