@@ -7,7 +7,7 @@
 #
 # Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g "2 4"] [-B auto|none]
 #   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
-#   -B: CPU binding for both sides (default auto: with a CPU per rank, each rank's thread gets one of its own).
+#   -B: CPU binding for both sides (default auto: with one but fewer than two CPUs per rank, each rank's thread gets one of its own).
 #   Env: PYTHON (a python with torch; default /usr/bin/python3), MOONCAKE4J (the CLI command),
 #   PGBENCH_ARGS (more pgbench flags, e.g. "-R 0" for ordinary instead of registered buffers).
 set -euo pipefail

@@ -66,11 +66,11 @@ final class CompilerQueue {
      */
     static boolean awaitIdle(long timeoutMillis) {
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
-        for (int idleLooks = 0; idleLooks < IDLE_LOOKS; ) {
+        for (int idleLooks = 0; ; ) {
             idleLooks = idle() ? idleLooks + 1 : 0;
+            if (idleLooks == IDLE_LOOKS) return true;
             if (System.nanoTime() - deadline >= 0) return false;
             LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(1));
         }
-        return true;
     }
 }

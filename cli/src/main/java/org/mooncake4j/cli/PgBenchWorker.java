@@ -10,7 +10,7 @@ import java.util.Locale;
 import org.mooncake4j.core.DType;
 import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
-import org.mooncake4j.core.internal.CpuAffinity;
+import org.mooncake4j.core.internal.Waiter;
 import org.mooncake4j.pg.ProcessGroup;
 import org.mooncake4j.pg.ReduceOp;
 import picocli.CommandLine;
@@ -28,7 +28,7 @@ import picocli.CommandLine.Option;
  * Rank 0 prints the nccl-tests table as it goes and writes the result file. Exits with 1 on rank 0
  * when any element was wrong. Single-threaded; with {@code --cpu-bind auto} (the default) that
  * thread is bound to a CPU of its own when the host has one but fewer than two per rank
- * ({@link #bindThread}).
+ * ({@link Waiter#bindCallingThread}).
  */
 public final class PgBenchWorker {
     /** The worker's arguments: the shared benchmark flags plus where rank 0 writes the rows. */
@@ -58,9 +58,7 @@ public final class PgBenchWorker {
             int rank = g.rank();
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
-            int localRank = Integer.parseInt(System.getenv().getOrDefault("LOCAL_RANK", String.valueOf(rank)));
-            int localRanks = Integer.parseInt(System.getenv().getOrDefault("LOCAL_WORLD_SIZE", String.valueOf(n)));
-            String binding = bindThread(o, localRank, localRanks);
+            String binding = bindThread(o, Integer.parseInt(System.getenv().getOrDefault("LOCAL_RANK", String.valueOf(rank))));
             if (rank == 0) printPreamble(o, n, binding);
             warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount);
             List<BenchResults.Row> rows = new ArrayList<>();
@@ -78,7 +76,10 @@ public final class PgBenchWorker {
                         if (d != b) b.copyFrom(d);
                         wrong = c.countWrong(b, setup);
                     }
-                    CompilerQueue.awaitIdle(ROW_COMPILER_WAIT_MS);
+                    if (!CompilerQueue.awaitIdle(ROW_COMPILER_WAIT_MS)) {
+                        System.err.printf(Locale.ROOT, "pgbench: rank %d: the JIT was still compiling %d ms after the %d-byte row's check; the row is"
+                                + " timed anyway and may include compilation (rerun it, or raise -w)%n", rank, ROW_COMPILER_WAIT_MS, size);
+                    }
                     for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
                     g.barrier();
                     long t0 = System.nanoTime();
@@ -149,26 +150,12 @@ public final class PgBenchWorker {
     static final long ROW_COMPILER_WAIT_MS = 5000;
 
     /**
-     * With {@code --cpu-bind auto} on a host with at least one but fewer than two CPUs per rank, binds
-     * the calling thread (the one that runs every benchmarked call) to the {@code localRank}-th CPU it
-     * may run on; the JVM's other threads keep their masks. Ranks that spin-wait on each other then
-     * never share a core: unbound, the scheduler at times stacks two of them on one core for tens of
-     * milliseconds (each just ran, so neither looks worth migrating), and every wait in that time lasts
-     * until the spinner's turn ends. With two or more CPUs per rank there is always an idle one to move
-     * to, and each rank's helper threads ({@code MOONCAKE_CPU_THREADS}, which a bound thread's children
-     * would inherit) need the rest: nothing is bound. Returns the preamble's description.
+     * With {@code --cpu-bind auto}, binds the calling thread (the one that runs every benchmarked
+     * call) where the library's spin policy needs it ({@link Waiter#bindCallingThread}). Returns the
+     * preamble's description.
      */
-    static String bindThread(BenchOptions o, int localRank, int localRanks) {
-        if (o.cpuBind.equals("none")) return "none (--cpu-bind none)";
-        List<Integer> cpus = CpuAffinity.current();
-        if (cpus.isEmpty()) return "none (this platform reports no CPU affinity)";
-        if (cpus.size() < localRanks) return "none (" + localRanks + " ranks on " + cpus.size() + " CPUs: more ranks than CPUs)";
-        if (cpus.size() >= 2 * localRanks) {
-            return "none (" + localRanks + " ranks on " + cpus.size() + " CPUs: two or more per rank, for its helper threads)";
-        }
-        int cpu = cpus.get(localRank);
-        if (!CpuAffinity.bindCurrentThread(cpu)) return "none (the kernel refused to bind rank " + localRank + " to CPU " + cpu + ")";
-        return "each rank's thread on a CPU of its own (rank i on the i-th of CPUs " + cpus + ")";
+    static String bindThread(BenchOptions o, int localRank) {
+        return o.cpuBind.equals("none") ? "none (--cpu-bind none)" : Waiter.bindCallingThread(localRank);
     }
 
     /** The most extra warm-up rounds {@link #warmUpCompiler} runs while the JIT is still compiling. */

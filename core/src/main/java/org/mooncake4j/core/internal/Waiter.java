@@ -3,6 +3,7 @@ package org.mooncake4j.core.internal;
 import java.lang.foreign.MemorySegment;
 import java.lang.foreign.ValueLayout;
 import java.lang.invoke.VarHandle;
+import java.util.List;
 import java.util.concurrent.locks.LockSupport;
 import org.mooncake4j.core.Deadline;
 
@@ -62,6 +63,33 @@ public final class Waiter {
         return Math.max(1, CpuAffinity.processCpus() / busyProcesses());
     }
 
+    /**
+     * Binds the calling thread to the {@code localRank}-th CPU it may run on when the spin policy
+     * needs it: with at least one but fewer than two cores per busy process ({@link #ownCores()} and
+     * not {@link #spareCores()}), waiters spin, and two processes that spin-wait on each other must
+     * never share a core. Unbound, the scheduler at times stacks two of them on one core for tens of
+     * milliseconds (each just ran, so neither looks worth migrating), and every wait in that time
+     * lasts until the spinner's turn ends. With more processes than cores waiters hardly spin; with
+     * two or more cores per process there is always an idle one to move to, and the process's helper
+     * threads (which a bound thread's children would inherit) need the rest: then nothing is bound.
+     * Only the calling thread is bound ({@link CpuAffinity}). Returns what was done, for a log line.
+     */
+    public static String bindCallingThread(int localRank) {
+        int ranks = busyProcesses();
+        int cpus = CpuAffinity.processCpus();
+        if (!ownCores()) return "none (" + ranks + " ranks on " + cpus + " CPUs: more ranks than CPUs)";
+        if (spareCores()) return "none (" + ranks + " ranks on " + cpus + " CPUs: two or more per rank, for its helper threads)";
+        List<Integer> mask = CpuAffinity.current();
+        if (mask.isEmpty()) return "none (this platform reports no CPU affinity)";
+        if (localRank < 0 || localRank >= mask.size()) {
+            return "none (local rank " + localRank + " has no CPU of its own among the calling thread's CPUs " + mask + ")";
+        }
+        int cpu = mask.get(localRank);
+        if (!CpuAffinity.bindCurrentThread(cpu)) return "none (the kernel refused to bind local rank " + localRank + " to CPU " + cpu + ")";
+        return "each rank's thread on a CPU of its own (rank i on the i-th of CPUs " + mask + ")";
+    }
+
+    /** The job's busy processes on this host: {@code LOCAL_WORLD_SIZE}, else {@code WORLD_SIZE}, else 1. */
     private static int busyProcesses() {
         String local = System.getenv("LOCAL_WORLD_SIZE") != null ? System.getenv("LOCAL_WORLD_SIZE") : System.getenv("WORLD_SIZE");
         try {
