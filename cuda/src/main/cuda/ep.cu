@@ -52,10 +52,17 @@
 //                       (global expert, token) of the source rank, when that rank is active; the last
 //                       block then release-stores seq into the combine word of this rank in every
 //                       active rank's buffer.
+//   ep_combine_send_reduced  (reduced = 1, CudaEpPath.reducedCombine) the source's top-k ids and
+//                       weights first go to the ranks it dispatched to; then one row per (token, expert
+//                       rank) crosses NVLink: the rank's partial sum of its experts' rows for the token
+//                       (see the kernel). The dispatch receive records the row of every (source, token,
+//                       top-k slot) for it (slot_rows).
 //   ep_combine_recv     agrees on the arrived expert ranks (wait_decide over the ranks the dispatch
-//                       sent to), then one thread per (token, 8 channels): acc = acc + w[k] * y[k] in
-//                       float32 (no fused multiply-add) over the top-k slots in order whose expert is
-//                       not -1 and whose rank arrived, rounded to bf16 (nearest even), like HostEpPath.
+//                       sent to), then one thread per (token, 8 channels): per arrived rank with a
+//                       kept slot, in rank order, acc = acc + partial, where partial = the float32
+//                       sum p = p + w[k] * y[k] (no fused multiply-add) over that rank's slots in order
+//                       rounded to bf16 (sent by the expert rank, or formed here from the expert rows);
+//                       acc rounded to bf16 (nearest even), like HostEpPath.
 //
 // wait_decide: warp 0 of each block polls the sources' sequence words (acquire, system scope) until
 // every needed source (active, and for the combine sent to) reached seq, or until its deadline
@@ -673,7 +680,8 @@ extern "C" __global__ void __launch_bounds__(512, 2)
 ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
                  uint64_t seq, uint64_t counts_off, uint64_t recv_count_off, uint64_t staging_off, uint64_t msg_bytes,
                  uint64_t recv_x_off, uint64_t scales_off, uint64_t* error, unsigned long long* decision, uint64_t timeout_ns,
-                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket, int dedup, uint64_t* stamps) {
+                 uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket, int dedup, uint64_t* stamps,
+                 int K, int2* slot_rows) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     extern __shared__ int smem[];
@@ -730,7 +738,13 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
         const uint64_t row = at.j * expert_rows + at.p;
         warp_copy_part(own + recv_x_off + row * data_bytes, msg + kHeader, data_bytes, part, kParts, lane);
         if (part != 0) return;
-        if (lane == 0) row_src_token[row] = at.src * M + static_cast<int>(header.x);
+        if (lane == 0) {
+            row_src_token[row] = at.src * M + static_cast<int>(header.x);
+            // for the reduced combine: the row of (source, token, top-k slot), tagged with this dispatch
+            if (slot_rows != nullptr && header.x < static_cast<uint32_t>(M) && header.y < static_cast<uint32_t>(K)) {
+                slot_rows[(static_cast<int64_t>(at.src) * M + header.x) * K + header.y] = make_int2(static_cast<int>(row), static_cast<int>(seq));
+            }
+        }
         if (fp8) {
             const float* s_in = reinterpret_cast<const float*>(msg + kHeader + H);
             float* s_out = reinterpret_cast<float*>(own + scales_off) + row * blocks;
@@ -777,11 +791,183 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
     stamp(stamps, 6);
 }
 
+// The reduced combine's send (reduced = 1, chosen by the host: CudaEpPath.reducedCombine). y: bf16
+// [L][R*M][H], the expert outputs in recvX's row order. Block 0 first publishes this rank's own top-k
+// table and weights, {int32 expert (or -1), float32 weight} [N][K], into the table area (weights_off) of
+// every rank it dispatched to, at [rank][M][K], and release-stores seq into the table word of its
+// combine line there (line R + rank, second word). Then one warp per (source s, token t, part of the
+// hidden channels): the rows this rank holds for the token (slot_rows, tagged with the dispatch seq
+// dseq; a slot that repeats an earlier slot's expert takes that slot's row), once the source's table
+// has arrived, are summed as partial = partial + w[k] * y[k] in float32 (no fused multiply-add) over the
+// token's slots in order whose expert is on this rank, rounded to bf16 and stored into row (this rank,
+// t) of the source's combineRecv: one row per (token, rank) crosses NVLink instead of one per selection.
+// Every block's warp 0 first waits for the tables of all active sources. A source whose table does not
+// arrive within timeout_ns is skipped and reported: the last block sets
+// it to 0 in activeRanks, stores {seq, mask} into the host-mapped status slot, and release-stores seq
+// into the combine word of this rank in every other active rank's buffer.
+extern "C" __global__ void __launch_bounds__(512, 2)
+ep_combine_send_reduced(const uint16_t* y, int* active, const uint64_t* heaps, uint64_t ep_base, int rank, int R, int L,
+                        int M, int H, int K, int N, uint64_t seq, uint64_t dseq, const int2* slot_rows, const int64_t* topk,
+                        const float* weights, const int* sent_to, uint64_t combine_recv_off, uint64_t table_off,
+                        uint64_t timeout_ns, uint32_t* late, uint64_t* status, uint32_t* block_counter, uint64_t* stamps,
+                        int parts) {
+    using namespace mooncake4j;
+    using namespace mooncake4j::ep;
+    constexpr int kBatch = 8;    // rows loaded before they are summed
+    __shared__ int s_row[16][32];
+    __shared__ float s_w[16][32];
+    __shared__ uint32_t s_ready;
+    allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
+    stamp_begin(stamps);
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
+    const int64_t E = static_cast<int64_t>(R) * L;
+    const uint8_t* own = base_of(heaps, rank, ep_base);
+    // block d < R publishes this rank's table to rank d (when it dispatched there) and releases its word
+    for (int d = blockIdx.x; d < R; d += gridDim.x) {
+        if (sent_to[d] == 0) continue;
+        uint8_t* peer = base_of(heaps, d, ep_base);
+        uint2* dst = reinterpret_cast<uint2*>(peer + table_off) + static_cast<uint64_t>(rank) * M * K;
+        for (int q = threadIdx.x; q < N * K; q += blockDim.x) {
+            const int64_t e = topk[q];
+            dst[q] = make_uint2(static_cast<uint32_t>(e >= 0 && e < E ? static_cast<int>(e) : -1), __float_as_uint(weights[q]));
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence_system();
+            store_release_sys(reinterpret_cast<uint64_t*>(peer + static_cast<uint64_t>(R + rank) * kLine + 8), seq);
+        }
+    }
+    if (blockIdx.x == 0) stamp(stamps, 2);
+    // warp 0 waits for the tables of the active sources (each lane one source) until the deadline; a
+    // source still missing then is late for the whole grid (its bit in `late`)
+    if (warp == 0) {
+        const bool need = lane < R && active[lane] != 0;
+        const uint32_t need_mask = __ballot_sync(0xffffffffu, need);
+        const uint64_t* word = reinterpret_cast<const uint64_t*>(own + static_cast<uint64_t>(R + (need ? lane : 0)) * kLine + 8);
+        const uint64_t start = global_timer_ns();
+        uint32_t got = 0;
+        for (uint32_t spin = 0;; ++spin) {
+            got = __ballot_sync(0xffffffffu, need && load_relaxed_sys(word) >= seq);
+            if (got == need_mask) break;
+            bool over = false;
+            if ((spin & 15) == 15) over = global_timer_ns() - start >= timeout_ns;
+            if (__shfl_sync(0xffffffffu, over, 0)) break;
+        }
+        fence_acq_rel_sys();
+        if (lane == 0) {
+            if (got != need_mask) atomicOr(late, need_mask & ~got);
+            s_ready = got;
+        }
+    }
+    __syncthreads();
+    const uint32_t ready = s_ready;
+    if (blockIdx.x == 0) stamp(stamps, 3);
+    // `parts` warps per (source, token) (the host picks about one task per warp of the grid), each a
+    // whole number of 32-vector rounds of the row's H / 8 vectors of 8 channels
+    const int h8 = H / 8;
+    const int per_part = (((h8 + parts - 1) / parts) + 31) & ~31;
+    const int dtag = static_cast<int>(dseq);
+    const int64_t tasks = static_cast<int64_t>(R) * M * parts;
+    for (int64_t task = static_cast<int64_t>(blockIdx.x) * nwarps + warp; task < tasks; task += static_cast<int64_t>(gridDim.x) * nwarps) {
+        const int part = static_cast<int>(task % parts);
+        const int st = static_cast<int>(task / parts);   // s * M + t
+        if (part * per_part >= h8) continue;
+        const int s = st / M, t = st % M;
+        const int2 sr = lane < K ? slot_rows[static_cast<int64_t>(st) * K + lane] : make_int2(-1, dtag - 1);
+        const bool held = lane < K && sr.y == dtag;
+        if (__ballot_sync(0xffffffffu, held) == 0) continue;   // no row of this token here
+        if (((ready >> s) & 1u) == 0) continue;   // its table did not arrive in time
+        uint2 ent = make_uint2(0xffffffffu, 0);
+        if (lane < K) ent = __ldcg(reinterpret_cast<const uint2*>(own + table_off) + static_cast<int64_t>(st) * K + lane);
+        const int e = static_cast<int>(ent.x);
+        const bool on = lane < K && e >= 0 && e < E && e / L == rank;
+        int row = held ? sr.x : -1;
+        // a slot that repeats an earlier slot's expert was sent once, with that slot: take its row
+        for (int q = 0; q < K; ++q) {
+            const int eq = __shfl_sync(0xffffffffu, e, q);
+            const int rq = __shfl_sync(0xffffffffu, held ? sr.x : -1, q);
+            if (on && row < 0 && q < lane && eq == e && rq >= 0) row = rq;
+        }
+        const bool use = on && row >= 0;
+        const uint32_t slots = __ballot_sync(0xffffffffu, use);
+        const int n = __popc(slots);
+        if (use) {
+            const int at = __popc(slots & ((1u << lane) - 1u));
+            s_row[warp][at] = row;
+            s_w[warp][at] = __uint_as_float(ent.y);
+        }
+        __syncwarp();
+        if (n > 0) {
+            uint8_t* dst = base_of(heaps, s, ep_base) + combine_recv_off + (static_cast<uint64_t>(rank) * M + t) * 2ull * H;
+            const int v_end = min(h8, (part + 1) * per_part);
+            for (int v = part * per_part + lane; v < v_end; v += 32) {
+                float acc[8];
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+                for (int b0 = 0; b0 < n; b0 += kBatch) {
+                    uint4 raw[kBatch];
+#pragma unroll
+                    for (int b = 0; b < kBatch; ++b) {
+                        if (b0 + b < n) raw[b] = __ldg(reinterpret_cast<const uint4*>(y + static_cast<uint64_t>(s_row[warp][b0 + b]) * H) + v);
+                    }
+#pragma unroll
+                    for (int b = 0; b < kBatch; ++b) {
+                        if (b0 + b >= n) continue;
+                        const float wk = s_w[warp][b0 + b];
+                        const uint32_t r4[4] = {raw[b].x, raw[b].y, raw[b].z, raw[b].w};
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            acc[2 * i] = __fadd_rn(acc[2 * i], __fmul_rn(wk, bf16_bits_to_float(r4[i])));
+                            acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], __fmul_rn(wk, bf16_bits_to_float(r4[i] >> 16)));
+                        }
+                    }
+                }
+                uint4 packed;
+                packed.x = float_to_bf16_bits(acc[0]) | (float_to_bf16_bits(acc[1]) << 16);
+                packed.y = float_to_bf16_bits(acc[2]) | (float_to_bf16_bits(acc[3]) << 16);
+                packed.z = float_to_bf16_bits(acc[4]) | (float_to_bf16_bits(acc[5]) << 16);
+                packed.w = float_to_bf16_bits(acc[6]) | (float_to_bf16_bits(acc[7]) << 16);
+                reinterpret_cast<uint4*>(dst)[v] = packed;
+            }
+        }
+        __syncwarp();   // before s_row / s_w are rewritten
+    }
+    stamp_block0(stamps, 4);
+    if (!last_block(block_counter)) return;
+    stamp(stamps, 5);
+    __shared__ uint32_t s_late;
+    if (threadIdx.x == 0) {
+        s_late = *reinterpret_cast<volatile uint32_t*>(late);
+        *late = 0;
+    }
+    __syncthreads();
+    const uint32_t lost = s_late;
+    for (int r = threadIdx.x; r < R; r += blockDim.x) {
+        if ((lost >> r) & 1u) {
+            active[r] = 0;
+        } else if (active[r] != 0) {
+            store_release_sys(reinterpret_cast<uint64_t*>(base_of(heaps, r, ep_base) + static_cast<uint64_t>(R + rank) * kLine), seq);
+        }
+    }
+    if (threadIdx.x == 0) {
+        reinterpret_cast<volatile uint64_t*>(status)[1] = lost;
+        __threadfence_system();
+        store_release_sys(status, seq);
+    }
+    stamp(stamps, 6);
+}
+
+// The sum of one token's partials: per rank in rank order, over the ranks with a kept slot (expert id in
+// [0, E), rank arrived), acc = acc + partial; each rank's partial being, in slot order over its slots,
+// p = p + w[k] * y[k] in float32 (no fused multiply-add) rounded to bf16. With reduced = 1 the expert
+// ranks sent the partials (ep_combine_send_reduced: row (r, t) of combineRecv); else every selected
+// expert's row (row (e, t)) and the partials are formed here. Either way the same bits, like
+// HostEpPath.
 extern "C" __global__ void __launch_bounds__(512, 2)
 ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, int* active, const int* sent_to,
                 uint16_t* out, int N, int K, int R, int L, int M, int H, uint64_t combine_recv_off, uint64_t seq,
                 unsigned long long* decision, uint64_t timeout_ns, uint64_t* wait_status, uint32_t* block_counter,
-                uint64_t* done_word, uint64_t ticket, uint64_t* stamps) {
+                uint64_t* done_word, uint64_t ticket, uint64_t* stamps, int reduced) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     stamp_begin(stamps);
@@ -789,6 +975,7 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
     if (blockIdx.x == 0) stamp(stamps, 2);
     const int64_t E = static_cast<int64_t>(R) * L;
     const uint8_t* rows = own + combine_recv_off;
+    const uint64_t row_bytes = 2ull * H;
     constexpr int kBatch = 8;
     if ((H & 7) == 0 && aligned16(out) && aligned16(rows)) {
         const uint64_t h8 = static_cast<uint64_t>(H) / 8;
@@ -800,30 +987,75 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             float acc[8];
 #pragma unroll
             for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
-            // the rows of up to kBatch slots are loaded before any is summed (one memory latency per
-            // batch instead of one per slot); the sum still runs in slot order
-            for (int k0 = 0; k0 < K; k0 += kBatch) {
-                uint4 raw[kBatch];
-                float wk[kBatch];
-                bool on[kBatch];
-#pragma unroll
-                for (int b = 0; b < kBatch; ++b) {
-                    const int k = k0 + b;
-                    const int64_t e = k < K ? sel[k] : -1;
-                    on[b] = e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0;
-                    wk[b] = on[b] ? wt[k] : 0.0f;
-                    raw[b] = on[b] ? __ldcg(reinterpret_cast<const uint4*>(rows + (static_cast<uint64_t>(e) * M + t) * 2ull * H + 2 * c))
-                                   : make_uint4(0, 0, 0, 0);
+            if (reduced) {
+                uint32_t touched = 0;
+                for (int k = 0; k < K; ++k) {
+                    const int64_t e = sel[k];
+                    if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) touched |= 1u << (e / L);
                 }
+                // up to kBatch ranks' partial rows are loaded before any is added (in rank order)
+                while (touched != 0) {
+                    uint4 raw[kBatch];
+                    bool on[kBatch];
 #pragma unroll
-                for (int b = 0; b < kBatch; ++b) {
-                    if (!on[b]) continue;
-                    const uint32_t v[4] = {raw[b].x, raw[b].y, raw[b].z, raw[b].w};
-#pragma unroll
-                    for (int i = 0; i < 4; ++i) {
-                        acc[2 * i] = __fadd_rn(acc[2 * i], __fmul_rn(wk[b], bf16_bits_to_float(v[i])));
-                        acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], __fmul_rn(wk[b], bf16_bits_to_float(v[i] >> 16)));
+                    for (int b = 0; b < kBatch; ++b) {
+                        on[b] = touched != 0;
+                        if (on[b]) {
+                            const int r = __ffs(touched) - 1;
+                            touched &= touched - 1;
+                            raw[b] = __ldcg(reinterpret_cast<const uint4*>(rows + (static_cast<uint64_t>(r) * M + t) * row_bytes + 2 * c));
+                        }
                     }
+#pragma unroll
+                    for (int b = 0; b < kBatch; ++b) {
+                        if (!on[b]) continue;
+                        const uint32_t v[4] = {raw[b].x, raw[b].y, raw[b].z, raw[b].w};
+#pragma unroll
+                        for (int i = 0; i < 4; ++i) {
+                            acc[2 * i] = __fadd_rn(acc[2 * i], bf16_bits_to_float(v[i]));
+                            acc[2 * i + 1] = __fadd_rn(acc[2 * i + 1], bf16_bits_to_float(v[i] >> 16));
+                        }
+                    }
+                }
+            } else {
+                // each rank's slots in order into a partial: one pass over the slots per rank (rows
+                // come from L2; the common top-k of a few ranks makes this a handful of passes)
+                uint32_t touched = 0;
+                for (int k = 0; k < K; ++k) {
+                    const int64_t e = sel[k];
+                    if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) touched |= 1u << (e / L);
+                }
+                for (; touched != 0; touched &= touched - 1) {
+                    const int r = __ffs(touched) - 1;
+                    float p[8];
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) p[i] = 0.0f;
+                    for (int k0 = 0; k0 < K; k0 += kBatch) {
+                        uint4 raw[kBatch];
+                        float wk[kBatch];
+                        bool on[kBatch];
+#pragma unroll
+                        for (int b = 0; b < kBatch; ++b) {
+                            const int k = k0 + b;
+                            const int64_t e = k < K ? sel[k] : -1;
+                            on[b] = e >= 0 && e < E && e / L == r;
+                            wk[b] = on[b] ? wt[k] : 0.0f;
+                            raw[b] = on[b] ? __ldcg(reinterpret_cast<const uint4*>(rows + (static_cast<uint64_t>(e) * M + t) * row_bytes + 2 * c))
+                                           : make_uint4(0, 0, 0, 0);
+                        }
+#pragma unroll
+                        for (int b = 0; b < kBatch; ++b) {
+                            if (!on[b]) continue;
+                            const uint32_t v[4] = {raw[b].x, raw[b].y, raw[b].z, raw[b].w};
+#pragma unroll
+                            for (int i = 0; i < 4; ++i) {
+                                p[2 * i] = __fadd_rn(p[2 * i], __fmul_rn(wk[b], bf16_bits_to_float(v[i])));
+                                p[2 * i + 1] = __fadd_rn(p[2 * i + 1], __fmul_rn(wk[b], bf16_bits_to_float(v[i] >> 16)));
+                            }
+                        }
+                    }
+#pragma unroll
+                    for (int i = 0; i < 8; ++i) acc[i] = __fadd_rn(acc[i], bf16_bits_to_float(float_to_bf16_bits(p[i])));
                 }
             }
             uint4 packed;
@@ -838,12 +1070,28 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             const int t = static_cast<int>(w / H);
             const uint64_t c = w % H;
             const int64_t* sel = topk + static_cast<int64_t>(t) * K;
-            float acc = 0.0f;
+            uint32_t touched = 0;
             for (int k = 0; k < K; ++k) {
                 const int64_t e = sel[k];
-                if (e < 0 || e >= E || ((mask >> (e / L)) & 1u) == 0) continue;
-                const uint16_t* row = reinterpret_cast<const uint16_t*>(rows + (static_cast<uint64_t>(e) * M + t) * 2ull * H);
-                acc = __fadd_rn(acc, __fmul_rn(weights[static_cast<int64_t>(t) * K + k], bf16_bits_to_float(__ldcg(row + c))));
+                if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) touched |= 1u << (e / L);
+            }
+            float acc = 0.0f;
+            for (; touched != 0; touched &= touched - 1) {
+                const int r = __ffs(touched) - 1;
+                float p;
+                if (reduced) {
+                    p = bf16_bits_to_float(__ldcg(reinterpret_cast<const uint16_t*>(rows + (static_cast<uint64_t>(r) * M + t) * row_bytes) + c));
+                } else {
+                    p = 0.0f;
+                    for (int k = 0; k < K; ++k) {
+                        const int64_t e = sel[k];
+                        if (e < 0 || e >= E || e / L != r) continue;
+                        const uint16_t* row = reinterpret_cast<const uint16_t*>(rows + (static_cast<uint64_t>(e) * M + t) * row_bytes);
+                        p = __fadd_rn(p, __fmul_rn(weights[static_cast<int64_t>(t) * K + k], bf16_bits_to_float(__ldcg(row + c))));
+                    }
+                    p = bf16_bits_to_float(float_to_bf16_bits(p));
+                }
+                acc = __fadd_rn(acc, p);
             }
             out[static_cast<uint64_t>(t) * H + c] = static_cast<uint16_t>(float_to_bf16_bits(acc));
         }

@@ -32,7 +32,8 @@ import picocli.CommandLine.Option;
  * weights uniform and normalised to sum 1) from {@code seed + rank}, and puts them, the buffer's data
  * path ({@code new EpBuffer(group, bytes, device)}) and {@code activeRanks} on the run's device.
  *
- * <p>Timing: after the warm-up, each iteration starts with a process-group barrier (outside the timed
+ * <p>Timing: after the warm-up and a wait until the JIT compiles nothing ({@link CompilerQueue}; again
+ * before the back-to-back loop), each iteration starts with a process-group barrier (outside the timed
  * region), then times {@code dispatch} and {@code combine} (zero-copy, on the dispatch's combine buffer
  * as the local experts left it) separately with {@link System#nanoTime()}, both with
  * {@code timeoutUs = -1} and no async or hook; with {@code --device cuda} each phase ends with a device
@@ -91,10 +92,12 @@ public final class EpBenchWorker {
             double[] times = new double[2 * o.iters + 1];
             try (in; EpBuffer buf = new EpBuffer(g, EpBuffer.sizeHint(o.tokens, o.hidden, n, o.experts), device)) {
                 for (int i = 0; i < o.warmup; i++) iteration(o, buf, in, device, null, 0);
+                awaitCompiler(rank, "the per-phase iterations");
                 for (int i = 0; i < o.iters; i++) {
                     g.barrier();
                     iteration(o, buf, in, device, times, i);
                 }
+                awaitCompiler(rank, "the back-to-back loop");
                 g.barrier();
                 long t0 = System.nanoTime();
                 for (int i = 0; i < o.iters; i++) dispatchCombine(o, buf, in);
@@ -115,6 +118,21 @@ public final class EpBenchWorker {
             }
             g.barrier();
             return 0;
+        }
+    }
+
+    /** The longest wait for the JIT to go idle before a timed part. */
+    static final long COMPILER_WAIT_MS = 5000;
+
+    /**
+     * Waits until HotSpot compiles nothing ({@link CompilerQueue}, at most {@link #COMPILER_WAIT_MS}),
+     * so that no compilation competes with the timed part {@code what}; says so on stderr when it times
+     * it anyway.
+     */
+    private static void awaitCompiler(int rank, String what) {
+        if (!CompilerQueue.awaitIdle(COMPILER_WAIT_MS)) {
+            System.err.println("epbench: rank " + rank + ": the JIT was still compiling after " + COMPILER_WAIT_MS + " ms; timing "
+                    + what + " anyway");
         }
     }
 

@@ -43,15 +43,16 @@ import org.mooncake4j.pg.gpu.StoreExchange;
 final class CudaEpPath implements EpDataPath, AutoCloseable {
     static final int THREADS = 512;
     static final int WARPS_PER_BLOCK = THREADS / 32;
-    /** Status slots per kind of wait (dispatch, combine), indexed by sequence number. */
+    /** Status slots per kind of wait (dispatch receive, combine receive, reduced combine send), indexed by sequence number. */
     static final int STATUS_SLOTS = 16;
+    static final int STATUS_KINDS = 3;
     /** Dynamic shared memory a block may use without opting in. */
     static final int MAX_SHARED_BYTES = 48 * 1024;
     /** The four kernels, in the order of their block counters and of {@link #profileReport()}. */
     static final int K_DISPATCH_SEND = 0, K_DISPATCH_RECEIVE = 1, K_COMBINE_SEND = 2, K_COMBINE_RECEIVE = 3;
     private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
     // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
-    // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}
+    // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}, kind 0 dispatch receive, 1 combine receive, 2 reduced combine send
     private static final long ERROR = 8, ERROR_DETAIL = 16, WAIT_STATUS = 64;
     /** Profiling: per kernel kind, 8 u64 of device memory (see stamp() in ep.cu): start, launches, points 2..6. */
     static final int STAMP_WORDS = 8;
@@ -69,7 +70,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     private final long epBase;
     private final long capacity;
     private final PinnedHostMemory status;
-    private final CudaFunction dispatchSend, dispatchRecv, combineSend, combineRecv, hostSignal;
+    private final CudaFunction dispatchSend, dispatchRecv, combineSend, combineSendReduced, combineRecv, hostSignal;
     private DeviceBuffer scratch;
     /** Profiling only: the kernels' time stamps (see {@link #stamps}). */
     private DeviceBuffer stampBuffer;
@@ -84,13 +85,16 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     private final List<Sample> profile = Boolean.getBoolean("mooncake4j.ep.profile") ? new ArrayList<>() : null;
 
     /**
-     * Offsets into the private scratch buffer for a shape: four block counters (one per kernel), the two
-     * decision words of the receive kernels (dispatch, combine), the per-expert send counts, the ranks
-     * each dispatch sent to (two slots), the rows used per (expert, source), each received row's source
-     * and token, and one message per token for the FP8 quantization.
+     * Offsets into the private scratch buffer for a shape: four block counters (one per kernel) and the
+     * reduced combine send's word of late sources, the two decision words of the receive kernels
+     * (dispatch, combine), the per-expert send counts, the ranks each dispatch sent to (two slots), the
+     * rows used per (expert, source), each received row's source and token, the row of each (source,
+     * token, top-k slot) for the reduced combine ({int32 row, int32 dispatch seq}), and one message per
+     * token for the FP8 quantization.
      */
-    record Scratch(long counters, long decisions, long sendCount, long sentTo, long used, long rowSrcToken, long messages, long bytes) {
-        static Scratch of(int numRanks, int numExperts, int maxTokens, long messageBytes) {
+    record Scratch(long counters, long decisions, long sendCount, long sentTo, long used, long rowSrcToken, long slotRows, long messages,
+                   long bytes, int topK) {
+        static Scratch of(int numRanks, int numExperts, int maxTokens, long messageBytes, int topK) {
             long off = 0;
             long counters = off;
             off += 64;
@@ -104,10 +108,15 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
             off = align(off + 4L * numExperts);
             long rows = off;
             off = align(off + 4L * numExperts * maxTokens);
+            long slotRows = off;
+            off = align(off + 8L * numRanks * maxTokens * topK);
             long messages = off;
             off = align(off + messageBytes * maxTokens);
-            return new Scratch(counters, decisions, sendCount, sentTo, used, rows, messages, off);
+            return new Scratch(counters, decisions, sendCount, sentTo, used, rows, slotRows, messages, off, topK);
         }
+
+        /** The reduced combine send's mask of sources whose table did not arrive (reset by the kernel). */
+        long late() { return counters + 32; }
 
         private static long align(long v) { return (v + 255) / 256 * 256; }
 
@@ -134,6 +143,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         this.dispatchSend = module.function("ep_dispatch_send");
         this.dispatchRecv = module.function("ep_dispatch_recv");
         this.combineSend = module.function("ep_combine_send");
+        this.combineSendReduced = module.function("ep_combine_send_reduced");
         this.combineRecv = module.function("ep_combine_recv");
         this.hostSignal = module.function("ep_host_signal");
         this.epBase = SymmetricHeap.Layout.DATA_OFFSET;
@@ -145,7 +155,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         SymmetricHeap h = null;
         try {
             s = CudaStream.create(device);
-            st = PinnedHostMemory.allocate(device, WAIT_STATUS + 2L * 8 * 2 * STATUS_SLOTS);
+            st = PinnedHostMemory.allocate(device, WAIT_STATUS + 2L * 8 * STATUS_KINDS * STATUS_SLOTS);
             st.segment().fill((byte) 0);
             h = SymmetricHeap.create(device, rank, numRanks, heapBytes, exchange);
             // zero this rank's signal words before any peer can signal into them (the barrier below)
@@ -192,7 +202,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         EpHandle h = op.handle();
         EpLayout lay = h.layout;
         rowTableBytes(lay); // refuses shapes the receive kernels cannot take before anything is sent
-        ensureScratch(lay);
+        ensureScratch(lay, h.topK);
         long base = scratch.pointer();
         int blocks = Math.max(1, Math.min(h.numTokens, 2 * device.multiprocessorCount()));
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.topkIdx().devicePointer()).ptr(op.activeRanks().devicePointer())
@@ -216,7 +226,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
                 .ptr(status.devicePointer() + ERROR).ptr(base + at.decision(0)).u64(waitNanos(op.timeoutUs(), groupTimeout))
                 .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counter(K_DISPATCH_RECEIVE)).ptr(status.devicePointer()).u64(t)
-                .i32(dedup(lay) ? 1 : 0).ptr(stamps(K_DISPATCH_RECEIVE));
+                .i32(dedup(lay) ? 1 : 0).ptr(stamps(K_DISPATCH_RECEIVE)).i32(at.topK()).ptr(base + at.slotRows());
         launch(K_DISPATCH_RECEIVE, dispatchRecv, device.multiprocessorCount(), rowTableBytes(lay), a, true);
     }
 
@@ -225,6 +235,19 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         EpHandle h = op.handle();
         EpLayout lay = h.layout;
         long base = scratch.pointer();
+        if (reducedCombine(lay, h.topK, op.x().devicePointer())) {
+            long sentTo = base + at.sentTo() + 4L * numRanks * (h.seq & 1);
+            KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.activeRanks().devicePointer()).ptr(heap.pointerTable())
+                    .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).i32(h.topK)
+                    .i32(h.numTokens).u64(op.seq()).u64(h.seq).ptr(base + at.slotRows()).ptr(op.topkIdx().devicePointer())
+                    .ptr(op.topkWeights().devicePointer()).ptr(sentTo).u64(lay.combineRecv()).u64(reducedTable(lay))
+                    .u64(waitNanos(op.timeoutUs(), groupTimeout)).ptr(base + at.late()).ptr(status.devicePointer() + statusOffset(2, op.seq()))
+                    .ptr(base + at.counter(K_COMBINE_SEND)).ptr(stamps(K_COMBINE_SEND));
+            int blocks = 2 * device.multiprocessorCount();
+            a.i32(reducedParts(blocks * WARPS_PER_BLOCK, numRanks, lay.maxTokens()));
+            launch(K_COMBINE_SEND, combineSendReduced, blocks, 0, a, false);
+            return;
+        }
         KernelArgs a = KernelArgs.begin().ptr(op.x().devicePointer()).ptr(op.activeRanks().devicePointer()).ptr(heap.pointerTable())
                 .u64(epBase).i32(rank).i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(op.seq())
                 .ptr(base + at.used()).ptr(base + at.rowSrcToken()).u64(lay.combineRecv()).ptr(base + at.counter(K_COMBINE_SEND))
@@ -246,7 +269,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv()).u64(op.seq())
                 .ptr(base + at.decision(1)).u64(waitNanos(op.timeoutUs(), groupTimeout))
                 .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counter(K_COMBINE_RECEIVE)).ptr(status.devicePointer()).u64(t)
-                .ptr(stamps(K_COMBINE_RECEIVE));
+                .ptr(stamps(K_COMBINE_RECEIVE)).i32(reducedCombine(lay, h.topK, op.x().devicePointer()) ? 1 : 0);
         launch(K_COMBINE_RECEIVE, combineRecv, blocks, 0, a, true);
     }
 
@@ -312,7 +335,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      * kernel ({@code stamp} in ep.cu; 0 where the kernel has no such point): dispatch send: prologue
      * done, first token's rows and message ready, block 0's stores done, last block known, flags
      * released; dispatch receive: sources arrived, row table ready, block 0's copies done, last block
-     * known; combine send: -, row table ready, block 0's copies done, last block known, flags released;
+     * known; combine send: -, row table ready, block 0's copies done, last block known, flags released
+     * (reduced combine: block 0's table published, block 0's sources' tables arrived, block 0's partial
+     * rows stored, last block known, flags released);
      * combine receive: sources arrived, -, block 0's sums done, last block known. Then forgets them.
      * Null without profiling.
      */
@@ -359,6 +384,33 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     static boolean dedup(EpLayout lay) {
         return DEDUP && lay.localExperts() >= 2 && 16L * lay.localExperts() <= lay.messageBytes();
     }
+
+    /** With -Dmooncake4j.ep.reducedCombine=false every selection's expert row crosses NVLink on its own (for comparisons). */
+    private static final boolean REDUCED_COMBINE = !"false".equals(System.getProperty("mooncake4j.ep.reducedCombine"));
+
+    /**
+     * Whether a combine of this shape sends one partial row per (token, expert rank) instead of one row
+     * per selection (ep_combine_send_reduced): it needs the expert outputs {@code x} 16-byte aligned,
+     * hidden a multiple of 8, top-k and the ranks at most 32, and room in combineRecv behind the R * M
+     * partial rows for every source's {expert, weight} table of M * topK entries: R * (2H + 8 topK) <=
+     * 2 E H. Both ways give the same bits (the partials are the arithmetic of every path).
+     */
+    static boolean reducedCombine(EpLayout lay, int topK, long x) {
+        long r = lay.numRanks(), h = lay.hidden();
+        return REDUCED_COMBINE && (x & 15) == 0 && h % 8 == 0 && topK <= 32 && r <= 32
+                && r * (2 * h + 8L * topK) <= 2L * lay.numExperts() * h && (long) lay.numExperts() * lay.maxTokens() <= Integer.MAX_VALUE;
+    }
+
+    /**
+     * Warps per (source, token) of the reduced combine send: about one task per warp of the grid (the
+     * tasks are R * M * parts), from 1 to 16.
+     */
+    static int reducedParts(int warps, int numRanks, int maxTokens) {
+        return (int) Math.max(1, Math.min(16, warps / ((long) numRanks * maxTokens)));
+    }
+
+    /** Offset of the reduced combine's {expert, weight} tables in the EP buffer: right after the R * M partial rows of combineRecv. */
+    static long reducedTable(EpLayout lay) { return lay.combineRecv() + 2L * lay.numRanks() * lay.maxTokens() * lay.hidden(); }
 
     /** With -Dmooncake4j.ep.sendTable=false the dispatch send kernel reads the top-k table from global memory (for comparisons). */
     private static final boolean SEND_TABLE = !"false".equals(System.getProperty("mooncake4j.ep.sendTable"));
@@ -446,7 +498,10 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         checkMissing(0, op.handle().seq, op.timeoutUs(), "dispatch");
     }
 
-    void checkCombine(Combine op) { checkMissing(1, op.seq(), op.timeoutUs(), "combine"); }
+    void checkCombine(Combine op) {
+        checkMissing(2, op.seq(), op.timeoutUs(), "combine");
+        checkMissing(1, op.seq(), op.timeoutUs(), "combine");
+    }
 
     private void checkErrors(long seq) {
         MemorySegment w = status.segment();
@@ -493,8 +548,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
         return b.toString();
     }
 
-    private void ensureScratch(EpLayout lay) {
-        Scratch need = Scratch.of(numRanks, lay.numExperts(), lay.maxTokens(), lay.messageBytes());
+    private void ensureScratch(EpLayout lay, int topK) {
+        Scratch need = Scratch.of(numRanks, lay.numExperts(), lay.maxTokens(), lay.messageBytes(), Math.min(topK, 32));
         if (scratch != null && at.equals(need)) return;
         if (scratch != null) {
             await(mark(), 0, "EpBuffer scratch resize");

@@ -34,10 +34,16 @@ import org.mooncake4j.pg.ProcessGroup;
  * {@code x / scale} rounded to nearest even, saturating at ±448. A token that selects the same expert
  * in two top-k slots is sent once.
  *
- * <p><b>Combine</b> takes the expert outputs in the same layout (bf16), sends each valid row back to
- * its source, and each source computes per token, in top-k slot order,
- * {@code acc = acc + w[k] * y[k]} in float32 over the slots whose expert id is not -1 and whose rank
- * is active, then rounds {@code acc} to bfloat16. A token with no such slot gets zeros.
+ * <p><b>Combine</b> takes the expert outputs in the same layout (bf16) and returns, per token, the
+ * weighted sum of its selections' expert outputs over the slots whose expert id is not -1 and whose
+ * rank is active, computed as: for each such expert rank {@code r}, in rank order, the partial
+ * {@code p = p + w[k] * y[k]} in float32 over {@code r}'s slots in top-k slot order, rounded to
+ * bfloat16; {@code acc = acc + p} in float32; {@code acc} rounded to bfloat16. A token with no such slot
+ * gets zeros. Every path gives these bits. The CUDA path forms each partial on the expert's rank and
+ * sends one row per (token, rank) back instead of one per selection (the tokens' top-k ids and weights
+ * go the other way first, 8 bytes per selection); that halves the bytes a 4-rank combine moves over
+ * NVLink with top-8. The partial's rounding adds at most one bf16 rounding per rank to the result (as
+ * when the experts of one rank are summed before a cross-rank reduction).
  *
  * <p><b>Failures.</b> A rank that is 0 in {@code activeRanks} is neither sent to nor waited for. A
  * rank whose data does not arrive within {@code timeoutUs} (from the start of the receive), or whose

@@ -18,7 +18,11 @@ package org.mooncake4j.ep;
  * recvX              [L][R*M] rows of 2H bytes (bf16) or H bytes (fp8): the packed dispatch result
  * recvScales         fp32 [L][R*M][ceil(H/128)]
  * combineSend        bf16 [L][R*M][H]   nextCombineBuffer(handle)
- * combineRecv        bf16 [E][M][H]     written by the rank owning expert e at row (e, source token)
+ * combineRecv        bf16 [E][M][H]     written by the rank owning expert e at row (e, source token); the
+ *                    CUDA path's reduced combine (CudaEpPath.reducedCombine) uses rows [R][M] instead: row
+ *                    (r, t) = expert rank r's partial sum for token t, and behind them each source s's
+ *                    {int32 expert, float32 weight} [M][topK] table at [s], written by s before its partials
+ *                    are formed (the table word is the second u64 of s's combine signal line)
  * </pre>
  *
  * Every region starts on a 64-byte boundary. Immutable.

@@ -17,7 +17,9 @@ import org.mooncake4j.pg.PeerFailureException;
  * rank's signal word for this source. The receiver waits for each active source's word, and packs the
  * rows of each local expert source by source into recvX. Combine writes each received row of the
  * expert outputs straight into the source rank's combine area at (global expert, token), publishes
- * the combine sequence number to every active rank, and the source sums its tokens' rows.
+ * the combine sequence number to every active rank, and the source sums its tokens' rows the way
+ * {@link EpBuffer} documents: per expert rank a partial in slot order, rounded to bf16, the partials
+ * added in rank order (the CUDA path's expert ranks form those partials themselves).
  *
  * <p>The staging blocks and count words are single-buffered: a rank may send dispatch n + 1 to a peer
  * only after that peer has read dispatch n. The combine receive guarantees it by waiting for the
@@ -49,7 +51,7 @@ final class HostEpPath implements EpDataPath {
     private MemorySegment countScratch = MemorySegment.NULL;
     private MemorySegment message = MemorySegment.NULL;
     // receive-side scratch (combine receive)
-    private float[] acc = new float[0];
+    private float[] acc = new float[0], part = new float[0];
 
     HostEpPath(int rank, Duration groupTimeout) {
         this.rank = rank;
@@ -242,19 +244,29 @@ final class HostEpPath implements EpDataPath {
         // it a rank with no selections there would start the next dispatch and overwrite that rank's
         // staging block before it was read.
         awaitSources(h.segments, op.activeRanks(), op.timeoutUs(), op.seq(), h.sentTo, "combine");
-        if (acc.length < hidden) acc = new float[hidden];
-        float[] a = acc;
+        if (acc.length < hidden) {
+            acc = new float[hidden];
+            part = new float[hidden];
+        }
+        float[] a = acc, p = part;
+        long experts = (long) numRanks * local;
         for (int t = 0; t < h.numTokens; t++) {
             Arrays.fill(a, 0, hidden, 0f);
-            for (int k = 0; k < topK; k++) {
-                long q = (long) t * topK + k;
-                long e = idx.get(LONG, q * 8);
-                if (e < 0) continue;
-                int r = (int) (e / local);
+            // per expert rank in rank order: its slots in slot order into a partial, rounded to bf16
+            for (int r = 0; r < numRanks; r++) {
                 if (!h.sentTo[r] || active.get(INT, 4L * r) == 0) continue;
-                float w = weights.get(FLOAT, q * 4);
-                long row = lay.combineRecvRow(e, t);
-                for (int c = 0; c < hidden; c++) a[c] += w * FloatFormats.bf16ToFloat(mem.get(SHORT, row + 2L * c));
+                boolean any = false;
+                for (int k = 0; k < topK; k++) {
+                    long q = (long) t * topK + k;
+                    long e = idx.get(LONG, q * 8);
+                    if (e < 0 || e >= experts || e / local != r) continue;
+                    if (!any) Arrays.fill(p, 0, hidden, 0f);
+                    any = true;
+                    float w = weights.get(FLOAT, q * 4);
+                    long row = lay.combineRecvRow(e, t);
+                    for (int c = 0; c < hidden; c++) p[c] += w * FloatFormats.bf16ToFloat(mem.get(SHORT, row + 2L * c));
+                }
+                if (any) for (int c = 0; c < hidden; c++) a[c] += FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(p[c]));
             }
             long o = (long) t * hidden * 2;
             for (int c = 0; c < hidden; c++) out.set(SHORT, o + 2L * c, FloatFormats.floatToBf16(a[c]));

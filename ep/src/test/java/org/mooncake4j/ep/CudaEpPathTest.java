@@ -55,13 +55,44 @@ class CudaEpPathTest {
         assertThat(CudaEpPath.statusOffset(0, CudaEpPath.STATUS_SLOTS + 3)).isEqualTo(CudaEpPath.statusOffset(0, 3));
         assertThat(CudaEpPath.ranksOf(0b1010)).containsExactly(1, 3);
         long message = EpLayout.of(128, 7168, 8, 288).messageBytes();
-        CudaEpPath.Scratch s = CudaEpPath.Scratch.of(8, 288, 128, message);
-        long[] starts = {s.counters(), s.decisions(), s.sendCount(), s.sentTo(), s.used(), s.rowSrcToken(), s.messages(), s.bytes()};
-        long[] sizes = {16, 16, 4L * 288, 2 * 4L * 8, 4L * 288, 4L * 288 * 128, message * 128};
+        CudaEpPath.Scratch s = CudaEpPath.Scratch.of(8, 288, 128, message, 8);
+        long[] starts = {s.counters(), s.decisions(), s.sendCount(), s.sentTo(), s.used(), s.rowSrcToken(), s.slotRows(), s.messages(), s.bytes()};
+        long[] sizes = {36, 16, 4L * 288, 2 * 4L * 8, 4L * 288, 4L * 288 * 128, 8L * 8 * 128 * 8, message * 128};
+        assertThat(s.late()).as("the late-source word after the four block counters").isEqualTo(s.counters() + 32);
+        assertThat(CudaEpPath.statusOffset(2, 1) + 16).as("three kinds of status slots")
+                .isLessThanOrEqualTo(64 + 16L * CudaEpPath.STATUS_KINDS * CudaEpPath.STATUS_SLOTS);
         for (int i = 0; i < sizes.length; i++) {
             assertThat(starts[i] % 64).as("region %d aligned", i).isZero();
             assertThat(starts[i + 1] - starts[i]).as("region %d size", i).isGreaterThanOrEqualTo(sizes[i]);
         }
+    }
+
+    /**
+     * The reduced combine keeps every source's {expert, weight} table (M * topK entries of 8 bytes) in
+     * combineRecv behind the R * M partial rows; it is used where that fits, with aligned expert outputs,
+     * hidden a multiple of 8 and top-k up to 32, and the partial rows and tables stay inside combineRecv.
+     */
+    @Test
+    void theReducedCombineIsUsedWhereItsTablesFitBehindThePartialRows() {
+        EpLayout lay = EpLayout.of(128, 7168, 4, 288);
+        assertThat(CudaEpPath.reducedCombine(lay, 8, 1L << 20)).isTrue();
+        assertThat(CudaEpPath.reducedCombine(lay, 8, (1L << 20) + 8)).as("x not 16-byte aligned").isFalse();
+        assertThat(CudaEpPath.reducedCombine(lay, 33, 1L << 20)).as("top-33").isFalse();
+        assertThat(CudaEpPath.reducedCombine(EpLayout.of(128, 7168, 4, 4), 8, 1L << 20)).as("one expert per rank: no room for the tables").isFalse();
+        assertThat(CudaEpPath.reducedCombine(EpLayout.of(8, 100, 2, 8), 2, 1L << 20)).as("hidden 100").isFalse();
+        long tables = CudaEpPath.reducedTable(lay);
+        assertThat(tables - lay.combineRecv()).isEqualTo(2L * 4 * 128 * 7168);
+        assertThat(tables + 4L * 128 * 8 * 8).isLessThanOrEqualTo(lay.totalBytes());
+        // about one (source, token, part) task per warp: 132 SMs x 2 blocks x 16 warps
+        assertThat(CudaEpPath.reducedParts(4224, 4, 128)).isEqualTo(8);
+        assertThat(CudaEpPath.reducedParts(4224, 2, 128)).isEqualTo(16);
+        assertThat(CudaEpPath.reducedParts(4224, 8, 1024)).isEqualTo(1);
+        assertThat(CudaEpPath.reducedParts(4224, 1, 8)).as("at most 16").isEqualTo(16);
+        // the room exactly filled: R (2H + 8K) = 2 E H with R = 2, E = 4, H = 64 at K = 16
+        EpLayout tight = EpLayout.of(4, 64, 2, 4);
+        assertThat(CudaEpPath.reducedCombine(tight, 16, 0)).isTrue();
+        assertThat(CudaEpPath.reducedCombine(tight, 17, 0)).isFalse();
+        assertThat(CudaEpPath.reducedTable(tight) + 8L * 2 * 4 * 16).isEqualTo(tight.combineRecv() + 2L * 4 * 4 * 64);
     }
 
     /** The receive kernels' row table fits a block's shared memory up to about 10000 experts, and larger counts are refused. */

@@ -165,7 +165,7 @@ public final class MoeExample {
         int h = layer.hidden();
         float[] magnitude = new float[tokens * h];
         float[] ref = layer.reference(x, routing, kept, magnitude);
-        short[] exact = layer.combineArithmetic(x, routing, kept);
+        short[] exact = layer.combineArithmetic(x, routing, kept, n);
         MemorySegment o = out.segment();
         for (int i = 0; i < tokens * h; i++) {
             short bits = o.get(SHORT, 2L * i);

@@ -35,13 +35,14 @@ import org.mooncake4j.ep.EpBuffer;
  *
  * <p><b>Tolerance</b> ({@link #tolerance}). The expert-parallel output differs from the float32
  * reference only by bf16 rounding: each expert output {@code y_k} is rounded to bf16 before combine
- * (relative error at most {@code u = 2^-8}, bf16's unit roundoff with 8 significant bits), the
- * weighted sum of {@code topK} terms is accumulated in float32 on both sides (at most
- * {@code (topK + 1) · 2^-24} relative to {@code Σ w_k |y_k|} each), and the sum is rounded to bf16
- * once ({@code u · |ref|}, plus {@code u} times the error before it). Per element:
- * {@code |out - ref| ≤ (u + 2 (topK + 1) 2^-24) · Σ_k w_k |y_k| + u · |ref| + 2^-133} (the last term
- * covers bf16's smallest subnormal spacing). The inputs need no term: bf16 dispatch delivers the
- * tokens bit for bit.
+ * (relative error at most {@code u = 2^-8}, bf16's unit roundoff with 8 significant bits); each expert
+ * rank's partial sum is rounded to bf16 (at most {@code u (1 + u)} relative to its
+ * {@code Σ w_k |y_k|}); the sums are accumulated in float32 on both sides, the partials and then their
+ * sum (at most {@code (topK + 1) · 2^-24} relative to {@code Σ w_k |y_k|} each of the three); and the
+ * sum is rounded to bf16 once ({@code u · |ref|}, plus {@code u} times the error before it). Per
+ * element: {@code |out - ref| ≤ (2.02 u + 4 (topK + 1) 2^-24) · Σ_k w_k |y_k| + u · |ref| + 2^-133}
+ * ({@code 2.02 u} covers {@code u + u (1 + u)} and the second-order terms; the last term covers bf16's
+ * smallest subnormal spacing). The inputs need no term: bf16 dispatch delivers the tokens bit for bit.
  *
  * <p>Immutable after construction; safe to share between threads.
  */
@@ -203,7 +204,7 @@ public final class MoeLayer {
 
     /** The bound on {@code |out - ref|} of one element derived in the class comment. */
     public double tolerance(float ref, float magnitude) {
-        return (BF16_UNIT_ROUNDOFF + 2.0 * (topK + 1) * 0x1p-24) * magnitude + BF16_UNIT_ROUNDOFF * Math.abs(ref) + 0x1p-133;
+        return (2.02 * BF16_UNIT_ROUNDOFF + 4.0 * (topK + 1) * 0x1p-24) * magnitude + BF16_UNIT_ROUNDOFF * Math.abs(ref) + 0x1p-133;
     }
 
     /**
@@ -240,25 +241,37 @@ public final class MoeLayer {
     }
 
     /**
-     * The combine arithmetic {@link EpBuffer} documents, replayed here: per token, in top-k slot order,
-     * {@code acc += w_k · bf16(y_k)} in float32 over the kept selections, rounded to bf16 once. The CPU
-     * path's output equals it bit for bit.
+     * The combine arithmetic {@link EpBuffer} documents, replayed here: per token and per expert rank
+     * (experts {@code r · numExperts / numRanks} on), in rank order, the partial
+     * {@code p += w_k · bf16(y_k)} in float32 over that rank's kept selections in slot order, rounded to
+     * bf16; {@code acc += p} in float32; {@code acc} rounded to bf16. The CPU path's output equals it bit
+     * for bit.
      *
      * @return bf16 bits {@code [numTokens * hidden]}
      */
-    public short[] combineArithmetic(Tensor x, Routing routing, IntPredicate keep) {
+    public short[] combineArithmetic(Tensor x, Routing routing, IntPredicate keep, int numRanks) {
+        if (numRanks < 1 || numExperts % numRanks != 0) {
+            throw new IllegalArgumentException("numExperts (" + numExperts + ") must be a positive multiple of numRanks (" + numRanks + ")");
+        }
+        int local = numExperts / numRanks;
         int n = routing.numTokens();
         short[] out = new short[n * hidden];
-        float[] in = new float[hidden], mid = new float[ffn], y = new float[hidden], acc = new float[hidden];
+        float[] in = new float[hidden], mid = new float[ffn], y = new float[hidden], acc = new float[hidden], part = new float[hidden];
         for (int t = 0; t < n; t++) {
             row(x, t, in);
             Arrays.fill(acc, 0f);
-            for (int k = 0; k < topK; k++) {
-                int e = (int) routing.topkIdx()[t * topK + k];
-                if (e < 0 || !keep.test(e)) continue;
-                float w = routing.topkWeights()[t * topK + k];
-                expert(e, in, mid, y);
-                for (int h = 0; h < hidden; h++) acc[h] += w * roundBf16(y[h]);
+            for (int r = 0; r < numRanks; r++) {
+                boolean any = false;
+                for (int k = 0; k < topK; k++) {
+                    int e = (int) routing.topkIdx()[t * topK + k];
+                    if (e < 0 || e / local != r || !keep.test(e)) continue;
+                    if (!any) Arrays.fill(part, 0f);
+                    any = true;
+                    float w = routing.topkWeights()[t * topK + k];
+                    expert(e, in, mid, y);
+                    for (int h = 0; h < hidden; h++) part[h] += w * roundBf16(y[h]);
+                }
+                if (any) for (int h = 0; h < hidden; h++) acc[h] += roundBf16(part[h]);
             }
             for (int h = 0; h < hidden; h++) out[t * hidden + h] = FloatFormats.floatToBf16(acc[h]);
         }

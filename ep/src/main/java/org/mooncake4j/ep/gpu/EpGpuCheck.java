@@ -263,18 +263,27 @@ public final class EpGpuCheck {
         return at;
     }
 
-    /** Float32 sum in slot order of w * bf16(seen) over unmasked selections of active ranks, rounded to bf16. */
+    /**
+     * Per active rank in rank order, the float32 sum in slot order of w * bf16(seen) over its unmasked
+     * selections rounded to bf16; those partials summed in float32, rounded to bf16.
+     */
     private String checkCombined(Inputs in, boolean fp8, int[] active, short[] out) {
         for (int t = 0; t < M; t++) {
             float[] v = seen(in, t, fp8);
             float[] acc = new float[H];
             float wsum = 0;
-            for (int k = 0; k < K; k++) {
-                long e = in.topk()[t * K + k];
-                if (e < 0 || active[(int) (e / local)] == 0) continue;
-                float wk = in.w()[t * K + k];
-                wsum += wk;
-                for (int c = 0; c < H; c++) acc[c] += wk * FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(v[c]));
+            for (int r = 0; r < n; r++) {
+                if (active[r] == 0) continue;
+                float[] partial = null;
+                for (int k = 0; k < K; k++) {
+                    long e = in.topk()[t * K + k];
+                    if (e < 0 || e / local != r) continue;
+                    if (partial == null) partial = new float[H];
+                    float wk = in.w()[t * K + k];
+                    wsum += wk;
+                    for (int c = 0; c < H; c++) partial[c] += wk * FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(v[c]));
+                }
+                if (partial != null) for (int c = 0; c < H; c++) acc[c] += FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(partial[c]));
             }
             for (int c = 0; c < H; c++) {
                 short want = FloatFormats.floatToBf16(acc[c]);

@@ -1,6 +1,7 @@
 package org.mooncake4j.ep.examples;
 
 import static org.assertj.core.api.Assertions.assertThat;
+import static org.assertj.core.api.Assertions.assertThatThrownBy;
 
 import java.time.Duration;
 import java.util.List;
@@ -90,11 +91,16 @@ class MoeExampleTest {
             }
             float[] magnitude = new float[TOKENS * HIDDEN];
             float[] ref = layer.reference(x, r, e -> true, magnitude);
-            short[] bf = layer.combineArithmetic(x, r, e -> true);
-            for (int i = 0; i < ref.length; i++) {
-                float got = org.mooncake4j.core.internal.FloatFormats.bf16ToFloat(bf[i]);
-                assertThat((double) Math.abs(got - ref[i])).as("element %d", i).isLessThanOrEqualTo(layer.tolerance(ref[i], magnitude[i]));
+            // one rank (one partial per token), three ranks (up to three partials), six (one expert each)
+            for (int ranks : new int[] {1, 3, 6}) {
+                short[] bf = layer.combineArithmetic(x, r, e -> true, ranks);
+                for (int i = 0; i < ref.length; i++) {
+                    float got = org.mooncake4j.core.internal.FloatFormats.bf16ToFloat(bf[i]);
+                    assertThat((double) Math.abs(got - ref[i])).as("%d ranks, element %d", ranks, i)
+                            .isLessThanOrEqualTo(layer.tolerance(ref[i], magnitude[i]));
+                }
             }
+            assertThatThrownBy(() -> layer.combineArithmetic(x, r, e -> true, 4)).hasMessageContaining("multiple of numRanks (4)");
         }
     }
 }
