@@ -16,6 +16,9 @@ import org.mooncake4j.transfer.LocalSegment;
 import org.mooncake4j.transfer.RemoteSegment;
 import org.mooncake4j.transfer.TransferEngine;
 import org.mooncake4j.transfer.store.MetadataStore;
+import org.mooncake4j.transfer.store.StoreException;
+import org.slf4j.Logger;
+import org.slf4j.LoggerFactory;
 
 /**
  * The data plane of one group in one membership epoch: this rank's freshly registered segment, the
@@ -26,6 +29,7 @@ import org.mooncake4j.transfer.store.MetadataStore;
  * <p>Built and closed by the group's operation thread; P2P threads use it while it is current.
  */
 final class EpochPlane implements AutoCloseable {
+    private static final Logger LOG = LoggerFactory.getLogger(EpochPlane.class);
     final GroupState state;
     final long epoch;
     final int[] members;
@@ -68,8 +72,8 @@ final class EpochPlane implements AutoCloseable {
         String name = segPrefix + ".e" + epoch;
         LocalSegment seg = engine.registerSegment(name, layout.segmentBytes());
         try {
-            store.set(memberKey(prefix, epoch, rank), name.getBytes(StandardCharsets.UTF_8));
             int[] members = state.members();
+            publish(store, memberKey(prefix, epoch, rank), name.getBytes(StandardCharsets.UTF_8), deadline, members, rank);
             RemoteSegment[] peers = new RemoteSegment[state.slots()];
             for (int p : members) {
                 if (p == rank) continue;
@@ -81,6 +85,12 @@ final class EpochPlane implements AutoCloseable {
                     try {
                         found = store.waitFor(List.of(key), deadline.min(Deadline.afterMillis(200)));
                     } catch (org.mooncake4j.core.TimeoutException e) {
+                        found = null;
+                    } catch (StoreException e) {
+                        // a store too busy to answer in time (an overloaded host) is waited for like
+                        // a missing key, within the same deadline: thrown to the caller it would end
+                        // this rank's operation while the other members go on with it
+                        LOG.debug("rank {}: waiting for the segment of member {} in epoch {}: {}", rank, p, epoch, e.getMessage());
                         found = null;
                     }
                 }
@@ -97,6 +107,31 @@ final class EpochPlane implements AutoCloseable {
             seg.close();
             throw e;
         }
+    }
+
+    /**
+     * Sets {@code key}, retrying a store too busy to answer until {@code deadline}; then fails like a
+     * member that did not arrive (naming the next member), so the group's agreement decides, instead of
+     * ending this rank's operation alone.
+     */
+    private static void publish(MetadataStore store, String key, byte[] value, Deadline deadline, int[] members, int rank) {
+        while (true) {
+            try {
+                store.set(key, value);
+                return;
+            } catch (StoreException e) {
+                if (deadline.expired()) throw new Channels.WaitFailure(nextMember(members, rank), true, e);
+                LOG.debug("rank {}: publishing {}: {}", rank, key, e.getMessage());
+                java.util.concurrent.locks.LockSupport.parkNanos(Math.min(50_000_000L, Math.max(0, deadline.remainingNanos())));
+            }
+        }
+    }
+
+    /** The member after {@code rank} in rank order (wrapping), or {@code rank} itself when it is alone. */
+    static int nextMember(int[] members, int rank) {
+        for (int m : members) if (m > rank) return m;
+        for (int m : members) if (m != rank) return m;
+        return rank;
     }
 
     /**

@@ -1124,7 +1124,12 @@ public final class ProcessGroup implements AutoCloseable {
                 continue;
             }
             old.close();
-            store.delete(EpochPlane.memberKey(keyPrefix(), old.epoch, rank));
+            try {
+                store.delete(EpochPlane.memberKey(keyPrefix(), old.epoch, rank));
+            } catch (org.mooncake4j.transfer.store.StoreException e) {
+                // only cleanup: the key of an ended epoch is never read again
+                LOG.debug("group={} rank={}: could not delete the member key of epoch {}: {}", name, rank, old.epoch, e.getMessage());
+            }
         }
     }
 
