@@ -814,8 +814,9 @@ ep_combine_send_reduced(const uint16_t* y, int* active, const uint64_t* heaps, u
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     constexpr int kBatch = 8;    // rows loaded before they are summed
-    __shared__ int s_row[16][32];
-    __shared__ float s_w[16][32];
+    constexpr int kWarps = 512 / 32;   // the launch bound: CudaEpPath.THREADS threads
+    __shared__ int s_row[kWarps][32];  // per warp: its task's rows and weights, in slot order (topK <= 32)
+    __shared__ float s_w[kWarps][32];
     __shared__ uint32_t s_ready;
     allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
     stamp_begin(stamps);
@@ -881,11 +882,12 @@ ep_combine_send_reduced(const uint16_t* y, int* active, const uint64_t* heaps, u
         if (lane < K) ent = __ldcg(reinterpret_cast<const uint2*>(own + table_off) + static_cast<int64_t>(st) * K + lane);
         const int e = static_cast<int>(ent.x);
         const bool on = lane < K && e >= 0 && e < E && e / L == rank;
-        int row = held ? sr.x : -1;
+        const int held_row = held ? sr.x : -1;
+        int row = held_row;
         // a slot that repeats an earlier slot's expert was sent once, with that slot: take its row
         for (int q = 0; q < K; ++q) {
             const int eq = __shfl_sync(0xffffffffu, e, q);
-            const int rq = __shfl_sync(0xffffffffu, held ? sr.x : -1, q);
+            const int rq = __shfl_sync(0xffffffffu, held_row, q);
             if (on && row < 0 && q < lane && eq == e && rq >= 0) row = rq;
         }
         const bool use = on && row >= 0;
@@ -957,6 +959,22 @@ ep_combine_send_reduced(const uint16_t* y, int* active, const uint64_t* heaps, u
     stamp(stamps, 6);
 }
 
+namespace mooncake4j {
+namespace ep {
+
+// The ranks (bits) holding a kept slot of a token's top-k row sel: expert id in [0, E), rank in mask.
+__device__ __forceinline__ uint32_t kept_ranks(const int64_t* sel, int K, int64_t E, int L, uint32_t mask) {
+    uint32_t ranks = 0;
+    for (int k = 0; k < K; ++k) {
+        const int64_t e = sel[k];
+        if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) ranks |= 1u << (e / L);
+    }
+    return ranks;
+}
+
+}  // namespace ep
+}  // namespace mooncake4j
+
 // The sum of one token's partials: per rank in rank order, over the ranks with a kept slot (expert id in
 // [0, E), rank arrived), acc = acc + partial; each rank's partial being, in slot order over its slots,
 // p = p + w[k] * y[k] in float32 (no fused multiply-add) rounded to bf16. With reduced = 1 the expert
@@ -987,12 +1005,8 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             float acc[8];
 #pragma unroll
             for (int i = 0; i < 8; ++i) acc[i] = 0.0f;
+            uint32_t touched = kept_ranks(sel, K, E, L, mask);
             if (reduced) {
-                uint32_t touched = 0;
-                for (int k = 0; k < K; ++k) {
-                    const int64_t e = sel[k];
-                    if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) touched |= 1u << (e / L);
-                }
                 // up to kBatch ranks' partial rows are loaded before any is added (in rank order)
                 while (touched != 0) {
                     uint4 raw[kBatch];
@@ -1020,11 +1034,6 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             } else {
                 // each rank's slots in order into a partial: one pass over the slots per rank (rows
                 // come from L2; the common top-k of a few ranks makes this a handful of passes)
-                uint32_t touched = 0;
-                for (int k = 0; k < K; ++k) {
-                    const int64_t e = sel[k];
-                    if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) touched |= 1u << (e / L);
-                }
                 for (; touched != 0; touched &= touched - 1) {
                     const int r = __ffs(touched) - 1;
                     float p[8];
@@ -1070,11 +1079,7 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             const int t = static_cast<int>(w / H);
             const uint64_t c = w % H;
             const int64_t* sel = topk + static_cast<int64_t>(t) * K;
-            uint32_t touched = 0;
-            for (int k = 0; k < K; ++k) {
-                const int64_t e = sel[k];
-                if (e >= 0 && e < E && ((mask >> (e / L)) & 1u) != 0) touched |= 1u << (e / L);
-            }
+            uint32_t touched = kept_ranks(sel, K, E, L, mask);
             float acc = 0.0f;
             for (; touched != 0; touched &= touched - 1) {
                 const int r = __ffs(touched) - 1;

@@ -73,4 +73,18 @@ final class CompilerQueue {
             LockSupport.parkNanos(TimeUnit.MILLISECONDS.toNanos(1));
         }
     }
+
+    /** How long a benchmark waits for the JIT to go idle before a timed part. */
+    static final long BENCH_WAIT_MS = 5000;
+
+    /**
+     * A benchmark's wait before timing {@code what}: {@link #awaitIdle} for at most
+     * {@link #BENCH_WAIT_MS}; when the JIT is still busy it says so on stderr, as {@code who: ... what
+     * is timed anyway and may include compilation} followed by {@code remedy}, and times it anyway.
+     */
+    static void awaitIdleBeforeTiming(String who, String what, String remedy) {
+        if (awaitIdle(BENCH_WAIT_MS)) return;
+        System.err.println(who + ": the JIT was still compiling after " + BENCH_WAIT_MS + " ms; " + what
+                + " is timed anyway and may include compilation" + (remedy.isEmpty() ? "" : " (" + remedy + ")"));
+    }
 }

@@ -92,12 +92,12 @@ public final class EpBenchWorker {
             double[] times = new double[2 * o.iters + 1];
             try (in; EpBuffer buf = new EpBuffer(g, EpBuffer.sizeHint(o.tokens, o.hidden, n, o.experts), device)) {
                 for (int i = 0; i < o.warmup; i++) iteration(o, buf, in, device, null, 0);
-                awaitCompiler(rank, "the per-phase iterations");
+                CompilerQueue.awaitIdleBeforeTiming("epbench: rank " + rank, "the per-phase iterations", "");
                 for (int i = 0; i < o.iters; i++) {
                     g.barrier();
                     iteration(o, buf, in, device, times, i);
                 }
-                awaitCompiler(rank, "the back-to-back loop");
+                CompilerQueue.awaitIdleBeforeTiming("epbench: rank " + rank, "the back-to-back loop", "");
                 g.barrier();
                 long t0 = System.nanoTime();
                 for (int i = 0; i < o.iters; i++) dispatchCombine(o, buf, in);
@@ -118,21 +118,6 @@ public final class EpBenchWorker {
             }
             g.barrier();
             return 0;
-        }
-    }
-
-    /** The longest wait for the JIT to go idle before a timed part. */
-    static final long COMPILER_WAIT_MS = 5000;
-
-    /**
-     * Waits until HotSpot compiles nothing ({@link CompilerQueue}, at most {@link #COMPILER_WAIT_MS}),
-     * so that no compilation competes with the timed part {@code what}; says so on stderr when it times
-     * it anyway.
-     */
-    private static void awaitCompiler(int rank, String what) {
-        if (!CompilerQueue.awaitIdle(COMPILER_WAIT_MS)) {
-            System.err.println("epbench: rank " + rank + ": the JIT was still compiling after " + COMPILER_WAIT_MS + " ms; timing "
-                    + what + " anyway");
         }
     }
 

@@ -76,10 +76,7 @@ public final class PgBenchWorker {
                         if (d != b) b.copyFrom(d);
                         wrong = c.countWrong(b, setup);
                     }
-                    if (!CompilerQueue.awaitIdle(ROW_COMPILER_WAIT_MS)) {
-                        System.err.printf(Locale.ROOT, "pgbench: rank %d: the JIT was still compiling %d ms after the %d-byte row's check; the row is"
-                                + " timed anyway and may include compilation (rerun it, or raise -w)%n", rank, ROW_COMPILER_WAIT_MS, size);
-                    }
+                    CompilerQueue.awaitIdleBeforeTiming("pgbench: rank " + rank, "the " + size + "-byte row", "rerun it, or raise -w");
                     for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
                     g.barrier();
                     long t0 = System.nanoTime();
@@ -142,12 +139,6 @@ public final class PgBenchWorker {
         }
         g.barrier();
     }
-
-    /**
-     * How long each rank waits, after a row's check and warm-up, for the JIT to finish what they made
-     * hot (see {@link CompilerQueue}) before the row is timed.
-     */
-    static final long ROW_COMPILER_WAIT_MS = 5000;
 
     /**
      * With {@code --cpu-bind auto}, binds the calling thread (the one that runs every benchmarked

@@ -80,28 +80,16 @@ final class EpReference {
     /** The test's expert: y = bf16(v * (1 + e / 4) + 0.5). */
     static short expert(long e, float v) { return FloatFormats.floatToBf16(v * (1f + 0.25f * e) + 0.5f); }
 
-    /**
-     * The combined output of {@code in}'s tokens: per active expert rank, in rank order, the float32 sum
-     * in slot order of its unmasked selections rounded to bf16; those partials summed in float32 and
-     * rounded to bf16.
-     */
+    /** The combined output of {@code in}'s tokens: {@link CombineArithmetic} over the unmasked selections of active ranks, rounded to bf16. */
     short[] combined(Inputs in, boolean fp8, int[] active) {
         short[] out = new short[in.numTokens() * H];
+        float[] acc = new float[H], part = new float[H], y = new float[H];
         for (int t = 0; t < in.numTokens(); t++) {
             float[] v = seen(in, t, fp8);
-            float[] acc = new float[H];
-            for (int r = 0; r < numRanks; r++) {
-                if (active[r] == 0) continue;
-                float[] partial = null;
-                for (int k = 0; k < K; k++) {
-                    long e = in.topk()[t * K + k];
-                    if (e < 0 || e / local != r) continue;
-                    if (partial == null) partial = new float[H];
-                    float w = in.weights()[t * K + k];
-                    for (int c = 0; c < H; c++) partial[c] += w * FloatFormats.bf16ToFloat(expert(e, v[c]));
-                }
-                if (partial != null) for (int c = 0; c < H; c++) acc[c] += FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(partial[c]));
-            }
+            CombineArithmetic.sumToken(in.topk(), in.weights(), t * K, K, numRanks, local, e -> active[e / local] != 0, (k, e) -> {
+                for (int c = 0; c < H; c++) y[c] = FloatFormats.bf16ToFloat(expert(e, v[c]));
+                return y;
+            }, part, acc, H);
             for (int c = 0; c < H; c++) out[t * H + c] = FloatFormats.floatToBf16(acc[c]);
         }
         return out;

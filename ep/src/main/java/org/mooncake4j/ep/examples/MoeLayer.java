@@ -9,6 +9,7 @@ import org.mooncake4j.core.DType;
 import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
 import org.mooncake4j.core.internal.FloatFormats;
+import org.mooncake4j.ep.CombineArithmetic;
 import org.mooncake4j.ep.CombineResult;
 import org.mooncake4j.ep.DispatchResult;
 import org.mooncake4j.ep.EpBuffer;
@@ -259,20 +260,11 @@ public final class MoeLayer {
         float[] in = new float[hidden], mid = new float[ffn], y = new float[hidden], acc = new float[hidden], part = new float[hidden];
         for (int t = 0; t < n; t++) {
             row(x, t, in);
-            Arrays.fill(acc, 0f);
-            for (int r = 0; r < numRanks; r++) {
-                boolean any = false;
-                for (int k = 0; k < topK; k++) {
-                    int e = (int) routing.topkIdx()[t * topK + k];
-                    if (e < 0 || e / local != r || !keep.test(e)) continue;
-                    if (!any) Arrays.fill(part, 0f);
-                    any = true;
-                    float w = routing.topkWeights()[t * topK + k];
-                    expert(e, in, mid, y);
-                    for (int h = 0; h < hidden; h++) part[h] += w * roundBf16(y[h]);
-                }
-                if (any) for (int h = 0; h < hidden; h++) acc[h] += roundBf16(part[h]);
-            }
+            CombineArithmetic.sumToken(routing.topkIdx(), routing.topkWeights(), t * topK, topK, numRanks, local, keep, (k, e) -> {
+                expert((int) e, in, mid, y);
+                for (int h = 0; h < hidden; h++) y[h] = roundBf16(y[h]);
+                return y;
+            }, part, acc, hidden);
             for (int h = 0; h < hidden; h++) out[t * hidden + h] = FloatFormats.floatToBf16(acc[h]);
         }
         return out;

@@ -10,6 +10,7 @@ import org.mooncake4j.core.Tensor;
 import org.mooncake4j.core.internal.FloatFormats;
 import org.mooncake4j.cuda.CudaEvent;
 import org.mooncake4j.cuda.CudaStream;
+import org.mooncake4j.ep.CombineArithmetic;
 import org.mooncake4j.ep.CombineResult;
 import org.mooncake4j.ep.DispatchResult;
 import org.mooncake4j.ep.EpBuffer;
@@ -263,27 +264,17 @@ public final class EpGpuCheck {
         return at;
     }
 
-    /**
-     * Per active rank in rank order, the float32 sum in slot order of w * bf16(seen) over its unmasked
-     * selections rounded to bf16; those partials summed in float32, rounded to bf16.
-     */
+    /** {@link CombineArithmetic} over the unmasked selections of active ranks, each expert returning bf16(seen); rounded to bf16. */
     private String checkCombined(Inputs in, boolean fp8, int[] active, short[] out) {
+        float[] acc = new float[H], part = new float[H], y = new float[H];
         for (int t = 0; t < M; t++) {
             float[] v = seen(in, t, fp8);
-            float[] acc = new float[H];
+            for (int c = 0; c < H; c++) y[c] = FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(v[c]));
+            CombineArithmetic.sumToken(in.topk(), in.w(), t * K, K, n, local, e -> active[e / local] != 0, (k, e) -> y, part, acc, H);
             float wsum = 0;
-            for (int r = 0; r < n; r++) {
-                if (active[r] == 0) continue;
-                float[] partial = null;
-                for (int k = 0; k < K; k++) {
-                    long e = in.topk()[t * K + k];
-                    if (e < 0 || e / local != r) continue;
-                    if (partial == null) partial = new float[H];
-                    float wk = in.w()[t * K + k];
-                    wsum += wk;
-                    for (int c = 0; c < H; c++) partial[c] += wk * FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(v[c]));
-                }
-                if (partial != null) for (int c = 0; c < H; c++) acc[c] += FloatFormats.bf16ToFloat(FloatFormats.floatToBf16(partial[c]));
+            for (int k = 0; k < K; k++) {
+                long e = in.topk()[t * K + k];
+                if (e >= 0 && active[(int) (e / local)] != 0) wsum += in.w()[t * K + k];
             }
             for (int c = 0; c < H; c++) {
                 short want = FloatFormats.floatToBf16(acc[c]);
