@@ -38,7 +38,6 @@ class EpBenchCommandTest {
         Map<String, Object> d = (Map<String, Object>) res.get("dispatch"), c = (Map<String, Object>) res.get("combine");
         assertThat(d).containsEntry("bytes_per_selection", dispatchBytes).containsEntry("selections", (long) TOKENS * TOPK);
         assertThat(c).containsEntry("bytes_per_selection", 2L * HIDDEN).containsEntry("selections", (long) TOKENS * TOPK);
-        double both = 0;
         for (Map<String, Object> p : List.of(d, c)) {
             List<Object> us = (List<Object>) p.get("us");
             assertThat(us).hasSize(ITERS).allSatisfy(v -> assertThat((Double) v).isPositive().isLessThan(5e6));
@@ -53,11 +52,15 @@ class EpBenchCommandTest {
             String name = p == d ? "dispatch" : "combine";
             assertThat(stdout).containsPattern("(?m)^" + name + " +\\| +" + p.get("bytes_per_selection") + " \\| +" + TOKENS * TOPK + " \\| +"
                     + String.format(Locale.ROOT, "%.2f", median) + " \\| +" + String.format(Locale.ROOT, "%.2f", mean) + " \\| ");
-            both += median;
         }
         Map<String, Object> sum = (Map<String, Object>) res.get("dispatch_combine");
         assertThat((Double) sum.get("min_us")).isGreaterThanOrEqualTo((Double) d.get("min_us") + (Double) c.get("min_us") - 1e-9);
-        assertThat((Double) sum.get("median_us")).isPositive().isLessThanOrEqualTo(both * 4);
+        // each iteration's sum lies between the phases' minima and maxima summed (a median of sums has
+        // no bound in the medians themselves: one slow phase in half the iterations can double it)
+        double maxD = ((List<Object>) d.get("us")).stream().mapToDouble(v -> (Double) v).max().orElseThrow();
+        double maxC = ((List<Object>) c.get("us")).stream().mapToDouble(v -> (Double) v).max().orElseThrow();
+        assertThat((Double) sum.get("median_us")).isPositive().isLessThanOrEqualTo(maxD + maxC + 1e-9)
+                .isGreaterThanOrEqualTo((Double) sum.get("min_us"));
         // the back-to-back loop times the same calls without the per-iteration barrier (noisy CPU hosts:
         // only its sign, its bound and its line are checked)
         double loop = (Double) res.get("loop_us_per_iteration");
