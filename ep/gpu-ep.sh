@@ -10,6 +10,7 @@
 # MASTER_ADDR, MASTER_PORT), runs org.mooncake4j.ep.gpu.EpGpuCheck in three modes:
 #   check   the grid fp8 x zero-copy x async x hook, all ranks active and the last rank inactive
 #   fail    the last rank exits before dispatch; the others must mark it 0 within timeoutUs = 1 s
+#   failrows  the same, but the last rank fails mid-dispatch (its counts and rows sent, their flags not)
 #   timing  FP8 dispatch + BF16 combine, 128 tokens/rank, hidden 7168, top-8, 288 experts (JSON line)
 # Logs go to $OUT (default: a new temporary folder): ws<N>/<mode>.rank<r>.log. Prints every PASS/FAIL
 # line, the timing JSON lines and a summary; exit status 0 only when every process passed.
@@ -18,7 +19,7 @@
 # then SIGKILL 10 s later.
 # Environment: JAVA (default /tmp/jre25/bin/java), JAVA_OPTS (extra JVM flags, e.g. -Dmooncake4j.ep.profile=true
 # for per-kernel times and times to points inside each kernel in timing mode), OVERSUBSCRIBE=1 (more ranks than GPUs: rank r on GPU r mod N), TIMEOUT_S (per process, default 600), WORLDS
-# (default "2 <all GPUs>"), MODES (default "check fail timing"), ITERS (timing iterations, default 200), WARMUP
+# (default "2 <all GPUs>"), MODES (default "check fail failrows timing"), ITERS (timing iterations, default 200), WARMUP
 # (untimed iterations first, default 2000),
 # MASTER_ADDR (default 127.0.0.1), PORT_BASE (default 29600).
 set -uo pipefail
@@ -31,7 +32,7 @@ if [[ $ngpu -lt 2 ]]; then
   echo "FAIL EpBuffer's CUDA path needs 2+ GPUs, this host shows $ngpu"
   exit 1
 fi
-modes=${MODES:-check fail timing}
+modes=${MODES:-check fail failrows timing}
 port=${PORT_BASE:-29600}
 
 for n in $worlds; do

@@ -3,8 +3,8 @@
 // inside a symmetric heap, at offset ep_base, with every peer's mapped; kernels store straight into
 // the peers' buffers. The layout is EpLayout's (all offsets come from the host):
 //
-//   signals      [2R] u64 sequence words, one 64-byte line each: line s = dispatch word of source s,
-//                line R + s = combine word of expert rank s
+//   signals      [2R] 64-byte lines of u64 sequence words: line s = dispatch word of source s (then
+//                its counts word), line R + s = combine word of expert rank s (then its table word)
 //   counts       int32 [R][L]   rows source s sent to local expert j this round
 //   recvCount    int32 [L]
 //   staging      [L][R][M] messages of msg_bytes: int32 token, int32 top-k slot, u64 dispatch seq,
@@ -24,29 +24,36 @@
 //                       top-k slot, whether it sends (expert e not -1, in range, not selected in an
 //                       earlier slot, rank r = e / L active) and its row i = number of earlier tokens
 //                       that selected e (so each source's rows for an expert are in token order). With
-//                       FP8 the block then quantizes the token once into a private message buffer: per
+//                       FP8 the block meanwhile quantizes the token once into a private message buffer: per
 //                       128 channels scale = amax / 448 (1 when all zero), value = e4m3(x / scale)
 //                       rounded to nearest even, saturating at 448, with the hardware conversion
 //                       (bit-identical to HostEpPath.quantizeRow: cuda/e4m3-check.sh). Last, the
 //                       block's threads load the message 16 bytes at a time (from the message buffer,
 //                       or from x for bf16) and store each 16 bytes into staging (e % L, this rank, i)
 //                       of every rank r the token goes to (the header's top-k slot set per
-//                       destination).
-//                       Table mode (table = 1, when it fits in shared memory: TableLayout below): every
-//                       block first copies the whole top-k table into shared memory as int16 ids with
-//                       the slots that do not send set to -1, and takes the rows from there; the
-//                       message is built in shared memory; block 0 counts the rows per expert and stores
-//                       the counts into every active rank's counts[this rank], and the ranks sent to
-//                       (sent_to[seq & 1]), before its tokens. Otherwise the warps scan the table in
-//                       global memory, count with atomics, and the last block stores the counts and
-//                       sent_to. Either way the last block to finish (a fenced block counter)
-//                       release-stores seq into its dispatch word of every active rank.
-//   ep_dispatch_recv    every block first agrees on the arrived sources (wait_decide below), then the
-//                       grid copies the arrived rows, two warps per row: the rows of expert j are the
-//                       arrived sources' rows in rank order, each source's rows in token order. Rows go
-//                       to recvX (and recvScales); each row's source and token go to row_src_token, and
-//                       the (expert, source) counts to `used`, for the combine. Counts outside [0, M]
-//                       or a row of another dispatch are reported in the host-mapped error words.
+//                       destination), the header without its sequence number. After a fence (one
+//                       thread, cumulative over the block's stores) the block stores seq into each
+//                       row's header: the row's flag, which the receiver polls.
+//                       Table mode (table = 1, when it fits in shared memory: TableLayout below): block
+//                       0 first copies the whole top-k table into shared memory as int16 ids with the
+//                       slots that do not send set to -1, counts the rows per expert, stores the counts
+//                       into every active rank's counts[this rank] and the ranks sent to
+//                       (sent_to[seq & 1]), and after a fence stores seq into its counts word of every
+//                       active rank, before its tokens; the other blocks start on their tokens at once
+//                       (rows from the table in global memory); the message is built in shared memory.
+//                       Otherwise the warps count with atomics, and the last block stores the counts,
+//                       sent_to and the counts words. Either way the last block to finish (a fenced
+//                       block counter) release-stores seq into its dispatch word of every active rank.
+//   ep_dispatch_recv    every block first agrees on the sources whose counts arrived (wait_decide
+//                       below, on the counts words), then the grid copies their rows, two warps per
+//                       row, each as soon as its flag shows it landed (while the senders still store
+//                       others): the rows of expert j are the arrived sources' rows in rank order, each
+//                       source's rows in token order. Rows go to recvX (and recvScales); each row's
+//                       source and token go to row_src_token, and the (expert, source) counts to `used`,
+//                       for the combine. A source with a row that does not land in time is dropped as
+//                       a whole by the last block, which lays the rows out again without it. Counts
+//                       outside [0, M] or a row of another dispatch are reported in the host-mapped
+//                       error words.
 // Combine (sequence number seq):
 //   ep_combine_send     four warps per received row: store the expert output row into combineRecv
 //                       (global expert, token) of the source rank, when that rank is active; the last
@@ -120,6 +127,15 @@ __device__ __forceinline__ unsigned long long load_relaxed_gpu(const unsigned lo
 }
 
 __device__ __forceinline__ void fence_acq_rel_sys() { asm volatile("fence.acq_rel.sys;" : : : "memory"); }
+
+__device__ __forceinline__ void store_relaxed_sys(uint64_t* p, uint64_t v) {
+    asm volatile("st.relaxed.sys.global.u64 [%0], %1;" : : "l"(p), "l"(v) : "memory");
+}
+
+// The counts word of source `src` in an EP buffer: the second u64 of its dispatch line.
+__device__ __forceinline__ uint64_t* counts_word(uint8_t* buffer, int src) {
+    return reinterpret_cast<uint64_t*>(buffer + static_cast<uint64_t>(src) * kLine) + 1;
+}
 
 __device__ __forceinline__ float bf16_bits_to_float(uint32_t b) { return __uint_as_float((b & 0xffffu) << 16); }
 
@@ -221,12 +237,24 @@ __device__ __forceinline__ void stamp(uint64_t* stamps, int i) {
     }
 }
 
+// Point `i` from the start of the kernel whose stamps are `origin` (the send kernel of the same phase,
+// profiled with programmatic launches: -Dmooncake4j.ep.profile=pdl), else as stamp(). Only at points
+// after that kernel's block 0 has started for this phase (its words or rows have arrived).
+__device__ __forceinline__ void stamp_from(uint64_t* stamps, int i, const uint64_t* origin) {
+    if (origin == nullptr) {
+        stamp(stamps, i);
+    } else if (stamps != nullptr && threadIdx.x == 0) {
+        atomicAdd(reinterpret_cast<unsigned long long*>(stamps + i),
+                  static_cast<unsigned long long>(global_timer_ns() - *reinterpret_cast<volatile const uint64_t*>(origin)));
+    }
+}
+
 // Point `i` when every thread of block 0 has reached it (a barrier of block 0, only when profiling:
 // stamps is the same for the whole grid).
-__device__ __forceinline__ void stamp_block0(uint64_t* stamps, int i) {
+__device__ __forceinline__ void stamp_block0(uint64_t* stamps, int i, const uint64_t* origin = nullptr) {
     if (stamps == nullptr || blockIdx.x != 0) return;
     __syncthreads();
-    stamp(stamps, i);
+    stamp_from(stamps, i, origin);
 }
 
 // After the kernel's work: the last block release-stores `ticket` into the host-mapped done word.
@@ -246,18 +274,23 @@ __device__ __forceinline__ bool selected_before(const int64_t* sel, int k, int64
 }
 
 // The message row index of token t for expert e: the earlier tokens that selected e (once each).
-// Called by all lanes of a warp.
+// Called by all lanes of a warp; each lane loads four tokens' ids at once (no early exit, so the loads
+// are in flight together: a few L2 round trips for the 128 tokens of a low-latency batch).
 __device__ int row_index(const int64_t* topk, int t, int K, int64_t e, int lane) {
     int n = 0;
     // (ids outside [0, E) never equal e, which is in range)
-    for (int u = lane; u < t; u += 32) {
-        const int64_t* sel = topk + static_cast<int64_t>(u) * K;
-        for (int q = 0; q < K; ++q) {
-            if (sel[q] == e) {
-                ++n;
-                break;
+    for (int u0 = 0; u0 < t; u0 += 128) {
+        bool hit[4] = {false, false, false, false};
+#pragma unroll
+        for (int m = 0; m < 4; ++m) {
+            const int u = u0 + 32 * m + lane;
+            if (u < t) {
+                const int64_t* sel = topk + static_cast<int64_t>(u) * K;
+                for (int q = 0; q < K; ++q) hit[m] |= __ldg(sel + q) == e;
             }
         }
+#pragma unroll
+        for (int m = 0; m < 4; ++m) n += hit[m] ? 1 : 0;
     }
     for (int o = 16; o > 0; o >>= 1) n += __shfl_xor_sync(0xffffffffu, n, o);
     return n;
@@ -315,9 +348,10 @@ __device__ void quantize_pair(const float v[8], int blocks, uint8_t* data, float
 
 // The arrived sources of one receive, the same in every block of the grid (see the top of the file).
 // needed: null (every active source) or the ranks the dispatch sent to. first_line: 0 for the
-// dispatch words, R for the combine words. status: host-mapped {seq, missing mask}. Every thread of
-// the block calls it; it returns the arrived mask to all of them.
-__device__ uint32_t wait_decide(const uint8_t* own, int first_line, int R, int* active, const int* needed, uint64_t seq,
+// dispatch lines, R for the combine lines; word_index: which u64 of the line (the dispatch receive
+// waits for the counts words, 1). status: host-mapped {seq, missing mask}. Every thread of the block
+// calls it; it returns the arrived mask to all of them.
+__device__ uint32_t wait_decide(const uint8_t* own, int first_line, int word_index, int R, int* active, const int* needed, uint64_t seq,
                                 uint64_t timeout_ns, unsigned long long* decision, uint64_t* status) {
     __shared__ uint32_t s_mask;
     if (threadIdx.x < 32) {
@@ -325,7 +359,7 @@ __device__ uint32_t wait_decide(const uint8_t* own, int first_line, int R, int* 
         const bool need = lane < R && active[lane] != 0 && (needed == nullptr || needed[lane] != 0);
         const uint32_t need_mask = __ballot_sync(0xffffffffu, need);
         const unsigned long long tag = seq & 0xffffffffull;
-        const uint64_t* word = reinterpret_cast<const uint64_t*>(own + static_cast<uint64_t>(first_line + (need ? lane : 0)) * kLine);
+        const uint64_t* word = reinterpret_cast<const uint64_t*>(own + static_cast<uint64_t>(first_line + (need ? lane : 0)) * kLine) + word_index;
         const uint64_t start = global_timer_ns();
         uint32_t mask = 0;
         bool mine = false;
@@ -497,11 +531,12 @@ __device__ __forceinline__ void for_each_row_part(const int* cnt, const int* off
 }  // namespace mooncake4j
 
 // x bf16 [N][H]; topk int64 [N][K]; qbuf: N messages of msg_bytes (device scratch, FP8 only).
-extern "C" __global__ void __launch_bounds__(512)
+// Two blocks per SM (64 registers): a block of ep_dispatch_recv fits beside one when it starts early.
+extern "C" __global__ void __launch_bounds__(512, 2)
 ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, const uint64_t* heaps, uint64_t ep_base,
                  int rank, int R, int L, int N, int K, int H, int M, int fp8, uint64_t seq, uint64_t counts_off,
                  uint64_t staging_off, uint64_t msg_bytes, int* send_count, int* sent_to, uint32_t* block_counter,
-                 uint8_t* qbuf, int dedup, int table, uint64_t* stamps) {
+                 uint8_t* qbuf, int dedup, int table, uint64_t* stamps, int row_flags) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     constexpr int kSlots = 64;
@@ -522,8 +557,8 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     stamp_begin(stamps);
     const TableLayout tl = table_layout(N, K, E, msg_bytes);
     int16_t* ids = reinterpret_cast<int16_t*>(dyn);
-    if (table) {
-        // every block reads the whole top-k table once: ids[t][k] = the expert slot k sends to, or -1
+    if (table && blockIdx.x == 0) {
+        // block 0 reads the whole top-k table once: ids[t][k] = the expert slot k sends to, or -1
         // (masked, out of range, rank inactive, or selected in an earlier slot of the token)
         for (int q = threadIdx.x; q < N * K; q += blockDim.x) {
             const int64_t e = topk[q];
@@ -541,9 +576,9 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
             if (dup) ids[q] = -1;
             __syncthreads();
         }
-        if (blockIdx.x == 0) {
-            // block 0 stores the per-expert row counts and the ranks sent to now, off the kernel's tail
-            // (they are fenced with its data in last_block, before any release below)
+        {
+            // the per-expert row counts and the ranks sent to, stored now and released with the counts
+            // word (the receivers place rows as they land from then on)
             int* cnt = reinterpret_cast<int*>(dyn + tl.counts);
             for (int e = threadIdx.x; e < E; e += blockDim.x) cnt[e] = 0;
             __syncthreads();
@@ -556,6 +591,13 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                 if (active[r] != 0) reinterpret_cast<int*>(base_of(heaps, r, ep_base) + counts_off)[rank * L + e % L] = cnt[e];
             }
             for (int r = threadIdx.x; r < R; r += blockDim.x) sent_to[(seq & 1) * R + r] = active[r] != 0;
+            __syncthreads();
+            if (threadIdx.x == 0) {
+                __threadfence_system();   // cumulative over the block's count stores (barrier above)
+                for (int r = 0; r < R; ++r) {
+                    if (active[r] != 0) store_relaxed_sys(counts_word(base_of(heaps, r, ep_base), rank), seq);
+                }
+            }
         }
     }
     if (blockIdx.x == 0) stamp(stamps, 2);
@@ -563,27 +605,20 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
         const int64_t* sel = topk + static_cast<int64_t>(t) * K;
         const uint16_t* row = x + static_cast<int64_t>(t) * H;
         uint8_t* q = table ? dyn + tl.message : qbuf + static_cast<uint64_t>(t) * msg_bytes;
-        if (fp8) {
-            for (int b0 = 2 * warp; b0 < blocks; b0 += 2 * nwarps) {
-                float v[8];
-                load_pair(row, blocks, b0, lane, vec_x, v);
-                quantize_pair(v, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
-            }
-        }
         for (int k0 = 0; k0 < K; k0 += kSlots) {
             const int kn = min(kSlots, K - k0);
             for (int kk = warp; kk < kn; kk += nwarps) {
                 const int k = k0 + kk;
                 int64_t e;
                 int i = -1;
-                if (table) {
+                if (table && blockIdx.x == 0) {
                     e = ids[t * K + k];
                     if (e >= 0) i = row_index_table(ids, t, K, static_cast<int16_t>(e), lane);
                 } else {
                     e = sel[k];
                     if (e >= 0 && e < E && !selected_before(sel, k, e) && active[e / L] != 0) {
                         i = row_index(topk, t, K, e, lane);
-                        if (lane == 0) atomicAdd(send_count + e, 1);
+                        if (!table && lane == 0) atomicAdd(send_count + e, 1);
                     }
                 }
                 if (lane == 0) {
@@ -595,6 +630,14 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                                                               + (dedup ? header_offset(rank, j, i, M, msg_bytes)
                                                                        : ((static_cast<uint64_t>(j) * R + rank) * M + i) * msg_bytes));
                     }
+                }
+            }
+            if (fp8 && k0 == 0) {
+                // the warps past the slots' start at once; the slots' warps join when their rows are known
+                for (int b0 = 2 * warp; b0 < blocks; b0 += 2 * nwarps) {
+                    float v[8];
+                    load_pair(row, blocks, b0, lane, vec_x, v);
+                    quantize_pair(v, blocks, q + kHeader, reinterpret_cast<float*>(q + kHeader + H), b0, lane, vec_x);
                 }
             }
             __syncthreads();   // the slots' rows and the quantized message are complete
@@ -623,17 +666,24 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
                 // each 16 bytes of the message are loaded once and stored to every destination
                 const uint4* src = fp8 ? reinterpret_cast<const uint4*>(q) : reinterpret_cast<const uint4*>(row) - 1;
                 for (uint64_t v = threadIdx.x; v < units; v += blockDim.x) {
-                    uint4 val = seq_bits;
-                    if (v != 0) val = fp8 ? src[v] : __ldg(src + v);
-                    else val.x = static_cast<uint32_t>(t);
-                    for (int d = 0; d < nm; ++d) {
-                        if (v == 0) val.y = s_slot[d];
-                        s_msg[d][v] = val;
+                    if (v == 0) {
+                        // a row's header gets its sequence number after the fence below (the row's flag);
+                        // a dedup payload slot's header goes with its data (read after a row's flag)
+                        for (int d = 0; d < nm; ++d) {
+                            if (dedup) s_msg[d][0] = make_uint4(static_cast<uint32_t>(t), 0, seq_bits.z, seq_bits.w);
+                            else *reinterpret_cast<uint2*>(s_msg[d]) = make_uint2(static_cast<uint32_t>(t), s_slot[d]);
+                        }
+                        continue;
                     }
+                    const uint4 val = fp8 ? src[v] : __ldg(src + v);
+                    for (int d = 0; d < nm; ++d) s_msg[d][v] = val;
                 }
             } else {
                 for (int d = 0; d < nm; ++d) {
-                    if (threadIdx.x == 0) s_msg[d][0] = make_uint4(static_cast<uint32_t>(t), s_slot[d], seq_bits.z, seq_bits.w);
+                    if (threadIdx.x == 0) {
+                        if (dedup) s_msg[d][0] = make_uint4(static_cast<uint32_t>(t), 0, seq_bits.z, seq_bits.w);
+                        else *reinterpret_cast<uint2*>(s_msg[d]) = make_uint2(static_cast<uint32_t>(t), s_slot[d]);
+                    }
                     uint8_t* msg = reinterpret_cast<uint8_t*>(s_msg[d]);
                     const uint8_t* src = reinterpret_cast<const uint8_t*>(row);
                     for (uint64_t b = threadIdx.x; b < 2ull * H; b += blockDim.x) msg[kHeader + b] = src[b];
@@ -642,7 +692,21 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
             if (dedup) {
                 // and each row's 16-byte header, which names the token
                 for (int kk = threadIdx.x; kk < kn; kk += blockDim.x) {
-                    if (s_row[kk] >= 0) s_dst[kk][0] = make_uint4(static_cast<uint32_t>(t), static_cast<uint32_t>(k0 + kk), seq_bits.z, seq_bits.w);
+                    if (s_row[kk] >= 0) *reinterpret_cast<uint2*>(s_dst[kk]) = make_uint2(static_cast<uint32_t>(t), static_cast<uint32_t>(k0 + kk));
+                }
+            }
+            __syncthreads();
+            if (threadIdx.x == 0 && row_flags) {
+                // the rows' flags (row_flags = 0 only to test a source that fails mid-dispatch): once the token's stores are visible (the fence is cumulative over the
+                // block's stores through the barrier), each row's header gets its sequence number, which
+                // the receiver polls to copy the row as soon as it has landed
+                __threadfence_system();
+                if (dedup) {
+                    for (int kk = 0; kk < kn; ++kk) {
+                        if (s_row[kk] >= 0) store_relaxed_sys(reinterpret_cast<uint64_t*>(s_dst[kk]) + 1, seq);
+                    }
+                } else {
+                    for (int d = 0; d < nm; ++d) store_relaxed_sys(reinterpret_cast<uint64_t*>(s_msg[d]) + 1, seq);
                 }
             }
             __syncthreads();   // before s_row and the message buffer are reused
@@ -668,91 +732,187 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     }
     for (int r = threadIdx.x; r < R; r += blockDim.x) {
         if (active[r] != 0) {
-            store_release_sys(reinterpret_cast<uint64_t*>(base_of(heaps, r, ep_base) + static_cast<uint64_t>(rank) * kLine), seq);
+            uint8_t* peer = base_of(heaps, r, ep_base);
+            if (!table) store_release_sys(counts_word(peer, rank), seq);
+            store_release_sys(reinterpret_cast<uint64_t*>(peer + static_cast<uint64_t>(rank) * kLine), seq);
         }
     }
     stamp(stamps, 6);
 }
 
+namespace mooncake4j {
+namespace ep {
+
+// What the dispatch receive's row copies need (one per launch).
+struct DispatchRows {
+    uint8_t* own;
+    int R, L, M, H, K, fp8, dedup;
+    uint64_t seq, staging_off, msg_bytes, recv_x_off, scales_off;
+    int* row_src_token;
+    int2* slot_rows;
+    uint64_t* error;
+};
+
+constexpr int kRecvParts = 2;   // warps per received row
+
+// Counts per (local expert, source) of the sources in `mask` into cnt[j * R + s] (a count outside
+// [0, M] is reported in the error words and taken as 0) and the expert offsets; with `publish` also the
+// counts for the combine (`used`) and recvCount. Every thread of the block calls it.
+__device__ void dispatch_layout(const DispatchRows& d, const int* counts, uint32_t mask, int* cnt, int* off, int* used,
+                                int* recv_count, bool publish) {
+    const int R = d.R, L = d.L;
+    for (int q = threadIdx.x; q < L * R; q += blockDim.x) {
+        const int j = q / R, s = q % R;
+        int c = ((mask >> s) & 1u) ? __ldcg(counts + s * L + j) : 0;
+        if (c < 0 || c > d.M) {
+            if (publish) {
+                d.error[1] = (static_cast<uint64_t>(s) << 48) | (static_cast<uint64_t>(j) << 24) | static_cast<uint32_t>(c & 0xffffff);
+                store_release_sys(d.error, 1ull);
+            }
+            c = 0;
+        }
+        cnt[q] = c;
+        if (publish) used[q] = c;
+    }
+    expert_offsets(cnt, R, L, off);
+    if (publish) {
+        for (int j = threadIdx.x; j < L; j += blockDim.x) recv_count[j] = off[j + 1] - off[j];
+    }
+}
+
+// Part `part` of received row `at`, by one warp. With `wait`, lane 0 first polls the row's flag (the
+// sequence number in its header, stored by the sender after the row's data was visible) until it
+// reaches d.seq or `timeout_ns` has passed since `start`; returns false when it did not arrive (the
+// caller drops its source). A row of another dispatch is reported in the error words.
+__device__ bool dispatch_row(const DispatchRows& d, const Row& at, int part, int lane, bool wait, uint64_t start, uint64_t timeout_ns) {
+    const uint8_t* hdr = d.own + d.staging_off + (d.dedup ? header_offset(at.src, at.j, at.i, d.M, d.msg_bytes)
+                                                          : ((static_cast<uint64_t>(at.j) * d.R + at.src) * d.M + at.i) * d.msg_bytes);
+    uint64_t flag = 0;
+    if (lane == 0) {
+        // acquire loads (no fence per row: the grid's warps poll while the send kernel's blocks store
+        // beside them), sleeping between looks
+        const uint64_t* word = reinterpret_cast<const uint64_t*>(hdr) + 1;
+        flag = load_acquire_sys(word);
+        for (uint32_t spin = 1; wait && flag < d.seq; ++spin) {
+            if ((spin & 15) == 0 && global_timer_ns() - start >= timeout_ns) break;
+            __nanosleep(256);
+            flag = load_acquire_sys(word);
+        }
+    }
+    flag = __shfl_sync(0xffffffffu, flag, 0);
+    __syncwarp();
+    if (flag < d.seq) {
+        if (wait) return false;
+    }
+    const uint4 header = __ldcg(reinterpret_cast<const uint4*>(hdr));
+    uint64_t row_seq = flag;
+    const uint8_t* msg = hdr;
+    if (d.dedup && row_seq == d.seq) {
+        // the row's header names the token; its data is in the source's payload slot for that token
+        if (header.x >= static_cast<uint32_t>(d.M)) {
+            row_seq = ~0ull;
+        } else {
+            msg = d.own + d.staging_off + payload_offset(at.src, static_cast<int>(header.x), d.R, d.L, d.M, d.msg_bytes);
+            const uint4 slot = __ldcg(reinterpret_cast<const uint4*>(msg));
+            row_seq = slot.x == header.x ? (slot.z | (static_cast<uint64_t>(slot.w) << 32)) : ~0ull;
+        }
+    }
+    if (row_seq != d.seq) {
+        if (lane == 0 && part == 0) {
+            d.error[1] = (static_cast<uint64_t>(at.src) << 48) | (static_cast<uint64_t>(at.i) << 24) | (row_seq & 0xffffffull);
+            store_release_sys(d.error, 2ull);
+        }
+        return true;
+    }
+    const uint64_t data_bytes = d.fp8 ? static_cast<uint64_t>(d.H) : 2ull * d.H;
+    const int blocks = d.H / kScaleChannels;
+    const uint64_t row = at.j * (static_cast<uint64_t>(d.R) * d.M) + at.p;
+    warp_copy_part(d.own + d.recv_x_off + row * data_bytes, msg + kHeader, data_bytes, part, kRecvParts, lane);
+    if (part != 0) return true;
+    if (lane == 0) {
+        d.row_src_token[row] = at.src * d.M + static_cast<int>(header.x);
+        // for the reduced combine: the row of (source, token, top-k slot), tagged with this dispatch
+        if (d.slot_rows != nullptr && header.x < static_cast<uint32_t>(d.M) && header.y < static_cast<uint32_t>(d.K)) {
+            d.slot_rows[(static_cast<int64_t>(at.src) * d.M + header.x) * d.K + header.y] = make_int2(static_cast<int>(row), static_cast<int>(d.seq));
+        }
+    }
+    if (d.fp8) {
+        const float* s_in = reinterpret_cast<const float*>(msg + kHeader + d.H);
+        float* s_out = reinterpret_cast<float*>(d.own + d.scales_off) + row * blocks;
+        for (int b = lane; b < blocks; b += 32) s_out[b] = __ldcg(s_in + b);
+    }
+    return true;
+}
+
+}  // namespace ep
+}  // namespace mooncake4j
+
 // Dynamic shared memory: 4 * (L * R + L + 1) bytes. Built for two blocks per SM (64 registers), so a
 // block fits on an SM beside a block of ep_dispatch_send when it starts early (programmatic launch).
+// The grid agrees on the sources whose counts arrived (wait_decide on the counts words), then copies
+// each row as soon as its flag shows it landed. A source with a row that does not land within
+// timeout_ns is late for the whole grid (its bit in `late`): the last block then drops it (0 in
+// activeRanks, reported in the status slot) and lays the rows out again without it, by itself.
 extern "C" __global__ void __launch_bounds__(512, 2)
 ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R, int L, int M, int H, int fp8,
                  uint64_t seq, uint64_t counts_off, uint64_t recv_count_off, uint64_t staging_off, uint64_t msg_bytes,
                  uint64_t recv_x_off, uint64_t scales_off, uint64_t* error, unsigned long long* decision, uint64_t timeout_ns,
                  uint64_t* wait_status, uint32_t* block_counter, uint64_t* done_word, uint64_t ticket, int dedup, uint64_t* stamps,
-                 int K, int2* slot_rows) {
+                 int K, int2* slot_rows, uint32_t* late, const uint64_t* origin) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     extern __shared__ int smem[];
     int* cnt = smem;            // [L][R]
     int* off = smem + L * R;    // [L + 1]
     stamp_begin(stamps);
-    const uint32_t mask = wait_decide(own, 0, R, active, nullptr, seq, timeout_ns, decision, wait_status);
-    if (blockIdx.x == 0) stamp(stamps, 2);
+    const uint64_t start = global_timer_ns();
+    const uint32_t mask = wait_decide(own, 0, 1, R, active, nullptr, seq, timeout_ns, decision, wait_status);
+    if (blockIdx.x == 0) stamp_from(stamps, 2, origin);
+    const DispatchRows d{own, R, L, M, H, K, fp8, dedup, seq, staging_off, msg_bytes, recv_x_off, scales_off, row_src_token, slot_rows, error};
     const int* counts = reinterpret_cast<const int*>(own + counts_off);
-    for (int q = threadIdx.x; q < L * R; q += blockDim.x) {
-        const int j = q / R, s = q % R;
-        int c = ((mask >> s) & 1u) ? __ldcg(counts + s * L + j) : 0;
-        if (c < 0 || c > M) {
-            if (blockIdx.x == 0) {
-                error[1] = (static_cast<uint64_t>(s) << 48) | (static_cast<uint64_t>(j) << 24) | static_cast<uint32_t>(c & 0xffffff);
-                store_release_sys(error, 1ull);
-            }
-            c = 0;
-        }
-        cnt[q] = c;
-        if (blockIdx.x == 0) used[q] = c;
-    }
-    expert_offsets(cnt, R, L, off);
-    if (blockIdx.x == 0) {
-        stamp(stamps, 3);
-        for (int j = threadIdx.x; j < L; j += blockDim.x) reinterpret_cast<int*>(own + recv_count_off)[j] = off[j + 1] - off[j];
-    }
-    const uint64_t data_bytes = fp8 ? static_cast<uint64_t>(H) : 2ull * H;
-    const int blocks = H / kScaleChannels;
-    const uint64_t expert_rows = static_cast<uint64_t>(R) * M;
-    constexpr int kParts = 2;   // warps per row
-    for_each_row_part<kParts>(cnt, off, R, L, [&](const Row& at, int part, int lane) {
-        const uint8_t* msg = own + staging_off + (dedup ? header_offset(at.src, at.j, at.i, M, msg_bytes)
-                                                        : ((static_cast<uint64_t>(at.j) * R + at.src) * M + at.i) * msg_bytes);
-        const uint4 header = __ldcg(reinterpret_cast<const uint4*>(msg));
-        uint64_t row_seq = header.z | (static_cast<uint64_t>(header.w) << 32);
-        if (dedup && row_seq == seq) {
-            // the row's header names the token; its data is in the source's payload slot for that token
-            if (header.x >= static_cast<uint32_t>(M)) {
-                row_seq = ~0ull;
-            } else {
-                msg = own + staging_off + payload_offset(at.src, static_cast<int>(header.x), R, L, M, msg_bytes);
-                const uint4 slot = __ldcg(reinterpret_cast<const uint4*>(msg));
-                row_seq = slot.x == header.x ? (slot.z | (static_cast<uint64_t>(slot.w) << 32)) : ~0ull;
-            }
-        }
-        if (row_seq != seq) {
-            if (lane == 0 && part == 0) {
-                error[1] = (static_cast<uint64_t>(at.src) << 48) | (static_cast<uint64_t>(at.i) << 24) | (row_seq & 0xffffffull);
-                store_release_sys(error, 2ull);
-            }
-            return;
-        }
-        const uint64_t row = at.j * expert_rows + at.p;
-        warp_copy_part(own + recv_x_off + row * data_bytes, msg + kHeader, data_bytes, part, kParts, lane);
-        if (part != 0) return;
-        if (lane == 0) {
-            row_src_token[row] = at.src * M + static_cast<int>(header.x);
-            // for the reduced combine: the row of (source, token, top-k slot), tagged with this dispatch
-            if (slot_rows != nullptr && header.x < static_cast<uint32_t>(M) && header.y < static_cast<uint32_t>(K)) {
-                slot_rows[(static_cast<int64_t>(at.src) * M + header.x) * K + header.y] = make_int2(static_cast<int>(row), static_cast<int>(seq));
-            }
-        }
-        if (fp8) {
-            const float* s_in = reinterpret_cast<const float*>(msg + kHeader + H);
-            float* s_out = reinterpret_cast<float*>(own + scales_off) + row * blocks;
-            for (int b = lane; b < blocks; b += 32) s_out[b] = __ldcg(s_in + b);
-        }
+    int* recv_count = reinterpret_cast<int*>(own + recv_count_off);
+    dispatch_layout(d, counts, mask, cnt, off, used, recv_count, blockIdx.x == 0);
+    if (blockIdx.x == 0) stamp_from(stamps, 3, origin);
+    for_each_row_part<kRecvParts>(cnt, off, R, L, [&](const Row& at, int part, int lane) {
+        if (!dispatch_row(d, at, part, lane, true, start, timeout_ns) && lane == 0) atomicOr(late, 1u << at.src);
     });
-    stamp_block0(stamps, 4);
-    finish_ticket(block_counter, done_word, ticket, stamps);
+    stamp_block0(stamps, 4, origin);
+    if (!last_block(block_counter)) return;
+    stamp_from(stamps, 5, origin);
+    __shared__ uint32_t s_late;
+    if (threadIdx.x == 0) {
+        s_late = *reinterpret_cast<volatile uint32_t*>(late);
+        if (s_late != 0) *late = 0;
+    }
+    __syncthreads();
+    const uint32_t lost = s_late & mask;
+    if (lost != 0) {
+        // every other block is done: lay out the arrived sources without the late ones, here
+        dispatch_layout(d, counts, mask & ~lost, cnt, off, used, recv_count, true);
+        const int nwarps = blockDim.x >> 5;
+        const int64_t tasks = static_cast<int64_t>(off[L]) * kRecvParts;
+        for (int64_t task = threadIdx.x >> 5; task < tasks; task += nwarps) {
+            dispatch_row(d, row_of(cnt, off, R, L, static_cast<int>(task / kRecvParts)), static_cast<int>(task % kRecvParts),
+                         threadIdx.x & 31, false, start, timeout_ns);
+        }
+        for (int r = threadIdx.x; r < R; r += blockDim.x) {
+            if ((lost >> r) & 1u) active[r] = 0;
+        }
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            volatile uint64_t* st = reinterpret_cast<volatile uint64_t*>(wait_status);
+            st[1] = st[1] | lost;
+            __threadfence_system();
+            store_release_sys(wait_status, seq);
+        }
+    }
+    stamp_from(stamps, 6, origin);
+    if (ticket == 0) return;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        __threadfence_system();   // cumulative over this block's stores (barrier above)
+        store_release_sys(done_word, ticket);
+    }
 }
 
 // y: bf16 [L][R*M][H], the expert outputs in recvX's row order. Dynamic shared memory: 4 * (L * R + L + 1) bytes.
@@ -989,7 +1149,7 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     stamp_begin(stamps);
-    const uint32_t mask = wait_decide(own, R, R, active, sent_to, seq, timeout_ns, decision, wait_status);
+    const uint32_t mask = wait_decide(own, R, 0, R, active, sent_to, seq, timeout_ns, decision, wait_status);
     if (blockIdx.x == 0) stamp(stamps, 2);
     const int64_t E = static_cast<int64_t>(R) * L;
     const uint8_t* rows = own + combine_recv_off;

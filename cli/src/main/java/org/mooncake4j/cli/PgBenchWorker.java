@@ -1,5 +1,6 @@
 package org.mooncake4j.cli;
 
+import org.mooncake4j.core.internal.CompilerQueue;
 import java.io.IOException;
 import java.lang.management.CompilationMXBean;
 import java.lang.management.ManagementFactory;

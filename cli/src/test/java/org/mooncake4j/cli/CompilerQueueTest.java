@@ -2,6 +2,7 @@ package org.mooncake4j.cli;
 
 import static org.assertj.core.api.Assertions.assertThat;
 
+import org.mooncake4j.core.internal.CompilerQueue;
 import org.junit.jupiter.api.Test;
 
 class CompilerQueueTest {

@@ -82,11 +82,27 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     private int lastQueued = -1;
     private boolean closed;
     /** With -Dmooncake4j.ep.profile=true: the kernels queued since the last {@link #profileReport()}. */
-    private final List<Sample> profile = Boolean.getBoolean("mooncake4j.ep.profile") ? new ArrayList<>() : null;
+    private final List<Sample> profile = PROFILE_MODE.equals("true") || PROFILE_MODE.equals("pdl") ? new ArrayList<>() : null;
+    /**
+     * -Dmooncake4j.ep.profile=pdl: the time stamps only, kernels queued as in production (receive
+     * kernels started early, no events between kernels); the dispatch receive's points then count from
+     * the dispatch send's start.
+     */
+    private final boolean profileWithPdl = PROFILE_MODE.equals("pdl");
+    /**
+     * Fault injection for the GPU checks ({@link #WITHHOLD_ROW_FLAGS}): this rank's dispatch sends its
+     * counts and rows but never the rows' flags, like a rank that dies while its rows are in flight.
+     */
+    private final boolean withholdRowFlags = Boolean.getBoolean(WITHHOLD_ROW_FLAGS);
+
+    /** The system property that turns on {@link #withholdRowFlags} (test only). */
+    private static final String PROFILE_MODE = System.getProperty("mooncake4j.ep.profile", "false");
+
+    static final String WITHHOLD_ROW_FLAGS = "mooncake4j.ep.fault.withholdRowFlags";
 
     /**
-     * Offsets into the private scratch buffer for a shape: four block counters (one per kernel) and the
-     * reduced combine send's word of late sources, the two decision words of the receive kernels
+     * Offsets into the private scratch buffer for a shape: four block counters (one per kernel), the
+     * reduced combine send's and the dispatch receive's words of late sources, the two decision words of the receive kernels
      * (dispatch, combine), the per-expert send counts, the ranks each dispatch sent to (two slots), the
      * rows used per (expert, source), each received row's source and token, the row of each (source,
      * token, top-k slot) for the reduced combine ({int32 row, int32 dispatch seq}), and one message per
@@ -117,6 +133,9 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
 
         /** The reduced combine send's mask of sources whose table did not arrive (reset by the kernel). */
         long late() { return counters + 32; }
+
+        /** The dispatch receive's mask of sources with a row that did not land in time (reset by the kernel). */
+        long dispatchLate() { return counters + 40; }
 
         private static long align(long v) { return (v + 255) / 256 * 256; }
 
@@ -211,7 +230,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .u64(lay.messageBytes()).ptr(base + at.sendCount()).ptr(base + at.sentTo()).ptr(base + at.counter(K_DISPATCH_SEND))
                 .ptr(base + at.messages()).i32(dedup(lay) ? 1 : 0);
         int table = sendTableBytes(h.numTokens, h.topK, lay);
-        a.i32(table > 0 ? 1 : 0).ptr(stamps(K_DISPATCH_SEND));
+        a.i32(table > 0 ? 1 : 0).ptr(stamps(K_DISPATCH_SEND)).i32(withholdRowFlags ? 0 : 1);
         launch(K_DISPATCH_SEND, dispatchSend, blocks, table, a, false);
     }
 
@@ -226,7 +245,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .u64(lay.counts()).u64(lay.recvCount()).u64(lay.staging()).u64(lay.messageBytes()).u64(lay.recvX()).u64(lay.recvScales())
                 .ptr(status.devicePointer() + ERROR).ptr(base + at.decision(0)).u64(waitNanos(op.timeoutUs(), groupTimeout))
                 .ptr(status.devicePointer() + statusOffset(0, h.seq)).ptr(base + at.counter(K_DISPATCH_RECEIVE)).ptr(status.devicePointer()).u64(t)
-                .i32(dedup(lay) ? 1 : 0).ptr(stamps(K_DISPATCH_RECEIVE)).i32(at.topK()).ptr(base + at.slotRows());
+                .i32(dedup(lay) ? 1 : 0).ptr(stamps(K_DISPATCH_RECEIVE)).i32(at.topK()).ptr(base + at.slotRows()).ptr(base + at.dispatchLate()).ptr(profileWithPdl ? stamps(K_DISPATCH_SEND) : 0);
         launch(K_DISPATCH_RECEIVE, dispatchRecv, device.multiprocessorCount(), rowTableBytes(lay), a, true);
     }
 
@@ -280,17 +299,18 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      */
     private void launch(int kind, CudaFunction f, int blocks, int sharedBytes, KernelArgs a, boolean carriesTicket) {
         CudaEvent before = null, after = null;
-        if (profile != null) {
+        boolean events = profile != null && !profileWithPdl;
+        if (events) {
             before = CudaEvent.create(device, true);
             after = CudaEvent.create(device, true);
             before.record(stream);
         }
-        if (dependentLaunch(lastQueued, kind, profile != null)) {
+        if (dependentLaunch(lastQueued, kind, events)) {
             f.launchDependent(stream, blocks, THREADS, sharedBytes, a);
         } else {
             f.launch(stream, blocks, 1, 1, THREADS, 1, 1, sharedBytes, a);
         }
-        if (profile != null) {
+        if (events) {
             after.record(stream);
             profile.add(new Sample(kind, before, after));
         }
@@ -338,7 +358,10 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      * known; combine send: -, row table ready, block 0's copies done, last block known, flags released
      * (reduced combine: block 0's table published, block 0's sources' tables arrived, block 0's partial
      * rows stored, last block known, flags released);
-     * combine receive: sources arrived, -, block 0's sums done, last block known. Then forgets them.
+     * combine receive: sources arrived, -, block 0's sums done, last block known. With
+     * -Dmooncake4j.ep.profile=pdl the kernels are queued as in production (no events: [0..3] are 0) and
+     * the dispatch receive's points (sources' counts arrived, row table ready, block 0's rows copied,
+     * last block known, done) count from the dispatch send's block 0 start. Then forgets them.
      * Null without profiling.
      */
     synchronized double[] profileReport() {

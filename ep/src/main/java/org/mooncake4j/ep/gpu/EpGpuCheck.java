@@ -23,7 +23,7 @@ import org.mooncake4j.pg.ProcessGroup;
  * on cuda:LOCAL_RANK).
  *
  * <pre>
- *   EpGpuCheck [check|timing|fail]
+ *   EpGpuCheck [check|timing|fail|failrows]
  * </pre>
  *
  * check: the grid fp8 on/off x zero-copy x async x hook, with all ranks active and with the last rank
@@ -34,6 +34,9 @@ import org.mooncake4j.pg.ProcessGroup;
  * w * (the row the expert saw), rounded to bf16 (for bf16 inputs: x times the sum of valid weights).
  * fail: the last rank exits before dispatch; the others dispatch with timeoutUs = 1 s and must see its
  * activeRanks entry become 0, its tokens absent and its experts dropped from the combine.
+ * failrows: the same checks, but the last rank fails in the middle of its dispatch: its counts and rows
+ * are sent, their flags never are (CudaEpPath.WITHHOLD_ROW_FLAGS), so the others have started placing
+ * its rows when they give up on it.
  * timing: 128 tokens per rank, FP8 dispatch, BF16 combine; WARMUP (default 2000) untimed iterations so
  * that the host path runs compiled code, then ITERS iterations queued back
  * to back (async, no host wait between them) with CUDA events around each phase on the buffer's
@@ -64,16 +67,19 @@ public final class EpGpuCheck {
         String mode = args.length > 0 ? args[0] : "check";
         int status;
         try {
+            // failrows: the last rank's dispatch sends its counts and rows but not the rows' flags
+            if (mode.equals("failrows") && rank == ws - 1) System.setProperty("mooncake4j.ep.fault.withholdRowFlags", "true");
             ProcessGroup pg = ProcessGroup.init("mooncake-cpu", rank, ws, new MooncakeBackendOptions(Tensor.ones(DType.INT32, Device.CPU, ws)));
             EpGpuCheck c = new EpGpuCheck(pg, localRank);
             switch (mode) {
                 case "check" -> c.grid();
-                case "fail" -> c.failure();
+                case "fail" -> c.failure(false);
+                case "failrows" -> c.failure(true);
                 case "timing" -> c.timing(Integer.parseInt(env("ITERS", "200")));
-                default -> throw new IllegalArgumentException("mode " + mode + ": use check, fail or timing");
+                default -> throw new IllegalArgumentException("mode " + mode + ": use check, fail, failrows or timing");
             }
             status = c.failures == 0 ? 0 : 1;
-            if (!(mode.equals("fail") && rank == ws - 1)) pg.barrier();
+            if (!(mode.startsWith("fail") && rank == ws - 1)) pg.barrier();
             pg.close();
         } catch (Throwable t) {
             System.out.println("FAIL rank " + rank + " " + mode + ": " + t);
@@ -318,18 +324,28 @@ public final class EpGpuCheck {
         }
     }
 
-    private void failure() {
+    /**
+     * The last rank fails: before dispatch (it exits), or ({@code midDispatch}) while its rows are in
+     * flight (its counts and rows are sent, their flags never are; then it exits). The others must
+     * drop it within timeoutUs = 1 s.
+     */
+    private void failure(boolean midDispatch) {
         EpBuffer buf = buffer();
-        if (rank == n - 1) {
-            System.out.println("NOTE rank " + rank + " exits before dispatch");
-            System.out.flush();
-            Runtime.getRuntime().halt(0);
-        }
         int[] mask = new int[n];
         Arrays.fill(mask, 1);
         Inputs in = inputs(1000, rank);
         Tensor x = xTensor(in), topk = topkTensor(in), w = weightTensor(in);
         Tensor active = onDevice(Tensor.of(mask));
+        if (rank == n - 1) {
+            if (midDispatch) {
+                buf.dispatch(x, topk, active, M, numExperts, 1_000_000, false, false, false);
+                System.out.println("NOTE rank " + rank + " dispatched without its rows' flags, exits");
+            } else {
+                System.out.println("NOTE rank " + rank + " exits before dispatch");
+            }
+            System.out.flush();
+            Runtime.getRuntime().halt(0);
+        }
         long t0 = System.nanoTime();
         DispatchResult d = buf.dispatch(x, topk, active, M, numExperts, 1_000_000, false, false, false);
         long ms = (System.nanoTime() - t0) / 1_000_000;
@@ -377,6 +393,15 @@ public final class EpGpuCheck {
             DispatchResult d = null;
             CombineResult r = null;
             for (int i = 0; i < warm; i++) {
+                d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
+                r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
+            }
+            d.event().currentStreamWait();
+            r.event().currentStreamWait();
+            // a rank whose host path is still being compiled sets the pace of every rank (their receives
+            // wait for its sends): wait until the JIT is idle, then warm up briefly again
+            org.mooncake4j.core.internal.CompilerQueue.awaitIdleBeforeTiming("EpGpuCheck timing: rank " + rank, "the timed iterations", "");
+            for (int i = 0; i < 200; i++) {
                 d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
                 r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
             }

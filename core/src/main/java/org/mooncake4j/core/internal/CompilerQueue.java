@@ -1,4 +1,4 @@
-package org.mooncake4j.cli;
+package org.mooncake4j.core.internal;
 
 import java.lang.management.ManagementFactory;
 import java.util.concurrent.TimeUnit;
@@ -15,7 +15,7 @@ import javax.management.ObjectName;
  * hot) takes a core from a rank, and every rank of the collective then waits for that one. On a
  * JVM without the command, {@link #idle()} reports idle and nothing is waited for.
  */
-final class CompilerQueue {
+public final class CompilerQueue {
     private static final String OPERATION = "compilerQueue";
     private static final ObjectName DIAGNOSTIC_COMMAND = diagnosticCommand();
 
@@ -31,7 +31,7 @@ final class CompilerQueue {
     }
 
     /** The command's report, or null when this JVM does not offer it. */
-    static String report() {
+    public static String report() {
         if (DIAGNOSTIC_COMMAND == null) return null;
         MBeanServer server = ManagementFactory.getPlatformMBeanServer();
         try {
@@ -46,17 +46,17 @@ final class CompilerQueue {
      * Whether a report lists no compilation: every entry of it (current compiles and the C1 and C2
      * queues) names a method as {@code Class::method}; the section headers and {@code Empty} do not.
      */
-    static boolean idle(String report) {
+    public static boolean idle(String report) {
         return report == null || !report.contains("::");
     }
 
     /** Whether the JIT has nothing in flight or queued now (true where that cannot be read). */
-    static boolean idle() {
+    public static boolean idle() {
         return idle(report());
     }
 
     /** Consecutive idle looks that {@link #awaitIdle} takes as the compiler being done. */
-    static final int IDLE_LOOKS = 3;
+    public static final int IDLE_LOOKS = 3;
 
     /**
      * Waits, sleeping 1 ms between looks, until {@link #IDLE_LOOKS} looks in a row find the JIT idle,
@@ -64,7 +64,7 @@ final class CompilerQueue {
      * MBean call, the report's parsing), which can itself become hot and be queued for compilation
      * right after the look that found the queue empty. Returns whether the compiler went idle in time.
      */
-    static boolean awaitIdle(long timeoutMillis) {
+    public static boolean awaitIdle(long timeoutMillis) {
         long deadline = System.nanoTime() + TimeUnit.MILLISECONDS.toNanos(timeoutMillis);
         for (int idleLooks = 0; ; ) {
             idleLooks = idle() ? idleLooks + 1 : 0;
@@ -75,14 +75,14 @@ final class CompilerQueue {
     }
 
     /** How long a benchmark waits for the JIT to go idle before a timed part. */
-    static final long BENCH_WAIT_MS = 5000;
+    public static final long BENCH_WAIT_MS = 5000;
 
     /**
      * A benchmark's wait before timing {@code what}: {@link #awaitIdle} for at most
      * {@link #BENCH_WAIT_MS}; when the JIT is still busy it says so on stderr, as {@code who: ... what
      * is timed anyway and may include compilation} followed by {@code remedy}, and times it anyway.
      */
-    static void awaitIdleBeforeTiming(String who, String what, String remedy) {
+    public static void awaitIdleBeforeTiming(String who, String what, String remedy) {
         if (awaitIdle(BENCH_WAIT_MS)) return;
         System.err.println(who + ": the JIT was still compiling after " + BENCH_WAIT_MS + " ms; " + what
                 + " is timed anyway and may include compilation" + (remedy.isEmpty() ? "" : " (" + remedy + ")"));
