@@ -18,7 +18,9 @@
 # A process still running at TIMEOUT_S gets SIGQUIT first (the JVM prints every thread's stack into its log),
 # then SIGKILL 10 s later.
 # Environment: JAVA (default /tmp/jre25/bin/java), JAVA_OPTS (extra JVM flags, e.g. -Dmooncake4j.ep.profile=true
-# for per-kernel times and times to points inside each kernel in timing mode), OVERSUBSCRIBE=1 (more ranks than GPUs: rank r on GPU r mod N), TIMEOUT_S (per process, default 600), WORLDS
+# for per-kernel times and times to points inside each kernel in timing mode, or -Dmooncake4j.ep.profile=pdl
+# for the points with the kernels queued as in production, and each phase's kernel span: its send's
+# first block to its receive's end), OVERSUBSCRIBE=1 (more ranks than GPUs: rank r on GPU r mod N), TIMEOUT_S (per process, default 600), WORLDS
 # (default "2 <all GPUs>"), MODES (default "check fail failrows timing"), ITERS (timing iterations, default 200), WARMUP
 # (untimed iterations first, default 2000),
 # MASTER_ADDR (default 127.0.0.1), PORT_BASE (default 29600).

@@ -47,6 +47,16 @@ __device__ __forceinline__ void allow_dependents() {
 #endif
 }
 
+// The other side of a programmatic dependent launch: waits until the kernel this one was queued after
+// as a dependent has finished and its memory operations are visible (what plain stream order gives),
+// so that this kernel's blocks were already resident while that one ran. Returns at once for a kernel
+// queued without the attribute.
+__device__ __forceinline__ void wait_prerequisites() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" : : : "memory");
+#endif
+}
+
 __device__ __forceinline__ bool aligned16(const void* p) {
     return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }

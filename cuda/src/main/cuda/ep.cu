@@ -17,7 +17,9 @@
 // blocks start on the SM room the send leaves (ep_dispatch_recv is built to fit beside a send block)
 // and are already polling when the last sequence word lands, instead of being launched after the send
 // grid has drained. Nothing else changes: a receive kernel reads nothing the send kernel before it
-// writes except through the sequence words.
+// writes except through the sequence words. A send queued right after the other phase's receive is a
+// dependent of it too, but waits for it first (wait_prerequisites, before allow_dependents): only its
+// launch overlaps the receive's tail, as if queued in plain stream order.
 //
 // Dispatch (sequence number seq):
 //   ep_dispatch_send    one block per token (grid-stride). The block's warps first work out, for each
@@ -257,14 +259,6 @@ __device__ __forceinline__ void stamp_block0(uint64_t* stamps, int i, const uint
     stamp_from(stamps, i, origin);
 }
 
-// After the kernel's work: the last block release-stores `ticket` into the host-mapped done word.
-__device__ void finish_ticket(uint32_t* counter, uint64_t* done_word, uint64_t ticket, uint64_t* stamps) {
-    if (ticket == 0) return;
-    if (!last_block(counter)) return;
-    stamp(stamps, 5);
-    if (threadIdx.x == 0) store_release_sys(done_word, ticket);
-}
-
 // Whether token row `sel` (K entries) selects e in a slot before k.
 __device__ __forceinline__ bool selected_before(const int64_t* sel, int k, int64_t e) {
     for (int q = 0; q < k; ++q) {
@@ -377,7 +371,6 @@ __device__ uint32_t wait_decide(const uint8_t* own, int first_line, int word_ind
             if ((spin & 15) == 15) late = global_timer_ns() - start >= timeout_ns;
             late = __shfl_sync(0xffffffffu, late, 0);
             if (got != need_mask && !late) continue;
-            fence_acq_rel_sys();
             unsigned long long result = 0;
             int won = 0;
             if (lane == 0) {
@@ -401,15 +394,18 @@ __device__ uint32_t wait_decide(const uint8_t* own, int first_line, int word_ind
             mine = __shfl_sync(0xffffffffu, won, 0) != 0;
             break;
         }
-        fence_acq_rel_sys();
+        // acquire each arrived source's word (no fence: a fence here would wait for the stores of a
+        // send kernel running beside this block, which took the dispatch receive's decision from about
+        // 7 to about 16 us after the send's start at 4 GPUs); the block's barrier below passes it on
+        if ((mask >> lane) & 1u) (void)load_acquire_sys(word);
         if (mine) {
+            // read by the next kernels (stream order) and by the host after this kernel's done ticket,
+            // which the last block releases after every block's fence
             const uint32_t missing = need_mask & ~mask;
             if (lane < R && ((missing >> lane) & 1u)) active[lane] = 0;
-            __syncwarp();
-            __threadfence_system();
             if (lane == 0) {
                 reinterpret_cast<volatile uint64_t*>(status)[1] = missing;
-                store_release_sys(status, seq);
+                reinterpret_cast<volatile uint64_t*>(status)[0] = seq;
             }
         }
         if (lane == 0) s_mask = mask;
@@ -547,7 +543,8 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
     __shared__ uint4* s_msg[kSlots];     // the messages to store: per row, or (dedup) per destination rank ...
     __shared__ uint32_t s_slot[kSlots];  // ... with the top-k slot of their header (0 for a payload slot)
     __shared__ int s_msgs;
-    allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
+    wait_prerequisites();  // queued as a dependent of the previous phase's receive: it has finished
+    allow_dependents();    // the receive kernel queued after this one may start now (it waits on the peers' words)
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int64_t E = static_cast<int64_t>(R) * L;
     const int blocks = H / kScaleChannels;
@@ -866,6 +863,24 @@ ep_dispatch_recv(uint8_t* own, int* active, int* used, int* row_src_token, int R
     int* off = smem + L * R;    // [L + 1]
     stamp_begin(stamps);
     const uint64_t start = global_timer_ns();
+    if (origin != nullptr && stamps != nullptr && blockIdx.x == 0 && (threadIdx.x >> 5) == 1) {
+        // profiling with programmatic launches: when each source's counts word arrived, and when this
+        // block started, from the dispatch send's start (stamps[8 + s], stamps[15]); warp 1 looks
+        // while warp 0 decides
+        const int lane = threadIdx.x & 31;
+        const bool need = lane < R && lane < 7 && active[lane] != 0;
+        const uint64_t* word = counts_word(own, need ? lane : 0);
+        uint64_t seen = 0;
+        for (uint32_t spin = 0;; ++spin) {
+            const bool ok = !need || load_relaxed_sys(word) >= seq;
+            if (ok && need && seen == 0) seen = global_timer_ns();
+            if (__all_sync(0xffffffffu, ok)) break;
+            if ((spin & 15) == 15 && __shfl_sync(0xffffffffu, global_timer_ns() - start >= timeout_ns, 0)) break;
+        }
+        const uint64_t o = *reinterpret_cast<volatile const uint64_t*>(origin);
+        if (need && seen != 0) atomicAdd(reinterpret_cast<unsigned long long*>(stamps + 8 + lane), static_cast<unsigned long long>(seen - o));
+        if (lane == 31) atomicAdd(reinterpret_cast<unsigned long long*>(stamps + 15), static_cast<unsigned long long>(start - o));
+    }
     const uint32_t mask = wait_decide(own, 0, 1, R, active, nullptr, seq, timeout_ns, decision, wait_status);
     if (blockIdx.x == 0) stamp_from(stamps, 2, origin);
     const DispatchRows d{own, R, L, M, H, K, fp8, dedup, seq, staging_off, msg_bytes, recv_x_off, scales_off, row_src_token, slot_rows, error};
@@ -925,7 +940,8 @@ ep_combine_send(const uint16_t* y, const int* active, const uint64_t* heaps, uin
     extern __shared__ int smem[];
     int* cnt = smem;
     int* off = smem + L * R;
-    allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
+    wait_prerequisites();  // queued as a dependent of the previous phase's receive: it has finished
+    allow_dependents();    // the receive kernel queued after this one may start now (it waits on the peers' words)
     stamp_begin(stamps);
     for (int q = threadIdx.x; q < L * R; q += blockDim.x) cnt[q] = __ldcg(used + q);
     expert_offsets(cnt, R, L, off);
@@ -978,7 +994,8 @@ ep_combine_send_reduced(const uint16_t* y, int* active, const uint64_t* heaps, u
     __shared__ int s_row[kWarps][32];  // per warp: its task's rows and weights, in slot order (topK <= 32)
     __shared__ float s_w[kWarps][32];
     __shared__ uint32_t s_ready;
-    allow_dependents();   // the receive kernel queued after this one may start now (it waits on the peers' words)
+    wait_prerequisites();  // queued as a dependent of the previous phase's receive: it has finished
+    allow_dependents();    // the receive kernel queued after this one may start now (it waits on the peers' words)
     stamp_begin(stamps);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, nwarps = blockDim.x >> 5;
     const int64_t E = static_cast<int64_t>(R) * L;
@@ -1145,12 +1162,12 @@ extern "C" __global__ void __launch_bounds__(512, 2)
 ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, int* active, const int* sent_to,
                 uint16_t* out, int N, int K, int R, int L, int M, int H, uint64_t combine_recv_off, uint64_t seq,
                 unsigned long long* decision, uint64_t timeout_ns, uint64_t* wait_status, uint32_t* block_counter,
-                uint64_t* done_word, uint64_t ticket, uint64_t* stamps, int reduced) {
+                uint64_t* done_word, uint64_t ticket, uint64_t* stamps, int reduced, const uint64_t* origin) {
     using namespace mooncake4j;
     using namespace mooncake4j::ep;
     stamp_begin(stamps);
     const uint32_t mask = wait_decide(own, R, 0, R, active, sent_to, seq, timeout_ns, decision, wait_status);
-    if (blockIdx.x == 0) stamp(stamps, 2);
+    if (blockIdx.x == 0) stamp_from(stamps, 2, origin);
     const int64_t E = static_cast<int64_t>(R) * L;
     const uint8_t* rows = own + combine_recv_off;
     const uint64_t row_bytes = 2ull * H;
@@ -1261,8 +1278,11 @@ ep_combine_recv(const uint8_t* own, const int64_t* topk, const float* weights, i
             out[static_cast<uint64_t>(t) * H + c] = static_cast<uint16_t>(float_to_bf16_bits(acc));
         }
     }
-    stamp_block0(stamps, 4);
-    finish_ticket(block_counter, done_word, ticket, stamps);
+    stamp_block0(stamps, 4, origin);
+    if (!last_block(block_counter)) return;
+    stamp_from(stamps, 5, origin);
+    stamp_from(stamps, 6, origin);
+    if (ticket != 0 && threadIdx.x == 0) store_release_sys(done_word, ticket);
 }
 
 extern "C" __global__ void ep_host_signal(uint64_t* word, uint64_t value) {

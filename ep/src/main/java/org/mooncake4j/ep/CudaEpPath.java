@@ -55,7 +55,7 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}, kind 0 dispatch receive, 1 combine receive, 2 reduced combine send
     private static final long ERROR = 8, ERROR_DETAIL = 16, WAIT_STATUS = 64;
     /** Profiling: per kernel kind, 8 u64 of device memory (see stamp() in ep.cu): start, launches, points 2..6. */
-    static final int STAMP_WORDS = 8;
+    static final int STAMP_WORDS = 16;
     /** Profiling: the timed points per kernel kind, 2..6, in {@link #profileReport()}. */
     static final int STAMP_POINTS = 5;
 
@@ -288,7 +288,8 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                 .i32(numRanks).i32(lay.localExperts()).i32(lay.maxTokens()).i32(lay.hidden()).u64(lay.combineRecv()).u64(op.seq())
                 .ptr(base + at.decision(1)).u64(waitNanos(op.timeoutUs(), groupTimeout))
                 .ptr(status.devicePointer() + statusOffset(1, op.seq())).ptr(base + at.counter(K_COMBINE_RECEIVE)).ptr(status.devicePointer()).u64(t)
-                .ptr(stamps(K_COMBINE_RECEIVE)).i32(reducedCombine(lay, h.topK, op.x().devicePointer()) ? 1 : 0);
+                .ptr(stamps(K_COMBINE_RECEIVE)).i32(reducedCombine(lay, h.topK, op.x().devicePointer()) ? 1 : 0)
+                .ptr(profileWithPdl ? stamps(K_COMBINE_SEND) : 0);
         launch(K_COMBINE_RECEIVE, combineRecv, blocks, 0, a, true);
     }
 
@@ -327,12 +328,15 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      * call, no hook in between: a hook's receive follows a {@link #mark()}). Its blocks then start
      * while the send kernel still runs, as soon as every send block has started (ep.cu's
      * allow_dependents), and wait for the peers' sequence words as before: a receive kernel reads
-     * nothing that the send kernel before it writes except through those words. Not while profiling
-     * (the events between the kernels would separate them).
+     * nothing that the send kernel before it writes except through those words. A send kernel queued
+     * right after the other phase's receive kernel is a dependent too, but its blocks first wait for
+     * that kernel to finish (ep.cu's wait_prerequisites): only the launch overlaps. Not while profiling
+     * with events (the events between the kernels would separate them).
      */
     static boolean dependentLaunch(int previous, int kind, boolean profiling) {
         if (!PDL || profiling) return false;
-        return (previous == K_DISPATCH_SEND && kind == K_DISPATCH_RECEIVE) || (previous == K_COMBINE_SEND && kind == K_COMBINE_RECEIVE);
+        return (previous == K_DISPATCH_SEND && kind == K_DISPATCH_RECEIVE) || (previous == K_COMBINE_SEND && kind == K_COMBINE_RECEIVE)
+                || (previous == K_DISPATCH_RECEIVE && kind == K_COMBINE_SEND) || (previous == K_COMBINE_RECEIVE && kind == K_DISPATCH_SEND);
     }
 
     /** The device address of a kernel kind's profiling stamps when profiling, else 0 (the kernels skip them). */
@@ -361,13 +365,17 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      * combine receive: sources arrived, -, block 0's sums done, last block known. With
      * -Dmooncake4j.ep.profile=pdl the kernels are queued as in production (no events: [0..3] are 0) and
      * the dispatch receive's points (sources' counts arrived, row table ready, block 0's rows copied,
-     * last block known, done) count from the dispatch send's block 0 start. Then forgets them.
+     * last block known, done) count from the dispatch send's block 0 start, the combine receive's
+     * (sources arrived, -, block 0's sums done, last block known, done) from the combine send's, and
+     * 8 more values follow:
+     * when each source's counts word arrived (sources 0..6) and when the receive's block 0 started,
+     * from the same start. Then forgets them.
      * Null without profiling.
      */
     synchronized double[] profileReport() {
         if (profile == null) return null;
         await(mark(), 0, "EpBuffer kernel profile");
-        double[] out = new double[4 + 4 * STAMP_POINTS];
+        double[] out = new double[4 + 4 * STAMP_POINTS + 8];
         int[] count = new int[4];
         for (Sample p : profile) {
             out[p.kind()] += 1000.0 * CudaEvent.elapsedMillis(p.before(), p.after());
@@ -389,6 +397,11 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
                         long ns = host.getAtIndex(ValueLayout.JAVA_LONG, k * STAMP_WORDS + 2 + i);
                         out[4 + k * STAMP_POINTS + i] = n == 0 ? 0 : ns / 1000.0 / n;
                     }
+                }
+                long n = host.getAtIndex(ValueLayout.JAVA_LONG, K_DISPATCH_RECEIVE * STAMP_WORDS + 1);
+                for (int i = 0; i < 8; i++) {
+                    long ns = host.getAtIndex(ValueLayout.JAVA_LONG, K_DISPATCH_RECEIVE * STAMP_WORDS + 8 + i);
+                    out[4 + 4 * STAMP_POINTS + i] = n == 0 ? 0 : ns / 1000.0 / n;
                 }
             }
         }

@@ -150,7 +150,7 @@ class CudaEpPathTest {
      * while profiling puts events between the kernels.
      */
     @Test
-    void onlyAReceiveQueuedRightAfterItsOwnSendIsLaunchedAsADependent() {
+    void kernelsQueuedRightAfterTheKernelOfTheStepBeforeAreLaunchedAsDependents() {
         int send = CudaEpPath.K_DISPATCH_SEND, recv = CudaEpPath.K_DISPATCH_RECEIVE;
         int csend = CudaEpPath.K_COMBINE_SEND, crecv = CudaEpPath.K_COMBINE_RECEIVE;
         assertThat(CudaEpPath.dependentLaunch(send, recv, false)).isTrue();
@@ -159,8 +159,13 @@ class CudaEpPathTest {
         assertThat(CudaEpPath.dependentLaunch(-1, recv, false)).as("after a mark (hook)").isFalse();
         assertThat(CudaEpPath.dependentLaunch(csend, recv, false)).isFalse();
         assertThat(CudaEpPath.dependentLaunch(send, crecv, false)).isFalse();
-        assertThat(CudaEpPath.dependentLaunch(recv, csend, false)).as("a send waits for what came before").isFalse();
-        assertThat(CudaEpPath.dependentLaunch(crecv, send, false)).isFalse();
+        // a send after the other phase's receive is queued as a dependent too (its blocks wait for that
+        // receive to finish before anything else: wait_prerequisites in ep.cu)
+        assertThat(CudaEpPath.dependentLaunch(recv, csend, false)).isTrue();
+        assertThat(CudaEpPath.dependentLaunch(crecv, send, false)).isTrue();
+        assertThat(CudaEpPath.dependentLaunch(crecv, send, true)).as("profiling").isFalse();
+        assertThat(CudaEpPath.dependentLaunch(-1, send, false)).as("after anything else").isFalse();
+        assertThat(CudaEpPath.dependentLaunch(send, csend, false)).isFalse();
     }
 
     /** The kernels' layout assumptions: message rows, fp8 data and scales on 16-byte boundaries for hidden % 128 == 0. */

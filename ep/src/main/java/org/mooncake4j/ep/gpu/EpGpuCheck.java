@@ -41,6 +41,8 @@ import org.mooncake4j.pg.ProcessGroup;
  * that the host path runs compiled code, then ITERS iterations queued back
  * to back (async, no host wait between them) with CUDA events around each phase on the buffer's
  * stream; one JSON line with per-phase GPU microseconds, logical bandwidth and wall time per iteration.
+ * With -Dmooncake4j.ep.profile=pdl it also prints each phase's kernel span (from its send's first block
+ * to its receive's end, by %globaltimer) and bandwidth, and when each source's counts arrived.
  * Prints one {@code PASS}/{@code FAIL} line per check; exit status 0 when all passed.
  */
 public final class EpGpuCheck {
@@ -440,6 +442,18 @@ public final class EpGpuCheck {
                 for (int k = 0; k < 4; k++) {
                     System.out.printf("NOTE rank %d %s: us from block 0's start to points 2..6: %.1f %.1f %.1f %.1f %.1f%n", rank, names[k],
                             kernels[4 + 5 * k], kernels[5 + 5 * k], kernels[6 + 5 * k], kernels[7 + 5 * k], kernels[8 + 5 * k]);
+                }
+                if (kernels[24 + 7] != 0) {
+                    // -Dmooncake4j.ep.profile=pdl: each phase from its send's block 0 start to its receive's end
+                    // (the kernels' own time, as a profiler reports it, without the launches before them)
+                    double dSpan = kernels[4 + 5 + 4], cSpan = kernels[4 + 15 + 4];
+                    long dB = valid * (H + H / 128 * 4L + 16), cB = valid * 2L * H;
+                    System.out.printf(java.util.Locale.ROOT, "NOTE rank %d kernel spans (send's block 0 start to receive's end): dispatch %.1f us"
+                            + " (%.1f GB/s), combine %.1f us (%.1f GB/s)%n", rank, dSpan, dB / (dSpan * 1e3), cSpan, cB / (cSpan * 1e3));
+                    StringBuilder b = new StringBuilder();
+                    for (int src = 0; src < Math.min(n, 7); src++) b.append(String.format(java.util.Locale.ROOT, " %.1f", kernels[24 + src]));
+                    System.out.printf("NOTE rank %d dispatch receive (programmatic launch): us from the send's start to its block 0's start %.1f,"
+                            + " to each source's counts word:%s%n", rank, kernels[24 + 7], b);
                 }
             }
             double dUs = dispatchMs * 1000 / iters, cUs = combineMs * 1000 / iters;
