@@ -73,17 +73,21 @@
 //                       rounded to bf16 (sent by the expert rank, or formed here from the expert rows);
 //                       acc rounded to bf16 (nearest even), like HostEpPath.
 //
-// wait_decide: warp 0 of each block polls the sources' sequence words (acquire, system scope) until
-// every needed source (active, and for the combine sent to) reached seq, or until its deadline
+// wait_decide: warp 0 of each block polls the sources' sequence words (system scope) until every
+// needed source (active, and for the combine sent to) reached seq, or until its deadline
 // (%globaltimer, timeout_ns after it started) passed. The first block to finish publishes its arrived
 // mask with a compare-and-swap into a decision word tagged with seq; every other block adopts the
 // published mask, so all blocks of the grid use the same sources even when one arrives at the
-// deadline. The deciding block sets the late sources to 0 in activeRanks (device memory) and reports
-// {seq, missing-rank mask} in the host-mapped status slot. No block waits for another block of its
-// grid, so the kernels need no co-residency.
+// deadline. Each lane then takes its arrived source's word with an acquire load: no fence, which on
+// an SM shared with a running send kernel would wait for that kernel's NVLink stores. The deciding
+// block sets the late sources to 0 in activeRanks (device memory) and reports {seq, missing-rank
+// mask} in the host-mapped status slot, which the host reads after the kernel's done ticket. No block
+// waits for another block of its grid, so the kernels need no co-residency.
 //
 // Profiling (-Dmooncake4j.ep.profile=true): every kernel also takes a stamps pointer (null otherwise)
-// and adds the %globaltimer time from block 0's start to numbered points (stamp() below).
+// and adds the %globaltimer time from block 0's start to numbered points (stamp() below). With
+// -Dmooncake4j.ep.profile=pdl the kernels are queued as in production and each receive kernel's
+// points count from its phase's send kernel's start (stamp_from), which gives each phase's span.
 //
 // The receive kernels end with the last block release-storing a host ticket into host-mapped memory
 // (when the host passed one); the host polls it with a deadline instead of blocking in the driver.
