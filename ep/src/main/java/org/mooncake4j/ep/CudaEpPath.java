@@ -54,7 +54,11 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
     // host-mapped status words (u64): [0] done ticket, [1] error code, [2] error detail,
     // [8 + 2 * (kind * STATUS_SLOTS + slot)] {seq, missing mask}, kind 0 dispatch receive, 1 combine receive, 2 reduced combine send
     private static final long ERROR = 8, ERROR_DETAIL = 16, WAIT_STATUS = 64;
-    /** Profiling: per kernel kind, 8 u64 of device memory (see stamp() in ep.cu): start, launches, points 2..6. */
+    /**
+     * Profiling: per kernel kind, 16 u64 of device memory (see stamp() in ep.cu): start, launches,
+     * points 2..6, then (dispatch receive, profile=pdl) when each source's counts arrived and when its
+     * block 0 started.
+     */
     static final int STAMP_WORDS = 16;
     /** Profiling: the timed points per kernel kind, 2..6, in {@link #profileReport()}. */
     static final int STAMP_POINTS = 5;
@@ -95,9 +99,10 @@ final class CudaEpPath implements EpDataPath, AutoCloseable {
      */
     private final boolean withholdRowFlags = Boolean.getBoolean(WITHHOLD_ROW_FLAGS);
 
-    /** The system property that turns on {@link #withholdRowFlags} (test only). */
+    /** -Dmooncake4j.ep.profile: false, true (events around every kernel and time stamps) or pdl. */
     private static final String PROFILE_MODE = System.getProperty("mooncake4j.ep.profile", "false");
 
+    /** The system property that turns on {@link #withholdRowFlags} (test only). */
     static final String WITHHOLD_ROW_FLAGS = "mooncake4j.ep.fault.withholdRowFlags";
 
     /**
