@@ -698,9 +698,10 @@ ep_dispatch_send(const uint16_t* x, const int64_t* topk, const int* active, cons
             }
             __syncthreads();
             if (threadIdx.x == 0 && row_flags) {
-                // the rows' flags (row_flags = 0 only to test a source that fails mid-dispatch): once the token's stores are visible (the fence is cumulative over the
+                // the rows' flags: once the token's stores are visible (the fence is cumulative over the
                 // block's stores through the barrier), each row's header gets its sequence number, which
-                // the receiver polls to copy the row as soon as it has landed
+                // the receiver polls to copy the row as soon as it has landed (row_flags = 0 only to
+                // test a source that fails mid-dispatch)
                 __threadfence_system();
                 if (dedup) {
                     for (int kk = 0; kk < kn; ++kk) {
@@ -802,9 +803,7 @@ __device__ bool dispatch_row(const DispatchRows& d, const Row& at, int part, int
     }
     flag = __shfl_sync(0xffffffffu, flag, 0);
     __syncwarp();
-    if (flag < d.seq) {
-        if (wait) return false;
-    }
+    if (wait && flag < d.seq) return false;
     const uint4 header = __ldcg(reinterpret_cast<const uint4*>(hdr));
     uint64_t row_seq = flag;
     const uint8_t* msg = hdr;

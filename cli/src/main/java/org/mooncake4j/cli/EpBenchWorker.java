@@ -105,7 +105,7 @@ public final class EpBenchWorker {
                 g.barrier();
                 long t0 = System.nanoTime();
                 CombineResult last = null;
-                for (int i = 0; i < o.iters; i++) last = queuedDispatchCombine(o, buf, in);
+                for (int i = 0; i < o.iters; i++) last = combine(buf, in, dispatch(o, buf, in, true), true);
                 last.event().currentStreamWait();
                 sync(device);
                 times[2 * o.iters] = (System.nanoTime() - t0) / 1e3 / o.iters;
@@ -128,34 +128,27 @@ public final class EpBenchWorker {
     }
 
     /**
-     * One dispatch and combine of the back-to-back loop, queued like the baseline's all_to_all calls
-     * (asyncFinish = true: no host wait per call; the work of successive calls runs in order on the
-     * buffer's stream); the loop waits for the last combine's event.
+     * The run's dispatch: {@code timeoutUs = -1}, no hook; {@code queued}: asyncFinish, as in the
+     * back-to-back loop (no host wait per call: successive calls' work runs in order on the buffer's
+     * stream, like the baseline's all_to_all calls on theirs), else it returns when its work is done.
      */
-    private static CombineResult queuedDispatchCombine(EpBenchOptions o, EpBuffer buf, Inputs in) {
-        DispatchResult d = buf.dispatch(in.x, in.topkIdx, in.active, o.tokens, o.experts, -1, o.fp8, true, false);
-        Tensor y = buf.nextCombineBuffer(d.handle());
-        return buf.combine(y, in.topkIdx, in.topkWeights, in.active, -1, d.handle(), true, true, false, in.out);
+    private static DispatchResult dispatch(EpBenchOptions o, EpBuffer buf, Inputs in, boolean queued) {
+        return buf.dispatch(in.x, in.topkIdx, in.active, o.tokens, o.experts, -1, o.fp8, queued, false);
     }
 
-    /** The run's dispatch: {@code timeoutUs = -1}, no async, no hook. */
-    private static DispatchResult dispatch(EpBenchOptions o, EpBuffer buf, Inputs in) {
-        return buf.dispatch(in.x, in.topkIdx, in.active, o.tokens, o.experts, -1, o.fp8, false, false);
-    }
-
-    /** The run's zero-copy combine of {@code d}, on the dispatch's combine buffer; returns when its work is done. */
-    private static void combine(EpBuffer buf, Inputs in, DispatchResult d) {
+    /** The run's zero-copy combine of {@code d}, on the dispatch's combine buffer; {@code queued} as for dispatch. */
+    private static CombineResult combine(EpBuffer buf, Inputs in, DispatchResult d, boolean queued) {
         Tensor y = buf.nextCombineBuffer(d.handle());
-        buf.combine(y, in.topkIdx, in.topkWeights, in.active, -1, d.handle(), true, false, false, in.out).event().currentStreamWait();
+        return buf.combine(y, in.topkIdx, in.topkWeights, in.active, -1, d.handle(), true, queued, false, in.out);
     }
 
     /** One dispatch and combine; with {@code times}, their microseconds go to times[i] and times[iters + i]. */
     private static void iteration(EpBenchOptions o, EpBuffer buf, Inputs in, Device device, double[] times, int i) {
         long t0 = System.nanoTime();
-        DispatchResult d = dispatch(o, buf, in);
+        DispatchResult d = dispatch(o, buf, in, false);
         sync(device);
         long t1 = System.nanoTime();
-        combine(buf, in, d);
+        combine(buf, in, d, false);
         sync(device);
         long t2 = System.nanoTime();
         if (times != null) {

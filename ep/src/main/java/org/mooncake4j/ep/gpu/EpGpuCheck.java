@@ -372,6 +372,23 @@ public final class EpGpuCheck {
         Runtime.getRuntime().halt(failures == 0 ? 0 : 1);
     }
 
+    /** The timing mode's FP8 dispatch, queued (asyncFinish, no timeout, no hook). */
+    private DispatchResult queuedDispatch(EpBuffer buf, Tensor x, Tensor topk, Tensor active) {
+        return buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
+    }
+
+    /** The timing mode's zero-copy combine of {@code d} into {@code out}, queued. */
+    private static CombineResult queuedCombine(EpBuffer buf, DispatchResult d, Tensor topk, Tensor w, Tensor active, Tensor out) {
+        return buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
+    }
+
+    /** {@code n} untimed dispatch + combine pairs, queued, then waited for. */
+    private void warmUp(EpBuffer buf, Tensor x, Tensor topk, Tensor w, Tensor active, Tensor out, int n) {
+        CombineResult r = null;
+        for (int i = 0; i < n; i++) r = queuedCombine(buf, queuedDispatch(buf, x, topk, active), topk, w, active, out);
+        if (r != null) r.event().currentStreamWait();
+    }
+
     /**
      * Queues warm-up and then {@code iters} dispatch + combine pairs back to back (async, caller-owned
      * output, no host wait between them, like a training step), with CUDA events around each phase,
@@ -394,32 +411,22 @@ public final class EpGpuCheck {
             for (int i = 0; i < ev.length; i++) ev[i] = CudaEvent.create(s.device(), true);
             DispatchResult d = null;
             CombineResult r = null;
-            for (int i = 0; i < warm; i++) {
-                d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
-                r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
-            }
-            d.event().currentStreamWait();
-            r.event().currentStreamWait();
+            warmUp(buf, x, topk, w, active, out, warm);
             // a rank whose host path is still being compiled sets the pace of every rank (their receives
             // wait for its sends): wait until the JIT is idle, then warm up briefly again
             org.mooncake4j.core.internal.CompilerQueue.awaitIdleBeforeTiming("EpGpuCheck timing: rank " + rank, "the timed iterations", "");
-            for (int i = 0; i < 200; i++) {
-                d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
-                r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
-            }
-            d.event().currentStreamWait();
-            r.event().currentStreamWait();
+            warmUp(buf, x, topk, w, active, out, 200);
             buf.kernelProfile();
             pg.barrier();
             long t0 = System.nanoTime(), hostNs = 0;
             for (int i = 0; i < iters; i++) {
                 ev[3 * i].record(s);
                 long h0 = System.nanoTime();
-                d = buf.dispatch(x, topk, active, M, numExperts, -1, true, true, false);
+                d = queuedDispatch(buf, x, topk, active);
                 long h1 = System.nanoTime();
                 ev[3 * i + 1].record(s);
                 long h2 = System.nanoTime();
-                r = buf.combine(buf.nextCombineBuffer(d.handle()), topk, w, active, -1, d.handle(), true, true, false, out);
+                r = queuedCombine(buf, d, topk, w, active, out);
                 hostNs += System.nanoTime() - h2 + h1 - h0;
                 ev[3 * i + 2].record(s);
             }
