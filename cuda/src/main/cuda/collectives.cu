@@ -37,6 +37,12 @@
 // GPU see the abort word and exit at once, so a dead peer costs one timeout, not one per operation.
 // The host reads status once the kernel is done (CudaCollectives.check()).
 //
+// Final sync step: with sync_epoch != 0 every block whose data phase completed meets block b of every
+// peer once more before it signals done (end_block). A kernel that ends without a timeout has thus
+// shown that every rank holds the complete result, and the process group skips its host sync step; a
+// timeout in this step is reported without kDataIncomplete, so the host can tell a complete result
+// (whose commit the group's agreement decides) from an incomplete one (redone).
+//
 // Completion: every kernel takes a host-mapped array `done` and a `ticket` (one per launch, growing);
 // block b release-stores the ticket into done[b] (system scope) as its last act, after everything it
 // wrote, status included. The host polls done[0, blocks) of the last launch of an operation
@@ -67,6 +73,15 @@ constexpr uint64_t kFlagsOffset = 128;  // SymmetricHeap.Layout.FLAGS_OFFSET
 constexpr uint64_t kFlagRowBytes = 128; // SymmetricHeap.Layout.FLAG_ROW_BYTES
 
 enum WaitResult { kArrived = 0, kTimedOut = 1, kAborted = 2 };
+
+// status[1 + b] (see "Timeouts"): bits 0..7 the ranks block b found missing (CudaCollectives reads bits 0..15); kDataIncomplete: block b
+// left its data phase early (a wait of it timed out or saw the abort word), so this rank's result is
+// incomplete. A timeout without that bit anywhere happened in the final sync step.
+constexpr uint32_t kDataIncomplete = 1u << 16;
+
+// Whether a flag wait of this block failed (timed out or aborted) in this launch: set by the waiting
+// thread, read by the block after a __syncthreads. Cleared at every kernel's start (begin_block).
+__shared__ int g_wait_failed;
 
 // The per-launch view of the heaps, built from the kernel parameters.
 struct Comm {
@@ -139,20 +154,29 @@ __device__ __forceinline__ __nv_bfloat16 load_cg(const __nv_bfloat16* p) {
 
 // Polls until *flag >= target; gives up after timeout_ns (%globaltimer) or when this GPU's abort word
 // is set (an earlier wait timed out: the heap is unusable and the host will report that one).
+//
+// The flag is polled with relaxed loads and taken, once it is seen, with one acquire load (flags only
+// grow, so it still holds the target): no fence.acq_rel.sys, which would also wait for the NVLink
+// stores that other warps of this SM have in flight (the other warp group of the pipelined kernel).
 __device__ WaitResult wait_flag(const uint64_t* flag, uint64_t target, uint64_t timeout_ns, const uint32_t* abort) {
     if (load_relaxed_sys(flag) >= target) {
-        fence_acq_rel_sys();
+        (void)load_acquire_sys(flag);
         return kArrived;
     }
     const uint64_t start = global_timer_ns();
     for (uint32_t spin = 1;; ++spin) {
         if (load_relaxed_sys(flag) >= target) {
-            fence_acq_rel_sys();
+            (void)load_acquire_sys(flag);
             return kArrived;
         }
         if ((spin & 15) == 0) {
-            if (load_relaxed_gpu(abort) != 0) return kAborted;
-            if (global_timer_ns() - start >= timeout_ns) return kTimedOut;
+            WaitResult r = kArrived;
+            if (load_relaxed_gpu(abort) != 0) r = kAborted;
+            else if (global_timer_ns() - start >= timeout_ns) r = kTimedOut;
+            if (r != kArrived) {
+                g_wait_failed = 1;
+                return r;
+            }
         }
     }
 }
@@ -183,6 +207,32 @@ __device__ bool block_barrier(const Comm& c, uint64_t epoch) {
         if (t == 0 && missing != 0) report_timeout(c, heap_of<NR>(c, c.rank), missing);
     }
     return false;
+}
+
+// Every collective kernel's blocks start here: no wait of theirs has failed yet.
+__device__ __forceinline__ void begin_block() {
+    if (threadIdx.x == 0) g_wait_failed = 0;
+    __syncthreads();
+}
+
+// Every collective kernel's blocks end here, after their part of the operation (uniformly per block).
+// A block whose data phase ended early records kDataIncomplete. Otherwise, with sync_epoch != 0, it
+// meets block b of every peer once more (the final sync step, flags raised only after the data phase):
+// a rank on which every block passes it knows that every rank holds the complete result, which is
+// what the process group's host sync step establishes for its host algorithms. A timeout here is
+// reported like any other, but without kDataIncomplete: the result is complete, and the host's
+// agreement may commit it (see GpuBackend).
+template <int NR>
+__device__ void end_block(const Comm& c, uint64_t sync_epoch) {
+    __syncthreads();
+    if (g_wait_failed != 0) {
+        if (threadIdx.x == 0) {
+            volatile uint32_t* word = c.status + 1 + blockIdx.x;   // only this block writes this word
+            *word = *word | kDataIncomplete;
+        }
+        return;
+    }
+    if (sync_epoch != 0) (void)block_barrier<NR>(c, sync_epoch);
 }
 
 // The last act of every block of every kernel: release-stores this launch's ticket into done[block]
@@ -1226,7 +1276,7 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 
 // ---- entry points ----------------------------------------------------------------------------------
 // Every collective kernel takes (in, out, backup, count, chunk, heap0..heap7, rank, world, data_offset,
-// bank_bytes, epoch_base, chunk_seq_base, timeout_ns, status, done, ticket) -- CudaCollectives builds
+// bank_bytes, epoch_base, chunk_seq_base, timeout_ns, status, done, ticket, sync_epoch) -- CudaCollectives builds
 // exactly this list:
 //   backup: all-reduce: null, or count elements that receive a copy of in (see "Backup" at the top);
 //           ignored by the others (the host passes null)
@@ -1236,7 +1286,8 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 //           all-gather) (ignored by one-shot); heapN: rank N's heap base in this process (null for
 //           N >= world);
 //   world:  1..8; anything else makes the kernel return without doing anything (but signal done);
-//   done, ticket: block b stores ticket into done[b] when it is done (host-mapped; see "Completion").
+//   done, ticket: block b stores ticket into done[b] when it is done (host-mapped; see "Completion");
+//   sync_epoch: the epoch of the final sync step (end_block), above every epoch of the data phase; 0: none.
 // Launch with the same grid on every rank: 512 threads per block (the kernels may use up to 128
 // registers a thread, so one block fits an SM), at most one block per SM so that all blocks are
 // resident at once, and at most 512 blocks (the flag rows of the heap).
@@ -1244,7 +1295,7 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 #define MOONCAKE4J_COMM_PARAMS                                                                                        \
     uint8_t *h0, uint8_t *h1, uint8_t *h2, uint8_t *h3, uint8_t *h4, uint8_t *h5, uint8_t *h6, uint8_t *h7, int rank, \
         int world, uint64_t data_offset, uint64_t bank_bytes, uint64_t epoch_base, uint64_t chunk_seq_base,           \
-        uint64_t timeout_ns, uint32_t *status, uint64_t *done, uint64_t ticket
+        uint64_t timeout_ns, uint32_t *status, uint64_t *done, uint64_t ticket, uint64_t sync_epoch
 
 #define MOONCAKE4J_COMM                                                                                          \
     const mooncake4j::collectives::Comm comm {                                                                   \
@@ -1254,18 +1305,25 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 
 // Runs CALL with a compile-time NR equal to world, then signals done (every path of CALL returns
 // uniformly per block, so every thread reaches the signal's __syncthreads).
-#define MOONCAKE4J_FOR_WORLD(CALL)          \
-    switch (world) {                        \
-        case 1: { constexpr int NR = 1; CALL; } break; \
-        case 2: { constexpr int NR = 2; CALL; } break; \
-        case 3: { constexpr int NR = 3; CALL; } break; \
-        case 4: { constexpr int NR = 4; CALL; } break; \
-        case 5: { constexpr int NR = 5; CALL; } break; \
-        case 6: { constexpr int NR = 6; CALL; } break; \
-        case 7: { constexpr int NR = 7; CALL; } break; \
-        case 8: { constexpr int NR = 8; CALL; } break; \
-        default: break;                     \
-    }                                       \
+#define MOONCAKE4J_RUN(N, CALL)                                                  \
+    case N: {                                                                    \
+        constexpr int NR = N;                                                    \
+        mooncake4j::collectives::begin_block();                                  \
+        CALL;                                                                    \
+        mooncake4j::collectives::end_block<NR>(comm, sync_epoch);                \
+    } break;
+#define MOONCAKE4J_FOR_WORLD(CALL)                                               \
+    switch (world) {                                                             \
+        MOONCAKE4J_RUN(1, CALL)                                                  \
+        MOONCAKE4J_RUN(2, CALL)                                                  \
+        MOONCAKE4J_RUN(3, CALL)                                                  \
+        MOONCAKE4J_RUN(4, CALL)                                                  \
+        MOONCAKE4J_RUN(5, CALL)                                                  \
+        MOONCAKE4J_RUN(6, CALL)                                                  \
+        MOONCAKE4J_RUN(7, CALL)                                                  \
+        MOONCAKE4J_RUN(8, CALL)                                                  \
+        default: break;                                                          \
+    }                                                                            \
     mooncake4j::collectives::signal_done(done, ticket)
 
 // The float32 and bfloat16 entry points NAME_f32 and NAME_bf16 of all-reduce FN(in, out, backup, count,
@@ -1334,5 +1392,6 @@ scale_bf16(__nv_bfloat16* x, uint64_t count, float divisor, uint64_t* done, uint
 
 #undef MOONCAKE4J_ALLREDUCE_KERNELS
 #undef MOONCAKE4J_FOR_WORLD
+#undef MOONCAKE4J_RUN
 #undef MOONCAKE4J_COMM
 #undef MOONCAKE4J_COMM_PARAMS

@@ -71,7 +71,8 @@ import org.mooncake4j.cuda.internal.CudaDriver;
  * this rank failed. Other settings: {@code HEAP_MIB} (257: two banks of 128 MiB), {@code SHARING}
  * (auto, shareable, ipc), {@code MOONCAKE_TWOSHOT} (auto, pull, push: the variant of AUTO), {@code CHECK_MAX_MIB} (1024), {@code TIME_MAX_MIB} (512),
  * {@code TIME_MIN_BYTES} (8: the smallest all-reduce timed), {@code TIME_MORE} (1; 0 skips the all_gather / reduce_scatter /
- * all_to_all table),
+ * all_to_all table), {@code TIME_IN_PLACE} (0; 1 times the all-reduces in place with the kernel's input backup, as
+ * the process group runs them),
  * {@code ONESHOT_MAX_BYTES} (the default of {@link CudaCollectives}), {@code EXCHANGE_TIMEOUT_S}
  * (180), {@code CHECK_TIMEOUT_MS} (60000), {@code FAULT_TIMEOUT_MS} (2000).
  */
@@ -728,9 +729,17 @@ public final class CollectiveBench {
 
     /** Microseconds per all_reduce: {@value #WARMUP} warm-up calls, then {@value #ITERATIONS} between two events. */
     private double time(CudaEvent start, CudaEvent end, long count, Algorithm algorithm) {
+        if (TIME_IN_PLACE) {
+            // as the process group runs it: in place, the kernel backing the input up (into dst, unused otherwise)
+            return time(start, end, () -> coll.allReduce(src.pointer(), src.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS,
+                    algorithm, dst.pointer()));
+        }
         return time(start, end, () -> coll.allReduce(src.pointer(), dst.pointer(), count, DType.FLOAT32, stream, OP_TIMEOUT_NANOS,
                 algorithm));
     }
+
+    /** TIME_IN_PLACE=1: the all_reduce timing table times in-place calls with the kernel's input backup. */
+    private static final boolean TIME_IN_PLACE = "1".equals(System.getenv("TIME_IN_PLACE"));
 
     /**
      * Microseconds per {@code op} (which queues one collective): {@value #WARMUP} warm-up calls, then

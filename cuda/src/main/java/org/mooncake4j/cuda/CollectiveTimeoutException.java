@@ -15,12 +15,26 @@ public class CollectiveTimeoutException extends TimeoutException {
 
     private final int rank;
     private final List<Integer> missingRanks;
+    private final boolean resultComplete;
 
     public CollectiveTimeoutException(int rank, String where, List<Integer> missingRanks, long timeoutNanos) {
-        super(message(rank, where, missingRanks, timeoutNanos));
+        this(rank, where, missingRanks, timeoutNanos, false);
+    }
+
+    /** @param resultComplete the timeout happened in the kernel's final sync step, after this rank's result was complete */
+    public CollectiveTimeoutException(int rank, String where, List<Integer> missingRanks, long timeoutNanos, boolean resultComplete) {
+        super(message(rank, where, missingRanks, timeoutNanos) + (resultComplete ? " (This rank's result was complete: the"
+                + " timeout happened in the final sync step.)" : ""));
         this.rank = rank;
         this.missingRanks = List.copyOf(missingRanks);
+        this.resultComplete = resultComplete;
     }
+
+    /**
+     * Whether this rank's result was complete when the wait timed out: it happened in the kernel's
+     * final sync step ({@link CudaCollectives#finalSyncs()}), so only the other ranks' state is unknown.
+     */
+    public boolean resultComplete() { return resultComplete; }
 
     /** The rank that observed the timeout. */
     public int rank() { return rank; }

@@ -115,6 +115,10 @@ public final class CudaCollectives implements AutoCloseable {
     private static final VarHandle INT = ValueLayout.JAVA_INT.varHandle();
     private static final VarHandle LONG = ValueLayout.JAVA_LONG.varHandle();
     private static final int STATUS_WORDS = 1 + SymmetricHeap.Layout.MAX_BLOCKS;
+    /** A block's status word: the ranks it found missing (collectives.cu kMissingMask) ... */
+    private static final int MISSING_MASK = 0xffff;
+    /** ... and whether its part of the data phase ended early (kDataIncomplete). */
+    private static final int DATA_INCOMPLETE = 1 << 16;
     /** Where the per-block completion words (u64) start in the status memory, after the status words. */
     static final long DONE_OFFSET = 4096;
     /** One completion word per block of the largest grid: the scale kernel's. */
@@ -148,6 +152,7 @@ public final class CudaCollectives implements AutoCloseable {
     private long epoch;              // barriers used so far (flags only grow)
     private long chunkSeq;           // chunks run so far (bank parity)
     private long ticket;             // the last launch's completion ticket (0: none yet)
+    private long finalSyncs;         // collective kernels queued (each with a final sync step)
     private int ticketBlocks;        // the blocks of that launch, each of which stores the ticket
     private int ticketSeen;          // blocks [0, ticketSeen) of that launch were seen done
     private long oneShotMaxBytes;
@@ -397,12 +402,17 @@ public final class CudaCollectives implements AutoCloseable {
     public void check() {
         if ((int) INT.getVolatile(statusWords, 0L) == 0) return;
         int mask = 0;
-        for (int b = 1; b < STATUS_WORDS; b++) mask |= (int) INT.getVolatile(statusWords, 4L * b);
+        boolean incomplete = false;
+        for (int b = 1; b < STATUS_WORDS; b++) {
+            int word = (int) INT.getVolatile(statusWords, 4L * b);
+            mask |= word & MISSING_MASK;
+            incomplete |= (word & DATA_INCOMPLETE) != 0;
+        }
         long timeout;
         synchronized (this) {
             timeout = longestTimeoutNanos;
         }
-        throw new CollectiveTimeoutException(rank, device.toString(), CollectiveTimeoutException.ranksOf(mask), timeout);
+        throw new CollectiveTimeoutException(rank, device.toString(), CollectiveTimeoutException.ranksOf(mask), timeout, !incomplete);
     }
 
     /**
@@ -447,17 +457,33 @@ public final class CudaCollectives implements AutoCloseable {
         }
     }
 
+    /**
+     * Queues a collective kernel whose data phase uses the epochs {@code (epoch, epoch + barriers]}; its
+     * final sync step ({@link #finalSyncs()}) takes the next one.
+     */
     private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long backup, long count, long chunk,
                         long barriers, long chunks, long timeoutNanos) {
+        long syncEpoch = epoch + barriers + 1;
         KernelArgs a = KernelArgs.begin().ptr(src).ptr(dst).ptr(backup).u64(count).u64(chunk);
         for (long h : heaps) a.ptr(h);
         a.i32(rank).i32(worldSize).u64(dataOffset).u64(bankBytes).u64(epoch).u64(chunkSeq).u64(timeoutNanos)
-                .ptr(status.devicePointer()).ptr(status.devicePointer() + DONE_OFFSET).u64(ticket + 1);
+                .ptr(status.devicePointer()).ptr(status.devicePointer() + DONE_OFFSET).u64(ticket + 1).u64(syncEpoch);
         f.launch(stream, blocks, CollectivePlan.THREADS, a);
-        epoch += barriers;
+        epoch = syncEpoch;
         chunkSeq += chunks;
         launched(blocks);
+        finalSyncs++;
     }
+
+    /**
+     * How many collective kernels were queued here so far. Each ends with a final sync step: every
+     * block whose part of the operation is complete meets the same block of every peer once more, so a
+     * kernel that finishes without a timeout ({@link #check()} passes) has shown that every rank holds
+     * its complete result; an operation that compares this count before and after knows whether it
+     * queued one. A timeout in that step raises a {@link CollectiveTimeoutException} whose
+     * {@link CollectiveTimeoutException#resultComplete()} is true.
+     */
+    public synchronized long finalSyncs() { return finalSyncs; }
 
     /**
      * A kernel of {@code blocks} with ticket {@code ticket + 1} was queued (blocks <= {@link #DONE_WORDS}: the

@@ -123,6 +123,22 @@ public final class CollectiveContext implements AutoCloseable {
         }
     }
 
+    /**
+     * The operation's device kernel ended with its own sync step among all members (every rank held
+     * its complete result): the host sync step is not needed, and {@link #sync()} returns at once.
+     */
+    public void syncedOnDevice() { phase = FailureAgreement.Phase.SYNC; }
+
+    /**
+     * The operation's device kernel completed this rank's result but timed out in its own sync step:
+     * as a failure of {@link #sync()}, the agreement decides whether the result stands (this returns)
+     * or the operation is redone (this throws {@code failure}).
+     */
+    public void syncFailedOnDevice(Channels.WaitFailure failure) {
+        phase = FailureAgreement.Phase.SYNC;
+        onSyncFailure.handle(this, failure);
+    }
+
     public int[] members() { return members; }
 
     public int size() { return members.length; }

@@ -71,6 +71,8 @@ public final class GpuBackend implements AutoCloseable {
     private StoreExchange lastExchange;
     /** The collectives' ticket when the current operation began: it queued a kernel when the ticket moved. */
     private long ticketAtStart;
+    /** The collectives' count of kernels with a final sync step when the current operation began. */
+    private long syncsAtStart;
     /** Where the current in-place operation's input came from (put back from {@link #savedCopy} on a redo). */
     private long savedPtr;
     private long savedBytes;
@@ -222,6 +224,7 @@ public final class GpuBackend implements AutoCloseable {
     private CudaCollectives collectives(CollectiveContext c) {
         CudaCollectives k = heapFor(c);
         ticketAtStart = k.lastTicket();
+        syncsAtStart = k.finalSyncs();
         return k;
     }
 
@@ -264,25 +267,34 @@ public final class GpuBackend implements AutoCloseable {
     /**
      * Waits (with a deadline) until the queued work is done: the completion words of {@code k}'s last
      * kernel when this operation queued one ({@code k}'s ticket moved past {@link #ticketAtStart}), else
-     * an event. A kernel that timed out waiting for peers becomes a {@link Channels.WaitFailure} and the
-     * heap is dropped (it is rebuilt for the next epoch).
+     * an event. A collective kernel ends with its own sync step among the members
+     * ({@link CudaCollectives#finalSyncs()}), so when it passed, the group's host sync step is skipped
+     * ({@link CollectiveContext#syncedOnDevice()}). A kernel that timed out waiting for peers is a
+     * {@link Channels.WaitFailure} and the heap is dropped (it is rebuilt for the next epoch): in the
+     * data phase it is thrown (the group agrees and redoes the operation); in the final sync step, with
+     * this rank's result complete, the agreement decides whether the result stands, as after a failed
+     * host sync step ({@link CollectiveContext#syncFailedOnDevice}).
      */
     private void finish(CollectiveContext c, CudaCollectives k) {
         long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
         if (k != null && k.lastTicket() != ticketAtStart) awaitKernel(k, limit);
         else awaitStream(limit);
         if (k == null) return;
+        boolean synced = k.finalSyncs() != syncsAtStart;
         try {
             k.check();
+            if (synced) c.syncedOnDevice();
         } catch (CollectiveTimeoutException e) {
             int[] m = heapMembers; // the kernel names heap positions
             List<Integer> missing = e.missingRanks();
             int peer = missing.isEmpty() ? m[(c.position() + 1) % m.length] : m[missing.get(0)];
-            LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} missing heap positions={} of members {}", group, rank, c.epoch(),
-                    c.opSeq(), missing, java.util.Arrays.toString(m));
+            LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} in its {} missing heap positions={} of members {}", group, rank,
+                    c.epoch(), c.opSeq(), e.resultComplete() ? "final sync step" : "data phase", missing, java.util.Arrays.toString(m));
             awaitStream(limit); // every block has signalled; let the kernel retire before its heap and status memory go
             closeHeap();
-            throw new Channels.WaitFailure(peer, true, e);
+            Channels.WaitFailure f = new Channels.WaitFailure(peer, true, e);
+            if (!synced || !e.resultComplete()) throw f;
+            c.syncFailedOnDevice(f);   // returns when the agreement commits the result, else throws f
         }
     }
 
