@@ -9,7 +9,11 @@
 #                             tensors, checked; 1 GiB all_reduce; async), kill (the last rank exits
 #                             abruptly as the others enter an all_reduce) and hang (it sleeps past the
 #                             timeout and must be fenced), stop (it is stopped with SIGSTOP mid
-#                             all_reduce loop, continued later, and must be fenced); MODES picks some
+#                             all_reduce loop, continued later, and must be fenced), killsync (it
+#                             completes an all_reduce's data phase, skips the kernel's final sync step
+#                             and exits: the survivors commit the result over all ranks), killqueued (it
+#                             exits with asynchronous all_reduces still queued: the survivors' queued
+#                             operations switch from all ranks to the survivors at one operation); MODES picks some
 #   gpu-pg.sh bench JAR_DIR   pgbench --backend mooncake --device cuda (all_reduce 8 B..1 GiB,
 #                             all_gather, reduce_scatter, alltoall 1 MiB..1 GiB) and, in the same run,
 #                             NCCL through torch_baselines.py and torch_nccl_more.py, then ratio tables;
@@ -38,7 +42,7 @@ status=0
 
 if [[ $mode == check ]]; then
   for n in $worlds; do
-    for m in ${MODES:-grid kill hang stop}; do
+    for m in ${MODES:-grid kill killsync killqueued hang stop}; do
       log="$out/check_${m}_ws$n.log"
       extra=""; [[ $m == grid ]] && extra="--big"
       t=${MOONCAKE_TIMEOUT_MS:-5000}; [[ $m == grid ]] && t=60000
@@ -47,7 +51,7 @@ if [[ $mode == check ]]; then
         "$java" --enable-native-access=ALL-UNNAMED -cp "$jars/*" org.mooncake4j.cli.Main run --nproc-per-node "$n" --timeout-s "${TIMEOUT_S:-300}" \
         org.mooncake4j.cli.GpuCheckWorker $m $extra > "$log" 2>&1
       rc=$?
-      grep -E "FAIL|SUMMARY|exits abruptly|stops responding|finished over|fenced|within the bound|dropped ranks|stopped|agree|activeRanks|grid finished|Exception" "$log" | head -40
+      grep -E "FAIL|SUMMARY|exits abruptly|committed|skipped its final|queued|switch|stops responding|finished over|fenced|within the bound|dropped ranks|stopped|agree|activeRanks|grid finished|Exception" "$log" | head -40
       echo "passes: $(grep -c 'PASS ' "$log")  failures: $(grep -c 'FAIL ' "$log")  exit: $rc"
       [[ $rc -eq 0 ]] && ! grep -q 'FAIL ' "$log" || status=1
     done

@@ -34,8 +34,10 @@
 // Timeouts: a wait that passes timeout_ns reports the peers that did not arrive: the block ORs a
 // bitmask of their ranks into status[1 + block] (page-locked, device-mapped host memory), sets
 // status[0] = 1, ORs the mask into the heap's abort word, and the kernel exits. Later waits on this
-// GPU see the abort word and exit at once, so a dead peer costs one timeout, not one per operation.
-// The host reads status once the kernel is done (CudaCollectives.check()).
+// GPU see the abort word and exit at once, so a dead peer costs one timeout, not one per operation, and
+// a launch that starts on an aborted heap does nothing at all (begin_block). The timed-out launch's
+// ticket is recorded too, so the host can tell whether an earlier launch it checks late is the one that
+// failed (CudaCollectives.check(long)). The host reads status once the kernel is done (check()).
 //
 // Final sync step: with sync_epoch != 0 every block whose data phase completed meets block b of every
 // peer once more before it signals done (end_block). A kernel that ends without a timeout has thus
@@ -93,7 +95,12 @@ struct Comm {
     uint64_t chunk_seq_base;    // chunk k of this launch uses bank (chunk_seq_base + k) & 1
     uint64_t timeout_ns;
     uint32_t* status;           // host-mapped: [0] any timeout, [1 + b] missing-rank mask of block b
+    uint64_t ticket;            // this launch's completion ticket (recorded with a timeout)
 };
+
+// The ticket of the launch that timed out, a u64 in the status memory (CudaCollectives.FAILED_TICKET_OFFSET):
+// only the first failure of a heap is ever recorded, as every later launch on it is skipped (begin_block).
+constexpr uint64_t kFailedTicketOffset = 3072;
 
 // heap[i] for a run-time i without indexing a local array (which would live in local memory).
 template <int NR>
@@ -183,6 +190,7 @@ __device__ WaitResult wait_flag(const uint64_t* flag, uint64_t target, uint64_t 
 
 __device__ void report_timeout(const Comm& c, uint8_t* own, uint32_t missing) {
     atomicOr(abort_word(own), missing);
+    *reinterpret_cast<volatile uint64_t*>(reinterpret_cast<uint8_t*>(c.status) + kFailedTicketOffset) = c.ticket;
     volatile uint32_t* mask = c.status + 1 + blockIdx.x;   // only this block writes this word
     *mask = *mask | missing;
     store_release_sys(c.status, 1u);
@@ -209,10 +217,15 @@ __device__ bool block_barrier(const Comm& c, uint64_t epoch) {
     return false;
 }
 
-// Every collective kernel's blocks start here: no wait of theirs has failed yet.
-__device__ __forceinline__ void begin_block() {
+// Every collective kernel's blocks start here: no wait of theirs has failed yet. False (uniformly for
+// the block) when the heap's abort word is set: an earlier launch timed out, and this one must not
+// touch anything (no data, no flags, no status), so that the host can run the operation again later
+// from its untouched input (a launch queued behind one that had not been checked yet).
+template <int NR>
+__device__ __forceinline__ bool begin_block(const Comm& c) {
     if (threadIdx.x == 0) g_wait_failed = 0;
-    __syncthreads();
+    const uint32_t* abort = abort_word(heap_of<NR>(c, c.rank));
+    return !__syncthreads_or(threadIdx.x == 0 && load_relaxed_gpu(abort) != 0);
 }
 
 // Every collective kernel's blocks end here, after their part of the operation (uniformly per block).
@@ -232,6 +245,7 @@ __device__ void end_block(const Comm& c, uint64_t sync_epoch) {
         }
         return;
     }
+    if (sync_epoch >> 63) return;   // fault injection (CudaCollectives.withholdFinalSync): skip the step
     if (sync_epoch != 0) (void)block_barrier<NR>(c, sync_epoch);
 }
 
@@ -1287,7 +1301,8 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 //           N >= world);
 //   world:  1..8; anything else makes the kernel return without doing anything (but signal done);
 //   done, ticket: block b stores ticket into done[b] when it is done (host-mapped; see "Completion");
-//   sync_epoch: the epoch of the final sync step (end_block), above every epoch of the data phase; 0: none.
+//   sync_epoch: the epoch of the final sync step (end_block), above every epoch of the data phase; 0: none;
+//           bit 63 set: skip the step (fault injection only: this rank then leaves its peers waiting).
 // Launch with the same grid on every rank: 512 threads per block (the kernels may use up to 128
 // registers a thread, so one block fits an SM), at most one block per SM so that all blocks are
 // resident at once, and at most 512 blocks (the flag rows of the heap).
@@ -1300,7 +1315,7 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 #define MOONCAKE4J_COMM                                                                                          \
     const mooncake4j::collectives::Comm comm {                                                                   \
         {h0, h1, h2, h3, h4, h5, h6, h7}, rank, data_offset, bank_bytes, epoch_base, chunk_seq_base, timeout_ns, \
-            status                                                                                               \
+            status, ticket                                                                                       \
     }
 
 // Runs CALL with a compile-time NR equal to world, then signals done (every path of CALL returns
@@ -1308,9 +1323,10 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 #define MOONCAKE4J_RUN(N, CALL)                                                  \
     case N: {                                                                    \
         constexpr int NR = N;                                                    \
-        mooncake4j::collectives::begin_block();                                  \
-        CALL;                                                                    \
-        mooncake4j::collectives::end_block<NR>(comm, sync_epoch);                \
+        if (mooncake4j::collectives::begin_block<NR>(comm)) {                    \
+            CALL;                                                                \
+            mooncake4j::collectives::end_block<NR>(comm, sync_epoch);            \
+        }                                                                        \
     } break;
 #define MOONCAKE4J_FOR_WORLD(CALL)                                               \
     switch (world) {                                                             \

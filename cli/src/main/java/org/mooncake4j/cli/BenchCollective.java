@@ -33,6 +33,8 @@ enum BenchCollective {
 
         @Override void run(ProcessGroup g, Buffers b, Setup s) { g.allReduce(b.in(), s.op()); }
 
+        @Override Work start(ProcessGroup g, Buffers b, Setup s) { return g.allReduceAsync(b.in(), s.op()); }
+
         @Override long countWrong(Buffers b, Setup s) { return wrongReduced(b.in(), 0, s); }
     },
     ALL_GATHER("all_gather") {
@@ -46,6 +48,8 @@ enum BenchCollective {
         @Override void fill(Buffers b, Setup s) { fillMoved(b.in(), s.rank(), 0); }
 
         @Override void run(ProcessGroup g, Buffers b, Setup s) { g.allGatherIntoTensor(b.out(), b.in()); }
+
+        @Override Work start(ProcessGroup g, Buffers b, Setup s) { return g.allGatherIntoTensorAsync(b.out(), b.in()); }
 
         @Override long countWrong(Buffers b, Setup s) {
             long per = b.in().numel();
@@ -66,6 +70,8 @@ enum BenchCollective {
 
         @Override void run(ProcessGroup g, Buffers b, Setup s) { g.broadcast(b.in(), s.root()); }
 
+        @Override Work start(ProcessGroup g, Buffers b, Setup s) { return g.broadcastAsync(b.in(), s.root()); }
+
         @Override long countWrong(Buffers b, Setup s) { return wrongMoved(b.in(), 0, b.in().numel(), s.root(), 0); }
     },
     REDUCE_SCATTER("reduce_scatter") {
@@ -79,6 +85,8 @@ enum BenchCollective {
         @Override void fill(Buffers b, Setup s) { fillReduced(b.in(), s.rank()); }
 
         @Override void run(ProcessGroup g, Buffers b, Setup s) { g.reduceScatterTensor(b.out(), b.in(), s.op()); }
+
+        @Override Work start(ProcessGroup g, Buffers b, Setup s) { return g.reduceScatterTensorAsync(b.out(), b.in(), s.op()); }
 
         /** Rank r keeps part r of the reduced input, so its element k is reduced input element r·per + k. */
         @Override long countWrong(Buffers b, Setup s) { return wrongReduced(b.out(), s.rank() * b.out().numel(), s); }
@@ -98,6 +106,8 @@ enum BenchCollective {
         }
 
         @Override void run(ProcessGroup g, Buffers b, Setup s) { g.allToAllSingle(b.out(), b.in(), null, null); }
+
+        @Override Work start(ProcessGroup g, Buffers b, Setup s) { return g.allToAllSingleAsync(b.out(), b.in(), null, null); }
 
         @Override long countWrong(Buffers b, Setup s) {
             long per = b.out().numel() / s.ranks();
@@ -193,6 +203,31 @@ enum BenchCollective {
 
     /** One operation (blocking). */
     abstract void run(ProcessGroup g, Buffers b, Setup s);
+
+    /**
+     * Starts the operation asynchronously and returns its Work; null when the collective has no
+     * asynchronous form here (sendrecv, whose {@link #run} already overlaps its two sides), after
+     * running it to completion.
+     */
+    Work start(ProcessGroup g, Buffers b, Setup s) {
+        run(g, b, s);
+        return null;
+    }
+
+    /**
+     * Runs the operation {@code times} times: one after the other ({@link #run}), or {@code queued}
+     * like PyTorch's loop over NCCL calls: every call started ({@link #start}), then one wait for all,
+     * so the device backend has the next one queued while one runs.
+     */
+    final void repeat(ProcessGroup g, Buffers b, Setup s, int times, boolean queued) {
+        if (!queued) {
+            for (int i = 0; i < times; i++) run(g, b, s);
+            return;
+        }
+        Work[] works = new Work[times];
+        for (int i = 0; i < times; i++) works[i] = start(g, b, s);
+        for (Work w : works) if (w != null) w.await();
+    }
 
     /** How many elements of this rank's result differ from the expected values after one {@link #run} on filled buffers. */
     abstract long countWrong(Buffers b, Setup s);

@@ -7,6 +7,7 @@ import java.util.Locale;
 import org.mooncake4j.core.DType;
 import org.mooncake4j.core.Device;
 import org.mooncake4j.core.Tensor;
+import org.mooncake4j.cuda.CudaCollectives;
 import org.mooncake4j.pg.ProcessGroup;
 import org.mooncake4j.pg.RankRemovedException;
 import org.mooncake4j.pg.ReduceOp;
@@ -25,6 +26,15 @@ import org.mooncake4j.pg.Work;
  *     the OS) as the others enter an all-reduce; the survivors must finish it over themselves, agree
  *     on the mask, report the dropped rank, show it as 0 in the GPU-resident activeRanks, and keep
  *     working (the next all-reduce on a heap rebuilt over the survivors);</li>
+ * <li>{@code killsync}: the last rank completes an all-reduce's data phase, skips the kernel's final
+ *     sync step ({@link CudaCollectives#withholdFinalSync}) and exits abruptly; the survivors' kernels
+ *     time out in that step with their results complete, so the agreement commits the all-reduce as
+ *     computed over all ranks, and the next operation reports the rank dropped and runs without it;</li>
+ * <li>{@code killqueued}: the survivors start eight all-reduces asynchronously, back to back (queued:
+ *     each kernel is checked while the next one runs); the last rank starts the first three, waits
+ *     for them and exits abruptly. The survivors' queued operations complete in order: the first
+ *     three over all ranks, the fourth (timed out) redone and the ones queued behind it run again
+ *     over the survivors, the fourth reporting the rank dropped, on every survivor alike;</li>
  * <li>{@code hang}: the last rank sleeps past the timeout instead; the survivors finish without it
  *     and it is fenced: its next operation fails with {@link RankRemovedException}.</li>
  * <li>{@code stop}: every rank runs all-reduces in a loop and the last rank's whole process is
@@ -49,9 +59,11 @@ public final class GpuCheckWorker {
             switch (mode) {
                 case "grid" -> grid(g, dev, args.length > 1 && args[1].equals("--big"));
                 case "kill" -> kill(g, dev);
+                case "killsync" -> killSync(g, dev);
+                case "killqueued" -> killQueued(g, dev);
                 case "hang" -> hang(g, dev);
                 case "stop" -> stop(g, dev);
-                default -> throw new IllegalArgumentException("mode " + mode + ": use grid, kill, hang or stop");
+                default -> throw new IllegalArgumentException("mode " + mode + ": use grid, kill, killsync, killqueued, hang or stop");
             }
             System.out.printf(Locale.ROOT, "SUMMARY rank %d mode %s: %d passed, %d failed%n", g.rank(), mode, passes, failures);
             code = failures == 0 ? 0 : 1;
@@ -195,6 +207,110 @@ public final class GpuCheckWorker {
             Runtime.getRuntime().halt(0);
         }
         survive(g, dev, n, victim, "killed");
+    }
+
+    private static void killSync(ProcessGroup g, Device dev) {
+        int n = g.size();
+        int victim = n - 1;
+        try (Tensor t = filled(dev, g.rank())) {
+            g.allReduce(t, ReduceOp.SUM);
+            report(wrongSum(t, range(n)) == 0, "all_reduce over all " + n + " ranks before the failure");
+        }
+        g.barrier();
+        try (Tensor t = filled(dev, g.rank())) {
+            if (g.rank() == victim) {
+                CudaCollectives.withholdFinalSync(true);
+                g.allReduce(t, ReduceOp.SUM);
+                System.out.println("rank " + victim + " completed the all_reduce's data phase, skipped its final sync step, and exits"
+                        + " abruptly now");
+                System.out.flush();
+                Runtime.getRuntime().halt(0);
+            }
+            long t0 = System.nanoTime();
+            g.allReduce(t, ReduceOp.SUM);
+            double ms = (System.nanoTime() - t0) / 1e6;
+            long wrong = wrongSum(t, range(n));
+            report(wrong == 0, String.format(Locale.ROOT, "all_reduce whose final sync step rank %d skipped: committed as computed over"
+                    + " all %d ranks in %.0f ms (timeout %d ms)%s", victim, n, ms, g.timeout().toMillis(), wrong == 0 ? ""
+                    : ": " + wrong + " elements differ from the sum over all ranks"));
+            report(ms > g.timeout().toMillis() * 0.9 && ms < g.timeout().toMillis() * 3 + 5000, String.format(Locale.ROOT,
+                    "it waited for the final sync step's timeout, within the bound: %.0f ms", ms));
+            report(g.lastDroppedRanks().length == 0, "the committed operation reports no dropped rank: "
+                    + Arrays.toString(g.lastDroppedRanks()) + " (the change is reported with the next operation, on every member alike)");
+        }
+        int[] survivors = Arrays.copyOf(range(n), n - 1);
+        try (Tensor t = filled(dev, g.rank())) {
+            g.allReduce(t, ReduceOp.SUM);
+            report(wrongSum(t, survivors) == 0 && Arrays.equals(g.lastDroppedRanks(), new int[] {victim}),
+                    "next all_reduce over the survivors " + Arrays.toString(survivors) + ", dropped reported: "
+                    + Arrays.toString(g.lastDroppedRanks()));
+            int[] mask = g.activeRanks().toIntArray();
+            report(mask[victim] == 0, "GPU-resident activeRanks after the failure: " + Arrays.toString(mask));
+        }
+    }
+
+    private static void killQueued(ProcessGroup g, Device dev) {
+        int n = g.size();
+        int victim = n - 1;
+        int ops = 8;
+        int[] survivors = Arrays.copyOf(range(n), n - 1);
+        List<Tensor> ts = new ArrayList<>();
+        try {
+            for (int i = 0; i < ops; i++) ts.add(filled(dev, g.rank()));
+            // warm: the same queue of operations over all ranks, checked
+            List<Work> works = new ArrayList<>();
+            for (Tensor t : ts) works.add(g.allReduceAsync(t, ReduceOp.SUM));
+            long wrong = 0;
+            for (int i = 0; i < ops; i++) {
+                works.get(i).await();
+                wrong += wrongSum(ts.get(i), range(n));
+            }
+            report(wrong == 0, ops + " queued all_reduces over all " + n + " ranks" + (wrong == 0 ? "" : ": " + wrong + " wrong elements"));
+            for (int i = 0; i < ops; i++) {
+                try (Tensor fresh = filled(dev, g.rank())) {
+                    ts.get(i).copyFrom(fresh);
+                }
+            }
+            g.barrier();
+            works.clear();
+            long t0 = System.nanoTime();
+            // the victim starts only the first three (it never reaches the fourth), the others all eight
+            for (int i = 0; i < (g.rank() == victim ? 3 : ops); i++) works.add(g.allReduceAsync(ts.get(i), ReduceOp.SUM));
+            if (g.rank() == victim) {
+                works.get(2).await();
+                System.out.println("rank " + victim + " finished the first 3 of the " + ops + " queued all_reduces and exits abruptly now");
+                System.out.flush();
+                Runtime.getRuntime().halt(0);
+            }
+            int firstOverSurvivors = -1;
+            boolean ordered = true;
+            StringBuilder outcome = new StringBuilder();
+            for (int i = 0; i < ops; i++) {
+                works.get(i).await();
+                boolean overAll = wrongSum(ts.get(i), range(n)) == 0;
+                boolean overSurvivors = wrongSum(ts.get(i), survivors) == 0;
+                int[] dropped = works.get(i).droppedRanks();
+                outcome.append(overAll ? 'A' : overSurvivors ? 'S' : '?');
+                if (overSurvivors && firstOverSurvivors < 0) firstOverSurvivors = i;
+                if (!overAll && !overSurvivors) ordered = false;
+                if (overAll && firstOverSurvivors >= 0) ordered = false;   // no result over all ranks after the switch
+                if (i == firstOverSurvivors && !Arrays.equals(dropped, new int[] {victim})) ordered = false;
+            }
+            double ms = (System.nanoTime() - t0) / 1e6;
+            report(ordered && firstOverSurvivors == 3, "queued all_reduces with rank " + victim + " killed after the third: " + outcome
+                    + " (A over all ranks, S over the survivors " + Arrays.toString(survivors) + "), in " + Math.round(ms) + " ms");
+            try (Tensor in = Tensor.of(new float[] {firstOverSurvivors}).to(dev); Tensor out = Tensor.zeros(DType.FLOAT32, dev, n)) {
+                g.allGatherIntoTensor(out, in);
+                float[] got = out.toFloatArray();
+                boolean same = true;
+                for (int r : survivors) same &= got[r] == firstOverSurvivors;
+                report(same, "the survivors switch at the same operation: " + Arrays.toString(got));
+            }
+            int[] mask = g.activeRanks().toIntArray();
+            report(mask[victim] == 0, "GPU-resident activeRanks after the failure: " + Arrays.toString(mask));
+        } finally {
+            for (Tensor t : ts) t.close();
+        }
     }
 
     private static void hang(ProcessGroup g, Device dev) throws InterruptedException {

@@ -24,7 +24,8 @@ import picocli.CommandLine.Option;
  * once, checks one result against the known inputs (with {@code -c 1}), waits until the JIT
  * compiles nothing ({@link CompilerQueue}), runs the warmup (which also wakes the cores that the
  * wait let idle: a first call after an idle spell paid 1-3 ms on a 2-vCPU VM), meets the other
- * ranks at a barrier, times {@code iters} back-to-back operations with {@link System#nanoTime()},
+ * ranks at a barrier, times {@code iters} back-to-back operations with {@link System#nanoTime()}
+ * (on a GPU queued, as PyTorch's loop over NCCL calls is: all started asynchronously, then one wait),
  * and takes the maximum of the per-iteration time over ranks (an all_reduce MAX of a float64).
  * Rank 0 prints the nccl-tests table as it goes and writes the result file. Exits with 1 on rank 0
  * when any element was wrong. Single-threaded; with {@code --cpu-bind auto} (the default) that
@@ -56,12 +57,14 @@ public final class PgBenchWorker {
              Tensor time = Tensor.zeros(DType.FLOAT64, Device.CPU, 1);
              Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
             Device dev = g.cudaDevice() >= 0 ? Device.cuda(g.cudaDevice()) : Device.CPU; // --device cuda goes with --backend mooncake
+            // on the GPU, calls are queued as PyTorch's loop over NCCL calls queues them (one wait per row)
+            boolean queued = !dev.isCpu();
             int rank = g.rank();
             int n = g.size();
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
             String binding = bindThread(o, Integer.parseInt(System.getenv().getOrDefault("LOCAL_RANK", String.valueOf(rank))));
-            if (rank == 0) printPreamble(o, n, binding);
-            warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount);
+            if (rank == 0) printPreamble(o, n, binding, queued);
+            warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount, queued);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
             for (long size : o.sizes()) {
@@ -78,10 +81,10 @@ public final class PgBenchWorker {
                         wrong = c.countWrong(b, setup);
                     }
                     CompilerQueue.awaitIdleBeforeTiming("pgbench: rank " + rank, "the " + size + "-byte row", "rerun it, or raise -w");
-                    for (int i = 0; i < o.warmup; i++) c.run(g, d, setup);
+                    c.repeat(g, d, setup, o.warmup, queued);
                     g.barrier();
                     long t0 = System.nanoTime();
-                    for (int i = 0; i < o.iters; i++) c.run(g, d, setup);
+                    c.repeat(g, d, setup, o.iters, queued);
                     us = (System.nanoTime() - t0) / 1e3 / o.iters;
                 }
                 time.setDouble(0, us);
@@ -122,16 +125,16 @@ public final class PgBenchWorker {
      * under way would otherwise stall whole rows of the timed sizes. Every rank runs the same counts.
      */
     private static void warmUpCompiler(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev,
-                                       Tensor time, Tensor wrongCount) {
+                                       Tensor time, Tensor wrongCount, boolean queued) {
         long[][] first = {{64, 3000}, {256 * 1024, 100}, {4 << 20, 20}};
         long[][] round = {{64, 1000}, {256 * 1024, 20}, {4 << 20, 4}};
-        warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount);
+        warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount, queued);
         CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
         if (jit != null && jit.isCompilationTimeMonitoringSupported()) {
             try (Tensor compiled = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
                 for (int r = 0; r < MAX_WARMUP_ROUNDS; r++) {
                     long before = jit.getTotalCompilationTime();
-                    warmUp(g, o, c, dtype, setup, n, dev, round, time, wrongCount);
+                    warmUp(g, o, c, dtype, setup, n, dev, round, time, wrongCount, queued);
                     compiled.setLong(0, jit.getTotalCompilationTime() > before ? 1 : 0);
                     g.allReduce(compiled, ReduceOp.MAX);
                     if (compiled.getLong(0) == 0) break;
@@ -158,14 +161,14 @@ public final class PgBenchWorker {
      * each size the bookkeeping of a timed row (barrier and reductions).
      */
     private static void warmUp(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev, long[][] plan,
-                               Tensor time, Tensor wrongCount) {
+                               Tensor time, Tensor wrongCount, boolean queued) {
         for (long[] p : plan) {
             BenchCollective.Layout layout = c.layout(Math.max(1, p[0] / dtype.byteSize()), n);
             try (BenchCollective.Buffers b = buffers(g, o, layout, dtype, dev);
                  BenchCollective.Buffers d = dev.isCpu() ? b : b.to(dev)) {
                 c.fill(b, setup);
                 if (d != b) d.copyFrom(b);
-                for (int i = 0; i < p[1]; i++) c.run(g, d, setup);
+                c.repeat(g, d, setup, (int) p[1], queued);
             }
             for (int i = 0; i < 50; i++) {
                 g.allReduce(time, ReduceOp.MAX);
@@ -182,13 +185,15 @@ public final class PgBenchWorker {
         return o.register == 1 && dev.isCpu() ? BenchCollective.Buffers.allocateRegistered(g, layout, dtype) : BenchCollective.Buffers.allocate(layout, dtype);
     }
 
-    private static void printPreamble(BenchOptions o, int n, String binding) {
+    private static void printPreamble(BenchOptions o, int n, String binding, boolean queued) {
         System.out.printf(Locale.ROOT, "# pgbench (mooncake4j %s): %s, backend %s, device %s, %d ranks%n",
                 Main.version(), o.collective.label(), o.backend, o.device, n);
         System.out.printf(Locale.ROOT, "# minBytes %d maxBytes %d step: %d(factor) warmup iters: %d iters: %d validation: %d dtype: %s%n",
                 o.minBytes, o.maxBytes, o.stepFactor, o.warmup, o.iters, o.check, o.dtype().torchName());
         if (o.device.equals("cpu")) System.out.println("# buffers: " + (o.register == 1 ? "registered (ProcessGroup.allocate)" : "ordinary tensors"));
         System.out.println("# cpu binding: " + binding);
+        System.out.println("# calls: " + (queued ? "queued (each row's calls started asynchronously, one wait for all: as PyTorch queues NCCL calls)"
+                : "one after the other (each call returns with its result)"));
         System.out.println("#");
         System.out.println(ResultTable.HEADER);
     }

@@ -124,6 +124,8 @@ public final class CudaCollectives implements AutoCloseable {
     /** One completion word per block of the largest grid: the scale kernel's. */
     static final int DONE_WORDS = Math.max(SymmetricHeap.Layout.MAX_BLOCKS, CollectivePlan.SCALE_MAX_BLOCKS);
     static final long STATUS_BYTES = DONE_OFFSET + 8L * DONE_WORDS;
+    /** Where the kernels record the ticket of the launch that timed out (u64; collectives.cu kFailedTicketOffset). */
+    static final long FAILED_TICKET_OFFSET = 3072;
 
     private final SymmetricHeap heap;
     private final CudaDevice device;
@@ -153,6 +155,7 @@ public final class CudaCollectives implements AutoCloseable {
     private long chunkSeq;           // chunks run so far (bank parity)
     private long ticket;             // the last launch's completion ticket (0: none yet)
     private long finalSyncs;         // collective kernels queued (each with a final sync step)
+    private CollectiveTimeoutException observed;   // the timeout check() reported (later launches are refused)
     private int ticketBlocks;        // the blocks of that launch, each of which stores the ticket
     private int ticketSeen;          // blocks [0, ticketSeen) of that launch were seen done
     private long oneShotMaxBytes;
@@ -401,6 +404,24 @@ public final class CudaCollectives implements AutoCloseable {
      */
     public void check() {
         if ((int) INT.getVolatile(statusWords, 0L) == 0) return;
+        throw failure();
+    }
+
+    /**
+     * {@link #check()} for the launch of {@code ticket} (see {@link #lastTicket()}) and those before it,
+     * once that launch is done ({@link #kernelDone}): a timeout of a later launch (which may still run)
+     * is ignored. As only the first timeout of a heap happens (every launch after it is skipped), this
+     * tells whether the operation of {@code ticket} completed even while later ones are queued.
+     */
+    public void check(long ticket) {
+        if ((int) INT.getVolatile(statusWords, 0L) == 0) return;
+        // the kernel stores the failed launch's ticket before status[0] (release), read after it here
+        if ((long) LONG.getVolatile(statusWords, FAILED_TICKET_OFFSET) > ticket) return;
+        throw failure();
+    }
+
+    /** The exception for the recorded timeout; later launches are refused with it ({@link #prepare}). */
+    private CollectiveTimeoutException failure() {
         int mask = 0;
         boolean incomplete = false;
         for (int b = 1; b < STATUS_WORDS; b++) {
@@ -408,11 +429,11 @@ public final class CudaCollectives implements AutoCloseable {
             mask |= word & MISSING_MASK;
             incomplete |= (word & DATA_INCOMPLETE) != 0;
         }
-        long timeout;
         synchronized (this) {
-            timeout = longestTimeoutNanos;
+            observed = new CollectiveTimeoutException(rank, device.toString(), CollectiveTimeoutException.ranksOf(mask),
+                    longestTimeoutNanos, !incomplete);
+            return observed;
         }
-        throw new CollectiveTimeoutException(rank, device.toString(), CollectiveTimeoutException.ranksOf(mask), timeout, !incomplete);
     }
 
     /**
@@ -437,16 +458,37 @@ public final class CudaCollectives implements AutoCloseable {
         return true;
     }
 
+    /**
+     * Whether the launch of {@code ticket}, which had {@code blocks} blocks, is done: every block stored
+     * a ticket at least as large (tickets only grow). For an operation that is not the last one queued
+     * ({@link #lastTicket()} and {@link #lastBlocks()} read right after it was queued). Never blocks.
+     */
+    public boolean kernelDone(long ticket, int blocks) {
+        for (int b = 0; b < blocks; b++) {
+            if ((long) LONG.getVolatile(statusWords, DONE_OFFSET + 8L * b) < ticket) return false;
+        }
+        return true;
+    }
+
+    /** The number of blocks of the last launch (0 before the first). */
+    public synchronized int lastBlocks() { return ticketBlocks; }
+
     /** Waits for {@code stream}, then {@link #check()}. */
     public void synchronize(CudaStream stream) {
         stream.synchronize();
         check();
     }
 
+    /**
+     * Before a launch: refuses once a timeout has been seen ({@link #check()} threw). A timeout that
+     * the host has not looked at yet does not stop the launch: the kernel then finds the heap's abort
+     * word set and does nothing (collectives.cu, begin_block), and the check of the earlier operation
+     * reports the failure.
+     */
     private void prepare(CudaStream stream, long timeoutNanos) {
         if (closed) throw new IllegalStateException("these collectives are closed");
         checkStream(stream);
-        check();
+        if (observed != null) throw observed;
         longestTimeoutNanos = Math.max(longestTimeoutNanos, timeoutNanos);
     }
 
@@ -467,7 +509,8 @@ public final class CudaCollectives implements AutoCloseable {
         KernelArgs a = KernelArgs.begin().ptr(src).ptr(dst).ptr(backup).u64(count).u64(chunk);
         for (long h : heaps) a.ptr(h);
         a.i32(rank).i32(worldSize).u64(dataOffset).u64(bankBytes).u64(epoch).u64(chunkSeq).u64(timeoutNanos)
-                .ptr(status.devicePointer()).ptr(status.devicePointer() + DONE_OFFSET).u64(ticket + 1).u64(syncEpoch);
+                .ptr(status.devicePointer()).ptr(status.devicePointer() + DONE_OFFSET).u64(ticket + 1)
+                .u64(withholdFinalSync ? syncEpoch | Long.MIN_VALUE : syncEpoch);
         f.launch(stream, blocks, CollectivePlan.THREADS, a);
         epoch = syncEpoch;
         chunkSeq += chunks;
@@ -484,6 +527,15 @@ public final class CudaCollectives implements AutoCloseable {
      * {@link CollectiveTimeoutException#resultComplete()} is true.
      */
     public synchronized long finalSyncs() { return finalSyncs; }
+
+    private static volatile boolean withholdFinalSync;
+
+    /**
+     * Fault injection for tests (GpuCheckWorker's {@code killsync} mode): from now on, the collective
+     * kernels of this process skip their final sync step, leaving the peers waiting in theirs, as a
+     * rank that dies right after its data phase would. Never set in production.
+     */
+    public static void withholdFinalSync(boolean on) { withholdFinalSync = on; }
 
     /**
      * A kernel of {@code blocks} with ticket {@code ticket + 1} was queued (blocks <= {@link #DONE_WORDS}: the

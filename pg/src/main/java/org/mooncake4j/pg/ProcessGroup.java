@@ -332,7 +332,8 @@ public final class ProcessGroup implements AutoCloseable {
             long ptr = t0.devicePointer();
             long n = t0.numel();
             DType dt = t0.dtype();
-            return run(OpCode.ALL_REDUCE, async, c -> gpu.allReduce(c, ptr, n, dt, op), null, Stage.HOST);
+            return run(OpCode.ALL_REDUCE, async, c -> gpu.allReduce(c, ptr, n, dt, op), null, Stage.HOST,
+                    op == ReduceOp.SUM && n > 0 && worldSize() > 1);
         }
         Stage st = stage();
         Tensor t = st.host(t0, "tensor", true, true);
@@ -386,7 +387,7 @@ public final class ProcessGroup implements AutoCloseable {
             long bytes = in0.byteSize();
             long src = in0.devicePointer(), dst = out0.devicePointer();
             return runKernel(OpCode.ALL_GATHER, async, out0, in0, c -> gpu.allGather(c, src, dst, bytes),
-                    (c, o, i) -> allGatherIntoHost(c, o, i, bytes), r -> gpu.zero(dst + r * bytes, bytes));
+                    (c, o, i) -> allGatherIntoHost(c, o, i, bytes), r -> gpu.zero(dst + r * bytes, bytes), bytes > 0);
         }
         checkSameDtype(nonNull(out0, "output"), nonNull(in0, "input"));
         checkNumel(out0, in0.numel() * worldSize(), "all_gather_into_tensor output", "world_size x input numel");
@@ -426,7 +427,7 @@ public final class ProcessGroup implements AutoCloseable {
             long src = in0.devicePointer(), dst = out0.devicePointer(), n = out0.numel();
             DType dt = in0.dtype();
             return runKernel(OpCode.REDUCE_SCATTER, async, out0, in0, c -> gpu.reduceScatter(c, src, dst, n, dt, op),
-                    (c, o, i) -> ReduceScatter.run(c, dt, op, i.segment(), o.segment(), n), null);
+                    (c, o, i) -> ReduceScatter.run(c, dt, op, i.segment(), o.segment(), n), null, op == ReduceOp.SUM && n > 0);
         }
         checkSameDtype(nonNull(out0, "output"), nonNull(in0, "input"));
         Reduction.validate(in0.dtype(), op);
@@ -495,7 +496,8 @@ public final class ProcessGroup implements AutoCloseable {
                 long[] inOff = offsets(ib), outOff = offsets(ob);
                 long src = in0.devicePointer(), dst = out0.devicePointer(), block = ib[0];
                 return runKernel(OpCode.ALL_TO_ALL, async, out0, in0, c -> gpu.allToAll(c, src, dst, block),
-                        (c, o, i) -> allToAllSingleHost(c, o, i, ib, ob, inOff, outOff), r -> gpu.zero(dst + outOff[r], ob[r]));
+                        (c, o, i) -> allToAllSingleHost(c, o, i, ib, ob, inOff, outOff), r -> gpu.zero(dst + outOff[r], ob[r]),
+                        block > 0);
             }
         }
         checkSameDtype(nonNull(out0, "output"), nonNull(in0, "input"));
@@ -518,7 +520,7 @@ public final class ProcessGroup implements AutoCloseable {
      * input stays intact, so a redo may rerun either).
      */
     private Work runKernel(OpCode code, boolean async, Tensor out, Tensor in, Body kernel, HostBody host,
-                           java.util.function.IntConsumer clearPart) {
+                           java.util.function.IntConsumer clearPart, boolean queueable) {
         return run(code, async, c -> {
             if (c.size() == worldSize()) {
                 kernel.run(c);
@@ -528,7 +530,7 @@ public final class ProcessGroup implements AutoCloseable {
                 host.run(c, ho, hi);
                 out.copyFrom(ho);
             }
-        }, clearPart, Stage.HOST);
+        }, clearPart, Stage.HOST, queueable);
     }
 
     private static boolean equalParts(long[] b) {
@@ -1006,6 +1008,16 @@ public final class ProcessGroup implements AutoCloseable {
      *                  every survivor returns the same bytes
      */
     private Work run(OpCode code, boolean async, Body body, java.util.function.IntConsumer clearPart, Stage st) {
+        return run(code, async, body, clearPart, st, false);
+    }
+
+    /**
+     * @param queueable the operation is one collective kernel of the GPU backend ({@link GpuBackend#deferNext}):
+     *                  run asynchronously with more operations submitted behind it, it returns to the
+     *                  operation thread as soon as its kernel is queued, and is checked (its Work completed)
+     *                  while the next one's kernel runs ({@link #executeQueued})
+     */
+    private Work run(OpCode code, boolean async, Body body, java.util.function.IntConsumer clearPart, Stage st, boolean queueable) {
         try {
             checkUsable();
         } catch (RuntimeException e) {
@@ -1030,10 +1042,13 @@ public final class ProcessGroup implements AutoCloseable {
         opThread.execute(() -> {
             execLock.lock();
             try {
-                execute(code, body, clearPart, w, st);
+                if (queueable && pendingAsync.get() > 1) executeQueued(code, body, clearPart, w);
+                else execute(code, body, clearPart, w, st);
             } catch (Throwable t) {
                 w.fail(t);
             } finally {
+                // nothing submitted behind: check what is still queued now (it never throws; it completes their Works)
+                if (gpu != null && pendingAsync.get() == 1) settleQueued();
                 execLock.unlock();
                 pendingAsync.decrementAndGet();
             }
@@ -1052,6 +1067,7 @@ public final class ProcessGroup implements AutoCloseable {
      */
     private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work, Stage st) {
         try {
+            settleQueued();
             checkUsable();
             st.copyIn();
             execute(code, body, clearPart);
@@ -1063,7 +1079,11 @@ public final class ProcessGroup implements AutoCloseable {
     }
 
     private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart) {
-        GroupState start = state;
+        execute(code, body, clearPart, state);
+    }
+
+    /** @param start the state the operation's dropped ranks are counted from (when it was first started) */
+    private void execute(OpCode code, Body body, java.util.function.IntConsumer clearPart, GroupState start) {
         long seq;
         while (true) {
             EpochPlane pl = currentPlane();
@@ -1097,6 +1117,168 @@ public final class ProcessGroup implements AutoCloseable {
             LOG.debug("op group={} rank={} epoch={} #{} {} done covered={} dropped={}", name, rank, state.epoch(), seq, code.torchName(),
                     covered, Arrays.toString(dropped));
         }
+    }
+
+    // ---- queued GPU operations ----------------------------------------------------------------
+
+    /** An operation of the GPU backend whose kernel is queued but not checked yet (operation thread only). */
+    private static final class Queued {
+        OpCode code;
+        Body body;
+        java.util.function.IntConsumer clearPart;
+        WorkImpl work;
+        long seq;
+        EpochPlane plane;
+        GroupState start;
+    }
+
+    /** At most two, oldest first, in step with {@link GpuBackend#queuedCount()}. */
+    private final Queued[] queuedOps = {new Queued(), new Queued()};
+    private int queuedHead;
+
+    /**
+     * Runs a GPU collective of one kernel without waiting for it: the kernel is queued behind the
+     * unchecked one (if any), which is then checked while this one runs, so consecutive asynchronous
+     * operations keep the GPU busy back to back as NCCL's do. An operation counts once checked: its
+     * Work completes then. When the checked one failed, the kernel behind it did nothing
+     * (collectives.cu, begin_block); {@link #settleOldest} settles the failure as {@link #execute}
+     * would and runs this one again. Falls back to {@link #execute} whenever queueing is not safe: a
+     * membership change or recovery under way, a heap not yet built for the members, a member missing.
+     */
+    private void executeQueued(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work) {
+        checkUsable();
+        GroupState latest = agreement.latest();
+        EpochPlane pl = plane;
+        boolean steady = joined && (latest == null || (latest.epoch() == state.epoch() && !latest.recovering()))
+                && state.epoch() == pl.epoch && pl.members.length == worldSize() && gpu.canQueue(pl.epoch, pl.members);
+        if (!steady) {
+            execute(code, body, clearPart, work, Stage.HOST);
+            return;
+        }
+        GroupState start = state;
+        long seq = ++pl.opSeq;
+        CollectiveContext c = pl.ctx;
+        c.begin(code, pl.epoch, seq, pl.members, Deadline.after(initializing ? initTimeout() : timeout));
+        gpu.deferNext();
+        try {
+            body.run(c);
+        } finally {
+            gpu.cancelDefer();   // no effect once the kernel was queued
+        }
+        if (!gpu.lastDeferred()) throw new IllegalStateException("group '" + name + "' rank " + rank + ": " + code.torchName() + " was not queued");
+        int n = gpu.queuedCount();
+        Queued q = queuedOps[(queuedHead + n - 1) % 2];
+        q.code = code;
+        q.body = body;
+        q.clearPart = clearPart;
+        q.work = work;
+        q.seq = seq;
+        q.plane = pl;
+        q.start = start;
+        if (n == 2) settleOldest();
+    }
+
+    /** Checks every queued operation, oldest first (completing or failing their Works); never throws. */
+    private void settleQueued() {
+        while (gpu != null && gpu.queuedCount() > 0) settleOldest();
+    }
+
+    /**
+     * Checks the oldest queued operation. Completed: its Work completes. Failed: the failure is settled
+     * as {@link #execute} settles one (the agreement; then the result stands, when it was complete and
+     * the agreement commits it, or the operation is redone from its input), and the operations queued
+     * behind it, whose kernels did nothing, are run again in order. Never throws: an operation that
+     * cannot complete fails its Work.
+     */
+    private void settleOldest() {
+        Queued d = queuedOps[queuedHead];
+        Channels.WaitFailure f;
+        try {
+            f = gpu.checkOldest();
+        } catch (RuntimeException e) {
+            // the GPU did not finish in time (or the context failed): nothing queued can be trusted
+            gpu.forgetQueued();
+            for (Queued q : queuedOps) if (q.work != null) fail(q, e);
+            queuedHead = 0;
+            return;
+        }
+        if (f == null) {
+            queuedHead = (queuedHead + 1) % 2;
+            lastDropped = NONE;
+            lastCovered = true;
+            complete(d);
+            return;
+        }
+        // the GPU dropped every queued operation: d failed, the one behind it (if any) did nothing
+        Queued next = queuedOps[(queuedHead + 1) % 2];
+        boolean behind = next.work != null;
+        Queued[] rerun = behind ? new Queued[] {copy(next)} : new Queued[0];
+        Queued failed = copy(d);
+        clear(d);
+        clear(next);
+        queuedHead = 0;
+        try {
+            boolean complete = gpu.failedResultComplete();
+            GroupState next2 = recover(failed.plane, failed.seq, complete ? FailureAgreement.Phase.SYNC : FailureAgreement.Phase.DATA, f);
+            boolean committed = complete && next2.isActive(rank) && (next2.decidedOp() == failed.seq
+                    && next2.outcome() == GroupState.Outcome.COMMIT || next2.outcome() == GroupState.Outcome.NONE);
+            if (committed) {
+                // as on the members that had gone on: the new membership is adopted at the next operation
+                lastDropped = NONE;
+                lastCovered = true;
+            } else {
+                adopt(next2);
+                LOG.info("redo group={} rank={} op={} #{} (queued) in epoch {} over {}", name, rank, failed.code.torchName(), failed.seq,
+                        next2.epoch(), Arrays.toString(next2.members()));
+                gpu.restoreFailedInput();
+                execute(failed.code, failed.body, failed.clearPart, failed.start);
+            }
+            complete(failed);
+        } catch (Throwable t) {
+            fail(failed, t);
+        }
+        for (Queued q : rerun) {
+            try {
+                checkUsable();
+                execute(q.code, q.body, q.clearPart, state);
+                complete(q);
+            } catch (Throwable t) {
+                fail(q, t);
+            }
+        }
+    }
+
+    private void complete(Queued q) {
+        WorkImpl w = q.work;
+        clear(q);
+        if (w != null) w.complete(lastDropped, lastCovered);
+    }
+
+    private void fail(Queued q, Throwable t) {
+        WorkImpl w = q.work;
+        clear(q);
+        if (w != null) w.fail(t);
+    }
+
+    private static void clear(Queued q) {
+        q.code = null;
+        q.body = null;
+        q.clearPart = null;
+        q.work = null;
+        q.plane = null;
+        q.start = null;
+    }
+
+    private static Queued copy(Queued q) {
+        Queued c = new Queued();
+        c.code = q.code;
+        c.body = q.body;
+        c.clearPart = q.clearPart;
+        c.work = q.work;
+        c.seq = q.seq;
+        c.plane = q.plane;
+        c.start = q.start;
+        return c;
     }
 
     /** The plane of the adopted state, built (and the old one closed) after a membership change. */

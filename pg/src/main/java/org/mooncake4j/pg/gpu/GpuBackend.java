@@ -66,18 +66,41 @@ public final class GpuBackend implements AutoCloseable {
     private CudaCollectives coll;
     private long heapEpoch = -1;
     private int[] heapMembers = new int[0];
-    private DeviceBuffer backup;
+    /** Two backup buffers: an operation queued behind an unchecked one uses the other (see {@link #deferNext}). */
+    private final DeviceBuffer[] backups = new DeviceBuffer[2];
     /** The exchange of the current heap, whose last round is deleted when the next heap is built or on close. */
     private StoreExchange lastExchange;
     /** The collectives' ticket when the current operation began: it queued a kernel when the ticket moved. */
     private long ticketAtStart;
     /** The collectives' count of kernels with a final sync step when the current operation began. */
     private long syncsAtStart;
-    /** Where the current in-place operation's input came from (put back from {@link #savedCopy} on a redo). */
-    private long savedPtr;
-    private long savedBytes;
-    /** Where in {@link #backup} the kernel copied it. */
-    private long savedCopy;
+    /** Per backup buffer: where the in-place operation's input came from (put back from {@link #savedCopy} on a redo). */
+    private final long[] savedPtr = new long[2];
+    private final long[] savedBytes = new long[2];
+    /** Where in that backup buffer the kernel copied it. */
+    private final long[] savedCopy = new long[2];
+    /** The backup buffer of the current operation, -1 when it has none. */
+    private int currentSlot = -1;
+    /** Set by {@link #deferNext}: the current operation's finish records it as queued instead of waiting. */
+    private boolean deferNext;
+    private boolean lastDeferred;
+    /** Operations whose kernel is queued but not yet checked, oldest first (at most two: see {@link #deferNext}). */
+    private final Queued[] queued = {new Queued(), new Queued()};
+    private int queuedHead;
+    private int queuedCount;
+    /** After {@link #checkOldest} reported a failure: the failed operation's result was complete, and its backup buffer. */
+    private boolean failedResultComplete;
+    private int failedSlot = -1;
+
+    /** A queued operation: its kernel's ticket and grid, the members it ran over, and its backup buffer. */
+    private static final class Queued {
+        CudaCollectives k;
+        long ticket;
+        int blocks;
+        int[] members;
+        int position;
+        int slot;
+    }
     private final Backup.Restorer restoreInput = this::restoreInput;
     private boolean closed;
 
@@ -154,11 +177,14 @@ public final class GpuBackend implements AutoCloseable {
         }
         long bytes = count * dtype.byteSize();
         CudaCollectives k = collectives(c);
-        long copy = backup(ptr, bytes);
+        // not the buffer of the operation queued unchecked (at most one when a kernel is queued): its redo may need it
+        int slot = queuedCount > 0 && queued[queuedHead].slot == 0 ? 1 : 0;
+        long copy = backup(slot, ptr, bytes);
         k.allReduce(ptr, ptr, count, dtype, stream, kernelTimeoutNanos, CudaCollectives.Algorithm.AUTO, copy);
-        savedPtr = ptr;
-        savedBytes = bytes;
-        savedCopy = copy;
+        savedPtr[slot] = ptr;
+        savedBytes[slot] = bytes;
+        savedCopy[slot] = copy;
+        currentSlot = slot;
         c.backup().saveWith(restoreInput);
         if (op == ReduceOp.AVG) k.divide(ptr, count, dtype, c.size(), stream);
         finish(c, k);
@@ -189,9 +215,125 @@ public final class GpuBackend implements AutoCloseable {
         finish(c, k);
     }
 
+    // ---- queued operations -------------------------------------------------------------------
+
+    /**
+     * Whether an operation over {@code members} in {@code epoch} can be queued behind the unchecked
+     * ones: the heap for them is built (building one is a collective exchange that must not wait
+     * behind unchecked kernels) and fewer than two are unchecked.
+     */
+    public boolean canQueue(long epoch, int[] members) {
+        return coll != null && heapEpoch == epoch && java.util.Arrays.equals(heapMembers, members) && queuedCount < 2;
+    }
+
+    /**
+     * Makes the next operation (one collective kernel: an all-reduce SUM, all-gather, reduce-scatter
+     * SUM or all-to-all with every rank among the members) return as soon as its kernel is queued,
+     * without waiting for it: the process group checks it later ({@link #checkOldest}), so the next
+     * operation's kernel is queued while this one runs, as consecutive NCCL calls are. Its result
+     * counts only once checked. A kernel that times out sets its heap's abort word, and every kernel
+     * queued after it on this GPU then does nothing (collectives.cu, begin_block): those operations
+     * are run again, from their untouched inputs, after the failed one is settled.
+     */
+    public void deferNext() {
+        deferNext = true;
+        lastDeferred = false;
+    }
+
+    /** Clears a {@link #deferNext} that no operation took (its body failed before queueing a kernel). */
+    public void cancelDefer() { deferNext = false; }
+
+    /** Whether the last operation was queued unchecked (after {@link #deferNext}). */
+    public boolean lastDeferred() { return lastDeferred; }
+
+    /** How many operations are queued unchecked. */
+    public int queuedCount() { return queuedCount; }
+
+    /**
+     * Waits (with a deadline) for the oldest unchecked operation's kernel and checks it. Returns null
+     * when it completed (it is done; the one behind it, if any, stays queued). Otherwise returns the
+     * failure as a {@link Channels.WaitFailure} naming the first missing rank: the stream is drained
+     * (the kernels behind it did nothing), the heap dropped, and every queued operation forgotten;
+     * {@link #failedResultComplete()} tells whether the failure was in the final sync step with this
+     * rank's result complete, and {@link #restoreFailedInput()} puts the failed operation's input back.
+     */
+    public Channels.WaitFailure checkOldest() {
+        Queued q = queued[queuedHead];
+        long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
+        long start = System.nanoTime();
+        boolean recorded = false;
+        while (!q.k.kernelDone(q.ticket, q.blocks)) {
+            long waited = System.nanoTime() - start;
+            if (waited < SPIN_NANOS) {
+                Thread.onSpinWait();
+                continue;
+            }
+            if (!recorded) {
+                done.record(stream);   // reports a faulted kernel at once (it never stores its words)
+                recorded = true;
+            } else if (done.query()) {
+                break;
+            }
+            if (waited > limit) throw hung(limit);
+            java.util.concurrent.locks.LockSupport.parkNanos(20_000);
+        }
+        try {
+            q.k.check(q.ticket);
+            queuedHead = (queuedHead + 1) % 2;
+            queuedCount--;
+            q.k = null;
+            return null;
+        } catch (CollectiveTimeoutException e) {
+            int[] m = q.members;
+            List<Integer> missing = e.missingRanks();
+            int peer = missing.isEmpty() ? m[(q.position + 1) % m.length] : m[missing.get(0)];
+            LOG.warn("gpu kernel (queued) timed out group={} rank={} in its {} missing heap positions={} of members {}", group, rank,
+                    e.resultComplete() ? "final sync step" : "data phase", missing, java.util.Arrays.toString(m));
+            awaitStream(limit);   // the kernels queued behind it skip at once
+            closeHeap();
+            failedResultComplete = e.resultComplete();
+            failedSlot = q.slot;
+            for (Queued x : queued) x.k = null;
+            queuedCount = 0;
+            queuedHead = 0;
+            return new Channels.WaitFailure(peer, true, e);
+        }
+    }
+
+    /**
+     * Forgets every queued operation after {@link #checkOldest} threw (the GPU did not finish in time):
+     * their kernels' outcome is unknown, and the heap is dropped.
+     */
+    public void forgetQueued() {
+        for (Queued x : queued) x.k = null;
+        queuedCount = 0;
+        queuedHead = 0;
+        try {
+            closeHeap();
+        } catch (RuntimeException e) {
+            LOG.debug("group={} rank={}: closing the heap after a hung GPU: {}", group, rank, e.toString());
+        }
+    }
+
+    /** After {@link #checkOldest} reported a failure: whether it happened in the final sync step with this rank's result complete. */
+    public boolean failedResultComplete() { return failedResultComplete; }
+
+    /**
+     * After {@link #checkOldest} reported a failure: queues putting the failed operation's input back
+     * from its backup (an in-place all-reduce; nothing for the others), before its redo.
+     */
+    public void restoreFailedInput() {
+        restore(failedSlot);
+        failedSlot = -1;
+    }
+
     /** Puts the input of the last in-place all-reduce back (queued on the stream, before the redo's kernel). */
     private void restoreInput() {
-        stream.copyDeviceToDevice(savedCopy, savedPtr, savedBytes);
+        restore(currentSlot);
+    }
+
+    private void restore(int slot) {
+        if (slot >= 0) stream.copyDeviceToDevice(savedCopy[slot], savedPtr[slot], savedBytes[slot]);
     }
 
     /** Queues {@code dst[0..bytes) = 0} and waits for it (used to clear a dropped rank's output part). */
@@ -206,18 +348,19 @@ public final class GpuBackend implements AutoCloseable {
      * alignment modulo 16 as {@code ptr} (the buffer itself is 256-byte aligned), so the kernel copies
      * with 16-byte vectors whenever it reads the input with them.
      */
-    private long backup(long ptr, long bytes) {
+    private long backup(int slot, long ptr, long bytes) {
         long need = bytes + 16;
-        if (backup == null || backup.size() < need) {
-            if (backup != null) {
+        DeviceBuffer b = backups[slot];
+        if (b == null || b.size() < need) {
+            if (b != null) {
                 awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
-                backup.close();
-                backup = null;
+                b.close();
+                backups[slot] = null;
             }
-            long size = Math.max(need, 1L << 20);
-            backup = DeviceBuffer.allocate(device, size);
+            b = DeviceBuffer.allocate(device, Math.max(need, 1L << 20));
+            backups[slot] = b;
         }
-        return backup.pointer() + (ptr & 15);
+        return b.pointer() + (ptr & 15);
     }
 
     /** The collectives for an operation over {@code c}'s members (see {@link #heapFor}); marks where the operation's kernels begin. */
@@ -225,6 +368,7 @@ public final class GpuBackend implements AutoCloseable {
         CudaCollectives k = heapFor(c);
         ticketAtStart = k.lastTicket();
         syncsAtStart = k.finalSyncs();
+        currentSlot = -1;
         return k;
     }
 
@@ -276,6 +420,23 @@ public final class GpuBackend implements AutoCloseable {
      * host sync step ({@link CollectiveContext#syncFailedOnDevice}).
      */
     private void finish(CollectiveContext c, CudaCollectives k) {
+        if (deferNext) {
+            deferNext = false;
+            if (k == null || k.lastTicket() != ticketAtStart + 1 || k.finalSyncs() != syncsAtStart + 1 || queuedCount == 2) {
+                throw new IllegalStateException("group '" + group + "' rank " + rank + ": an operation marked for queueing did not queue"
+                        + " exactly one collective kernel");
+            }
+            Queued q = queued[(queuedHead + queuedCount) % 2];
+            q.k = k;
+            q.ticket = k.lastTicket();
+            q.blocks = k.lastBlocks();
+            q.members = heapMembers;
+            q.position = c.position();
+            q.slot = currentSlot;
+            queuedCount++;
+            lastDeferred = true;
+            return;
+        }
         long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
         if (k != null && k.lastTicket() != ticketAtStart) awaitKernel(k, limit);
         else awaitStream(limit);
@@ -298,16 +459,25 @@ public final class GpuBackend implements AutoCloseable {
         }
     }
 
+    /**
+     * How long a wait for the GPU spins before it parks between looks. A park of 20 us sleeps 50-80 us
+     * on Linux (timer slack), which a spin-count limit made every operation longer than about a
+     * millisecond pay at its end (2445 us per 512 MiB all-reduce against 2372 us of kernel); spinning
+     * by time covers the largest operations that are timed (a 1 GiB all-reduce takes about 5 ms).
+     */
+    private static final long SPIN_NANOS = 20_000_000L;
+
     /** Polls an event recorded now until the stream's work is done; gives up {@code limitNanos} from now. */
     private void awaitStream(long limitNanos) {
         done.record(stream);
         long start = System.nanoTime();
-        for (int spins = 0; !done.query(); spins++) {
-            if (spins < 20_000) {
+        while (!done.query()) {
+            long waited = System.nanoTime() - start;
+            if (waited < SPIN_NANOS) {
                 Thread.onSpinWait();
                 continue;
             }
-            if (System.nanoTime() - start > limitNanos) throw hung(limitNanos);
+            if (waited > limitNanos) throw hung(limitNanos);
             java.util.concurrent.locks.LockSupport.parkNanos(20_000);
         }
     }
@@ -323,8 +493,9 @@ public final class GpuBackend implements AutoCloseable {
         if (k.lastKernelDone()) return;
         long start = System.nanoTime();
         boolean recorded = false;
-        for (int spins = 0; !k.lastKernelDone(); spins++) {
-            if (spins < 20_000) {
+        while (!k.lastKernelDone()) {
+            long waited = System.nanoTime() - start;
+            if (waited < SPIN_NANOS) {
                 Thread.onSpinWait();
                 continue;
             }
@@ -334,7 +505,7 @@ public final class GpuBackend implements AutoCloseable {
             } else if (done.query()) {
                 return;
             }
-            if (System.nanoTime() - start > limitNanos) throw hung(limitNanos);
+            if (waited > limitNanos) throw hung(limitNanos);
             java.util.concurrent.locks.LockSupport.parkNanos(20_000);
         }
     }
@@ -370,7 +541,7 @@ public final class GpuBackend implements AutoCloseable {
         } catch (RuntimeException e) {
             LOG.debug("group={} rank={}: could not delete the last heap exchange key at close: {}", group, rank, e.toString());
         }
-        if (backup != null) backup.close();
+        for (DeviceBuffer b : backups) if (b != null) b.close();
         done.close();
         stream.close();
         kernels.close();
