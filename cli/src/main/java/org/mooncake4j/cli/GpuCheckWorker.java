@@ -193,14 +193,19 @@ public final class GpuCheckWorker {
         return a;
     }
 
-    private static void kill(ProcessGroup g, Device dev) {
-        int n = g.size();
-        int victim = n - 1;
+    /** An all-reduce over all {@code n} ranks, checked, then a barrier: the common start of the failure modes. */
+    private static void allReduceBeforeFailure(ProcessGroup g, Device dev, int n) {
         try (Tensor t = filled(dev, g.rank())) {
             g.allReduce(t, ReduceOp.SUM);
             report(wrongSum(t, range(n)) == 0, "all_reduce over all " + n + " ranks before the failure");
         }
         g.barrier();
+    }
+
+    private static void kill(ProcessGroup g, Device dev) {
+        int n = g.size();
+        int victim = n - 1;
+        allReduceBeforeFailure(g, dev, n);
         if (g.rank() == victim) {
             System.out.println("rank " + victim + " exits abruptly now (halt: no shutdown, no goodbye)");
             System.out.flush();
@@ -212,11 +217,7 @@ public final class GpuCheckWorker {
     private static void killSync(ProcessGroup g, Device dev) {
         int n = g.size();
         int victim = n - 1;
-        try (Tensor t = filled(dev, g.rank())) {
-            g.allReduce(t, ReduceOp.SUM);
-            report(wrongSum(t, range(n)) == 0, "all_reduce over all " + n + " ranks before the failure");
-        }
-        g.barrier();
+        allReduceBeforeFailure(g, dev, n);
         try (Tensor t = filled(dev, g.rank())) {
             if (g.rank() == victim) {
                 CudaCollectives.withholdFinalSync(true);
