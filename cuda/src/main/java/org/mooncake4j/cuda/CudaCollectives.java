@@ -37,8 +37,10 @@ import org.mooncake4j.core.DType;
  * a peer does not arrive in time the kernel records which ranks were missing in page-locked host
  * memory and exits. {@link #check()} (after the stream has synchronized, or after
  * {@link #lastKernelDone()} returned true) or {@link #synchronize} turns that into a
- * {@link CollectiveTimeoutException} naming them, and every later call throws it at once: the heap is
- * unusable after a timeout.
+ * {@link CollectiveTimeoutException} naming them, and once it has, every later call throws it at once:
+ * the heap is unusable after a timeout. A kernel queued before the host looked (or behind the one that
+ * timed out) finds the heap's abort word set and does nothing ({@link #check(long)} tells the launches
+ * apart).
  *
  * <p>Completion without the driver: every kernel queued here stores a ticket (one per launch) into
  * page-locked memory from each of its blocks as their last act; {@link #lastKernelDone()} reads those
