@@ -76,9 +76,10 @@ constexpr uint64_t kFlagRowBytes = 128; // SymmetricHeap.Layout.FLAG_ROW_BYTES
 
 enum WaitResult { kArrived = 0, kTimedOut = 1, kAborted = 2 };
 
-// status[1 + b] (see "Timeouts"): bits 0..7 the ranks block b found missing (CudaCollectives reads bits 0..15); kDataIncomplete: block b
-// left its data phase early (a wait of it timed out or saw the abort word), so this rank's result is
-// incomplete. A timeout without that bit anywhere happened in the final sync step.
+// status[1 + b] (see "Timeouts"): bits 0..7 the ranks block b found missing (the host reads bits
+// 0..15); kDataIncomplete: block b left its data phase early (a wait of it timed out or saw the abort
+// word), so this rank's result is incomplete. A timeout without that bit anywhere happened in the
+// final sync step.
 constexpr uint32_t kDataIncomplete = 1u << 16;
 
 // Whether a flag wait of this block failed (timed out or aborted) in this launch: set by the waiting
@@ -142,8 +143,6 @@ __device__ __forceinline__ uint32_t load_relaxed_gpu(const uint32_t* p) {
     asm volatile("ld.relaxed.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
     return v;
 }
-
-__device__ __forceinline__ void fence_acq_rel_sys() { asm volatile("fence.acq_rel.sys;" : : : "memory"); }
 
 // Data other GPUs wrote is read with ld.global.cg (cached in L2 only): after the barrier's acquire
 // it cannot come from a stale L1 line of an earlier chunk that used the same bank.

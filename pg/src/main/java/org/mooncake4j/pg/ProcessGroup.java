@@ -1121,20 +1121,12 @@ public final class ProcessGroup implements AutoCloseable {
 
     // ---- queued GPU operations ----------------------------------------------------------------
 
-    /** An operation of the GPU backend whose kernel is queued but not checked yet (operation thread only). */
-    private static final class Queued {
-        OpCode code;
-        Body body;
-        java.util.function.IntConsumer clearPart;
-        WorkImpl work;
-        long seq;
-        EpochPlane plane;
-        GroupState start;
-    }
-
-    /** At most two, oldest first, in step with {@link GpuBackend#queuedCount()}. */
-    private final Queued[] queuedOps = {new Queued(), new Queued()};
-    private int queuedHead;
+    /**
+     * An operation of the GPU backend whose kernel is queued but not checked yet: what {@link #execute}
+     * needs to settle it ({@link GpuBackend#queuedOp} hands it back, oldest first).
+     */
+    private record Queued(OpCode code, Body body, java.util.function.IntConsumer clearPart, WorkImpl work, long seq, EpochPlane plane,
+                          GroupState start) {}
 
     /**
      * Runs a GPU collective of one kernel without waiting for it: the kernel is queued behind the
@@ -1155,27 +1147,20 @@ public final class ProcessGroup implements AutoCloseable {
             execute(code, body, clearPart, work, Stage.HOST);
             return;
         }
-        GroupState start = state;
         long seq = ++pl.opSeq;
         CollectiveContext c = pl.ctx;
         c.begin(code, pl.epoch, seq, pl.members, Deadline.after(initializing ? initTimeout() : timeout));
-        gpu.deferNext();
+        int before = gpu.queuedCount();
+        gpu.deferNext(new Queued(code, body, clearPart, work, seq, pl, state));
         try {
             body.run(c);
         } finally {
             gpu.cancelDefer();   // no effect once the kernel was queued
         }
-        if (!gpu.lastDeferred()) throw new IllegalStateException("group '" + name + "' rank " + rank + ": " + code.torchName() + " was not queued");
-        int n = gpu.queuedCount();
-        Queued q = queuedOps[(queuedHead + n - 1) % 2];
-        q.code = code;
-        q.body = body;
-        q.clearPart = clearPart;
-        q.work = work;
-        q.seq = seq;
-        q.plane = pl;
-        q.start = start;
-        if (n == 2) settleOldest();
+        if (gpu.queuedCount() != before + 1) {
+            throw new IllegalStateException("group '" + name + "' rank " + rank + ": " + code.torchName() + " was not queued");
+        }
+        if (before == 1) settleOldest();
     }
 
     /** Checks every queued operation, oldest first (completing or failing their Works); never throws. */
@@ -1186,99 +1171,56 @@ public final class ProcessGroup implements AutoCloseable {
     /**
      * Checks the oldest queued operation. Completed: its Work completes. Failed: the failure is settled
      * as {@link #execute} settles one (the agreement; then the result stands, when it was complete and
-     * the agreement commits it, or the operation is redone from its input), and the operations queued
-     * behind it, whose kernels did nothing, are run again in order. Never throws: an operation that
-     * cannot complete fails its Work.
+     * the agreement commits it, or the operation is redone from its input), and the operation queued
+     * behind it, whose kernel did nothing, is run again. Never throws: an operation that cannot
+     * complete fails its Work.
      */
     private void settleOldest() {
-        Queued d = queuedOps[queuedHead];
+        Queued d = (Queued) gpu.queuedOp(0);
+        Queued behind = gpu.queuedCount() > 1 ? (Queued) gpu.queuedOp(1) : null;
         Channels.WaitFailure f;
         try {
             f = gpu.checkOldest();
         } catch (RuntimeException e) {
             // the GPU did not finish in time (or the context failed): nothing queued can be trusted
             gpu.forgetQueued();
-            for (Queued q : queuedOps) if (q.work != null) fail(q, e);
-            queuedHead = 0;
+            d.work().fail(e);
+            if (behind != null) behind.work().fail(e);
             return;
         }
         if (f == null) {
-            queuedHead = (queuedHead + 1) % 2;
             lastDropped = NONE;
             lastCovered = true;
-            complete(d);
+            d.work().complete(lastDropped, lastCovered);
             return;
         }
-        // the GPU dropped every queued operation: d failed, the one behind it (if any) did nothing
-        Queued next = queuedOps[(queuedHead + 1) % 2];
-        boolean behind = next.work != null;
-        Queued[] rerun = behind ? new Queued[] {copy(next)} : new Queued[0];
-        Queued failed = copy(d);
-        clear(d);
-        clear(next);
-        queuedHead = 0;
+        // the GPU forgot every queued operation: d failed, the one behind it (if any) did nothing
         try {
             boolean complete = gpu.failedResultComplete();
-            GroupState next2 = recover(failed.plane, failed.seq, complete ? FailureAgreement.Phase.SYNC : FailureAgreement.Phase.DATA, f);
-            boolean committed = complete && next2.isActive(rank) && (next2.decidedOp() == failed.seq
-                    && next2.outcome() == GroupState.Outcome.COMMIT || next2.outcome() == GroupState.Outcome.NONE);
-            if (committed) {
+            GroupState next = recover(d.plane(), d.seq(), complete ? FailureAgreement.Phase.SYNC : FailureAgreement.Phase.DATA, f);
+            if (complete && commits(next, d.seq())) {
                 // as on the members that had gone on: the new membership is adopted at the next operation
                 lastDropped = NONE;
                 lastCovered = true;
             } else {
-                adopt(next2);
-                LOG.info("redo group={} rank={} op={} #{} (queued) in epoch {} over {}", name, rank, failed.code.torchName(), failed.seq,
-                        next2.epoch(), Arrays.toString(next2.members()));
+                adopt(next);
+                LOG.info("redo group={} rank={} op={} #{} (queued) in epoch {} over {}", name, rank, d.code().torchName(), d.seq(),
+                        next.epoch(), Arrays.toString(next.members()));
                 gpu.restoreFailedInput();
-                execute(failed.code, failed.body, failed.clearPart, failed.start);
+                execute(d.code(), d.body(), d.clearPart(), d.start());
             }
-            complete(failed);
+            d.work().complete(lastDropped, lastCovered);
         } catch (Throwable t) {
-            fail(failed, t);
+            d.work().fail(t);
         }
-        for (Queued q : rerun) {
-            try {
-                checkUsable();
-                execute(q.code, q.body, q.clearPart, state);
-                complete(q);
-            } catch (Throwable t) {
-                fail(q, t);
-            }
+        if (behind == null) return;
+        try {
+            checkUsable();
+            execute(behind.code(), behind.body(), behind.clearPart(), state);
+            behind.work().complete(lastDropped, lastCovered);
+        } catch (Throwable t) {
+            behind.work().fail(t);
         }
-    }
-
-    private void complete(Queued q) {
-        WorkImpl w = q.work;
-        clear(q);
-        if (w != null) w.complete(lastDropped, lastCovered);
-    }
-
-    private void fail(Queued q, Throwable t) {
-        WorkImpl w = q.work;
-        clear(q);
-        if (w != null) w.fail(t);
-    }
-
-    private static void clear(Queued q) {
-        q.code = null;
-        q.body = null;
-        q.clearPart = null;
-        q.work = null;
-        q.plane = null;
-        q.start = null;
-    }
-
-    private static Queued copy(Queued q) {
-        Queued c = new Queued();
-        c.code = q.code;
-        c.body = q.body;
-        c.clearPart = q.clearPart;
-        c.work = q.work;
-        c.seq = q.seq;
-        c.plane = q.plane;
-        c.start = q.start;
-        return c;
     }
 
     /** The plane of the adopted state, built (and the old one closed) after a membership change. */
@@ -1315,7 +1257,6 @@ public final class ProcessGroup implements AutoCloseable {
         }
     }
 
-    /** Sync-step failure: commit when the agreement says the result stands, else throw to redo. */
     /**
      * Sync-step failure: when the agreement commits this operation, it returns its result computed over
      * the old mask, and the new membership is adopted at the start of the next operation, exactly as
@@ -1325,11 +1266,20 @@ public final class ProcessGroup implements AutoCloseable {
      */
     private void onSyncFailure(CollectiveContext c, Channels.WaitFailure f) {
         GroupState next = recover(plane, c.opSeq(), FailureAgreement.Phase.SYNC, f);
-        boolean committed = next.decidedOp() == c.opSeq() && next.outcome() == GroupState.Outcome.COMMIT
-                || next.outcome() == GroupState.Outcome.NONE;
-        if (committed && next.isActive(rank)) return;
+        if (commits(next, c.opSeq())) return;
         adopt(next);
         throw f;
+    }
+
+    /**
+     * Whether decision {@code next}, taken after a failure in operation {@code seq}'s sync step, lets
+     * this rank's result of it stand: the operation was committed (or nothing changed) and this rank
+     * is still a member.
+     */
+    private boolean commits(GroupState next, long seq) {
+        boolean committed = next.decidedOp() == seq && next.outcome() == GroupState.Outcome.COMMIT
+                || next.outcome() == GroupState.Outcome.NONE;
+        return committed && next.isActive(rank);
     }
 
     /** Takes part in the agreement for the failure of {@code pl}'s epoch (once per epoch) and adopts the decision. */

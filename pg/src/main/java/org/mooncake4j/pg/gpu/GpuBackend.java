@@ -27,7 +27,7 @@ import org.slf4j.LoggerFactory;
  *
  * <p>Kernel operations run inside the group's operation loop, like the host algorithms: the kernel is
  * queued on the group's stream, the calling thread polls the completion words that the operation's
- * last kernel stores into page-locked memory ({@link CudaCollectives#lastKernelDone()}, with a
+ * last kernel stores into page-locked memory ({@link CudaCollectives#kernelDone}, with a
  * deadline; no event, no driver call per poll), and a kernel that timed out waiting for peers
  * becomes a {@link Channels.WaitFailure} naming the first missing rank. The group then runs the same
  * agreement as the CPU backend and redoes the operation over the agreed members, on a heap rebuilt
@@ -81,9 +81,9 @@ public final class GpuBackend implements AutoCloseable {
     private final long[] savedCopy = new long[2];
     /** The backup buffer of the current operation, -1 when it has none. */
     private int currentSlot = -1;
-    /** Set by {@link #deferNext}: the current operation's finish records it as queued instead of waiting. */
+    /** Set by {@link #deferNext}: the current operation's finish records it as queued (with this op) instead of waiting. */
     private boolean deferNext;
-    private boolean lastDeferred;
+    private Object deferredOp;
     /** Operations whose kernel is queued but not yet checked, oldest first (at most two: see {@link #deferNext}). */
     private final Queued[] queued = {new Queued(), new Queued()};
     private int queuedHead;
@@ -92,8 +92,9 @@ public final class GpuBackend implements AutoCloseable {
     private boolean failedResultComplete;
     private int failedSlot = -1;
 
-    /** A queued operation: its kernel's ticket and grid, the members it ran over, and its backup buffer. */
+    /** A queued operation: the caller's description of it, its kernel's ticket and grid, the members it ran over, its backup buffer. */
     private static final class Queued {
+        Object op;
         CudaCollectives k;
         long ticket;
         int blocks;
@@ -233,21 +234,25 @@ public final class GpuBackend implements AutoCloseable {
      * operation's kernel is queued while this one runs, as consecutive NCCL calls are. Its result
      * counts only once checked. A kernel that times out sets its heap's abort word, and every kernel
      * queued after it on this GPU then does nothing (collectives.cu, begin_block): those operations
-     * are run again, from their untouched inputs, after the failed one is settled.
+     * are run again, from their untouched inputs, after the failed one is settled. {@code op} is the
+     * caller's description of the operation, handed back by {@link #queuedOp}.
      */
-    public void deferNext() {
+    public void deferNext(Object op) {
         deferNext = true;
-        lastDeferred = false;
+        deferredOp = op;
     }
 
     /** Clears a {@link #deferNext} that no operation took (its body failed before queueing a kernel). */
-    public void cancelDefer() { deferNext = false; }
-
-    /** Whether the last operation was queued unchecked (after {@link #deferNext}). */
-    public boolean lastDeferred() { return lastDeferred; }
+    public void cancelDefer() {
+        deferNext = false;
+        deferredOp = null;
+    }
 
     /** How many operations are queued unchecked. */
     public int queuedCount() { return queuedCount; }
+
+    /** The description of the {@code i}-th oldest unchecked operation ({@code i < queuedCount()}). */
+    public Object queuedOp(int i) { return queued[(queuedHead + i) % 2].op; }
 
     /**
      * Waits (with a deadline) for the oldest unchecked operation's kernel and checks it. Returns null
@@ -259,45 +264,47 @@ public final class GpuBackend implements AutoCloseable {
      */
     public Channels.WaitFailure checkOldest() {
         Queued q = queued[queuedHead];
-        long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
-        long start = System.nanoTime();
-        boolean recorded = false;
-        while (!q.k.kernelDone(q.ticket, q.blocks)) {
-            long waited = System.nanoTime() - start;
-            if (waited < SPIN_NANOS) {
-                Thread.onSpinWait();
-                continue;
-            }
-            if (!recorded) {
-                done.record(stream);   // reports a faulted kernel at once (it never stores its words)
-                recorded = true;
-            } else if (done.query()) {
-                break;
-            }
-            if (waited > limit) throw hung(limit);
-            java.util.concurrent.locks.LockSupport.parkNanos(20_000);
-        }
+        awaitKernel(q.k, q.ticket, q.blocks, kernelTimeoutNanos + STREAM_GRACE_NANOS);
         try {
             q.k.check(q.ticket);
             queuedHead = (queuedHead + 1) % 2;
             queuedCount--;
             q.k = null;
+            q.op = null;
             return null;
         } catch (CollectiveTimeoutException e) {
-            int[] m = q.members;
-            List<Integer> missing = e.missingRanks();
-            int peer = missing.isEmpty() ? m[(q.position + 1) % m.length] : m[missing.get(0)];
-            LOG.warn("gpu kernel (queued) timed out group={} rank={} in its {} missing heap positions={} of members {}", group, rank,
-                    e.resultComplete() ? "final sync step" : "data phase", missing, java.util.Arrays.toString(m));
-            awaitStream(limit);   // the kernels queued behind it skip at once
-            closeHeap();
             failedResultComplete = e.resultComplete();
             failedSlot = q.slot;
-            for (Queued x : queued) x.k = null;
-            queuedCount = 0;
-            queuedHead = 0;
-            return new Channels.WaitFailure(peer, true, e);
+            int[] members = q.members;
+            int position = q.position;
+            clearQueued();   // the kernels queued behind it do nothing; timedOut drains the stream before the heap goes
+            return timedOut(e, members, position, "queued operation");
         }
+    }
+
+    private void clearQueued() {
+        for (Queued x : queued) {
+            x.k = null;
+            x.op = null;
+        }
+        queuedCount = 0;
+        queuedHead = 0;
+    }
+
+    /**
+     * A kernel that timed out waiting for peers ({@code members}, this rank at {@code position}): logs
+     * it, waits for the stream to drain (every block has signalled; the kernel must retire before its
+     * heap and status memory go), drops the heap (it is rebuilt for the next epoch), and returns the
+     * failure naming the first missing group rank (the kernel names heap positions).
+     */
+    private Channels.WaitFailure timedOut(CollectiveTimeoutException e, int[] members, int position, String what) {
+        List<Integer> missing = e.missingRanks();
+        int peer = missing.isEmpty() ? members[(position + 1) % members.length] : members[missing.get(0)];
+        LOG.warn("gpu kernel timed out group={} rank={} ({}) in its {}: missing heap positions={} of members {}", group, rank, what,
+                e.resultComplete() ? "final sync step" : "data phase", missing, java.util.Arrays.toString(members));
+        awaitStream(kernelTimeoutNanos + STREAM_GRACE_NANOS);
+        closeHeap();
+        return new Channels.WaitFailure(peer, true, e);
     }
 
     /**
@@ -305,9 +312,7 @@ public final class GpuBackend implements AutoCloseable {
      * their kernels' outcome is unknown, and the heap is dropped.
      */
     public void forgetQueued() {
-        for (Queued x : queued) x.k = null;
-        queuedCount = 0;
-        queuedHead = 0;
+        clearQueued();
         try {
             closeHeap();
         } catch (RuntimeException e) {
@@ -427,6 +432,8 @@ public final class GpuBackend implements AutoCloseable {
                         + " exactly one collective kernel");
             }
             Queued q = queued[(queuedHead + queuedCount) % 2];
+            q.op = deferredOp;
+            deferredOp = null;
             q.k = k;
             q.ticket = k.lastTicket();
             q.blocks = k.lastBlocks();
@@ -434,11 +441,10 @@ public final class GpuBackend implements AutoCloseable {
             q.position = c.position();
             q.slot = currentSlot;
             queuedCount++;
-            lastDeferred = true;
             return;
         }
         long limit = kernelTimeoutNanos + STREAM_GRACE_NANOS;
-        if (k != null && k.lastTicket() != ticketAtStart) awaitKernel(k, limit);
+        if (k != null && k.lastTicket() != ticketAtStart) awaitKernel(k, k.lastTicket(), k.lastBlocks(), limit);
         else awaitStream(limit);
         if (k == null) return;
         boolean synced = k.finalSyncs() != syncsAtStart;
@@ -446,14 +452,7 @@ public final class GpuBackend implements AutoCloseable {
             k.check();
             if (synced) c.syncedOnDevice();
         } catch (CollectiveTimeoutException e) {
-            int[] m = heapMembers; // the kernel names heap positions
-            List<Integer> missing = e.missingRanks();
-            int peer = missing.isEmpty() ? m[(c.position() + 1) % m.length] : m[missing.get(0)];
-            LOG.warn("gpu kernel timed out group={} rank={} epoch={} op #{} in its {} missing heap positions={} of members {}", group, rank,
-                    c.epoch(), c.opSeq(), e.resultComplete() ? "final sync step" : "data phase", missing, java.util.Arrays.toString(m));
-            awaitStream(limit); // every block has signalled; let the kernel retire before its heap and status memory go
-            closeHeap();
-            Channels.WaitFailure f = new Channels.WaitFailure(peer, true, e);
+            Channels.WaitFailure f = timedOut(e, heapMembers, c.position(), "epoch " + c.epoch() + " op #" + c.opSeq());
             if (!synced || !e.resultComplete()) throw f;
             c.syncFailedOnDevice(f);   // returns when the agreement commits the result, else throws f
         }
@@ -483,17 +482,18 @@ public final class GpuBackend implements AutoCloseable {
     }
 
     /**
-     * Polls the completion words of {@code k}'s last kernel (page-locked memory, no driver call) until
-     * every block has stored its ticket; gives up {@code limitNanos} from now. Past the spinning phase
-     * (a long operation) it also records the event once and queries it while parked: a kernel that
-     * faulted never stores its words, and the event reports the driver's error at once instead of
-     * after the deadline (its completion also implies the kernel's, words and status included).
+     * Polls the completion words of {@code k}'s launch {@code ticket} of {@code blocks} blocks
+     * (page-locked memory, no driver call) until every block has stored its ticket; gives up
+     * {@code limitNanos} from now. Past the spinning phase (a long operation) it also records the event
+     * once and queries it while parked: a kernel that faulted never stores its words, and the event
+     * reports the driver's error at once instead of after the deadline (its completion also implies the
+     * kernel's, words and status included).
      */
-    private void awaitKernel(CudaCollectives k, long limitNanos) {
-        if (k.lastKernelDone()) return;
+    private void awaitKernel(CudaCollectives k, long ticket, int blocks, long limitNanos) {
+        if (k.kernelDone(ticket, blocks)) return;
         long start = System.nanoTime();
         boolean recorded = false;
-        while (!k.lastKernelDone()) {
+        while (!k.kernelDone(ticket, blocks)) {
             long waited = System.nanoTime() - start;
             if (waited < SPIN_NANOS) {
                 Thread.onSpinWait();
