@@ -63,15 +63,15 @@ tb=${TORCH_BASELINES:-$root/.device/torch_baselines.py}
 more=${TORCH_NCCL_MORE:-$root/bench/torch_nccl_more.py}
 for n in $worlds; do
   echo "=== pgbench --backend mooncake on $n GPUs ==="
-  # small messages: 1000 timed calls per size (as many as the noise of a ~15 us call needs); large: 20
-  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 8 -e 512K -f 4 -w 200 -n 1000 -c 0 \
+  # every row times as many calls as PyTorch's scripts time NCCL's at that size (--torch-iters: 200 / 50 / 10)
+  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 8 -e 512K -f 4 -w 200 --torch-iters -c 0 \
       --json "$out/mooncake_all_reduce_small_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_all_reduce_small_ws$n.txt" | tail -10
-  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 2M -e 1G -f 4 -w 5 -n 20 -c 0 \
+  MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" -b 2M -e 1G -f 4 -w 5 --torch-iters -c 0 \
       --json "$out/mooncake_all_reduce_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_all_reduce_ws$n.txt" | tail -10
   # the full-tensor sizes of torch_nccl_more.py: 4^k x 8 B per rank x N
   lo=1M; hi=1G; [[ $((n % 4)) -eq 0 ]] && { lo=2M; hi=2G; }
   for c in ${MORE_COLLECTIVES-all_gather reduce_scatter alltoall}; do
-    MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" --collective $c -b $lo -e $hi -f 4 -w 3 -n 10 -c 0 \
+    MOONCAKE_TIMEOUT_MS=60000 mc pgbench --backend mooncake --device cuda --ranks "$n" --collective $c -b $lo -e $hi -f 4 -w 5 --torch-iters -c 0 \
         --json "$out/mooncake_${c}_ws$n.json" 2>&1 | grep -v '^\[' | tee "$out/pgbench_${c}_ws$n.txt" | tail -8
   done
   echo "=== NCCL (torch) on $n GPUs ==="

@@ -1037,6 +1037,14 @@ __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, u
 // this holds per block index only, so the slot and each block's slice of it are those of the first
 // chunk for every chunk (rs_chunk); the last chunk's slices are just shorter or empty.
 
+// Threads of a block that scatter chunk k+1 while the others consume chunk k: `scatter` (the kernel
+// parameter, whole warps, MOONCAKE_CUDA_SLOT_SCATTER_WARPS on the host), or half the block when 0 or
+// out of range.
+__device__ __forceinline__ uint32_t slot_scatterers(uint64_t scatter) {
+    const uint64_t t = scatter * 32;
+    return t == 0 || t >= blockDim.x ? blockDim.x / 2 : static_cast<uint32_t>(t);
+}
+
 struct SlotChunking {
     uint64_t base;   // first element (byte for all-to-all) of the chunk within every part
     uint64_t len;    // elements of the chunk
@@ -1151,13 +1159,13 @@ __device__ void rs_reduce(const T* in, T* out, uint64_t count, const Comm& c, co
 }
 
 template <typename T, int NR>
-__device__ void reduce_scatter_push(const T* in, T* out, uint64_t count, uint64_t chunk, const Comm& c) {
+__device__ void reduce_scatter_push(const T* in, T* out, uint64_t count, uint64_t chunk, uint64_t scatter, const Comm& c) {
     constexpr int V = VecMath<T>::kElems;
     const uint64_t chunks = ceil_div(count, chunk);
     // part j starts at in + j * count: whole vectors only when count is
     const bool vec_in = mooncake4j::aligned16(in) && count % V == 0;
     const bool vec = vec_in && mooncake4j::aligned16(out);
-    const uint32_t scatterers = blockDim.x / 2;
+    const uint32_t scatterers = slot_scatterers(scatter);
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<V>(count, chunk, k);
         if (k == 0) slot_scatter<T, NR>(in, count, nullptr, c, ch, k, vec_in, threadIdx.x, blockDim.x);
@@ -1199,11 +1207,11 @@ __device__ void slot_copy_out(const uint8_t* mine, uint8_t* out, uint64_t n, con
 }
 
 template <int NR>
-__device__ void all_to_all_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
+__device__ void all_to_all_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, uint64_t scatter, const Comm& c) {
     const uint64_t chunks = ceil_div(n, chunk);
     const bool vec = mooncake4j::aligned16(in) && n % 16 == 0;
     const uint8_t* mine = in + c.rank * n;
-    const uint32_t scatterers = blockDim.x / 2;
+    const uint32_t scatterers = slot_scatterers(scatter);
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<16>(n, chunk, k);
         if (k == 0) slot_scatter<uint8_t, NR>(in, n, nullptr, c, ch, k, vec, threadIdx.x, blockDim.x);
@@ -1240,14 +1248,14 @@ __device__ void all_to_all_push(const uint8_t* in, uint8_t* out, uint64_t n, uin
 // intact after a timeout. The vector path needs a 16-byte aligned input; any n.
 
 template <int NR>
-__device__ void all_gather_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, const Comm& c) {
+__device__ void all_gather_push(const uint8_t* in, uint8_t* out, uint64_t n, uint64_t chunk, uint64_t scatter, const Comm& c) {
     const uint64_t chunks = ceil_div(n, chunk);
     const bool vec = mooncake4j::aligned16(in);
     uint8_t* block = out + c.rank * n;
     const bool in_place = block == in;
     uint8_t* local = !in_place && vec && mooncake4j::aligned16(block) ? block : nullptr;   // stored by the scatter
     const uint8_t* mine = !in_place && local == nullptr ? in : nullptr;                   // copied out
-    const uint32_t scatterers = blockDim.x / 2;
+    const uint32_t scatterers = slot_scatterers(scatter);
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<16>(n, chunk, k);
         if (k == 0) slot_scatter<uint8_t, NR>(in, 0, local, c, ch, k, vec, threadIdx.x, blockDim.x);
@@ -1292,7 +1300,7 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 // bank_bytes, epoch_base, chunk_seq_base, timeout_ns, status, done, ticket, sync_epoch) -- CudaCollectives builds
 // exactly this list:
 //   backup: all-reduce: null, or count elements that receive a copy of in (see "Backup" at the top);
-//           ignored by the others (the host passes null)
+//           the slot collectives take `scatter` there instead (slot_scatterers)
 //   count:  elements (all-reduce), elements per rank (reduce-scatter: in holds world * count) or bytes
 //           per rank (all-gather; all-to-all: bytes per block, in and out hold world * count);
 //           chunk: elements/bytes per chunk (of every part for reduce-scatter, all-to-all and
@@ -1362,33 +1370,29 @@ MOONCAKE4J_ALLREDUCE_KERNELS(allreduce_twoshot_push, allreduce_twoshot_push)
 MOONCAKE4J_ALLREDUCE_KERNELS(allreduce_pipe, allreduce_pipe)
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-allgather_bytes(const uint8_t* in, uint8_t* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+allgather_bytes(const uint8_t* in, uint8_t* out, uint64_t scatter, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
-    (void)backup;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_gather_push<NR>(in, out, count, chunk, comm)));
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_gather_push<NR>(in, out, count, chunk, scatter, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-reducescatter_f32(const float* in, float* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+reducescatter_f32(const float* in, float* out, uint64_t scatter, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
-    (void)backup;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::reduce_scatter_push<float, NR>(in, out, count, chunk, comm)));
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::reduce_scatter_push<float, NR>(in, out, count, chunk, scatter, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-reducescatter_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, void* backup, uint64_t count, uint64_t chunk,
+reducescatter_bf16(const __nv_bfloat16* in, __nv_bfloat16* out, uint64_t scatter, uint64_t count, uint64_t chunk,
                    MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
-    (void)backup;
     MOONCAKE4J_FOR_WORLD(
-        (mooncake4j::collectives::reduce_scatter_push<__nv_bfloat16, NR>(in, out, count, chunk, comm)));
+        (mooncake4j::collectives::reduce_scatter_push<__nv_bfloat16, NR>(in, out, count, chunk, scatter, comm)));
 }
 
 extern "C" __global__ void __launch_bounds__(512, 1)
-alltoall_bytes(const uint8_t* in, uint8_t* out, void* backup, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
+alltoall_bytes(const uint8_t* in, uint8_t* out, uint64_t scatter, uint64_t count, uint64_t chunk, MOONCAKE4J_COMM_PARAMS) {
     MOONCAKE4J_COMM;
-    (void)backup;
-    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_to_all_push<NR>(in, out, count, chunk, comm)));
+    MOONCAKE4J_FOR_WORLD((mooncake4j::collectives::all_to_all_push<NR>(in, out, count, chunk, scatter, comm)));
 }
 
 // In place x[i] = x[i] / divisor for i < count; any grid (grid-stride), 512 threads per block, at most

@@ -189,6 +189,9 @@ enum BenchCollective {
     /** Whether the collective reduces (its table row shows the operator). */
     boolean reduces() { return this == ALL_REDUCE || this == REDUCE_SCATTER; }
 
+    /** Whether a row's size is the whole tensor of one piece per rank (all_gather's output, reduce_scatter's input, alltoall's). */
+    boolean perRankPieces() { return this == ALL_GATHER || this == REDUCE_SCATTER || this == ALLTOALL; }
+
     /** Whether the collective has a root (its table row shows it). */
     boolean rooted() { return this == BROADCAST; }
 

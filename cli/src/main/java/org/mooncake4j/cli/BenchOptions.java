@@ -44,6 +44,13 @@ final class BenchOptions {
     @Option(names = {"-n", "--iters"}, paramLabel = "N", defaultValue = "20", description = "Timed iterations per size (default: ${DEFAULT-VALUE})")
     int iters;
 
+    @Option(names = "--torch-iters",
+            description = "Time each size with the iteration count of PyTorch's baseline scripts (torch_baselines.py, torch_nccl_more.py),"
+                    + " so both sides of a side-by-side run average the same number of calls: 200 when each rank's piece (all_gather,"
+                    + " reduce_scatter, alltoall: the size over the ranks; else the whole size) is below 1 MiB, 50 below 64 MiB, 10 from"
+                    + " 64 MiB. -n is then ignored")
+    boolean torchIters;
+
     @Option(names = {"-w", "--warmup"}, paramLabel = "N", defaultValue = "5", description = "Untimed iterations before timing each size (default: ${DEFAULT-VALUE})")
     int warmup;
 
@@ -107,6 +114,17 @@ final class BenchOptions {
 
     DType dtype() { return DType.parse(dtype); }
 
+    /** Timed iterations of a row of {@code bytes} among {@code n} ranks: {@code -n}, or PyTorch's count with {@code --torch-iters}. */
+    int itersFor(long bytes, int n) {
+        if (!torchIters) return iters;
+        return torchIterations(collective.perRankPieces() ? bytes / n : bytes);
+    }
+
+    /** The iteration count of torch_baselines.py and torch_nccl_more.py for a per-rank piece of {@code pieceBytes}. */
+    static int torchIterations(long pieceBytes) {
+        return pieceBytes < (1L << 20) ? 200 : pieceBytes < (64L << 20) ? 50 : 10;
+    }
+
     ReduceOp op() { return parseOp(op); }
 
     /** The sweep, in bytes. */
@@ -142,6 +160,7 @@ final class BenchOptions {
         add(a, "--step-factor", stepFactor);
         add(a, "--iters", iters);
         add(a, "--warmup", warmup);
+        if (torchIters) a.add("--torch-iters");
         add(a, "--check", check);
         add(a, "--dtype", dtype);
         add(a, "--op", op);

@@ -83,9 +83,10 @@ public final class PgBenchWorker {
                     CompilerQueue.awaitIdleBeforeTiming("pgbench: rank " + rank, "the " + size + "-byte row", "rerun it, or raise -w");
                     c.repeat(g, d, setup, o.warmup, queued);
                     g.barrier();
+                    int iters = o.itersFor(layout.bytes(dtype), n);
                     long t0 = System.nanoTime();
-                    c.repeat(g, d, setup, o.iters, queued);
-                    us = (System.nanoTime() - t0) / 1e3 / o.iters;
+                    c.repeat(g, d, setup, iters, queued);
+                    us = (System.nanoTime() - t0) / 1e3 / iters;
                 }
                 time.setDouble(0, us);
                 g.allReduce(time, ReduceOp.MAX);
@@ -188,8 +189,9 @@ public final class PgBenchWorker {
     private static void printPreamble(BenchOptions o, int n, String binding, boolean queued) {
         System.out.printf(Locale.ROOT, "# pgbench (mooncake4j %s): %s, backend %s, device %s, %d ranks%n",
                 Main.version(), o.collective.label(), o.backend, o.device, n);
-        System.out.printf(Locale.ROOT, "# minBytes %d maxBytes %d step: %d(factor) warmup iters: %d iters: %d validation: %d dtype: %s%n",
-                o.minBytes, o.maxBytes, o.stepFactor, o.warmup, o.iters, o.check, o.dtype().torchName());
+        System.out.printf(Locale.ROOT, "# minBytes %d maxBytes %d step: %d(factor) warmup iters: %d iters: %s validation: %d dtype: %s%n",
+                o.minBytes, o.maxBytes, o.stepFactor, o.warmup, o.torchIters ? "as PyTorch's baselines (200 / 50 / 10 for pieces below 1 MiB /"
+                        + " below 64 MiB / from 64 MiB)" : String.valueOf(o.iters), o.check, o.dtype().torchName());
         if (o.device.equals("cpu")) System.out.println("# buffers: " + (o.register == 1 ? "registered (ProcessGroup.allocate)" : "ordinary tensors"));
         System.out.println("# cpu binding: " + binding);
         System.out.println("# calls: " + (queued ? "queued (each row's calls started asynchronously, one wait for all: as PyTorch queues NCCL calls)"

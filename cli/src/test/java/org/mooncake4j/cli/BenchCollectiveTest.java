@@ -25,6 +25,26 @@ class BenchCollectiveTest {
     }
 
     @Test
+    void torchItersFollowPyTorchsBaselinesByPerRankPiece() {
+        BenchOptions o = new BenchOptions();
+        o.iters = 7;
+        o.collective = BenchCollective.ALL_GATHER;
+        assertThat(o.itersFor(32L << 20, 4)).as("without --torch-iters: -n").isEqualTo(7);
+        o.torchIters = true;
+        // the piece decides: 32 MiB gathered over 4 ranks is an 8 MiB piece (torch_nccl_more.py: 50 calls)
+        assertThat(o.itersFor(32L << 20, 4)).isEqualTo(50);
+        assertThat(o.itersFor(2L << 20, 4)).as("512 KiB pieces").isEqualTo(200);
+        assertThat(o.itersFor(256L << 20, 4)).as("64 MiB pieces").isEqualTo(10);
+        o.collective = BenchCollective.ALL_REDUCE;
+        // torch_baselines.py: the tensor itself; 2^p bytes with p odd: 512 KiB 200, 32 MiB 50, 128 MiB 10
+        assertThat(o.itersFor(512L << 10, 4)).isEqualTo(200);
+        assertThat(o.itersFor(32L << 20, 4)).isEqualTo(50);
+        assertThat(o.itersFor(64L << 20, 4)).isEqualTo(10);
+        assertThat(o.itersFor(128L << 20, 2)).isEqualTo(10);
+        assertThat(o.toArgs()).contains("--torch-iters");
+    }
+
+    @Test
     void reportedSizeIsTheLargerBufferAsInNcclTests() {
         // all_gather: the sweep size is the gathered output; each rank contributes a quarter
         var ag = BenchCollective.ALL_GATHER.layout(1000, 4);

@@ -26,6 +26,16 @@ final class CollectivePlan {
     static final int AR_CHUNKS = tunable("MOONCAKE_CUDA_AR_CHUNKS", PIPELINE_CHUNKS, 1, 256);
     static final long AR_MIN_CHUNK_BYTES = (long) tunable("MOONCAKE_CUDA_AR_MIN_CHUNK_KIB", (int) (MIN_PIPELINE_CHUNK_BYTES >> 10), 16, 1 << 20) << 10;
     static final int AR_MAX_BLOCKS = tunable("MOONCAKE_CUDA_AR_MAX_BLOCKS", 0, 1, SymmetricHeap.Layout.MAX_BLOCKS);
+    /**
+     * The same three for the slot collectives (all-gather, reduce-scatter, all-to-all):
+     * MOONCAKE_CUDA_SLOT_CHUNKS, MOONCAKE_CUDA_SLOT_MIN_CHUNK_KIB (over all ranks' slots of a chunk) and
+     * MOONCAKE_CUDA_SLOT_MAX_BLOCKS; MOONCAKE_CUDA_SLOT_SCATTER_WARPS: the warps of a block that store
+     * the next chunk into the peers while the others consume the current one (default 0: half the block).
+     */
+    static final int SLOT_CHUNKS = tunable("MOONCAKE_CUDA_SLOT_CHUNKS", PIPELINE_CHUNKS, 1, 256);
+    static final long SLOT_MIN_CHUNK_BYTES = (long) tunable("MOONCAKE_CUDA_SLOT_MIN_CHUNK_KIB", (int) (MIN_PIPELINE_CHUNK_BYTES >> 10), 16, 1 << 20) << 10;
+    static final int SLOT_MAX_BLOCKS = tunable("MOONCAKE_CUDA_SLOT_MAX_BLOCKS", 0, 1, SymmetricHeap.Layout.MAX_BLOCKS);
+    static final int SLOT_SCATTER_WARPS = tunable("MOONCAKE_CUDA_SLOT_SCATTER_WARPS", 0, 0, THREADS / 32 - 1);
 
     private static int tunable(String name, int fallback, int min, int max) {
         return org.mooncake4j.core.internal.Settings.integer(name, fallback, min, max, String.valueOf(fallback));
@@ -242,7 +252,7 @@ final class CollectivePlan {
      */
     static long slotChunkElements(long perRank, int elementBytes, long bankBytes, int worldSize) {
         int v = vectorElements(elementBytes);
-        long target = Math.max(ceilDiv(MIN_PIPELINE_CHUNK_BYTES, (long) worldSize * elementBytes), ceilDiv(perRank, PIPELINE_CHUNKS));
+        long target = Math.max(ceilDiv(SLOT_MIN_CHUNK_BYTES, (long) worldSize * elementBytes), ceilDiv(perRank, SLOT_CHUNKS));
         return Math.min(roundUp(target, v), slotMaxElements(elementBytes, bankBytes, worldSize));
     }
 
@@ -262,7 +272,8 @@ final class CollectivePlan {
 
     /** Blocks of a push reduce-scatter or all-to-all: enough for one slot. */
     static int slotBlocks(long perRank, long chunkElements, int elementBytes, int limit) {
-        return blocksFor(slotElements(perRank, chunkElements, elementBytes) * elementBytes, limit);
+        return blocksFor(slotElements(perRank, chunkElements, elementBytes) * elementBytes,
+                SLOT_MAX_BLOCKS > 0 ? Math.min(SLOT_MAX_BLOCKS, limit) : limit);
     }
 
     /**

@@ -340,7 +340,8 @@ public final class CudaCollectives implements AutoCloseable {
         if (bytesPerRank == 0) return;
         long chunk = CollectivePlan.allGatherChunkBytes(bytesPerRank, bankBytes, worldSize);
         long chunks = CollectivePlan.ceilDiv(bytesPerRank, chunk);
-        launch(allGatherBytes, stream, CollectivePlan.allGatherBlocks(bytesPerRank, chunk, blocksLimit), src, dst, 0,
+        launch(allGatherBytes, stream, CollectivePlan.allGatherBlocks(bytesPerRank, chunk, blocksLimit), src, dst,
+                CollectivePlan.SLOT_SCATTER_WARPS,
                 bytesPerRank, chunk, chunks, chunks, timeoutNanos);
     }
 
@@ -361,7 +362,7 @@ public final class CudaCollectives implements AutoCloseable {
         long chunk = CollectivePlan.reduceScatterChunkElements(countPerRank, es, bankBytes, worldSize);
         long chunks = CollectivePlan.ceilDiv(countPerRank, chunk);
         launch(dtype == DType.FLOAT32 ? reduceScatterF32 : reduceScatterBf16, stream,
-                CollectivePlan.slotBlocks(countPerRank, chunk, es, blocksLimit), src, dst, 0, countPerRank, chunk, chunks, chunks,
+                CollectivePlan.slotBlocks(countPerRank, chunk, es, blocksLimit), src, dst, CollectivePlan.SLOT_SCATTER_WARPS, countPerRank, chunk, chunks, chunks,
                 timeoutNanos);
     }
 
@@ -377,7 +378,7 @@ public final class CudaCollectives implements AutoCloseable {
         if (bytesPerRank == 0) return;
         long chunk = CollectivePlan.allToAllChunkBytes(bytesPerRank, bankBytes, worldSize);
         long chunks = CollectivePlan.ceilDiv(bytesPerRank, chunk);
-        launch(allToAllBytes, stream, CollectivePlan.slotBlocks(bytesPerRank, chunk, 1, blocksLimit), src, dst, 0, bytesPerRank,
+        launch(allToAllBytes, stream, CollectivePlan.slotBlocks(bytesPerRank, chunk, 1, blocksLimit), src, dst, CollectivePlan.SLOT_SCATTER_WARPS, bytesPerRank,
                 chunk, chunks, chunks, timeoutNanos);
     }
 
@@ -502,6 +503,7 @@ public final class CudaCollectives implements AutoCloseable {
      * Queues a collective kernel whose data phase uses the epochs {@code (epoch, epoch + barriers]}; its
      * final sync step ({@link #finalSyncs()}) takes the next one.
      */
+    /** {@code backup}: the all-reduce's backup pointer, or the slot kernels' scatter warps (collectives.cu, entry points). */
     private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long backup, long count, long chunk,
                         long barriers, long chunks, long timeoutNanos) {
         long syncEpoch = epoch + barriers + 1;
