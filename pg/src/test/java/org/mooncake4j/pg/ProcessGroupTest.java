@@ -111,6 +111,27 @@ class ProcessGroupTest {
      * that the survivors finish the operation in flight within the 5 s timeout, drop exactly rank 2,
      * agree on the epoch and on every result after it.
      */
+    @Test
+    void survivorsRedoAnAllReduceReducedInPlaceFromTheirRestoredInputs() throws Exception {
+        // rank 2 halts after reducing its part of the 20th all-reduce: the survivors have overwritten theirs and
+        // never pass the barrier, so they redo over [0, 1], each first putting its part back from the scratch
+        try (EmbeddedStoreServer store = EmbeddedStoreServer.start("127.0.0.1", 0)) {
+            Map<String, String> e = Map.of("MOONCAKE_STORE", store.uri(), "MOONCAKE_STORE_HOSTED", "1", "MOONCAKE_TIMEOUT_MS", "5000");
+            try (ProcessCluster c = ProcessCluster.start(PgWorker.class, 3, e, "haltinplace")) {
+                List<ProcessCluster.Result> all = c.awaitAll(Duration.ofSeconds(90));
+                assertThat(all.get(2).exitCode()).as(ProcessCluster.describe(all)).isEqualTo(3);
+                List<ProcessCluster.Result> results = all.subList(0, 2);
+                for (ProcessCluster.Result res : results) {
+                    assertThat(res.exitCode()).as(ProcessCluster.describe(results)).isZero();
+                    assertThat(res.results().get("dropped")).isEqualTo("[2]");
+                    assertThat(res.results().get("mask")).isEqualTo("[1, 1, 0]");
+                    assertThat(Long.parseLong(res.results().get("inplace"))).as("registered all-reduces on rank %d", res.rank()).isGreaterThanOrEqualTo(49);
+                }
+                assertAgree(results, 49);
+            }
+        }
+    }
+
     private static void killRankTwoOfThree(String scenario, String looping, Duration wait, long minChecks) throws Exception {
         try (EmbeddedStoreServer store = EmbeddedStoreServer.start("127.0.0.1", 0)) {
             Map<String, String> e = Map.of("MOONCAKE_STORE", store.uri(), "MOONCAKE_STORE_HOSTED", "1", "MOONCAKE_TIMEOUT_MS", "5000");

@@ -135,6 +135,38 @@ public final class Reduction {
         }
     }
 
+    /**
+     * {@code srcs[own][i] = srcs[0][i] op ... op srcs[n-1][i]} in place for i in [0, count), after
+     * copying {@code srcs[own][i]} to {@code backup}: the same bits as {@link #reduce} into another
+     * buffer, with the overwritten input kept. Piece by piece: each piece is copied to the backup and
+     * then reduced while it is still in cache. Meant for working sets that fit in cache (for streaming
+     * ones from DRAM, the backup's extra write stream made this slower than {@link #reduce} into another
+     * buffer: 7.8 against 4.6 ms for two 32 MiB float32 sources on a 2-vCPU VM). {@code pieceOffsets}
+     * (at least {@code n} entries, not {@code srcOffsets}) is working space, so the call allocates nothing.
+     */
+    public static void reduceInPlace(DType dtype, ReduceOp op, MemorySegment[] srcs, long[] srcOffsets, int n, int own,
+                                     MemorySegment backup, long backupOffset, long count, long[] pieceOffsets) {
+        validate(dtype, op);
+        if (own < 0 || own >= n) throw new IllegalArgumentException("own = " + own + " is not one of the " + n + " sources");
+        MemorySegment dst = srcs[own];
+        long dstOffset = srcOffsets[own];
+        checkArguments(dtype, srcs, srcOffsets, n, dst, dstOffset, count);
+        checkArguments(dtype, srcs, srcOffsets, n, backup, backupOffset, count);
+        int es = dtype.byteSize();
+        long piece = IN_PLACE_PIECE_BYTES / es;
+        if (pieceOffsets.length < n) throw new IllegalArgumentException("pieceOffsets has " + pieceOffsets.length + " entries; it needs " + n);
+        long[] offs = pieceOffsets;
+        for (long e = 0; e < count; e += piece) {
+            long len = Math.min(piece, count - e), rel = e * es;
+            MemorySegment.copy(dst, dstOffset + rel, backup, backupOffset + rel, len * es);
+            for (int k = 0; k < n; k++) offs[k] = srcOffsets[k] + rel;
+            reduce(dtype, op, srcs, offs, n, dst, dstOffset + rel, len);
+        }
+    }
+
+    /** {@link #reduceInPlace} copies and reduces pieces of this many bytes (within L2). */
+    static final long IN_PLACE_PIECE_BYTES = 64 * 1024;
+
     /** Checks everything up front, so a bad call fails before any byte of dst is written. */
     private static void checkArguments(DType dtype, MemorySegment[] srcs, long[] srcOffsets, int n,
                                        MemorySegment dst, long dstOffset, long count) {

@@ -109,6 +109,44 @@ class ReductionTest {
         }
     }
 
+    @ParameterizedTest(name = "{0} {1}")
+    @MethodSource("aliasCases")
+    void inPlaceReductionGivesTheSameBitsAndKeepsTheOverwrittenSource(DType dtype, ReduceOp op) {
+        int n = 3;
+        // more than one piece (Reduction.IN_PLACE_PIECE_BYTES) and not a whole number of them
+        long count = 3 * Reduction.IN_PLACE_PIECE_BYTES / dtype.byteSize() + 777;
+        try (Arena arena = Arena.ofConfined()) {
+            Random rnd = new Random(77 + dtype.ordinal() * 31L + op.ordinal());
+            long bytes = count * dtype.byteSize();
+            MemorySegment[] srcs = new MemorySegment[n];
+            long[] offs = new long[n];
+            for (int k = 0; k < n; k++) {
+                offs[k] = 5 + k;
+                srcs[k] = arena.allocate(offs[k] + bytes);
+                fill(dtype, op, srcs[k], offs[k], count, rnd);
+            }
+            MemorySegment reference = arena.allocate(bytes);
+            Reduction.reduce(dtype, op, srcs, offs, n, reference, 0, count);
+            for (int own = 0; own < n; own++) {
+                MemorySegment original = arena.allocate(bytes);
+                MemorySegment.copy(srcs[own], offs[own], original, 0, bytes);
+                long backupOff = GUARD_BYTES + 3;
+                MemorySegment backup = arena.allocate(backupOff + bytes + GUARD_BYTES);
+                backup.fill(GUARD);
+                long[] pieces = new long[n];
+                Reduction.reduceInPlace(dtype, op, srcs, offs, n, own, backup, backupOff, count, pieces);
+                assertGuardsIntact(backup, backupOff, bytes);
+                assertThat(backup.asSlice(backupOff, bytes).mismatch(original)).as("backup of source %d", own).isEqualTo(-1);
+                assertThat(srcs[own].asSlice(offs[own], bytes).mismatch(reference)).as("result in source %d", own).isEqualTo(-1);
+                MemorySegment.copy(original, 0, srcs[own], offs[own], bytes);   // back to the inputs for the next own
+            }
+            assertThatThrownBy(() -> Reduction.reduceInPlace(dtype, op, srcs, offs, n, n, reference, 0, count, new long[n]))
+                    .hasMessageContaining("own = 3 is not one of the 3 sources");
+            assertThatThrownBy(() -> Reduction.reduceInPlace(dtype, op, srcs, offs, n, 0, reference, 0, count, new long[1]))
+                    .hasMessageContaining("pieceOffsets has 1 entries; it needs 3");
+        }
+    }
+
     static Stream<Arguments> aliasCases() {
         return Stream.of(DType.values()).flatMap(d -> Stream.of(ReduceOp.values()).filter(o -> valid(d, o)).map(o -> Arguments.of(d, o)));
     }
