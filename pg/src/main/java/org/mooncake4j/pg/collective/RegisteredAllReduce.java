@@ -40,7 +40,7 @@ import org.mooncake4j.pg.ReduceOp;
  * fails before the barrier leaves every tensor intact or restorable (survivors report the data phase:
  * the agreement redoes the operation without it). One that fails after it leaves its part in its
  * scratch (in place: in its tensor), whose pages stay mapped in the survivors, who complete the
- * gather and report the sync phase: the agreement commits. Scratches alternate by the parity of the
+ * gather and report the sync phase: the agreement commits. Scratches (scratch mode) alternate by the parity of the
  * operation number, so a fast rank's next operation never writes the scratch a slow rank still
  * reads: the operation after that first passes a sync that the slow rank joins only after its
  * gather. In place, a rank's next operation changes its tensor only after every member described
@@ -68,8 +68,8 @@ final class RegisteredAllReduce implements AutoCloseable {
     /**
      * In place only up to this many bytes ({@code -Dmooncake4j.allreduce.registered.inplaceMaxBytes}).
      * Measured on a 2-vCPU VM (float32 SUM, five to six runs alternating both modes, medians): in
-     * place took 0.51-0.76 of the time at 2 ranks from 1 to 16 MiB, 0.60-0.88 at 4 ranks from 2 to
-     * 16 MiB (at 1 MiB among four, 1.24, within that VM's noise); from
+     * place took 0.51-0.69 of the time at 2 ranks from 2 to 16 MiB (0.73-0.92 at 1 MiB), 0.60-0.88
+     * at 4 ranks from 2 to 16 MiB (at 1 MiB among four, 1.24, within that VM's noise); from
      * 32 MiB, working sets far beyond the caches, the backup's extra write stream cost the reduction
      * more than the saved copy of the own part gained (32 MiB among four ranks: 12.7 against 10.1 ms;
      * 64 MiB between two: 18.0 against 10.9 ms; 32 MiB between two: no better, 5 to 11 ms either way).
@@ -149,8 +149,11 @@ final class RegisteredAllReduce implements AutoCloseable {
         long half = align(AllReduce.partLen(count, n, 0) * es, 64);
         SharedMemory.Region in = shared.find(data); // every peer is mapped: the caller checked applicable()
         boolean mine = in != null;
-        if (mine) ensureScratch(2 * half);
-        long parity = (c.opSeq & 1) * half;
+        inPlace = IN_PLACE && bytes <= IN_PLACE_MAX_BYTES;
+        // in place the scratch is this rank's own backup, needed only within this operation: one half
+        // for every operation keeps the working set smaller; else halves alternate (see the class comment)
+        if (mine) ensureScratch(inPlace ? half : 2 * half);
+        long parity = inPlace ? 0 : (c.opSeq & 1) * half;
         body.set(LONG, 8L * D_OPCODE, c.op.ordinal());
         body.set(LONG, 8L * D_INPUT, mine ? in.id() : -1);
         body.set(LONG, 8L * D_INPUT_OFF, mine ? data.address() - in.start() : 0);
@@ -158,7 +161,6 @@ final class RegisteredAllReduce implements AutoCloseable {
         body.set(LONG, 8L * D_SCRATCH, mine ? scratch.id() : -1);
         body.set(LONG, 8L * D_SCRATCH_OFF, parity);
         body.set(LONG, 8L * D_KIND, kind(dtype, op));
-        inPlace = IN_PLACE && bytes <= IN_PLACE_MAX_BYTES;
         body.set(LONG, 8L * D_MODE, inPlace ? 1 : 0);
         long described = 2 * c.opSeq, reduced = described + 1;
         for (int p : m) if (p != c.rank) c.ch.describe(p, described, body, c.deadline);
