@@ -501,9 +501,9 @@ public final class CudaCollectives implements AutoCloseable {
 
     /**
      * Queues a collective kernel whose data phase uses the epochs {@code (epoch, epoch + barriers]}; its
-     * final sync step ({@link #finalSyncs()}) takes the next one.
+     * final sync step ({@link #finalSyncs()}) takes the next one. {@code backup}: the all-reduce's backup
+     * pointer, or the slot kernels' scatter warps (collectives.cu, entry points).
      */
-    /** {@code backup}: the all-reduce's backup pointer, or the slot kernels' scatter warps (collectives.cu, entry points). */
     private void launch(CudaFunction f, CudaStream stream, int blocks, long src, long dst, long backup, long count, long chunk,
                         long barriers, long chunks, long timeoutNanos) {
         long syncEpoch = epoch + barriers + 1;

@@ -118,20 +118,26 @@ public final class Reduction {
         }
         Scratch s = acquire();
         try {
-            switch (dtype) {
-                case FLOAT32, BFLOAT16, FLOAT16, FLOAT8_E4M3 -> reduceFloat(s, dtype, op, srcs, srcOffsets, n, dst, dstOffset, count);
-                case FLOAT64 -> reduceDouble(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
-                case INT64 -> reduceLong(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
-                case INT32 -> reduceInt(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
-                case INT16, INT8, UINT8 -> {
-                    if (op == ReduceOp.MIN || op == ReduceOp.MAX) reducePackedMinMax(s, dtype, op, srcs, srcOffsets, n, dst, dstOffset, count);
-                    else if (dtype == DType.INT16) reduceShort(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
-                    else reduceByte(s, op, dtype == DType.UINT8, srcs, srcOffsets, n, dst, dstOffset, count);
-                }
-                case BOOL -> reduceBool(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
-            }
+            reduceThrough(s, dtype, op, srcs, srcOffsets, n, dst, dstOffset, count);
         } finally {
             release(s);
+        }
+    }
+
+    /** The array path of {@link #reduce} with its working arrays {@code s}, on arguments already checked. */
+    private static void reduceThrough(Scratch s, DType dtype, ReduceOp op, MemorySegment[] srcs, long[] srcOffsets, int n,
+                                      MemorySegment dst, long dstOffset, long count) {
+        switch (dtype) {
+            case FLOAT32, BFLOAT16, FLOAT16, FLOAT8_E4M3 -> reduceFloat(s, dtype, op, srcs, srcOffsets, n, dst, dstOffset, count);
+            case FLOAT64 -> reduceDouble(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
+            case INT64 -> reduceLong(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
+            case INT32 -> reduceInt(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
+            case INT16, INT8, UINT8 -> {
+                if (op == ReduceOp.MIN || op == ReduceOp.MAX) reducePackedMinMax(s, dtype, op, srcs, srcOffsets, n, dst, dstOffset, count);
+                else if (dtype == DType.INT16) reduceShort(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
+                else reduceByte(s, op, dtype == DType.UINT8, srcs, srcOffsets, n, dst, dstOffset, count);
+            }
+            case BOOL -> reduceBool(s, op, srcs, srcOffsets, n, dst, dstOffset, count);
         }
     }
 
@@ -148,19 +154,24 @@ public final class Reduction {
                                      MemorySegment backup, long backupOffset, long count, long[] pieceOffsets) {
         validate(dtype, op);
         if (own < 0 || own >= n) throw new IllegalArgumentException("own = " + own + " is not one of the " + n + " sources");
+        if (pieceOffsets.length < n) throw new IllegalArgumentException("pieceOffsets has " + pieceOffsets.length + " entries; it needs " + n);
         MemorySegment dst = srcs[own];
         long dstOffset = srcOffsets[own];
         checkArguments(dtype, srcs, srcOffsets, n, dst, dstOffset, count);
         checkArguments(dtype, srcs, srcOffsets, n, backup, backupOffset, count);
         int es = dtype.byteSize();
         long piece = IN_PLACE_PIECE_BYTES / es;
-        if (pieceOffsets.length < n) throw new IllegalArgumentException("pieceOffsets has " + pieceOffsets.length + " entries; it needs " + n);
-        long[] offs = pieceOffsets;
-        for (long e = 0; e < count; e += piece) {
-            long len = Math.min(piece, count - e), rel = e * es;
-            MemorySegment.copy(dst, dstOffset + rel, backup, backupOffset + rel, len * es);
-            for (int k = 0; k < n; k++) offs[k] = srcOffsets[k] + rel;
-            reduce(dtype, op, srcs, offs, n, dst, dstOffset + rel, len);
+        Scratch s = acquire();
+        try {
+            for (long e = 0; e < count; e += piece) {
+                long len = Math.min(piece, count - e), rel = e * es;
+                MemorySegment.copy(dst, dstOffset + rel, backup, backupOffset + rel, len * es);
+                for (int k = 0; k < n; k++) pieceOffsets[k] = srcOffsets[k] + rel;
+                // a piece is far below DIRECT_MIN_BYTES: always the array path, as reduce would take
+                reduceThrough(s, dtype, op, srcs, pieceOffsets, n, dst, dstOffset + rel, len);
+            }
+        } finally {
+            release(s);
         }
     }
 

@@ -101,7 +101,7 @@ final class RegisteredAllReduce implements AutoCloseable {
     // what restorePart puts back: set before an in-place reduction, kept after run() returns (a failed
     // sync step may still lead to a redo; the group restores before it closes this epoch's state)
     private MemorySegment restoreData;
-    private long restoreAt, restoreFrom, restoreBytes;
+    private long restoreAt, restoreBytes;
     // the operation the stripes work on
     private DType dtype;
     private ReduceOp op;
@@ -208,7 +208,6 @@ final class RegisteredAllReduce implements AutoCloseable {
             // from here on this rank's part of its tensor changes: a redo first puts it back from the scratch
             restoreData = data;
             restoreAt = AllReduce.partStart(count, n, me) * es;
-            restoreFrom = scrOff[me];
             restoreBytes = myBytes;
             c.backup.saveWith(restorer);
         }
@@ -234,18 +233,14 @@ final class RegisteredAllReduce implements AutoCloseable {
         long s0 = AllReduce.partStart(len, stripes, stripe), sl = AllReduce.partLen(len, stripes, stripe);
         long base = (AllReduce.partStart(count, n, me) + s0) * es;
         long[] off = stripeOff[stripe];
-        if (!inPlace) {
-            for (int i = 0; i < n; i++) off[i] = srcOff[i] + base;
-            Reduction.reduce(dtype, op, src, off, n, scr[me], scrOff[me] + s0 * es, sl);
-            return;
-        }
         for (int i = 0; i < n; i++) off[i] = srcOff[i] + base;
-        Reduction.reduceInPlace(dtype, op, src, off, n, me, scr[me], scrOff[me] + s0 * es, sl, pieceOff[stripe]);
+        if (inPlace) Reduction.reduceInPlace(dtype, op, src, off, n, me, scr[me], scrOff[me] + s0 * es, sl, pieceOff[stripe]);
+        else Reduction.reduce(dtype, op, src, off, n, scr[me], scrOff[me] + s0 * es, sl);
     }
 
-    /** The redo's restorer (in place): my part of the tensor back from the scratch. */
+    /** The redo's restorer (in place): my part of the tensor back from the scratch (the backup is at its start). */
     private void restorePart() {
-        MemorySegment.copy(scratch.memory(), restoreFrom, restoreData, restoreAt, restoreBytes);
+        MemorySegment.copy(scratch.memory(), 0, restoreData, restoreAt, restoreBytes);
     }
 
     /**
@@ -306,15 +301,16 @@ final class RegisteredAllReduce implements AutoCloseable {
             throw new CollectiveMismatchException("Collective mismatch: rank " + p + " runs " + theirs + " #" + c.opSeq + " while rank " + c.rank
                     + " runs " + c.op.torchName() + " #" + c.opSeq + ". Every rank of a group must call the same collectives in the same order.");
         }
-        if (d.get(LONG, 8L * D_MODE) != (inPlace ? 1 : 0)) {
-            throw new CollectiveMismatchException("all_reduce #" + c.opSeq + " of " + bytes + " bytes: rank " + p + " reduces registered memory "
-                    + (inPlace ? "into its scratch" : "in place") + " while rank " + c.rank + " reduces it " + (inPlace ? "in place" : "into its scratch")
-                    + ". Every process of the job must use the same -Dmooncake4j.allreduce.registered.inplace and .inplaceMaxBytes.");
-        }
         if (theirBytes != bytes || kind != kind(dtype, op)) {
             throw new CollectiveMismatchException("Size mismatch in " + c.op.torchName() + " #" + c.opSeq + ": rank " + p + " passed " + theirBytes
                     + " bytes (" + describeKind(kind) + ") but rank " + c.rank + " passed " + bytes + " bytes (" + describeKind(kind(dtype, op))
                     + "). Every rank must pass tensors of matching shapes and dtypes, and the same reduce op.");
+        }
+        // the mode follows the size, so it is compared once the sizes agree: a differing size is reported as such
+        if (d.get(LONG, 8L * D_MODE) != (inPlace ? 1 : 0)) {
+            throw new CollectiveMismatchException("all_reduce #" + c.opSeq + " of " + bytes + " bytes: rank " + p + " reduces registered memory "
+                    + (inPlace ? "into its scratch" : "in place") + " while rank " + c.rank + " reduces it " + (inPlace ? "in place" : "into its scratch")
+                    + ". Every process of the job must use the same -Dmooncake4j.allreduce.registered.inplace and .inplaceMaxBytes.");
         }
     }
 

@@ -89,13 +89,11 @@ class ReductionTest {
         try (Arena arena = Arena.ofConfined()) {
             Random rnd = new Random(42 + dtype.ordinal() * 31L + op.ordinal());
             long bytes = count * dtype.byteSize();
-            MemorySegment[] srcs = new MemorySegment[n];
-            MemorySegment[] copies = new MemorySegment[n];
             long[] offs = new long[n];
+            for (int k = 0; k < n; k++) offs[k] = 3 + k;
+            MemorySegment[] srcs = filledSources(arena, dtype, op, offs, count, rnd);
+            MemorySegment[] copies = new MemorySegment[n];
             for (int k = 0; k < n; k++) {
-                offs[k] = 3 + k;
-                srcs[k] = arena.allocate(offs[k] + bytes);
-                fill(dtype, op, srcs[k], offs[k], count, rnd);
                 copies[k] = arena.allocate(offs[k] + bytes);
                 copies[k].copyFrom(srcs[k]);
             }
@@ -118,13 +116,9 @@ class ReductionTest {
         try (Arena arena = Arena.ofConfined()) {
             Random rnd = new Random(77 + dtype.ordinal() * 31L + op.ordinal());
             long bytes = count * dtype.byteSize();
-            MemorySegment[] srcs = new MemorySegment[n];
             long[] offs = new long[n];
-            for (int k = 0; k < n; k++) {
-                offs[k] = 5 + k;
-                srcs[k] = arena.allocate(offs[k] + bytes);
-                fill(dtype, op, srcs[k], offs[k], count, rnd);
-            }
+            for (int k = 0; k < n; k++) offs[k] = 5 + k;
+            MemorySegment[] srcs = filledSources(arena, dtype, op, offs, count, rnd);
             MemorySegment reference = arena.allocate(bytes);
             Reduction.reduce(dtype, op, srcs, offs, n, reference, 0, count);
             for (int own = 0; own < n; own++) {
@@ -145,6 +139,16 @@ class ReductionTest {
             assertThatThrownBy(() -> Reduction.reduceInPlace(dtype, op, srcs, offs, n, 0, reference, 0, count, new long[1]))
                     .hasMessageContaining("pieceOffsets has 1 entries; it needs 3");
         }
+    }
+
+    /** One source per entry of {@code offs}, with {@code count} random elements from that byte offset on. */
+    private static MemorySegment[] filledSources(Arena arena, DType dtype, ReduceOp op, long[] offs, long count, Random rnd) {
+        MemorySegment[] srcs = new MemorySegment[offs.length];
+        for (int k = 0; k < offs.length; k++) {
+            srcs[k] = arena.allocate(offs[k] + count * dtype.byteSize());
+            fill(dtype, op, srcs[k], offs[k], count, rnd);
+        }
+        return srcs;
     }
 
     static Stream<Arguments> aliasCases() {
