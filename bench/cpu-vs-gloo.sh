@@ -5,8 +5,11 @@
 # all four series into cpu-allreduce-vs-gloo.png and prints, per size, the time ratio gloo/ours
 # and the busbw ratio ours/gloo (above 1: mooncake-cpu is faster).
 #
-# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g "2 4"] [-B auto|none]
+# Usage: bench/cpu-vs-gloo.sh [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g "2 4"] [-B auto|none] [-r ROUNDS]
 #   OUT_DIR defaults to docs/bench; JSON results and the PNG are written there.
+#   -r: rounds (default 1); each round runs both sides, one after the other. With more than one, each
+#       round's JSON is kept (-r<k>.json), and the chart and ratio tables use per-size medians
+#       (bench/cpu_rounds.py, which also prints the lowest and highest ratio of one round's pair).
 #   -B: CPU binding for both sides (default auto: with one but fewer than two CPUs per rank, each rank's thread gets one of its own).
 #   Env: PYTHON (a python with torch; default /usr/bin/python3), MOONCAKE4J (the CLI command),
 #   PGBENCH_ARGS (more pgbench flags, e.g. "-R 0" for ordinary instead of registered buffers).
@@ -22,11 +25,12 @@ MAX_BYTES=64M
 FACTOR=4
 RANKS="2 4"
 BIND=auto
+ROUNDS=1
 PYTHON=${PYTHON:-/usr/bin/python3}
 # the CLI: bin/mooncake4j here; on a host without Maven, e.g. "java -cp 'jars/*' org.mooncake4j.cli.Main"
 CLI=${MOONCAKE4J:-$ROOT/bin/mooncake4j}
 
-while getopts "o:n:w:b:e:f:g:B:h" opt; do
+while getopts "o:n:w:b:e:f:g:B:r:h" opt; do
   case "$opt" in
     o) OUT=$OPTARG ;;
     n) ITERS=$OPTARG ;;
@@ -36,8 +40,9 @@ while getopts "o:n:w:b:e:f:g:B:h" opt; do
     f) FACTOR=$OPTARG ;;
     g) RANKS=$OPTARG ;;
     B) BIND=$OPTARG ;;
-    h) sed -n '2,11p' "$0"; exit 0 ;;
-    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g \"2 4\"] [-B auto|none]" >&2; exit 2 ;;
+    r) ROUNDS=$OPTARG ;;
+    h) sed -n '2,14p' "$0"; exit 0 ;;
+    *) echo "usage: $0 [-o OUT_DIR] [-n ITERS] [-w WARMUP] [-b MIN_BYTES] [-e MAX_BYTES] [-f FACTOR] [-g \"2 4\"] [-B auto|none] [-r ROUNDS]" >&2; exit 2 ;;
   esac
 done
 
@@ -61,15 +66,23 @@ steal_report() { # $1 $2: steal and total ticks before
 SIZES=(-b "$MIN_BYTES" -e "$MAX_BYTES" -f "$FACTOR" -n "$ITERS" -w "$WARMUP" --cpu-bind "$BIND")
 SERIES=()
 for n in $RANKS; do
-  echo "=== all_reduce float32 on $n ranks: mooncake-cpu ==="
-  read -r s0 t0 < <(cpu_ticks)
-  $CLI pgbench --collective all_reduce --backend mooncake-cpu --device cpu -d float32 -o sum -c 1 -g "$n" "${SIZES[@]}" ${PGBENCH_ARGS:-} \
-    --json "$OUT/mooncake-cpu-allreduce-g$n.json"
-  steal_report "$s0" "$t0"
-  echo "=== all_reduce float32 on $n ranks: gloo ==="
-  read -r s0 t0 < <(cpu_ticks)
-  "$PYTHON" bench/gloo_allreduce.py -g "$n" -c 1 "${SIZES[@]}" --json "$OUT/gloo-allreduce-g$n.json"
-  steal_report "$s0" "$t0"
+  for ((k = 1; k <= ROUNDS; k++)); do
+    suffix=$([ "$ROUNDS" -gt 1 ] && echo "-r$k" || true)
+    round=$([ "$ROUNDS" -gt 1 ] && echo " (round $k of $ROUNDS)" || true)
+    echo "=== all_reduce float32 on $n ranks: mooncake-cpu$round ==="
+    read -r s0 t0 < <(cpu_ticks)
+    $CLI pgbench --collective all_reduce --backend mooncake-cpu --device cpu -d float32 -o sum -c 1 -g "$n" "${SIZES[@]}" ${PGBENCH_ARGS:-} \
+      --json "$OUT/mooncake-cpu-allreduce-g$n$suffix.json"
+    steal_report "$s0" "$t0"
+    echo "=== all_reduce float32 on $n ranks: gloo$round ==="
+    read -r s0 t0 < <(cpu_ticks)
+    "$PYTHON" bench/gloo_allreduce.py -g "$n" -c 1 "${SIZES[@]}" --json "$OUT/gloo-allreduce-g$n$suffix.json"
+    steal_report "$s0" "$t0"
+  done
+  if [ "$ROUNDS" -gt 1 ]; then
+    echo "=== $n ranks: medians over $ROUNDS rounds ==="
+    "$PYTHON" bench/cpu_rounds.py "$OUT" "$n" "$ROUNDS"
+  fi
   SERIES+=(--series "mooncake-cpu $n ranks=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo $n ranks=$OUT/gloo-allreduce-g$n.json")
 done
 
@@ -82,6 +95,6 @@ $CLI plot --out "$OUT/cpu-allreduce-vs-gloo.png" --metric busbw \
 
 for n in $RANKS; do
   echo
-  echo "=== $n ranks: time ratio gloo/mooncake-cpu and busbw ratio mooncake-cpu/gloo per size ==="
+  echo "=== $n ranks: time ratio gloo/mooncake-cpu and busbw ratio mooncake-cpu/gloo per size$([ "$ROUNDS" -gt 1 ] && echo " (medians over $ROUNDS rounds)" || true) ==="
   $CLI plot --series "mooncake-cpu=$OUT/mooncake-cpu-allreduce-g$n.json" --series "gloo=$OUT/gloo-allreduce-g$n.json"
 done

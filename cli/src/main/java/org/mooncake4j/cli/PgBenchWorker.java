@@ -55,7 +55,8 @@ public final class PgBenchWorker {
         BenchCollective c = o.collective;
         try (ProcessGroup g = ProcessGroup.builder().backend(o.backend).init();
              Tensor time = Tensor.zeros(DType.FLOAT64, Device.CPU, 1);
-             Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
+             Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1);
+             Tensor compiledFlag = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
             Device dev = g.cudaDevice() >= 0 ? Device.cuda(g.cudaDevice()) : Device.CPU; // --device cuda goes with --backend mooncake
             // on the GPU, calls are queued as PyTorch's loop over NCCL calls queues them (one wait per row)
             boolean queued = !dev.isCpu();
@@ -80,8 +81,7 @@ public final class PgBenchWorker {
                         if (d != b) b.copyFrom(d);
                         wrong = c.countWrong(b, setup);
                     }
-                    CompilerQueue.awaitIdleBeforeTiming("pgbench: rank " + rank, "the " + size + "-byte row", "rerun it, or raise -w");
-                    c.repeat(g, d, setup, o.warmup, queued);
+                    warmUpRow(g, c, d, setup, o.warmup, queued, rank, size, compiledFlag);
                     g.barrier();
                     int iters = o.itersFor(layout.bytes(dtype), n);
                     long t0 = System.nanoTime();
@@ -115,6 +115,32 @@ public final class PgBenchWorker {
     }
 
     /**
+     * A row's warm-up: waits until the JIT compiles nothing, runs {@code warmup} calls, and repeats
+     * both while any rank compiled during those calls (at most {@link #MAX_ROW_WARMUPS} times). A
+     * compilation that a row's own calls start (a method whose counters cross the JIT's thresholds
+     * only at this size) runs on a compiler thread beside the ranks; on a host with as many ranks as
+     * cores it took 100 ms of a rank's core and made a 16 MiB all_reduce row on a 2-vCPU VM 2-3 times
+     * slower when it fell into the timed calls.
+     */
+    private static void warmUpRow(ProcessGroup g, BenchCollective c, BenchCollective.Buffers d, BenchCollective.Setup setup, int warmup,
+                                  boolean queued, int rank, long size, Tensor compiled) {
+        CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
+        boolean watch = jit != null && jit.isCompilationTimeMonitoringSupported();
+        for (int r = 0; ; r++) {
+            CompilerQueue.awaitIdleBeforeTiming("pgbench: rank " + rank, "the " + size + "-byte row", "rerun it, or raise -w");
+            long before = watch ? jit.getTotalCompilationTime() : 0;
+            c.repeat(g, d, setup, warmup, queued);
+            if (!watch || r + 1 >= MAX_ROW_WARMUPS) return;
+            compiled.setLong(0, jit.getTotalCompilationTime() > before ? 1 : 0);
+            g.allReduce(compiled, ReduceOp.MAX);
+            if (compiled.getLong(0) == 0) return;
+        }
+    }
+
+    /** The most times {@link #warmUpRow} runs a row's warm-up. */
+    static final int MAX_ROW_WARMUPS = 5;
+
+    /**
      * Runs the collective a few thousand times at a small, a medium and a large size before any timing,
      * so the timed iterations run compiled code (the JIT compiles hot methods after thousands of calls,
      * on compiler threads that compete with the ranks for cores; native baselines such as Gloo need no
@@ -127,7 +153,10 @@ public final class PgBenchWorker {
      */
     private static void warmUpCompiler(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev,
                                        Tensor time, Tensor wrongCount, boolean queued) {
-        long[][] first = {{64, 3000}, {256 * 1024, 100}, {4 << 20, 20}};
+        // 256 KiB: 5000 calls, so that methods called once per call of the medium and large paths
+        // (e.g. the in-place reduction of a registered all_reduce) pass the JIT's thresholds for its
+        // optimizing compiler here rather than in some row (5000 invocations; a row's 26 never do)
+        long[][] first = {{64, 3000}, {256 * 1024, 5000}, {4 << 20, 20}};
         long[][] round = {{64, 1000}, {256 * 1024, 20}, {4 << 20, 4}};
         warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount, queued);
         CompilationMXBean jit = ManagementFactory.getCompilationMXBean();

@@ -26,7 +26,7 @@ import org.mooncake4j.pg.ReduceOp;
  * of one per chunk. The reduction and the gather are split over {@link Stripes} on hosts with cores
  * to spare.
  *
- * <p>In place ({@link #IN_PLACE}, up to {@link #IN_PLACE_MAX_BYTES}): member {@code i} reduces part
+ * <p>In place ({@link #IN_PLACE}, up to {@link #inPlaceMaxBytes}): member {@code i} reduces part
  * {@code i} into its own tensor instead, piece by piece, each piece of its input first copied to its
  * scratch (the backup for a redo, {@link Reduction#reduceInPlace}); nobody else reads that part of
  * its tensor. After the barrier each rank copies the other parts from the members' tensors, and its
@@ -66,15 +66,28 @@ final class RegisteredAllReduce implements AutoCloseable {
      */
     static final boolean IN_PLACE = Boolean.parseBoolean(System.getProperty("mooncake4j.allreduce.registered.inplace", "true"));
     /**
-     * In place only up to this many bytes ({@code -Dmooncake4j.allreduce.registered.inplaceMaxBytes}).
-     * Measured on a 2-vCPU VM (float32 SUM, five to six runs alternating both modes, medians): in
-     * place took 0.51-0.69 of the time at 2 ranks from 2 to 16 MiB (0.73-0.92 at 1 MiB), 0.60-0.88
-     * at 4 ranks from 2 to 16 MiB (at 1 MiB among four, 1.24, within that VM's noise); from
-     * 32 MiB, working sets far beyond the caches, the backup's extra write stream cost the reduction
-     * more than the saved copy of the own part gained (32 MiB among four ranks: 12.7 against 10.1 ms;
-     * 64 MiB between two: 18.0 against 10.9 ms; 32 MiB between two: no better, 5 to 11 ms either way).
+     * In place only up to this many bytes: {@code -Dmooncake4j.allreduce.registered.inplaceMaxBytes}
+     * for any number of ranks; without it {@link #IN_PLACE_MAX_BYTES_TWO} between two ranks and
+     * {@link #IN_PLACE_MAX_BYTES} among more. Measured on a 2-vCPU VM (float32 SUM, five to six runs
+     * alternating both modes, medians): in place took 0.51-0.69 of the time at 2 ranks from 2 to
+     * 16 MiB (0.73-0.92 at 1 MiB), 0.60-0.88 at 4 ranks from 2 to 16 MiB (at 1 MiB among four, 1.24,
+     * within that VM's noise). Beyond that, working sets far beyond the caches, the backup's extra
+     * write stream cost the reduction more than the saved copy of the own part gained among four ranks
+     * (32 MiB: 13.2-13.5 against 11.3-12.6 ms) and at 64 MiB between two (12.3-13.4 against
+     * 11.1-12.2 ms), but not at 32 MiB between two, where each rank's saved copy is half the message
+     * (5.3-6.9 against 6.6-9.0 ms in eight alternating runs).
      */
-    static final long IN_PLACE_MAX_BYTES = Long.getLong("mooncake4j.allreduce.registered.inplaceMaxBytes", 16L << 20);
+    static final long IN_PLACE_MAX_BYTES = 16L << 20;
+    /** {@link #IN_PLACE_MAX_BYTES} between two ranks. */
+    static final long IN_PLACE_MAX_BYTES_TWO = 32L << 20;
+    private static final Long IN_PLACE_MAX_BYTES_SET = Long.getLong("mooncake4j.allreduce.registered.inplaceMaxBytes");
+
+    /** The largest all-reduce (bytes) that runs in place among {@code n} ranks. */
+    static long inPlaceMaxBytes(int n) {
+        if (IN_PLACE_MAX_BYTES_SET != null) return IN_PLACE_MAX_BYTES_SET;
+        return n == 2 ? IN_PLACE_MAX_BYTES_TWO : IN_PLACE_MAX_BYTES;
+    }
+
     /**
      * Fault injection for tests: {@code -Dmooncake4j.fault.haltAfterReduce=K} halts this process right
      * after the reduction of its K-th all-reduce here, before it tells the peers (so they find their
@@ -149,7 +162,7 @@ final class RegisteredAllReduce implements AutoCloseable {
         long half = align(AllReduce.partLen(count, n, 0) * es, 64);
         SharedMemory.Region in = shared.find(data); // every peer is mapped: the caller checked applicable()
         boolean mine = in != null;
-        inPlace = IN_PLACE && bytes <= IN_PLACE_MAX_BYTES;
+        inPlace = IN_PLACE && bytes <= inPlaceMaxBytes(n);
         // in place the scratch is this rank's own backup, needed only within this operation: one half
         // for every operation keeps the working set smaller; else halves alternate (see the class comment)
         if (mine) ensureScratch(inPlace ? half : 2 * half);
