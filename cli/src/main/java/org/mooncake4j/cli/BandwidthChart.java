@@ -70,8 +70,11 @@ final class BandwidthChart {
         if (drawn == 0) throw new IllegalArgumentException("nothing to plot: no series has a size with a positive " + metric.axisTitle);
         Path parent = png.toAbsolutePath().getParent();
         if (parent != null) Files.createDirectories(parent);
+        // rendered in memory first: a failure (e.g. a JVM without fonts) leaves no empty file behind
+        java.io.ByteArrayOutputStream bytes = new java.io.ByteArrayOutputStream();
+        BitmapEncoder.saveBitmap(chart, bytes, BitmapEncoder.BitmapFormat.PNG);
         try (OutputStream out = Files.newOutputStream(png)) {
-            BitmapEncoder.saveBitmap(chart, out, BitmapEncoder.BitmapFormat.PNG);
+            bytes.writeTo(out);
         }
     }
 
