@@ -156,8 +156,10 @@ public final class PgBenchWorker {
         // 256 KiB: 5000 calls, so that methods called once per call of the medium and large paths
         // (e.g. the in-place reduction of a registered all_reduce) pass the JIT's thresholds for its
         // optimizing compiler here rather than in some row (5000 invocations; a row's 26 never do)
-        long[][] first = {{64, 3000}, {256 * 1024, 5000}, {4 << 20, 20}};
-        long[][] round = {{64, 1000}, {256 * 1024, 20}, {4 << 20, 4}};
+        // sizes beyond the sweep's largest are left out (their paths never run in a row), but 64 B never
+        long[][] first = upTo(o.maxBytes, new long[][] {{64, 3000}, {256 * 1024, 5000}, {4 << 20, 20}});
+        long[][] round = upTo(o.maxBytes, new long[][] {{64, 1000}, {256 * 1024, 20}, {4 << 20, 4}});
+        long start = System.nanoTime();
         warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount, queued);
         CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
         if (jit != null && jit.isCompilationTimeMonitoringSupported()) {
@@ -165,9 +167,10 @@ public final class PgBenchWorker {
                 for (int r = 0; r < MAX_WARMUP_ROUNDS; r++) {
                     long before = jit.getTotalCompilationTime();
                     warmUp(g, o, c, dtype, setup, n, dev, round, time, wrongCount, queued);
-                    compiled.setLong(0, jit.getTotalCompilationTime() > before ? 1 : 0);
+                    // 1: compiled in this round; 2: the warm-up has taken its budget (on some rank): stop either way
+                    compiled.setLong(0, System.nanoTime() - start > WARMUP_TOTAL_BUDGET_NANOS ? 2 : jit.getTotalCompilationTime() > before ? 1 : 0);
                     g.allReduce(compiled, ReduceOp.MAX);
-                    if (compiled.getLong(0) == 0) break;
+                    if (compiled.getLong(0) != 1) break;
                 }
             }
         }
@@ -182,6 +185,21 @@ public final class PgBenchWorker {
     static String bindThread(BenchOptions o, int localRank) {
         return o.cpuBind.equals("none") ? "none (--cpu-bind none)" : Waiter.bindCallingThread(localRank);
     }
+
+    /** The entries of a warm-up plan (byte sizes ascending) up to {@code maxBytes}, and always the first. */
+    static long[][] upTo(long maxBytes, long[][] plan) {
+        int k = 1;
+        while (k < plan.length && plan[k][0] <= maxBytes) k++;
+        return java.util.Arrays.copyOf(plan, k);
+    }
+
+    /** The warm-up before the sweep starts no further round after this long. */
+    static final long WARMUP_TOTAL_BUDGET_NANOS = 30_000_000_000L;
+
+    /** Calls between two checks of a warm-up size's time budget. */
+    static final int WARMUP_BATCH = 250;
+    /** A warm-up size stops early (on every rank) once it has taken this long. */
+    static final double WARMUP_BUDGET_NANOS = 10e9;
 
     /** The most extra warm-up rounds {@link #warmUpCompiler} runs while the JIT is still compiling. */
     static final int MAX_WARMUP_ROUNDS = 20;
@@ -198,7 +216,18 @@ public final class PgBenchWorker {
                  BenchCollective.Buffers d = dev.isCpu() ? b : b.to(dev)) {
                 c.fill(b, setup);
                 if (d != b) d.copyFrom(b);
-                c.repeat(g, d, setup, (int) p[1], queued);
+                // in batches, stopping early (every rank alike: the slowest rank's time decides) once the
+                // size took WARMUP_BUDGET_NANOS, e.g. with unbound ranks sharing cores (--cpu-bind none)
+                long start = System.nanoTime();
+                for (long done = 0; done < p[1]; ) {
+                    int batch = (int) Math.min(WARMUP_BATCH, p[1] - done);
+                    c.repeat(g, d, setup, batch, queued);
+                    done += batch;
+                    if (done >= p[1]) break;
+                    time.setDouble(0, System.nanoTime() - start);
+                    g.allReduce(time, ReduceOp.MAX);
+                    if (time.getDouble(0) > WARMUP_BUDGET_NANOS) break;
+                }
             }
             for (int i = 0; i < 50; i++) {
                 g.allReduce(time, ReduceOp.MAX);

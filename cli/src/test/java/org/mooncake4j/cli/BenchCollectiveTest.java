@@ -144,4 +144,13 @@ class BenchCollectiveTest {
         assertThat(BenchCollective.ALLTOALL.countWrong(ranks.get(1), new BenchCollective.Setup(1, n, DType.FLOAT32, ReduceOp.SUM, 0))).isEqualTo(per);
         ranks.forEach(BenchCollective.Buffers::close);
     }
+
+    @Test
+    void theWarmUpPlanStopsAtTheSweepsLargestSizeButKeepsItsFirst() {
+        long[][] plan = {{64, 3000}, {256 * 1024, 5000}, {4 << 20, 20}};
+        assertThat(PgBenchWorker.upTo(8, plan)).isDeepEqualTo(new long[][] {{64, 3000}});
+        assertThat(PgBenchWorker.upTo(1 << 20, plan)).isDeepEqualTo(new long[][] {{64, 3000}, {256 * 1024, 5000}});
+        assertThat(PgBenchWorker.upTo(4 << 20, plan)).isDeepEqualTo(plan);
+        assertThat(PgBenchWorker.upTo(64L << 20, plan)).isDeepEqualTo(plan);
+    }
 }

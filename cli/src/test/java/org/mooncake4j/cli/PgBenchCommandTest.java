@@ -41,7 +41,7 @@ class PgBenchCommandTest {
         Path json = dir.resolve(collective + ".json");
         Path png = dir.resolve(collective + ".png");
         Object[] r = execute("pgbench", "--collective", collective, "-g", "2", "-c", "1", "-b", "8", "-e", "1M", "-f", "16",
-                "-n", "3", "-w", "1", "--timeout-s", "50", "--json", json.toString(), "--plot", png.toString());
+                "-n", "3", "-w", "1", "--timeout-s", "120", "--json", json.toString(), "--plot", png.toString());
         String stdout = (String) r[1];
         assertThat((int) r[0]).as(stdout + r[2]).isZero();
         assertThat(stdout).contains(ResultTable.HEADER, "# Out of bounds values : 0 OK");
@@ -66,7 +66,7 @@ class PgBenchCommandTest {
 
     @Test
     void cpuBindingCanBeTurnedOffAndRejectsOtherValues() {
-        Object[] off = execute("pgbench", "-g", "2", "-b", "8", "-e", "8", "-n", "1", "-w", "0", "--cpu-bind", "none", "--timeout-s", "50");
+        Object[] off = execute("pgbench", "-g", "2", "-b", "8", "-e", "8", "-n", "1", "-w", "0", "--cpu-bind", "none", "--timeout-s", "150");
         assertThat((int) off[0]).as(off[1] + "" + off[2]).isZero();
         assertThat((String) off[1]).contains("# cpu binding: none (--cpu-bind none)");
         Object[] bad = execute("pgbench", "--cpu-bind", "core");
