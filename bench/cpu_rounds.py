@@ -1,10 +1,10 @@
 """Medians over rounds of bench/cpu-vs-gloo.sh -r R: reads OUT/<side>-allreduce-g<N>-r<k>.json for k = 1..R
-(side: mooncake-cpu, gloo), writes OUT/<side>-allreduce-g<N>.json with each size's median time (the row
-of the round whose time is the median; busbw and algbw recomputed from it), and prints per size both
+(side: mooncake-cpu, gloo), writes OUT/<side>-allreduce-g<N>.json with each size's median row (the row
+of the round whose time is the median, as measured; #wrong the largest of all rounds), and prints per size both
 medians, the ratio of the medians and the lowest and highest ratio of one round's pair (ours and Gloo
 run one after the other). Ratio = time(gloo) / time(mooncake-cpu) = busbw(mooncake-cpu) / busbw(gloo).
 Usage: cpu_rounds.py OUT_DIR N ROUNDS"""
-import json, os, statistics, sys
+import json, os, sys
 
 out, n, rounds = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
 

@@ -1,6 +1,7 @@
 // Probe (not part of the build): does a sys-scope release by one warp wait for NVLink stores that OTHER
 // warps of the same SM have in flight? Run on a host with 2 GPUs:
-//   nvcc -arch=sm_90 -O3 -o /tmp/release_probe bench/nvlink_release_probe.cu && /tmp/release_probe Block layout: warp 0 = "releaser" (st.global + st.release.sys of a flag, timed with clock64),
+//   nvcc -arch=sm_90 -O3 -o /tmp/release_probe bench/nvlink_release_probe.cu && /tmp/release_probe
+// Block layout: warp 0 = "releaser" (st.global + st.release.sys of a flag, timed with clock64),
 // warps 1..W = "streamers" storing continuously into the peer GPU's memory. Compare the releaser's
 // per-release cycles with streamers off / on, and with streamers in a different block (other SM).
 #include <cstdio>
@@ -23,7 +24,7 @@ __global__ void probe(uint4* peer_buf, size_t peer_elems, uint64_t* peer_flag, u
                 uint64_t t0 = clock64();
                 if (use_fence) { fence_sys(); *((volatile uint64_t*)peer_flag) = i + 1; }
                 else st_release_sys(peer_flag, i + 1);
-                // make the release observable-complete: read back own flag write is not enough; time the release issue+fence
+                // the warp stalls at the release until the earlier stores are acknowledged: that stall is what t1 - t0 measures
                 uint64_t t1 = clock64();
                 total += t1 - t0;
             }

@@ -56,7 +56,7 @@ public final class PgBenchWorker {
         try (ProcessGroup g = ProcessGroup.builder().backend(o.backend).init();
              Tensor time = Tensor.zeros(DType.FLOAT64, Device.CPU, 1);
              Tensor wrongCount = Tensor.zeros(DType.INT64, Device.CPU, 1);
-             Tensor compiledFlag = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
+             Tensor word = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
             Device dev = g.cudaDevice() >= 0 ? Device.cuda(g.cudaDevice()) : Device.CPU; // --device cuda goes with --backend mooncake
             // on the GPU, calls are queued as PyTorch's loop over NCCL calls queues them (one wait per row)
             boolean queued = !dev.isCpu();
@@ -65,7 +65,7 @@ public final class PgBenchWorker {
             BenchCollective.Setup setup = new BenchCollective.Setup(rank, n, dtype, op, o.root);
             String binding = bindThread(o, Integer.parseInt(System.getenv().getOrDefault("LOCAL_RANK", String.valueOf(rank))));
             if (rank == 0) printPreamble(o, n, binding, queued);
-            warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount, queued);
+            warmUpCompiler(g, o, c, dtype, setup, n, dev, time, wrongCount, word, queued);
             List<BenchResults.Row> rows = new ArrayList<>();
             long totalWrong = 0;
             for (long size : o.sizes()) {
@@ -81,7 +81,7 @@ public final class PgBenchWorker {
                         if (d != b) b.copyFrom(d);
                         wrong = c.countWrong(b, setup);
                     }
-                    warmUpRow(g, c, d, setup, o.warmup, queued, rank, size, compiledFlag);
+                    warmUpRow(g, c, d, setup, o.warmup, queued, rank, size, word);
                     g.barrier();
                     int iters = o.itersFor(layout.bytes(dtype), n);
                     long t0 = System.nanoTime();
@@ -123,18 +123,27 @@ public final class PgBenchWorker {
      * slower when it fell into the timed calls.
      */
     private static void warmUpRow(ProcessGroup g, BenchCollective c, BenchCollective.Buffers d, BenchCollective.Setup setup, int warmup,
-                                  boolean queued, int rank, long size, Tensor compiled) {
-        CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
-        boolean watch = jit != null && jit.isCompilationTimeMonitoringSupported();
+                                  boolean queued, int rank, long size, Tensor word) {
         for (int r = 0; ; r++) {
             CompilerQueue.awaitIdleBeforeTiming("pgbench: rank " + rank, "the " + size + "-byte row", "rerun it, or raise -w");
-            long before = watch ? jit.getTotalCompilationTime() : 0;
+            long before = compileMillis();
             c.repeat(g, d, setup, warmup, queued);
-            if (!watch || r + 1 >= MAX_ROW_WARMUPS) return;
-            compiled.setLong(0, jit.getTotalCompilationTime() > before ? 1 : 0);
-            g.allReduce(compiled, ReduceOp.MAX);
-            if (compiled.getLong(0) == 0) return;
+            if (before < 0 || r + 1 >= MAX_ROW_WARMUPS) return;
+            if (agreedMax(g, word, compileMillis() > before ? 1 : 0) == 0) return;
         }
+    }
+
+    /** This JVM's total JIT compilation time in ms, or -1 where it is not monitored. */
+    private static long compileMillis() {
+        CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
+        return jit != null && jit.isCompilationTimeMonitoringSupported() ? jit.getTotalCompilationTime() : -1;
+    }
+
+    /** The largest of every rank's {@code mine} (an all_reduce MAX through {@code word}), so that all ranks decide alike. */
+    private static long agreedMax(ProcessGroup g, Tensor word, long mine) {
+        word.setLong(0, mine);
+        g.allReduce(word, ReduceOp.MAX);
+        return word.getLong(0);
     }
 
     /** The most times {@link #warmUpRow} runs a row's warm-up. */
@@ -152,27 +161,21 @@ public final class PgBenchWorker {
      * under way would otherwise stall whole rows of the timed sizes. Every rank runs the same counts.
      */
     private static void warmUpCompiler(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev,
-                                       Tensor time, Tensor wrongCount, boolean queued) {
+                                       Tensor time, Tensor wrongCount, Tensor word, boolean queued) {
         // 256 KiB: 5000 calls, so that methods called once per call of the medium and large paths
         // (e.g. the in-place reduction of a registered all_reduce) pass the JIT's thresholds for its
-        // optimizing compiler here rather than in some row (5000 invocations; a row's 26 never do)
-        // sizes beyond the sweep's largest are left out (their paths never run in a row), but 64 B never
+        // optimizing compiler here rather than in some row (5000 invocations; a row's 26 never do).
+        // Sizes beyond the sweep's largest are left out (their paths never run in a row), 64 B never.
         long[][] first = upTo(o.maxBytes, new long[][] {{64, 3000}, {256 * 1024, 5000}, {4 << 20, 20}});
         long[][] round = upTo(o.maxBytes, new long[][] {{64, 1000}, {256 * 1024, 20}, {4 << 20, 4}});
         long start = System.nanoTime();
-        warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount, queued);
-        CompilationMXBean jit = ManagementFactory.getCompilationMXBean();
-        if (jit != null && jit.isCompilationTimeMonitoringSupported()) {
-            try (Tensor compiled = Tensor.zeros(DType.INT64, Device.CPU, 1)) {
-                for (int r = 0; r < MAX_WARMUP_ROUNDS; r++) {
-                    long before = jit.getTotalCompilationTime();
-                    warmUp(g, o, c, dtype, setup, n, dev, round, time, wrongCount, queued);
-                    // 1: compiled in this round; 2: the warm-up has taken its budget (on some rank): stop either way
-                    compiled.setLong(0, System.nanoTime() - start > WARMUP_TOTAL_BUDGET_NANOS ? 2 : jit.getTotalCompilationTime() > before ? 1 : 0);
-                    g.allReduce(compiled, ReduceOp.MAX);
-                    if (compiled.getLong(0) != 1) break;
-                }
-            }
+        warmUp(g, o, c, dtype, setup, n, dev, first, time, wrongCount, word, queued);
+        for (int r = 0; r < MAX_WARMUP_ROUNDS && compileMillis() >= 0; r++) {
+            long before = compileMillis();
+            warmUp(g, o, c, dtype, setup, n, dev, round, time, wrongCount, word, queued);
+            // 1: compiled in this round; 2: the warm-up has taken its budget (on some rank): stop either way
+            long mine = System.nanoTime() - start > WARMUP_TOTAL_BUDGET_NANOS ? 2 : compileMillis() > before ? 1 : 0;
+            if (agreedMax(g, word, mine) != 1) break;
         }
         g.barrier();
     }
@@ -199,7 +202,7 @@ public final class PgBenchWorker {
     /** Calls between two checks of a warm-up size's time budget. */
     static final int WARMUP_BATCH = 250;
     /** A warm-up size stops early (on every rank) once it has taken this long. */
-    static final double WARMUP_BUDGET_NANOS = 10e9;
+    static final long WARMUP_BUDGET_NANOS = 10_000_000_000L;
 
     /** The most extra warm-up rounds {@link #warmUpCompiler} runs while the JIT is still compiling. */
     static final int MAX_WARMUP_ROUNDS = 20;
@@ -209,7 +212,7 @@ public final class PgBenchWorker {
      * each size the bookkeeping of a timed row (barrier and reductions).
      */
     private static void warmUp(ProcessGroup g, BenchOptions o, BenchCollective c, DType dtype, BenchCollective.Setup setup, int n, Device dev, long[][] plan,
-                               Tensor time, Tensor wrongCount, boolean queued) {
+                               Tensor time, Tensor wrongCount, Tensor word, boolean queued) {
         for (long[] p : plan) {
             BenchCollective.Layout layout = c.layout(Math.max(1, p[0] / dtype.byteSize()), n);
             try (BenchCollective.Buffers b = buffers(g, o, layout, dtype, dev);
@@ -223,10 +226,7 @@ public final class PgBenchWorker {
                     int batch = (int) Math.min(WARMUP_BATCH, p[1] - done);
                     c.repeat(g, d, setup, batch, queued);
                     done += batch;
-                    if (done >= p[1]) break;
-                    time.setDouble(0, System.nanoTime() - start);
-                    g.allReduce(time, ReduceOp.MAX);
-                    if (time.getDouble(0) > WARMUP_BUDGET_NANOS) break;
+                    if (done >= p[1] || agreedMax(g, word, System.nanoTime() - start) > WARMUP_BUDGET_NANOS) break;
                 }
             }
             for (int i = 0; i < 50; i++) {
