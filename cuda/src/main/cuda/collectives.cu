@@ -828,6 +828,14 @@ __device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t 
 // kernel, counted as one chunk) the argument of the banked variants holds: the next kernel uses the
 // other bank.
 //
+// Copy-out lag L (1 <= L < kPipeSlots, from the chunk parameter; 0: as above): the scatter group
+// copies out instead. Its step s scatters, raises R(s), waits G(s-L) of every peer (which covers the
+// wait for G(s-3) above) and copies out step s-L; after its last step it copies out the last L steps,
+// each after its G. The reduce group then meets its peers once per step: it raises G(i-1) and waits
+// R(i) in the same meeting, and raises G(steps-1) after the loop. Slot reuse: reduce(i) overwrites j's
+// gather tile of step i-4 after R(i) of j, which j raised after its copy-out(i-4) (in its scatter step
+// i-4+L <= i-1). Copy-out(s) still follows scatter(s) in the same group (in place).
+//
 // Backup: scatter(s) backs up the tiles of parts j != rank, reduce(s) the tile of part `rank`, from
 // the loads they make; an element is overwritten only after its step's backup (see above). When a
 // wait fails, the group stops and raises the abort word so that the other one stops too; then the
@@ -839,6 +847,7 @@ __device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t 
 // flags stop too, so a timeout may name those as well; the process group's agreement, in which every
 // live rank takes part, settles who is gone.
 constexpr int kPipeSlots = 4;          // CollectivePlan.PIPE_SLOTS
+constexpr int kPipeLagShift = 60;      // CollectivePlan.PIPE_LAG_SHIFT: chunk = tile | lag << 60
 constexpr int kPipeRecv = 0;
 constexpr int kPipeGather = 1;
 
@@ -957,35 +966,50 @@ __device__ void pipe_backup_steps(const T* in, T* backup, const PipeGeometry& g,
 }
 
 template <typename T, int NR>
-__device__ void pipe_scatter_group(const T* in, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count, bool vec,
-                                   PipeShared& sh, uint32_t gt, uint32_t threads) {
+__device__ void pipe_scatter_group(const T* in, T* out, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count,
+                                   bool vec, uint64_t lag, PipeShared& sh, uint32_t gt, uint32_t threads) {
     const uint64_t e = c.epoch_base;
     for (uint64_t s = 0; s < g.steps; ++s) {
         pipe_scatter<T, NR>(in, backup, c, g, count, s, vec, gt, threads);
         // raise R(s); before scatter(s + 1) overwrites the receive tiles of step s + 1 - kPipeSlots,
-        // wait until every peer has reduced that step
-        const uint64_t reuse = s + 1 >= kPipeSlots && s + 1 < g.steps ? e + s + 2 - kPipeSlots : 0;
-        const bool ok = pipe_sync<NR>(c, sh, 1, threads, gt, kPipeRecv, e + s + 1, kPipeGather, reuse);
+        // wait until every peer has reduced that step; with a copy-out lag, wait G(s - lag) (lag <
+        // kPipeSlots, so that covers it) and copy that step out
+        uint64_t wait = s + 1 >= kPipeSlots && s + 1 < g.steps ? e + s + 2 - kPipeSlots : 0;
+        if (lag != 0) wait = s >= lag ? e + s - lag + 1 : 0;
+        const bool ok = pipe_sync<NR>(c, sh, 1, threads, gt, kPipeRecv, e + s + 1, kPipeGather, wait);
         if (gt == 0) sh.scattered = s + 1;   // read after the block's last barrier, when every thread is done
         if (!ok) return;
+        if (lag != 0 && s >= lag) pipe_copy_out<T, NR>(out, c, g, count, s - lag, gt, threads);
+    }
+    if (lag == 0) return;
+    for (uint64_t t = g.steps > lag ? g.steps - lag : 0; t < g.steps; ++t) {
+        if (!pipe_sync<NR>(c, sh, 1, threads, gt, kPipeRecv, 0, kPipeGather, e + t + 1)) return;
+        pipe_copy_out<T, NR>(out, c, g, count, t, gt, threads);
     }
 }
 
 template <typename T, int NR>
 __device__ void pipe_reduce_group(const T* in, T* out, T* backup, const Comm& c, const PipeGeometry& g, uint64_t count,
-                                  bool vec, PipeShared& sh, uint32_t gt, uint32_t threads) {
+                                  bool vec, uint64_t lag, PipeShared& sh, uint32_t gt, uint32_t threads) {
     const uint64_t e = c.epoch_base;
     const uint8_t* own = heap_of<NR>(c, c.rank);
     for (uint64_t i = 0; i < g.steps; ++i) {
-        if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeRecv, 0, kPipeRecv, e + i + 1)) return;
+        // with a copy-out lag, G(i - 1) is raised here, in the same meeting as the wait for R(i)
+        const uint64_t raise = lag != 0 && i >= 1 ? e + i : 0;
+        if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeGather, raise, kPipeRecv, e + i + 1)) return;
         const Range r = pipe_tile(g, count, c.rank, i);
         const uint64_t at = c.rank * g.part + r.lo;
         const T* recv = reinterpret_cast<const T*>(own + pipe_tile_offset<T, NR>(c, g, i, kPipeRecv, 0));
         reduce_push<T, NR>(in + at, out + at, backup == nullptr ? nullptr : backup + at, recv, g.tile,
                            pipe_tile_offset<T, NR>(c, g, i, kPipeGather, c.rank), r.size(), vec, c, gt, threads);
         if (gt == 0) sh.reduced = i + 1;
+        if (lag != 0) continue;
         if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeGather, e + i + 1, kPipeGather, i >= 1 ? e + i : 0)) return;
         if (i >= 1) pipe_copy_out<T, NR>(out, c, g, count, i - 1, gt, threads);
+    }
+    if (lag != 0) {
+        pipe_sync<NR>(c, sh, 2, threads, gt, kPipeGather, e + g.steps, kPipeGather, 0);
+        return;
     }
     if (!pipe_sync<NR>(c, sh, 2, threads, gt, kPipeGather, 0, kPipeGather, e + g.steps)) return;
     pipe_copy_out<T, NR>(out, c, g, count, g.steps - 1, gt, threads);
@@ -993,9 +1017,10 @@ __device__ void pipe_reduce_group(const T* in, T* out, T* backup, const Comm& c,
 
 // The first half of the block's warps scatter, the second half reduce (blockDim.x a multiple of 64).
 template <typename T, int NR>
-__device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, uint64_t tile, const Comm& c) {
+__device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, uint64_t chunk, const Comm& c) {
     __shared__ PipeShared sh;
-    const PipeGeometry g = pipe_geometry<T, NR>(count, tile);
+    const uint64_t lag = min_u64(chunk >> kPipeLagShift, kPipeSlots - 1);
+    const PipeGeometry g = pipe_geometry<T, NR>(count, chunk & ((1ull << kPipeLagShift) - 1));
     const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out)
                      && (backup == nullptr || mooncake4j::aligned16(backup));
     if (threadIdx.x == 0) {
@@ -1007,9 +1032,9 @@ __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, u
     __syncthreads();
     const uint32_t half = blockDim.x / 2;
     if (threadIdx.x < half) {
-        pipe_scatter_group<T, NR>(in, backup, c, g, count, vec, sh, threadIdx.x, half);
+        pipe_scatter_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x, half);
     } else {
-        pipe_reduce_group<T, NR>(in, out, backup, c, g, count, vec, sh, threadIdx.x - half, half);
+        pipe_reduce_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x - half, half);
     }
     __syncthreads();
     if (sh.failed == 0) return;
@@ -1304,7 +1329,8 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 //   count:  elements (all-reduce), elements per rank (reduce-scatter: in holds world * count) or bytes
 //           per rank (all-gather; all-to-all: bytes per block, in and out hold world * count);
 //           chunk: elements/bytes per chunk (of every part for reduce-scatter, all-to-all and
-//           all-gather) (ignored by one-shot); heapN: rank N's heap base in this process (null for
+//           all-gather) (ignored by one-shot; the pipelined all-reduce: elements per tile, and its
+//           copy-out lag from bit kPipeLagShift up); heapN: rank N's heap base in this process (null for
 //           N >= world);
 //   world:  1..8; anything else makes the kernel return without doing anything (but signal done);
 //   done, ticket: block b stores ticket into done[b] when it is done (host-mapped; see "Completion");

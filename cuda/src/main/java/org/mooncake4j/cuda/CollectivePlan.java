@@ -113,11 +113,22 @@ final class CollectivePlan {
      * back to back): pushing beat pulling at every size, by 6-17 % at 2 ranks and 25-45 % at 4; at 4
      * ranks the pipelined variant beat pushing by 2-11 % from 2 MiB to 32 MiB and 3 % at 512 MiB
      * (16 KiB tiles; 128 MiB within 3 % either way), while at 2 ranks, through the process group, the
-     * push variant stayed ahead (fewer peers: its two barriers per chunk cost less).
+     * push variant stayed ahead (fewer peers: its two barriers per chunk cost less). With the copy-out
+     * moved to the scatter group ({@link #PIPE_COPY_LAG} 3), on 2×H200 the pipelined variant beat
+     * pushing from 8 MiB to 32 MiB at 2 ranks too (kernels alone 7-9 %, through the process group
+     * 9 % at 32 MiB), tied at 512 MiB and lost 3 % at 128 MiB, so 2 ranks push outside that range.
      */
     static CudaCollectives.Algorithm defaultTwoShot(int worldSize, long bytes) {
-        return worldSize >= 3 ? CudaCollectives.Algorithm.TWO_SHOT_PIPE : CudaCollectives.Algorithm.TWO_SHOT_PUSH;
+        if (worldSize >= 3 || bytes >= PIPE_TWO_RANKS_MIN_BYTES && bytes <= PIPE_TWO_RANKS_MAX_BYTES) {
+            return CudaCollectives.Algorithm.TWO_SHOT_PIPE;
+        }
+        return CudaCollectives.Algorithm.TWO_SHOT_PUSH;
     }
+
+    /** Two ranks run the pipelined all-reduce from here ... */
+    static final long PIPE_TWO_RANKS_MIN_BYTES = 8L << 20;
+    /** ... up to here (both measured; push outside). */
+    static final long PIPE_TWO_RANKS_MAX_BYTES = 32L << 20;
 
     /**
      * Elements per part at most, in a chunk of the push variant: every rank's bank holds the chunk's
@@ -192,6 +203,31 @@ final class CollectivePlan {
      * slots fit one bank.
      */
     static final long PIPE_TILE_BYTES = (long) tunable("MOONCAKE_CUDA_AR_TILE_KIB", 16, 1, 1 << 14) << 10;
+
+    /**
+     * Which warp group of the pipelined all-reduce copies the peers' reduced tiles (the gather tiles)
+     * into the output, tunable per run with MOONCAKE_CUDA_AR_PIPE_COPY_LAG (every rank must see the
+     * same value): 0, the reduce group, after it waited for the step before; 1 to {@code PIPE_SLOTS - 1}
+     * (default 3), the scatter group, that many steps behind its scatter, so that the reduce group meets
+     * its peers once per step instead of twice and never stops storing to copy. On 2×H200, 2 ranks,
+     * lag 3 against 0: 512 MiB 1521 against 1597-1599 µs (kernels alone) and 1562-1568 against
+     * 1708-1767 µs (through the process group, in place with the backup); 32 MiB 115-116 against
+     * 118-119 µs; no size slower. Lag 2 timed as 3, lag 1 between.
+     */
+    static final int PIPE_COPY_LAG = tunable("MOONCAKE_CUDA_AR_PIPE_COPY_LAG", 3, 0, PIPE_SLOTS - 1);
+    /** The kernel takes the copy-out lag in the chunk parameter's bits from here up (device: kPipeLagShift). */
+    static final int PIPE_LAG_SHIFT = 60;
+
+    /** The pipelined kernel's chunk parameter: the tile's elements and the copy-out lag. */
+    static long pipeChunkParameter(long tileElements, int copyLag) {
+        if (tileElements <= 0 || tileElements >= 1L << PIPE_LAG_SHIFT) {
+            throw new IllegalArgumentException("pipe tile of " + tileElements + " elements: need 1 .. 2^" + PIPE_LAG_SHIFT + " - 1");
+        }
+        if (copyLag < 0 || copyLag >= PIPE_SLOTS) {
+            throw new IllegalArgumentException("pipe copy-out lag " + copyLag + ": need 0 .. " + (PIPE_SLOTS - 1));
+        }
+        return tileElements | (long) copyLag << PIPE_LAG_SHIFT;
+    }
 
     /**
      * Elements per tile of a pipelined all-reduce of {@code count} over {@code blocks} blocks: {@link

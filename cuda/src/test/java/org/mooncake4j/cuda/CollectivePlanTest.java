@@ -403,6 +403,23 @@ class CollectivePlanTest {
     }
 
     @Test
+    void pipeChunkParameterCarriesTileAndCopyLag() {
+        assertThat(CollectivePlan.PIPE_COPY_LAG).isBetween(0, CollectivePlan.PIPE_SLOTS - 1);
+        assertThat(CollectivePlan.pipeChunkParameter(4096, 0)).isEqualTo(4096);
+        long p = CollectivePlan.pipeChunkParameter(4096, 3);
+        assertThat(p >>> CollectivePlan.PIPE_LAG_SHIFT).isEqualTo(3);
+        assertThat(p & ((1L << CollectivePlan.PIPE_LAG_SHIFT) - 1)).isEqualTo(4096);
+        long largest = (1L << CollectivePlan.PIPE_LAG_SHIFT) - 1;
+        assertThat(CollectivePlan.pipeChunkParameter(largest, 1) & largest).isEqualTo(largest);
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, CollectivePlan.PIPE_SLOTS))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("copy-out lag 4: need 0 .. 3");
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, -1)).isInstanceOf(IllegalArgumentException.class);
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(0, 1)).isInstanceOf(IllegalArgumentException.class)
+                .hasMessageContaining("pipe tile of 0 elements");
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(largest + 1, 1)).isInstanceOf(IllegalArgumentException.class);
+    }
+
+    @Test
     void pushSlotsNameTheirWriters() {
         // receive slot s of rank j: written by rank s; gather slot world + q: written by reducer q
         for (int world = 1; world <= SymmetricHeap.MAX_RANKS; world++) {
@@ -559,8 +576,13 @@ class CollectivePlanTest {
     }
 
     @Test
-    void twoShotVariantIsPushAtTwoRanksAndPipelinedFromThree() {
+    void twoShotVariantIsPipelinedFromThreeRanksAndAtTwoFrom8To32MiB() {
         assertThat(CollectivePlan.defaultTwoShot(2, 512 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PUSH);
+        assertThat(CollectivePlan.defaultTwoShot(2, 128 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PUSH);
+        assertThat(CollectivePlan.defaultTwoShot(2, 32 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
+        assertThat(CollectivePlan.defaultTwoShot(2, 8 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
+        assertThat(CollectivePlan.defaultTwoShot(2, 8 * MIB - 1)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PUSH);
+        assertThat(CollectivePlan.defaultTwoShot(2, 32 * MIB + 1)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PUSH);
         assertThat(CollectivePlan.defaultTwoShot(4, 32 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
         assertThat(CollectivePlan.defaultTwoShot(3, 2 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
         assertThat(CollectivePlan.defaultTwoShot(8, 2 * MIB)).isEqualTo(CudaCollectives.Algorithm.TWO_SHOT_PIPE);
