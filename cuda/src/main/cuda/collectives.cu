@@ -796,6 +796,15 @@ __device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t 
     }
 }
 
+// Threads of a block in its storing group: `scatter` (a kernel parameter, whole warps; the slot
+// collectives' MOONCAKE_CUDA_SLOT_SCATTER_WARPS, the pipelined all-reduce's
+// MOONCAKE_CUDA_AR_PIPE_SCATTER_WARPS on the host), or half the block when 0 or out of range. The slot
+// collectives' group scatters chunk k+1 while the others consume chunk k.
+__device__ __forceinline__ uint32_t slot_scatterers(uint64_t scatter) {
+    const uint64_t t = scatter * 32;
+    return t == 0 || t >= blockDim.x ? blockDim.x / 2 : static_cast<uint32_t>(t);
+}
+
 // ---- pipelined push all-reduce ----------------------------------------------------------------
 // The traffic of the push two-shot variant (every NVLink access a store, 2(n-1)/n of the message out
 // of every rank) without its per-chunk barriers: every block runs its own pipeline over its slice of
@@ -847,7 +856,9 @@ __device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t 
 // flags stop too, so a timeout may name those as well; the process group's agreement, in which every
 // live rank takes part, settles who is gone.
 constexpr int kPipeSlots = 4;          // CollectivePlan.PIPE_SLOTS
-constexpr int kPipeLagShift = 60;      // CollectivePlan.PIPE_LAG_SHIFT: chunk = tile | lag << 60
+// The chunk parameter: tile | scatter warps << kPipeWarpsShift | lag << kPipeLagShift
+constexpr int kPipeWarpsShift = 52;    // CollectivePlan.PIPE_WARPS_SHIFT (8 bits)
+constexpr int kPipeLagShift = 60;      // CollectivePlan.PIPE_LAG_SHIFT (2 bits)
 constexpr int kPipeRecv = 0;
 constexpr int kPipeGather = 1;
 
@@ -1015,12 +1026,13 @@ __device__ void pipe_reduce_group(const T* in, T* out, T* backup, const Comm& c,
     pipe_copy_out<T, NR>(out, c, g, count, g.steps - 1, gt, threads);
 }
 
-// The first half of the block's warps scatter, the second half reduce (blockDim.x a multiple of 64).
+// The first `scatter` warps of the block scatter (slot_scatterers: half the block by default), the
+// others reduce.
 template <typename T, int NR>
 __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, uint64_t chunk, const Comm& c) {
     __shared__ PipeShared sh;
     const uint64_t lag = min_u64(chunk >> kPipeLagShift, kPipeSlots - 1);
-    const PipeGeometry g = pipe_geometry<T, NR>(count, chunk & ((1ull << kPipeLagShift) - 1));
+    const PipeGeometry g = pipe_geometry<T, NR>(count, chunk & ((1ull << kPipeWarpsShift) - 1));
     const bool vec = mooncake4j::aligned16(in) && mooncake4j::aligned16(out)
                      && (backup == nullptr || mooncake4j::aligned16(backup));
     if (threadIdx.x == 0) {
@@ -1030,11 +1042,12 @@ __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, u
         sh.reduced = 0;
     }
     __syncthreads();
-    const uint32_t half = blockDim.x / 2;
-    if (threadIdx.x < half) {
-        pipe_scatter_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x, half);
+    const uint32_t scatterers = slot_scatterers(chunk >> kPipeWarpsShift & 0xff);
+    if (threadIdx.x < scatterers) {
+        pipe_scatter_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x, scatterers);
     } else {
-        pipe_reduce_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x - half, half);
+        pipe_reduce_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x - scatterers,
+                                 blockDim.x - scatterers);
     }
     __syncthreads();
     if (sh.failed == 0) return;
@@ -1061,14 +1074,6 @@ __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, u
 // barrier k, which block b of every peer enters after it reduced chunk k-1. As in the push all-reduce
 // this holds per block index only, so the slot and each block's slice of it are those of the first
 // chunk for every chunk (rs_chunk); the last chunk's slices are just shorter or empty.
-
-// Threads of a block that scatter chunk k+1 while the others consume chunk k: `scatter` (the kernel
-// parameter, whole warps, MOONCAKE_CUDA_SLOT_SCATTER_WARPS on the host), or half the block when 0 or
-// out of range.
-__device__ __forceinline__ uint32_t slot_scatterers(uint64_t scatter) {
-    const uint64_t t = scatter * 32;
-    return t == 0 || t >= blockDim.x ? blockDim.x / 2 : static_cast<uint32_t>(t);
-}
 
 struct SlotChunking {
     uint64_t base;   // first element (byte for all-to-all) of the chunk within every part
@@ -1329,8 +1334,9 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 //   count:  elements (all-reduce), elements per rank (reduce-scatter: in holds world * count) or bytes
 //           per rank (all-gather; all-to-all: bytes per block, in and out hold world * count);
 //           chunk: elements/bytes per chunk (of every part for reduce-scatter, all-to-all and
-//           all-gather) (ignored by one-shot; the pipelined all-reduce: elements per tile, and its
-//           copy-out lag from bit kPipeLagShift up); heapN: rank N's heap base in this process (null for
+//           all-gather) (ignored by one-shot; the pipelined all-reduce: elements per tile, its
+//           scatter group's warps from bit kPipeWarpsShift (0: half the block) and its copy-out lag from
+//           bit kPipeLagShift); heapN: rank N's heap base in this process (null for
 //           N >= world);
 //   world:  1..8; anything else makes the kernel return without doing anything (but signal done);
 //   done, ticket: block b stores ticket into done[b] when it is done (host-mapped; see "Completion");

@@ -215,18 +215,29 @@ final class CollectivePlan {
      * 118-119 µs; no size slower. Lag 2 timed as 3, lag 1 between.
      */
     static final int PIPE_COPY_LAG = tunable("MOONCAKE_CUDA_AR_PIPE_COPY_LAG", 3, 0, PIPE_SLOTS - 1);
-    /** The kernel takes the copy-out lag in the chunk parameter's bits from here up (device: kPipeLagShift). */
+    /**
+     * Warps of the pipelined all-reduce's scatter group, tunable per run with
+     * MOONCAKE_CUDA_AR_PIPE_SCATTER_WARPS (every rank must see the same value): 0 (the default), half
+     * the block; 1 to {@code THREADS / 32 - 1}, that many, the rest reduce.
+     */
+    static final int PIPE_SCATTER_WARPS = tunable("MOONCAKE_CUDA_AR_PIPE_SCATTER_WARPS", 0, 0, THREADS / 32 - 1);
+    /** The kernel takes its scatter warps in the chunk parameter's 8 bits from here (device: kPipeWarpsShift) ... */
+    static final int PIPE_WARPS_SHIFT = 52;
+    /** ... and the copy-out lag in its bits from here up (device: kPipeLagShift). */
     static final int PIPE_LAG_SHIFT = 60;
 
-    /** The pipelined kernel's chunk parameter: the tile's elements and the copy-out lag. */
-    static long pipeChunkParameter(long tileElements, int copyLag) {
-        if (tileElements <= 0 || tileElements >= 1L << PIPE_LAG_SHIFT) {
-            throw new IllegalArgumentException("pipe tile of " + tileElements + " elements: need 1 .. 2^" + PIPE_LAG_SHIFT + " - 1");
+    /** The pipelined kernel's chunk parameter: the tile's elements, the scatter warps (0: half) and the copy-out lag. */
+    static long pipeChunkParameter(long tileElements, int scatterWarps, int copyLag) {
+        if (tileElements <= 0 || tileElements >= 1L << PIPE_WARPS_SHIFT) {
+            throw new IllegalArgumentException("pipe tile of " + tileElements + " elements: need 1 .. 2^" + PIPE_WARPS_SHIFT + " - 1");
+        }
+        if (scatterWarps < 0 || scatterWarps >= THREADS / 32) {
+            throw new IllegalArgumentException("pipe scatter warps " + scatterWarps + ": need 0 (half the block) .. " + (THREADS / 32 - 1));
         }
         if (copyLag < 0 || copyLag >= PIPE_SLOTS) {
             throw new IllegalArgumentException("pipe copy-out lag " + copyLag + ": need 0 .. " + (PIPE_SLOTS - 1));
         }
-        return tileElements | (long) copyLag << PIPE_LAG_SHIFT;
+        return tileElements | (long) scatterWarps << PIPE_WARPS_SHIFT | (long) copyLag << PIPE_LAG_SHIFT;
     }
 
     /**

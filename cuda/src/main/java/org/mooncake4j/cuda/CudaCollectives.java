@@ -307,7 +307,7 @@ public final class CudaCollectives implements AutoCloseable {
             if (tile > 0) {
                 long steps = CollectivePlan.pipeSteps(count, es, worldSize, blocks, tile);
                 launch(f32 ? pipeF32 : pipeBf16, stream, blocks, src, dst, backup, count,
-                        CollectivePlan.pipeChunkParameter(tile, CollectivePlan.PIPE_COPY_LAG), steps + 1, 1, timeoutNanos);
+                        CollectivePlan.pipeChunkParameter(tile, CollectivePlan.PIPE_SCATTER_WARPS, CollectivePlan.PIPE_COPY_LAG), steps + 1, 1, timeoutNanos);
                 return;
             }
             a = Algorithm.TWO_SHOT_PUSH;   // not even one vector per tile fits this heap's bank

@@ -403,20 +403,25 @@ class CollectivePlanTest {
     }
 
     @Test
-    void pipeChunkParameterCarriesTileAndCopyLag() {
+    void pipeChunkParameterCarriesTileScatterWarpsAndCopyLag() {
         assertThat(CollectivePlan.PIPE_COPY_LAG).isBetween(0, CollectivePlan.PIPE_SLOTS - 1);
-        assertThat(CollectivePlan.pipeChunkParameter(4096, 0)).isEqualTo(4096);
-        long p = CollectivePlan.pipeChunkParameter(4096, 3);
+        assertThat(CollectivePlan.PIPE_SCATTER_WARPS).isBetween(0, CollectivePlan.THREADS / 32 - 1);
+        assertThat(CollectivePlan.pipeChunkParameter(4096, 0, 0)).isEqualTo(4096);
+        long p = CollectivePlan.pipeChunkParameter(4096, 15, 3);
         assertThat(p >>> CollectivePlan.PIPE_LAG_SHIFT).isEqualTo(3);
-        assertThat(p & ((1L << CollectivePlan.PIPE_LAG_SHIFT) - 1)).isEqualTo(4096);
-        long largest = (1L << CollectivePlan.PIPE_LAG_SHIFT) - 1;
-        assertThat(CollectivePlan.pipeChunkParameter(largest, 1) & largest).isEqualTo(largest);
-        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, CollectivePlan.PIPE_SLOTS))
+        assertThat(p >>> CollectivePlan.PIPE_WARPS_SHIFT & 0xff).isEqualTo(15);
+        assertThat(p & ((1L << CollectivePlan.PIPE_WARPS_SHIFT) - 1)).isEqualTo(4096);
+        long largest = (1L << CollectivePlan.PIPE_WARPS_SHIFT) - 1;
+        assertThat(CollectivePlan.pipeChunkParameter(largest, 1, 1) & largest).isEqualTo(largest);
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, 0, CollectivePlan.PIPE_SLOTS))
                 .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("copy-out lag 4: need 0 .. 3");
-        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, -1)).isInstanceOf(IllegalArgumentException.class);
-        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(0, 1)).isInstanceOf(IllegalArgumentException.class)
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, 0, -1)).isInstanceOf(IllegalArgumentException.class);
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, 16, 0))
+                .isInstanceOf(IllegalArgumentException.class).hasMessageContaining("scatter warps 16: need 0 (half the block) .. 15");
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(4096, -1, 0)).isInstanceOf(IllegalArgumentException.class);
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(0, 0, 1)).isInstanceOf(IllegalArgumentException.class)
                 .hasMessageContaining("pipe tile of 0 elements");
-        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(largest + 1, 1)).isInstanceOf(IllegalArgumentException.class);
+        assertThatThrownBy(() -> CollectivePlan.pipeChunkParameter(largest + 1, 0, 1)).isInstanceOf(IllegalArgumentException.class);
     }
 
     @Test
