@@ -242,8 +242,8 @@ public final class CudaCollectives implements AutoCloseable {
     }
 
     /**
-     * The algorithm {@link Algorithm#AUTO} runs for an all-reduce of {@code bytes}: {@link Algorithm#ONE_SHOT},
-     * {@link Algorithm#TWO_SHOT_PULL} or {@link Algorithm#TWO_SHOT_PUSH}.
+     * The algorithm {@link Algorithm#AUTO} runs for an all-reduce of {@code bytes}: {@link Algorithm#ONE_SHOT}
+     * up to {@link #oneShotMaxBytes()}, else the two-shot variant of {@link #twoShotFor}.
      */
     public synchronized Algorithm algorithmFor(long bytes) {
         return bytes <= oneShotMaxBytes ? Algorithm.ONE_SHOT : twoShotFor(bytes);
