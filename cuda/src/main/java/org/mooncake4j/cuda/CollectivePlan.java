@@ -115,7 +115,7 @@ final class CollectivePlan {
      * (16 KiB tiles; 128 MiB within 3 % either way), while at 2 ranks, through the process group, the
      * push variant stayed ahead (fewer peers: its two barriers per chunk cost less). With the copy-out
      * moved to the scatter group ({@link #PIPE_COPY_LAG} 3), on 2×H200 the pipelined variant beat
-     * pushing from 8 MiB to 32 MiB at 2 ranks too (kernels alone 7-9 %, through the process group
+     * pushing from 8 MiB to 32 MiB at 2 ranks too (kernels alone 6-9 %, through the process group
      * 9 % at 32 MiB), tied at 512 MiB and lost 3 % at 128 MiB, so 2 ranks push outside that range.
      */
     static CudaCollectives.Algorithm defaultTwoShot(int worldSize, long bytes) {
