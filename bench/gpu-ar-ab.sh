@@ -20,7 +20,6 @@ rounds=${ROUNDS:-2}
 read -r -a sizes <<< "${SIZES:--b 8M -e 512M -f 4}"
 read -r -a variants <<< "${VARIANTS:-default}"
 tb=$(torch_script "${TORCH_BASELINES:-.device/torch_baselines.py}")
-if command -v torchrun > /dev/null; then torchrun=(torchrun); else torchrun=(python3 -m torch.distributed.run); fi
 for n in $worlds; do
   for ((r = 1; r <= rounds; r++)); do
     for ((v = 0; v < ${#variants[@]}; v++)); do
@@ -34,12 +33,11 @@ for n in $worlds; do
         > "$out/ab_ws${n}_v${v}_r$r.txt" 2>&1
       note "ws$n round $r $setting" $?
     done
-    if [[ -f "$tb" ]]; then
-      (cd "$out" && CUDA_VISIBLE_DEVICES="$(gpus_of "$n")" OUT=$out timeout --kill-after=10 "$limit" "${torchrun[@]}" \
-        --nproc-per-node="$n" "$tb" > "$out/torch_baselines_ws${n}_r$r.log" 2>&1)
-      note "ws$n round $r NCCL" $?
-      [[ -f "$out/torch_baselines_ws$n.json" ]] && mv "$out/torch_baselines_ws$n.json" "$out/torch_baselines_ws${n}_r$r.json"
-    fi
+    # NCCL on these n GPUs (run_torch, gpu-common.sh); each round's log and JSON kept under the round's name
+    worlds=$n run_torch "round $r NCCL" "$tb"
+    for f in "$out/$(basename "$tb" .py)_ws$n.log" "$out/torch_baselines_ws$n.json"; do
+      [[ -f $f ]] && mv "$f" "${f%.*}_r$r.${f##*.}"
+    done
   done
   python3 "$root/bench/gpu_ab_table.py" "$out" "$n" "$rounds" "${variants[@]}" | tee "$out/ab_ws$n.txt"
 done

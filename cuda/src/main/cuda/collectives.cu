@@ -800,7 +800,7 @@ __device__ void allreduce_twoshot_push(const T* in, T* out, T* backup, uint64_t 
 // collectives' MOONCAKE_CUDA_SLOT_SCATTER_WARPS, the pipelined all-reduce's
 // MOONCAKE_CUDA_AR_PIPE_SCATTER_WARPS on the host), or half the block when 0 or out of range. The slot
 // collectives' group scatters chunk k+1 while the others consume chunk k.
-__device__ __forceinline__ uint32_t slot_scatterers(uint64_t scatter) {
+__device__ __forceinline__ uint32_t scatter_threads(uint64_t scatter) {
     const uint64_t t = scatter * 32;
     return t == 0 || t >= blockDim.x ? blockDim.x / 2 : static_cast<uint32_t>(t);
 }
@@ -1026,7 +1026,7 @@ __device__ void pipe_reduce_group(const T* in, T* out, T* backup, const Comm& c,
     pipe_copy_out<T, NR>(out, c, g, count, g.steps - 1, gt, threads);
 }
 
-// The first `scatter` warps of the block scatter (slot_scatterers: half the block by default), the
+// The first `scatter` warps of the block scatter (scatter_threads: half the block by default), the
 // others reduce.
 template <typename T, int NR>
 __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, uint64_t chunk, const Comm& c) {
@@ -1042,7 +1042,7 @@ __device__ void allreduce_pipe(const T* in, T* out, T* backup, uint64_t count, u
         sh.reduced = 0;
     }
     __syncthreads();
-    const uint32_t scatterers = slot_scatterers(chunk >> kPipeWarpsShift & 0xff);
+    const uint32_t scatterers = scatter_threads(chunk >> kPipeWarpsShift & 0xff);
     if (threadIdx.x < scatterers) {
         pipe_scatter_group<T, NR>(in, out, backup, c, g, count, vec, lag, sh, threadIdx.x, scatterers);
     } else {
@@ -1195,7 +1195,7 @@ __device__ void reduce_scatter_push(const T* in, T* out, uint64_t count, uint64_
     // part j starts at in + j * count: whole vectors only when count is
     const bool vec_in = mooncake4j::aligned16(in) && count % V == 0;
     const bool vec = vec_in && mooncake4j::aligned16(out);
-    const uint32_t scatterers = slot_scatterers(scatter);
+    const uint32_t scatterers = scatter_threads(scatter);
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<V>(count, chunk, k);
         if (k == 0) slot_scatter<T, NR>(in, count, nullptr, c, ch, k, vec_in, threadIdx.x, blockDim.x);
@@ -1241,7 +1241,7 @@ __device__ void all_to_all_push(const uint8_t* in, uint8_t* out, uint64_t n, uin
     const uint64_t chunks = ceil_div(n, chunk);
     const bool vec = mooncake4j::aligned16(in) && n % 16 == 0;
     const uint8_t* mine = in + c.rank * n;
-    const uint32_t scatterers = slot_scatterers(scatter);
+    const uint32_t scatterers = scatter_threads(scatter);
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<16>(n, chunk, k);
         if (k == 0) slot_scatter<uint8_t, NR>(in, n, nullptr, c, ch, k, vec, threadIdx.x, blockDim.x);
@@ -1285,7 +1285,7 @@ __device__ void all_gather_push(const uint8_t* in, uint8_t* out, uint64_t n, uin
     const bool in_place = block == in;
     uint8_t* local = !in_place && vec && mooncake4j::aligned16(block) ? block : nullptr;   // stored by the scatter
     const uint8_t* mine = !in_place && local == nullptr ? in : nullptr;                   // copied out
-    const uint32_t scatterers = slot_scatterers(scatter);
+    const uint32_t scatterers = scatter_threads(scatter);
     for (uint64_t k = 0; k < chunks; ++k) {
         const SlotChunking ch = slot_chunk<16>(n, chunk, k);
         if (k == 0) slot_scatter<uint8_t, NR>(in, 0, local, c, ch, k, vec, threadIdx.x, blockDim.x);
@@ -1330,7 +1330,7 @@ __device__ void scale(T* x, uint64_t n, float divisor) {
 // bank_bytes, epoch_base, chunk_seq_base, timeout_ns, status, done, ticket, sync_epoch) -- CudaCollectives builds
 // exactly this list:
 //   backup: all-reduce: null, or count elements that receive a copy of in (see "Backup" at the top);
-//           the slot collectives take `scatter` there instead (slot_scatterers)
+//           the slot collectives take `scatter` there instead (scatter_threads)
 //   count:  elements (all-reduce), elements per rank (reduce-scatter: in holds world * count) or bytes
 //           per rank (all-gather; all-to-all: bytes per block, in and out hold world * count);
 //           chunk: elements/bytes per chunk (of every part for reduce-scatter, all-to-all and
