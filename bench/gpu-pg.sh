@@ -4,7 +4,8 @@
 # JAR_DIR (bench/stage-device.sh puts them in .device/lib, built where nvcc was present so the cuda
 # jar holds the kernels), and for the bench part PyTorch's torchrun.
 #
-#   gpu-pg.sh check JAR_DIR   for N in $WORLDS (default "2 <all GPUs>"), one process per GPU:
+#   gpu-pg.sh check JAR_DIR   for N in $WORLDS (default "2 <all GPUs>"), one process per GPU (ranks
+#                             beyond the GPU count share GPUs, rank % GPUs; N = 1 runs grid only):
 #                             GpuCheckWorker grid (every collective x dtype x op x size on device
 #                             tensors, checked; 1 GiB all_reduce; async), kill (the last rank exits
 #                             abruptly as the others enter an all_reduce) and hang (it sleeps past the
@@ -43,6 +44,7 @@ status=0
 if [[ $mode == check ]]; then
   for n in $worlds; do
     for m in ${MODES:-grid kill killsync killqueued hang stop}; do
+      if [[ $n -lt 2 && $m != grid ]]; then echo "=== $m on $n GPU: skipped (a rank must fail and others go on: needs 2 ranks)"; continue; fi
       log="$out/check_${m}_ws$n.log"
       extra=""; [[ $m == grid ]] && extra="--big"
       t=${MOONCAKE_TIMEOUT_MS:-5000}; [[ $m == grid ]] && t=60000

@@ -43,7 +43,9 @@ import org.mooncake4j.pg.Work;
  *     report it dropped, and go on; the stopped rank, once continued, is fenced: the operation it
  *     was in (or its next one) fails with {@link RankRemovedException}.</li>
  * </ul>
- * Every rank prints {@code PASS}/{@code FAIL} lines; the exit status is 1 when anything failed.
+ * Every rank prints {@code PASS}/{@code FAIL} lines; the exit status is 1 when anything failed. A group of
+ * one rank runs {@code grid} without sendrecv (it prints {@code SKIP}); the other modes need two ranks or
+ * more and refuse a group of one.
  */
 public final class GpuCheckWorker {
     private GpuCheckWorker() {}
@@ -56,6 +58,10 @@ public final class GpuCheckWorker {
         int code;
         try (ProcessGroup g = ProcessGroup.builder().backend(ProcessGroup.BACKEND_CUDA).init()) {
             Device dev = Device.cuda(g.cudaDevice());
+            if (!mode.equals("grid") && g.size() < 2) {
+                throw new IllegalArgumentException("mode " + mode + " needs 2 or more ranks (the last rank fails and the others must go on); "
+                        + "this group has " + g.size() + ". Run it with --nproc-per-node 2 or more (ranks may share a GPU).");
+            }
             switch (mode) {
                 case "grid" -> grid(g, dev, args.length > 1 && args[1].equals("--big"));
                 case "kill" -> kill(g, dev);
@@ -87,6 +93,10 @@ public final class GpuCheckWorker {
         int n = g.size();
         long t0 = System.nanoTime();
         for (BenchCollective c : BenchCollective.values()) {
+            if (c == BenchCollective.SENDRECV && n < 2) {
+                System.out.println("SKIP sendrecv: P2P needs another rank; this group has 1");
+                continue;
+            }
             List<DType> dtypes = new ArrayList<>(Arrays.asList(FLOATS));
             dtypes.addAll(Arrays.asList(INTS));
             if (!c.reduces()) dtypes.add(DType.FLOAT8_E4M3);
