@@ -189,6 +189,9 @@ enum BenchCollective {
     /** Whether the collective reduces (its table row shows the operator). */
     boolean reduces() { return this == ALL_REDUCE || this == REDUCE_SCATTER; }
 
+    /** Ranks this collective needs: sendrecv sends to another rank (P2P to this rank is refused), the others run on one. */
+    int minRanks() { return this == SENDRECV ? 2 : 1; }
+
     /** Whether a row's size is the whole tensor of one piece per rank (all_gather's output, reduce_scatter's input, alltoall's). */
     boolean perRankPieces() { return this == ALL_GATHER || this == REDUCE_SCATTER || this == ALLTOALL; }
 

@@ -80,7 +80,7 @@ final class BenchOptions {
     /** Checks every flag and their combination; the message says which flag is wrong and what it accepts. */
     void validate() {
         if (ranks < 1) throw new IllegalArgumentException("-g/--ranks must be at least 1, got " + ranks);
-        if (collective == BenchCollective.SENDRECV && ranks < 2) {
+        if (ranks < collective.minRanks()) {
             throw new IllegalArgumentException("sendrecv needs at least 2 ranks (-g 2): each rank sends to the next one in a ring");
         }
         if (iters < 1) throw new IllegalArgumentException("-n/--iters must be at least 1, got " + iters);

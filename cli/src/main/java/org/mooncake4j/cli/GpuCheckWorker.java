@@ -58,23 +58,26 @@ public final class GpuCheckWorker {
         int code;
         try (ProcessGroup g = ProcessGroup.builder().backend(ProcessGroup.BACKEND_CUDA).init()) {
             Device dev = Device.cuda(g.cudaDevice());
-            if (!mode.equals("grid") && g.size() < 2) {
-                throw new IllegalArgumentException("mode " + mode + " needs 2 or more ranks (the last rank fails and the others must go on); "
-                        + "this group has " + g.size() + ". Run it with --nproc-per-node 2 or more (ranks may share a GPU).");
-            }
             switch (mode) {
                 case "grid" -> grid(g, dev, args.length > 1 && args[1].equals("--big"));
-                case "kill" -> kill(g, dev);
-                case "killsync" -> killSync(g, dev);
-                case "killqueued" -> killQueued(g, dev);
-                case "hang" -> hang(g, dev);
-                case "stop" -> stop(g, dev);
+                case "kill" -> kill(needsTwoRanks(g, mode), dev);
+                case "killsync" -> killSync(needsTwoRanks(g, mode), dev);
+                case "killqueued" -> killQueued(needsTwoRanks(g, mode), dev);
+                case "hang" -> hang(needsTwoRanks(g, mode), dev);
+                case "stop" -> stop(needsTwoRanks(g, mode), dev);
                 default -> throw new IllegalArgumentException("mode " + mode + ": use grid, kill, killsync, killqueued, hang or stop");
             }
             System.out.printf(Locale.ROOT, "SUMMARY rank %d mode %s: %d passed, %d failed%n", g.rank(), mode, passes, failures);
             code = failures == 0 ? 0 : 1;
         }
         System.exit(code);
+    }
+
+    /** {@code g}, when it has another rank to go on after the last one fails. */
+    private static ProcessGroup needsTwoRanks(ProcessGroup g, String mode) {
+        if (g.size() >= 2) return g;
+        throw new IllegalArgumentException("mode " + mode + " needs 2 or more ranks (the last rank fails and the others must go on); "
+                + "this group has " + g.size() + ". Run it with --nproc-per-node 2 or more (ranks may share a GPU).");
     }
 
     private static void report(boolean ok, String what) {
@@ -93,8 +96,8 @@ public final class GpuCheckWorker {
         int n = g.size();
         long t0 = System.nanoTime();
         for (BenchCollective c : BenchCollective.values()) {
-            if (c == BenchCollective.SENDRECV && n < 2) {
-                System.out.println("SKIP sendrecv: P2P needs another rank; this group has 1");
+            if (n < c.minRanks()) {
+                System.out.println("SKIP " + c.label() + ": needs " + c.minRanks() + " ranks; this group has " + n);
                 continue;
             }
             List<DType> dtypes = new ArrayList<>(Arrays.asList(FLOATS));

@@ -25,6 +25,18 @@ class BenchCollectiveTest {
     }
 
     @Test
+    void sendrecvNeedsTwoRanksAndPgbenchSaysSo() {
+        assertThat(BenchCollective.SENDRECV.minRanks()).isEqualTo(2);
+        assertThat(BenchCollective.ALL_REDUCE.minRanks()).isEqualTo(1);
+        assertThat(BenchCollective.ALLTOALL.minRanks()).isEqualTo(1);
+        BenchOptions o = new BenchOptions();
+        o.collective = BenchCollective.SENDRECV;
+        o.ranks = 1;
+        assertThatThrownBy(o::validate).isInstanceOf(IllegalArgumentException.class)
+                .hasMessage("sendrecv needs at least 2 ranks (-g 2): each rank sends to the next one in a ring");
+    }
+
+    @Test
     void torchItersFollowPyTorchsBaselinesByPerRankPiece() {
         BenchOptions o = new BenchOptions();
         o.iters = 7;
