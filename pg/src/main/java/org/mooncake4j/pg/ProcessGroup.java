@@ -770,7 +770,9 @@ public final class ProcessGroup implements AutoCloseable {
     /**
      * {@code pg.join_group()}: on a process started with {@code isExtension=true}, blocks until the
      * healthy ranks recover this rank ({@link #recoverRanks}), then connects to the members. Bounded
-     * by the group timeout.
+     * by the group timeout. If the group changes while it connects (a member fails), it connects to
+     * the epoch the members settle on next when it is still in it, and otherwise throws
+     * {@link PeerFailureException} naming the epoch that dropped it.
      */
     public void joinGroup() {
         joinGroup(timeout);
@@ -785,21 +787,39 @@ public final class ProcessGroup implements AutoCloseable {
         }
         Deadline d = Deadline.after(wait);
         GroupState s;
+        long admittedIn;
         try {
-            long admittedIn = awaitAdmission(d);
+            admittedIn = awaitAdmission(d);
             s = agreement.awaitState(g -> g.epoch() >= admittedIn && !g.recovering(), d,
                     "the healthy ranks to finish recovering rank " + rank);
-            if (!s.isActive(rank)) {
-                throw new PeerFailureException("rank " + rank + " was admitted to group '" + name + "' in epoch " + admittedIn
-                        + " but dropped again before it could connect (epoch " + s.epoch() + ", active " + Arrays.toString(s.members())
-                        + "); start it again and have the healthy ranks recover it", new int[] {rank});
-            }
         } catch (org.mooncake4j.core.TimeoutException e) {
             throw new org.mooncake4j.core.TimeoutException("joinGroup() on rank " + rank + " of group '" + name + "' timed out after "
                     + wait.toMillis() + " ms: the healthy ranks did not recover it. Check that they poll peerState([" + rank + "]) and call recoverRanks(["
                     + rank + "]), and that every rank uses the same store, max_world_size and rank numbering.");
         }
-        plane = buildPlane(s, d);
+        while (true) {
+            if (!s.isActive(rank)) {
+                throw new PeerFailureException("rank " + rank + " was admitted to group '" + name + "' in epoch " + admittedIn
+                        + " but dropped again before it could connect (epoch " + s.epoch() + ", active " + Arrays.toString(s.members())
+                        + "); start it again and have the healthy ranks recover it", new int[] {rank});
+            }
+            try {
+                plane = buildPlane(s, d);
+                break;
+            } catch (Channels.WaitFailure f) {
+                // the group moved on while this rank connected (a member failed, or a recovery began):
+                // connect to the state the members settle on next, if this rank is still in it
+                GroupState from = s;
+                try {
+                    s = agreement.awaitState(g -> g.isAfter(from) && !g.recovering(), d, "the group to settle after epoch " + from.epoch());
+                } catch (org.mooncake4j.core.TimeoutException e) {
+                    throw new org.mooncake4j.core.TimeoutException("joinGroup() on rank " + rank + " of group '" + name + "': admitted in epoch "
+                            + admittedIn + " but could not connect within " + wait.toMillis() + " ms (" + f.getMessage() + " in epoch " + from.epoch()
+                            + ", active " + Arrays.toString(from.members()) + "). Check that the members are alive and reachable from this host;"
+                            + " then start this process again and have the healthy ranks recover it.");
+                }
+            }
+        }
         state = s;
         joined = true;
         writeMask(s);

@@ -162,6 +162,18 @@ public final class ProcessCluster implements AutoCloseable {
     /** Describes failed processes with their output, for assertion messages. */
     public static String describe(List<Result> results) {
         StringBuilder sb = new StringBuilder();
+        // first a line per process with its exit and its first failure line: a log shortened from the
+        // end still shows which process failed and why
+        for (Result r : results) {
+            sb.append("process ").append(r.rank()).append(": exit=").append(r.exitCode()).append(r.timedOut() ? " (killed at deadline)" : "");
+            for (String l : r.output()) {
+                if (l.startsWith("FAIL")) {
+                    sb.append(": ").append(l);
+                    break;
+                }
+            }
+            sb.append('\n');
+        }
         for (Result r : results) {
             sb.append("--- process ").append(r.rank()).append(" exit=").append(r.exitCode())
                     .append(r.timedOut() ? " (killed at deadline)" : "").append('\n');

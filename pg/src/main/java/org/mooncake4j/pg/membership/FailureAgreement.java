@@ -75,6 +75,7 @@ public final class FailureAgreement implements AutoCloseable {
     private final Duration timeout;
     private final long graceNanos;
     private volatile GroupState latest;
+    private final Object latestLock = new Object();
     private volatile boolean closed;
     private Thread watcher;
 
@@ -149,7 +150,7 @@ public final class FailureAgreement implements AutoCloseable {
     /** Creates the group state if absent; otherwise checks this rank's configuration against it. */
     public GroupState initOrCheck(GroupState mine, boolean extension) {
         if (store.compareAndSet(stateKey(), null, mine.encode())) {
-            latest = mine;
+            offer(mine);
             return mine;
         }
         GroupState g = read();
@@ -166,7 +167,7 @@ public final class FailureAgreement implements AutoCloseable {
                     + " (epoch " + g.epoch() + ", active ranks " + Arrays.toString(g.members()) + "). A replacement or joining process must be"
                     + " started with MooncakeBackendOptions(activeRanks, isExtension=true, maxWorldSize) and call joinGroup().");
         }
-        latest = g;
+        offer(g);
         return g;
     }
 
@@ -175,8 +176,22 @@ public final class FailureAgreement implements AutoCloseable {
                 .orElseThrow(() -> new IllegalStateException("group '" + group + "' has no state in the store " + store.uri()));
     }
 
-    /** The newest state the watcher has seen. */
+    /** The newest state this rank has seen (by the watcher, a read, or its own compare-and-set). */
     public GroupState latest() { return latest; }
+
+    /**
+     * Makes {@code s} the latest state unless a newer one is already known. The watcher thread, the
+     * operation thread's reads and its compare-and-sets each learn of states at their own time: a
+     * watcher descheduled between reading a state and storing it must not put back an older epoch
+     * (that would make {@link #changedSince} report a change that did not happen, and a plane build
+     * fail for a member that is there).
+     */
+    private void offer(GroupState s) {
+        synchronized (latestLock) {
+            GroupState l = latest;
+            if (l == null || !l.isAfter(s)) latest = s;
+        }
+    }
 
     /** True when the group has left {@code epoch} or a recovery of it is under way. */
     public boolean changedSince(long epoch) {
@@ -194,7 +209,7 @@ public final class FailureAgreement implements AutoCloseable {
                     Optional<byte[]> v = store.awaitChange(stateKey(), cur, Deadline.afterMillis(1000));
                     if (v.isPresent() && !Arrays.equals(v.get(), cur)) {
                         cur = v.get();
-                        latest = GroupState.decode(cur);
+                        offer(GroupState.decode(cur));
                     }
                 } catch (RuntimeException e) {
                     if (closed) return;
@@ -212,7 +227,7 @@ public final class FailureAgreement implements AutoCloseable {
     /** Replaces the state by compare-and-set; updates {@link #latest()} when it wins. */
     public boolean compareAndSet(GroupState expected, GroupState next) {
         if (store.compareAndSet(stateKey(), expected.encode(), next.encode())) {
-            latest = next;
+            offer(next);
             return true;
         }
         return false;
@@ -225,7 +240,7 @@ public final class FailureAgreement implements AutoCloseable {
             if (cur != null) {
                 GroupState s = GroupState.decode(cur);
                 if (p.test(s)) {
-                    latest = s;
+                    offer(s);
                     return s;
                 }
             }
@@ -304,7 +319,7 @@ public final class FailureAgreement implements AutoCloseable {
     }
 
     private GroupState adopt(GroupState s, long t0) {
-        latest = s;
+        offer(s);
         LOG.info("epoch change group={} rank={} epoch={} active={} op={} outcome={} after {} ms", group, rank, s.epoch(),
                 Arrays.toString(s.members()), s.decidedOp(), s.outcome(), (System.nanoTime() - t0) / 1_000_000);
         return s;

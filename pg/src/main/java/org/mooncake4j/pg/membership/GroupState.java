@@ -35,6 +35,14 @@ public record GroupState(long epoch, boolean recovering, int slots, int worldSiz
         return m;
     }
 
+    /**
+     * Whether this state comes after {@code o} in the group's history. A group's state only moves
+     * forward: within an epoch from normal to recovering, then to the next epoch.
+     */
+    public boolean isAfter(GroupState o) {
+        return epoch > o.epoch || epoch == o.epoch && recovering && !o.recovering;
+    }
+
     public GroupState beginRecovery() {
         return new GroupState(epoch, true, slots, worldSize, mask, decidedOp, outcome);
     }
