@@ -807,17 +807,7 @@ public final class ProcessGroup implements AutoCloseable {
                 plane = buildPlane(s, d);
                 break;
             } catch (Channels.WaitFailure f) {
-                // the group moved on while this rank connected (a member failed, or a recovery began):
-                // connect to the state the members settle on next, if this rank is still in it
-                GroupState from = s;
-                try {
-                    s = agreement.awaitState(g -> g.isAfter(from) && !g.recovering(), d, "the group to settle after epoch " + from.epoch());
-                } catch (org.mooncake4j.core.TimeoutException e) {
-                    throw new org.mooncake4j.core.TimeoutException("joinGroup() on rank " + rank + " of group '" + name + "': admitted in epoch "
-                            + admittedIn + " but could not connect within " + wait.toMillis() + " ms (" + f.getMessage() + " in epoch " + from.epoch()
-                            + ", active " + Arrays.toString(from.members()) + "). Check that the members are alive and reachable from this host;"
-                            + " then start this process again and have the healthy ranks recover it.");
-                }
+                s = settledAfter(s, f, admittedIn, d, wait);
             }
         }
         state = s;
@@ -825,6 +815,22 @@ public final class ProcessGroup implements AutoCloseable {
         writeMask(s);
         store.delete(keyPrefix() + "join/" + rank);
         LOG.info("join group={} rank={} epoch={} active={}", name, rank, s.epoch(), Arrays.toString(s.members()));
+    }
+
+    /**
+     * After a joiner's connect to epoch {@code from} failed with {@code f} (the group moved on: a member
+     * failed, or a recovery began): the state the members settle on next, for the joiner to connect to
+     * if it is still in it.
+     */
+    private GroupState settledAfter(GroupState from, Channels.WaitFailure f, long admittedIn, Deadline d, Duration wait) {
+        try {
+            return agreement.awaitState(g -> g.isAfter(from) && !g.recovering(), d, "the group to settle after epoch " + from.epoch());
+        } catch (org.mooncake4j.core.TimeoutException e) {
+            throw new org.mooncake4j.core.TimeoutException("joinGroup() on rank " + rank + " of group '" + name + "': admitted in epoch "
+                    + admittedIn + " but could not connect within " + wait.toMillis() + " ms (" + f.getMessage() + " in epoch " + from.epoch()
+                    + ", active " + Arrays.toString(from.members()) + "). Check that the members are alive and reachable from this host;"
+                    + " then start this process again and have the healthy ranks recover it.");
+        }
     }
 
     /** Waits until the healthy ranks admit this process (its join nonce); returns the epoch they admitted it in. */

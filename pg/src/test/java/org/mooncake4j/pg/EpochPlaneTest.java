@@ -6,7 +6,6 @@ import static org.assertj.core.api.Assertions.assertThatThrownBy;
 import java.time.Duration;
 import java.util.List;
 import java.util.Map;
-import java.util.Optional;
 import java.util.concurrent.CompletableFuture;
 import java.util.concurrent.TimeUnit;
 import java.util.concurrent.atomic.AtomicInteger;
@@ -31,13 +30,12 @@ class EpochPlaneTest {
     private static final String PREFIX = "mooncake4j/pg/test/";
 
     /** Delegates to a store, but fails the first {@code failures} set and waitFor calls as a store that does not answer. */
-    static class BusyStore implements MetadataStore {
-        final MetadataStore inner;
+    static class BusyStore extends ForwardingStore {
         final AtomicInteger failures;
         final AtomicInteger refused = new AtomicInteger();
 
         BusyStore(MetadataStore inner, int failures) {
-            this.inner = inner;
+            super(inner);
             this.failures = new AtomicInteger(failures);
         }
 
@@ -48,15 +46,8 @@ class EpochPlaneTest {
             }
         }
 
-        @Override public String uri() { return inner.uri(); }
-        @Override public Optional<byte[]> get(String key) { return inner.get(key); }
         @Override public void set(String key, byte[] value) { maybeRefuse("set"); inner.set(key, value); }
-        @Override public boolean compareAndSet(String key, byte[] expected, byte[] value) { return inner.compareAndSet(key, expected, value); }
-        @Override public long add(String key, long delta) { return inner.add(key, delta); }
-        @Override public boolean delete(String key) { return inner.delete(key); }
-        @Override public List<String> keys(String prefix) { return inner.keys(prefix); }
         @Override public Map<String, byte[]> waitFor(List<String> keys, Deadline deadline) { maybeRefuse("waitFor"); return inner.waitFor(keys, deadline); }
-        @Override public Optional<byte[]> awaitChange(String key, byte[] current, Deadline deadline) { return inner.awaitChange(key, current, deadline); }
         @Override public void close() {}
     }
 

@@ -165,7 +165,7 @@ public final class ProcessCluster implements AutoCloseable {
         // first a line per process with its exit and its first failure line: a log shortened from the
         // end still shows which process failed and why
         for (Result r : results) {
-            sb.append("process ").append(r.rank()).append(": exit=").append(r.exitCode()).append(r.timedOut() ? " (killed at deadline)" : "");
+            sb.append(exit(r));
             for (String l : r.output()) {
                 if (l.startsWith("FAIL")) {
                     sb.append(": ").append(l);
@@ -175,12 +175,15 @@ public final class ProcessCluster implements AutoCloseable {
             sb.append('\n');
         }
         for (Result r : results) {
-            sb.append("--- process ").append(r.rank()).append(" exit=").append(r.exitCode())
-                    .append(r.timedOut() ? " (killed at deadline)" : "").append('\n');
+            sb.append("--- ").append(exit(r)).append('\n');
             List<String> o = r.output();
             for (String l : o.subList(Math.max(0, o.size() - 60), o.size())) sb.append(l).append('\n');
         }
         return sb.toString();
+    }
+
+    private static String exit(Result r) {
+        return "process " + r.rank() + " exit=" + r.exitCode() + (r.timedOut() ? " (killed at deadline)" : "");
     }
 
     @Override

@@ -6,6 +6,7 @@ import java.util.Arrays;
 import java.util.Optional;
 import java.util.TreeMap;
 import java.util.TreeSet;
+import java.util.concurrent.atomic.AtomicReference;
 import java.util.function.Predicate;
 import org.mooncake4j.core.Deadline;
 import org.mooncake4j.core.TimeoutException;
@@ -74,8 +75,7 @@ public final class FailureAgreement implements AutoCloseable {
     private final int rank;
     private final Duration timeout;
     private final long graceNanos;
-    private volatile GroupState latest;
-    private final Object latestLock = new Object();
+    private final AtomicReference<GroupState> latest = new AtomicReference<>();
     private volatile boolean closed;
     private Thread watcher;
 
@@ -177,7 +177,7 @@ public final class FailureAgreement implements AutoCloseable {
     }
 
     /** The newest state this rank has seen (by the watcher, a read, or its own compare-and-set). */
-    public GroupState latest() { return latest; }
+    public GroupState latest() { return latest.get(); }
 
     /**
      * Makes {@code s} the latest state unless a newer one is already known. The watcher thread, the
@@ -187,15 +187,12 @@ public final class FailureAgreement implements AutoCloseable {
      * fail for a member that is there).
      */
     private void offer(GroupState s) {
-        synchronized (latestLock) {
-            GroupState l = latest;
-            if (l == null || !l.isAfter(s)) latest = s;
-        }
+        latest.accumulateAndGet(s, (known, seen) -> known == null || !known.isAfter(seen) ? seen : known);
     }
 
     /** True when the group has left {@code epoch} or a recovery of it is under way. */
     public boolean changedSince(long epoch) {
-        GroupState s = latest;
+        GroupState s = latest.get();
         return s != null && (s.epoch() != epoch || s.recovering());
     }
 
@@ -203,7 +200,8 @@ public final class FailureAgreement implements AutoCloseable {
     public synchronized void startWatcher() {
         if (watcher != null) return;
         watcher = Thread.ofPlatform().daemon().name("mooncake-pg-" + group + "-r" + rank + "-watch").start(() -> {
-            byte[] cur = latest == null ? null : latest.encode();
+            GroupState known = latest.get();
+            byte[] cur = known == null ? null : known.encode();
             while (!closed) {
                 try {
                     Optional<byte[]> v = store.awaitChange(stateKey(), cur, Deadline.afterMillis(1000));

@@ -3,15 +3,14 @@ package org.mooncake4j.pg.membership;
 import static org.assertj.core.api.Assertions.assertThat;
 
 import java.time.Duration;
-import java.util.List;
-import java.util.Map;
 import java.util.Optional;
 import java.util.concurrent.CountDownLatch;
 import java.util.concurrent.TimeUnit;
+import java.util.concurrent.atomic.AtomicInteger;
 import org.junit.jupiter.api.Test;
 import org.mooncake4j.core.Deadline;
+import org.mooncake4j.pg.ForwardingStore;
 import org.mooncake4j.transfer.store.InMemoryStore;
-import org.mooncake4j.transfer.store.MetadataStore;
 
 /**
  * {@link FailureAgreement#latest()} never goes back to an older state: the watcher thread can read a
@@ -19,29 +18,14 @@ import org.mooncake4j.transfer.store.MetadataStore;
  */
 class LatestStateTest {
     /** A store whose first watch answer is held back, then given as a state older than the current one. */
-    private static final class LateWatchStore implements MetadataStore {
-        final InMemoryStore inner = new InMemoryStore();
+    private static final class LateWatchStore extends ForwardingStore {
         final CountDownLatch release = new CountDownLatch(1);
         final CountDownLatch delivered = new CountDownLatch(1);
         final CountDownLatch resume = new CountDownLatch(1);
-        final java.util.concurrent.atomic.AtomicInteger calls = new java.util.concurrent.atomic.AtomicInteger();
+        final AtomicInteger calls = new AtomicInteger();
         volatile byte[] stale;
 
-        @Override public String uri() { return inner.uri(); }
-
-        @Override public Optional<byte[]> get(String key) { return inner.get(key); }
-
-        @Override public void set(String key, byte[] value) { inner.set(key, value); }
-
-        @Override public boolean compareAndSet(String key, byte[] expected, byte[] value) { return inner.compareAndSet(key, expected, value); }
-
-        @Override public long add(String key, long delta) { return inner.add(key, delta); }
-
-        @Override public boolean delete(String key) { return inner.delete(key); }
-
-        @Override public List<String> keys(String prefix) { return inner.keys(prefix); }
-
-        @Override public Map<String, byte[]> waitFor(List<String> keys, Deadline deadline) { return inner.waitFor(keys, deadline); }
+        LateWatchStore() { super(new InMemoryStore()); }
 
         @Override
         public Optional<byte[]> awaitChange(String key, byte[] current, Deadline deadline) {
@@ -62,8 +46,6 @@ class LatestStateTest {
                 Thread.currentThread().interrupt();
             }
         }
-
-        @Override public void close() { inner.close(); }
     }
 
     @Test
